@@ -1,0 +1,129 @@
+"""Network parameterizations in sigma space, and classifier-free guidance as a denoiser wrapper.
+
+A raw network F(input, noise_label, **cond) becomes a denoiser D(x, sigma, **cond) -> x0_hat through
+D = c_skip(sigma) * x + c_out(sigma) * F(c_in(sigma) * x, c_noise(sigma))   (EDM eq. 7).
+Each parameterization is just its coefficients; the training target of F follows from them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from ._util import append_dims, as_sigma
+from .schedules import DiscreteSchedule
+
+Coefficients = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def eps_coefficients(sigma: torch.Tensor, sigma_data: float = 1.0) -> Coefficients:
+    """ε-prediction (DDPM): x0 = x - sigma * eps; the network sees the VP input x / sqrt(1 + sigma^2)."""
+    return torch.ones_like(sigma), -sigma, 1 / (sigma**2 + 1).sqrt()
+
+
+def v_coefficients(sigma: torch.Tensor, sigma_data: float = 1.0) -> Coefficients:
+    """v-prediction (Salimans & Ho 2022, app. D): v = alpha eps - sigma_vp x0; with sigma_data = 1 this is the VP form.
+
+    x0 = c_skip x + c_out v, c_skip = sd^2/(s^2+sd^2), c_out = -s sd/sqrt(s^2+sd^2), c_in = 1/sqrt(s^2+sd^2).
+    """
+    sd2 = sigma_data**2
+    return sd2 / (sigma**2 + sd2), -sigma * sigma_data / (sigma**2 + sd2).sqrt(), 1 / (sigma**2 + sd2).sqrt()
+
+
+def x0_coefficients(sigma: torch.Tensor, sigma_data: float = 1.0) -> Coefficients:
+    """x0-prediction: the network's output is the estimate itself."""
+    return torch.zeros_like(sigma), torch.ones_like(sigma), 1 / (sigma**2 + sigma_data**2).sqrt()
+
+
+def edm_coefficients(sigma: torch.Tensor, sigma_data: float = 0.5) -> Coefficients:
+    """EDM preconditioning (Karras et al. 2022, table 1): unit-variance input and training target."""
+    sd2 = sigma_data**2
+    c_skip = sd2 / (sigma**2 + sd2)
+    c_out = sigma * sigma_data / (sigma**2 + sd2).sqrt()
+    c_in = 1 / (sigma**2 + sd2).sqrt()
+    return c_skip, c_out, c_in
+
+
+PARAMETERIZATIONS: dict[str, Callable[..., Coefficients]] = {
+    "eps": eps_coefficients,
+    "v": v_coefficients,
+    "x0": x0_coefficients,
+    "edm": edm_coefficients,
+}
+
+
+class Denoiser(nn.Module):
+    """D(x, sigma, **cond) -> x0_hat from a raw network F(input, noise_label, **cond).
+
+    parameterization: one of PARAMETERIZATIONS. noise label c_noise: the fractional timestep when a
+    discrete `schedule` is given (a network trained on DDPM timesteps), else EDM's ln(sigma)/4.
+    sigma_data: data std for "edm", "v" and "x0" (1 recovers the VP forms); "eps" ignores it.
+    """
+
+    def __init__(self, net: nn.Module, parameterization: str = "edm", *, sigma_data: float = 0.5,
+                 schedule: Optional[DiscreteSchedule] = None):
+        super().__init__()
+        if parameterization not in PARAMETERIZATIONS:
+            raise ValueError(f"unknown parameterization {parameterization!r}; choose one of: {', '.join(PARAMETERIZATIONS)}")
+        self.net = net
+        self.parameterization = parameterization
+        self.sigma_data = sigma_data
+        self.schedule = schedule
+
+    def coefficients(self, sigma: torch.Tensor) -> Coefficients:
+        return PARAMETERIZATIONS[self.parameterization](sigma, self.sigma_data)
+
+    def noise_label(self, sigma: torch.Tensor) -> torch.Tensor:
+        if self.schedule is not None:
+            return self.schedule.sigma_to_t(sigma)
+        return sigma.log() / 4  # EDM table 1, c_noise
+
+    def raw(self, x: torch.Tensor, sigma, **cond) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The network's output F and the (broadcastable) c_skip, c_out that turn it into x0_hat."""
+        sigma = as_sigma(sigma, x)
+        # coefficients in float32 at least: sigma^2 overflows float16 at sigma = 256
+        s = sigma.to(torch.promote_types(sigma.dtype, torch.float32))
+        c_skip, c_out, c_in = (append_dims(c, x.ndim) for c in self.coefficients(s))
+        F = self.net((c_in * x).to(x.dtype), self.noise_label(s), **cond)
+        return F.to(c_out.dtype), c_skip, c_out
+
+    def forward(self, x: torch.Tensor, sigma, **cond) -> torch.Tensor:
+        F, c_skip, c_out = self.raw(x, sigma, **cond)
+        return (c_skip * x + c_out * F).to(x.dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# classifier-free guidance
+
+
+@dataclass
+class ClassifierFreeGuidance:
+    """Classifier-free guidance (Ho & Salimans 2022, eq. 6) as a denoiser:
+
+    D_w(x) = D(x | null) + scale * (D(x | cond) - D(x | null))
+
+    Conditional and unconditional halves go through the network in one batched call. `uncond`
+    maps each conditioning keyword to its null value (e.g. {"class_labels": tensor of the null
+    label}), batch-shaped like the conditioning it replaces. scale 1 is the conditional denoiser
+    and scale 0 the unconditional one; both skip the other half.
+    """
+
+    denoiser: Callable[..., torch.Tensor]
+    scale: float
+    uncond: dict
+
+    def __call__(self, x: torch.Tensor, sigma, **cond) -> torch.Tensor:
+        missing = set(self.uncond) - set(cond)
+        if missing:
+            raise ValueError(f"guidance needs the conditioning {sorted(missing)} that its null values replace")
+        sigma = as_sigma(sigma, x)
+        if self.scale == 1:
+            return self.denoiser(x, sigma, **cond)
+        if self.scale == 0:
+            return self.denoiser(x, sigma, **{**cond, **self.uncond})
+        both = {k: torch.cat([self.uncond[k], v]) if k in self.uncond else torch.cat([v, v]) for k, v in cond.items()}
+        d_uncond, d_cond = self.denoiser(torch.cat([x, x]), torch.cat([sigma, sigma]), **both).chunk(2)
+        return d_uncond + self.scale * (d_cond - d_uncond)
