@@ -1,0 +1,109 @@
+"""Datasets as in-memory uint8 arrays: a folder of images, or a built-in dataset drawn in code.
+
+    data = load_dataset("shapes", size=32)          # or load_dataset("path/to/images", size=64)
+    x0 = to_tensor(data.images[:16])                # (16, 3, 32, 32) float in [-1, 1]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+
+class DataError(ValueError):
+    """A dataset could not be loaded; the message says what to fix."""
+
+
+# DataError is defined before these imports because folder.py imports it from here
+from .folder import FolderData, load_image_folder  # noqa: E402
+from .shapes import ShapesData, render_shapes, write_shapes_folder  # noqa: E402
+
+
+def builtin_shapes(size: int, seed: int = 0, count: int = 10_000) -> ShapesData:
+    """The built-in shapes dataset: `count` single-shape images with labels, captions and boxes."""
+    return render_shapes(count, size=size, seed=seed)
+
+
+# built-in datasets by name: each is a function (size, seed) -> data with images (N, S, S, 3) uint8,
+# labels, class_names, captions and boxes
+BUILTIN: dict[str, Callable[[int, int], ShapesData]] = {"shapes": builtin_shapes}
+
+
+@dataclass
+class Dataset:
+    """Images (N, S, S, C) uint8 HWC; labels (N,) int64 or None; captions and boxes per image or None."""
+
+    images: np.ndarray
+    labels: np.ndarray | None
+    class_names: list[str] | None
+    captions: list[str] | None
+    boxes: list[list[tuple[int, float, float, float, float]]] | None
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def load_dataset(source: str, size: int, channels: int = 3, classes: bool = False, seed: int = 0) -> Dataset:
+    """Load a built-in dataset by name (see BUILTIN) or every image under a folder, as size x size images.
+
+    A built-in name wins over a folder of the same name; write "./shapes" to mean the folder.
+    `classes` asks a folder for labels from its subfolders; built-in datasets always carry their labels.
+    `seed` only affects built-in datasets.
+    """
+    if channels not in (1, 3):
+        raise DataError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels}")
+    if size < 1:
+        raise DataError(f"size must be a positive number of pixels, got {size}")
+    source = str(source)
+    if source in BUILTIN:
+        data = BUILTIN[source](size, seed)
+        images = data.images if channels == 3 else to_grayscale(data.images)
+        return Dataset(images, data.labels, data.class_names, data.captions, data.boxes, source)
+    # load_image_folder's error for a missing path lists the built-in names too
+    folder = load_image_folder(source, size, channels=channels, classes=classes)
+    return Dataset(folder.images, folder.labels, folder.class_names, None, None, source)
+
+
+def to_grayscale(images: np.ndarray) -> np.ndarray:
+    """(N, H, W, 3) uint8 RGB -> (N, H, W, 1) uint8 luma, with PIL's convert("L") integer formula."""
+    rgb = images.astype(np.uint32)
+    # ITU-R 601-2 weights scaled by 2^16 and rounded, exactly as PIL computes L = R 299/1000 + G 587/1000 + B 114/1000
+    luma = (rgb[..., 0] * 19595 + rgb[..., 1] * 38470 + rgb[..., 2] * 7471 + 0x8000) >> 16
+    return luma.astype(np.uint8)[..., None]
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """(N, H, W, C) uint8 -> (N, C, H, W) float32 in [-1, 1]."""
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 4:
+        raise ValueError(f"expected (N, H, W, C) uint8 images, got {images.dtype} with shape {images.shape}")
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """(N, C, H, W) float in [-1, 1] -> (N, H, W, C) uint8, rounded and clamped."""
+    if x.ndim != 4:
+        raise ValueError(f"expected (N, C, H, W) images, got shape {tuple(x.shape)}")
+    x = ((x.detach().float() + 1.0) * 127.5).round().clamp(0, 255)
+    return x.to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+__all__ = [
+    "BUILTIN",
+    "DataError",
+    "Dataset",
+    "FolderData",
+    "ShapesData",
+    "builtin_shapes",
+    "load_dataset",
+    "load_image_folder",
+    "render_shapes",
+    "to_grayscale",
+    "to_tensor",
+    "to_uint8",
+    "write_shapes_folder",
+]

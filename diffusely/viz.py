@@ -1,0 +1,191 @@
+"""Pictures of images and training: image grids, labelled strips of the noising and denoising process, loss curves.
+
+Every file is written atomically (to path + ".tmp", then renamed), so a viewer never sees half a PNG.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from .data import to_uint8
+
+GRID_PADDING_VALUE = 0  # black between grid tiles, as torchvision's make_grid
+STRIP_BACKGROUND = 255  # white around strip tiles, so black text reads
+TEXT_COLOR = 0
+TEXT_GAP = 4  # pixels between a tile and its caption
+
+
+def save_grid(images: torch.Tensor | np.ndarray, path, nrow: int | None = None, padding: int = 2) -> Path:
+    """Save images as one PNG grid with `nrow` images per row (default ceil(sqrt(N))) and `padding` pixels between.
+
+    images: (N, C, H, W) float tensor in [-1, 1] or (N, H, W, C) uint8 array, C = 1 or 3.
+    The PNG is ncol * (W + padding) + padding wide and nrows * (H + padding) + padding high.
+    """
+    tiles = _as_uint8(images)
+    n, h, w, c = tiles.shape
+    ncol = min(n, nrow or math.ceil(math.sqrt(n)))
+    nrows = math.ceil(n / ncol)
+    grid = np.full((nrows * (h + padding) + padding, ncol * (w + padding) + padding, c), GRID_PADDING_VALUE, np.uint8)
+    for i, tile in enumerate(tiles):
+        top = padding + (i // ncol) * (h + padding)
+        left = padding + (i % ncol) * (w + padding)
+        grid[top:top + h, left:left + w] = tile
+    return _save_png(_to_pil(grid), path)
+
+
+def save_strip(rows: list[torch.Tensor], path, labels: list[str] | None = None, row_labels: list[str] | None = None,
+               scale: int = 4) -> Path:
+    """Save rows of images as a table: tiles enlarged `scale` times (nearest neighbour), `labels` under the columns
+    (e.g. "σ=0.50"), `row_labels` to the left of the rows.
+
+    rows: list of (K, C, H, W) float tensors in [-1, 1], all with the same C, H, W (K may differ per row).
+    """
+    if not rows:
+        raise ValueError("save_strip needs at least one row of images")
+    tile_rows = [np.repeat(np.repeat(_as_uint8(row), scale, axis=1), scale, axis=2) for row in rows]
+    if len({row.shape[1:] for row in tile_rows}) != 1:
+        raise ValueError(f"all rows need the same image shape, got {[tuple(r.shape[1:]) for r in rows]}")
+    ncol = max(len(row) for row in tile_rows)
+    if labels is not None and len(labels) != ncol:
+        raise ValueError(f"got {len(labels)} labels for {ncol} columns")
+    if row_labels is not None and len(row_labels) != len(rows):
+        raise ValueError(f"got {len(row_labels)} row labels for {len(rows)} rows")
+
+    font = _font()
+    measure = ImageDraw.Draw(Image.new("L", (1, 1)))
+
+    def text_size(text: str) -> tuple[int, int]:
+        left, top, right, bottom = measure.textbbox((0, 0), text, font=font)
+        return right - left, bottom - top
+
+    tile_h, tile_w = tile_rows[0].shape[1:3]
+    gap = 2
+    label_h = max((text_size(t)[1] for t in labels), default=0) + 2 * TEXT_GAP if labels else 0
+    # columns widen to fit their caption, so long captions do not run into their neighbours
+    col_w = max([tile_w] + [text_size(t)[0] + 2 * TEXT_GAP for t in labels or []])
+    left_w = max(text_size(t)[0] for t in row_labels) + 2 * TEXT_GAP if row_labels else 0
+    width = left_w + ncol * (col_w + gap) + gap
+    height = len(rows) * (tile_h + gap) + gap + label_h
+
+    canvas = Image.new("RGB", (width, height), (STRIP_BACKGROUND,) * 3)
+    draw = ImageDraw.Draw(canvas)
+    for r, row in enumerate(tile_rows):
+        top = gap + r * (tile_h + gap)
+        for k, tile in enumerate(row):
+            left = left_w + gap + k * (col_w + gap) + (col_w - tile_w) // 2
+            canvas.paste(_to_pil(tile).convert("RGB"), (left, top))
+        if row_labels:
+            tw, th = text_size(row_labels[r])
+            draw.text((TEXT_GAP, top + (tile_h - th) // 2), row_labels[r], fill=(TEXT_COLOR,) * 3, font=font)
+    if labels:
+        top = gap + len(rows) * (tile_h + gap) + TEXT_GAP
+        for k, text in enumerate(labels):
+            tw, _ = text_size(text)
+            draw.text((left_w + gap + k * (col_w + gap) + (col_w - tw) // 2, top), text, fill=(TEXT_COLOR,) * 3,
+                      font=font)
+    return _save_png(canvas, path)
+
+
+def plot_loss(csv_path, png_path, smoothing_points: int | None = None) -> Path:
+    """Plot the `loss` column of a training log CSV against its `step` column on a log axis, with an EMA-smoothed line.
+
+    The EMA spans `smoothing_points` rows (default: a twentieth of the rows, at least 1).
+    """
+    steps, losses = [], []
+    with open(csv_path, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = {"step", "loss"} - set(reader.fieldnames or [])
+        if missing:
+            raise ValueError(f"{csv_path} needs columns step and loss; its header is {reader.fieldnames}")
+        for row in reader:
+            try:
+                step, loss = float(row["step"]), float(row["loss"])
+            except (TypeError, ValueError):
+                continue  # a blank or partly written last line while training is still running
+            # a log axis cannot show a zero, negative or non-finite loss
+            if math.isfinite(loss) and loss > 0:
+                steps.append(step)
+                losses.append(loss)
+    if not losses:
+        raise ValueError(f"{csv_path} has no positive, finite loss values to plot")
+    smoothed = _ema(losses, smoothing_points or max(1, len(losses) // 20))
+
+    # the object API with the Agg canvas draws off-screen without switching pyplot's global backend
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.plot(steps, losses, color="tab:blue", alpha=0.3, linewidth=0.8, label="loss")
+    ax.plot(steps, smoothed, color="tab:blue", linewidth=1.8, label="smoothed")
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+
+    png_path = Path(png_path)
+    png_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = f"{png_path}.tmp"
+    fig.savefig(tmp, format="png")
+    os.replace(tmp, png_path)
+    return png_path
+
+
+def _ema(values: list[float], span: int) -> list[float]:
+    """Exponential moving average with decay 1 - 2/(span + 1), bias-corrected so early points are not pulled to 0."""
+    decay = 1.0 - 2.0 / (span + 1)
+    average, weight, out = 0.0, 0.0, []
+    for v in values:
+        average = decay * average + (1 - decay) * v
+        weight = decay * weight + (1 - decay)
+        out.append(average / weight)
+    return out
+
+
+def _font(size: int = 11) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """DejaVu Sans from matplotlib's data folder, else PIL's default font.
+
+    PIL's default font (Aileron) has no Greek letters and draws "σ" as a box; matplotlib, a dependency anyway,
+    ships DejaVu Sans, which has them.
+    """
+    try:
+        import matplotlib
+
+        return ImageFont.truetype(os.path.join(matplotlib.get_data_path(), "fonts", "ttf", "DejaVuSans.ttf"), size)
+    except (ImportError, OSError):
+        return ImageFont.load_default()
+
+
+def _as_uint8(images: torch.Tensor | np.ndarray) -> np.ndarray:
+    """(N, C, H, W) float tensor in [-1, 1] or (N, H, W, C) uint8 array -> (N, H, W, C) uint8 with C in (1, 3)."""
+    if isinstance(images, torch.Tensor):
+        images = to_uint8(images)
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3) or len(images) == 0:
+        raise ValueError("expected (N, C, H, W) float tensors in [-1, 1] or (N, H, W, C) uint8 arrays with C = 1 or 3, "
+                         f"N >= 1; got {images.dtype} with shape {images.shape}")
+    return images
+
+
+def _to_pil(image: np.ndarray) -> Image.Image:
+    """(H, W, 1) or (H, W, 3) uint8 -> PIL image in mode L or RGB."""
+    return Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+
+
+def _save_png(image: Image.Image, path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = f"{path}.tmp"
+    image.save(tmp, format="PNG")
+    os.replace(tmp, path)
+    return path
