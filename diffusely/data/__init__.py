@@ -81,7 +81,8 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
     images = np.asarray(images)
     if images.dtype != np.uint8 or images.ndim != 4:
         raise ValueError(f"expected (N, H, W, C) uint8 images, got {images.dtype} with shape {images.shape}")
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    # a copy: arrays straight from PIL are read-only, which torch.from_numpy warns about
+    return (torch.from_numpy(images.copy()).permute(0, 3, 1, 2).float() / 127.5 - 1.0).contiguous()
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:

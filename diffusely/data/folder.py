@@ -126,3 +126,15 @@ def _load_one(path: Path, size: int, mode: str) -> np.ndarray:
     left, top = (new_size[0] - size) // 2, (new_size[1] - size) // 2
     image = image.crop((left, top, left + size, top + size))
     return np.asarray(image, dtype=np.uint8)
+
+
+def load_image(path, size: int, channels: int = 3) -> np.ndarray:
+    """One image file as (size, size, channels) uint8, resized and center-cropped as the folder loader does."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"no such image file: {path}")
+    try:
+        image = _load_one(path, size, "RGB" if channels == 3 else "L")
+    except (OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"cannot read {path} as an image ({e}); pass a PNG, JPEG, BMP or WebP file") from None
+    return image.reshape(size, size, channels)

@@ -1,0 +1,206 @@
+"""Dataclass configs for a run, their JSON round trip and readable validation errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .denoisers import PARAMETERIZATIONS
+from .loss import WEIGHTINGS
+from .nets.unet import UNetConfig
+from .samplers import SAMPLERS
+from .schedules import VP_SCHEDULES, DiscreteSchedule
+
+CONFIG_VERSION = 1
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message says which field and what is allowed."""
+
+
+@dataclass
+class DiffusionConfig:
+    """How the network is wrapped into a denoiser, trained, and sampled by default.
+
+    parameterization: eps | v | x0 | edm. schedule: a discrete VP schedule (linear | cosine | sigmoid)
+    for networks conditioned on DDPM timesteps, or None for EDM's continuous ln(sigma)/4.
+    train_sigmas: lognormal (EDM, P_mean/P_std) | discrete (uniform timesteps of `schedule`).
+    weighting: a name in diffusely.loss.WEIGHTINGS.
+    """
+
+    parameterization: str = "edm"
+    schedule: typing.Optional[str] = None
+    timesteps: int = 1000
+    sigma_data: float = 0.5
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    train_sigmas: str = "lognormal"
+    P_mean: float = -1.2
+    P_std: float = 1.2
+    weighting: str = "edm"
+    sampler: str = "heun"
+    sample_steps: int = 18
+
+    def __post_init__(self):
+        _choice("diffusion.parameterization", self.parameterization, PARAMETERIZATIONS)
+        _choice("diffusion.weighting", self.weighting, WEIGHTINGS)
+        _choice("diffusion.sampler", self.sampler, SAMPLERS)
+        _choice("diffusion.train_sigmas", self.train_sigmas, ("lognormal", "discrete"))
+        if self.schedule is not None:
+            _choice("diffusion.schedule", self.schedule, VP_SCHEDULES)
+        elif self.train_sigmas == "discrete":
+            raise ConfigError("diffusion.train_sigmas 'discrete' needs a diffusion.schedule (linear, cosine or sigmoid)")
+        if not 0 < self.sigma_min < self.sigma_max:
+            raise ConfigError(f"diffusion needs 0 < sigma_min < sigma_max, got {self.sigma_min}, {self.sigma_max}")
+
+    def discrete_schedule(self) -> DiscreteSchedule | None:
+        return DiscreteSchedule.named(self.schedule, self.timesteps) if self.schedule else None
+
+
+def _recipe_ddpm() -> DiffusionConfig:
+    s = DiscreteSchedule.named("linear")
+    return DiffusionConfig(parameterization="eps", schedule="linear", sigma_data=1.0, sigma_min=s.sigma_min,
+                           sigma_max=s.sigma_max, train_sigmas="discrete", weighting="eps", sampler="heun",
+                           sample_steps=18)
+
+
+# training recipes: EDM (the default, Karras et al. 2022) and DDPM's eps-prediction (Ho et al. 2020)
+RECIPES: dict[str, typing.Callable[[], DiffusionConfig]] = {"edm": DiffusionConfig, "ddpm": _recipe_ddpm}
+
+
+@dataclass
+class DataConfig:
+    """source: a folder of images or a built-in dataset name. image_size: side of the square crop."""
+
+    source: str = "shapes"
+    image_size: int = 32
+    channels: int = 3
+    classes: bool = False
+    flip: bool = True
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 4000
+    batch_size: int = 32
+    lr: float = 1e-3
+    warmup_steps: int = 200
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.99)
+    grad_clip: float = 1.0
+    ema_halflife_images: float = 500_000.0
+    ema_rampup: float = 0.05  # EDM: EMA half-life at most this fraction of the images seen so far
+    checkpoint_every: int = 500
+    sample_every: int = 500
+    log_every: int = 10
+    seed: int = 0
+    precision: str = "auto"  # auto: bf16 autocast on CUDA and on CPUs with native bf16, else float32
+
+    def __post_init__(self):
+        _choice("train.precision", self.precision, ("auto", "bf16", "fp32"))
+        for name in ("steps", "batch_size", "checkpoint_every", "sample_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ConfigError(f"train.lr must be > 0, got {self.lr}")
+
+
+@dataclass
+class RunConfig:
+    """Everything needed to rebuild a run's model and resume its training (config.json)."""
+
+    model: UNetConfig = field(default_factory=UNetConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    version: int = CONFIG_VERSION
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunConfig":
+        return _from_dict(cls, d, "")
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "config") -> "RunConfig":
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{source} is not valid JSON: {e}") from None
+        return cls.from_dict(d)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "RunConfig":
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"no config file at {path}")
+        return cls.from_json(path.read_text(), str(path))
+
+
+def _choice(name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name} is {value!r}; choose one of: {', '.join(allowed)}")
+
+
+def _from_dict(cls, d, path: str):
+    """Build dataclass `cls` from a dict, checking keys and types, naming the field on any error."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"{path or 'config'} must be a JSON object, got {type(d).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(d) - fields
+    if unknown:
+        raise ConfigError(f"unknown key(s) {', '.join(sorted(unknown))} in {path or 'config'}; "
+                          f"valid keys: {', '.join(sorted(fields))}")
+    kwargs = {k: _convert(hints[k], v, f"{path}.{k}" if path else k) for k, v in d.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{path or 'config'}: {e}") from None
+
+
+def _convert(tp, v, path: str):
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _from_dict(tp, v, path)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if v is None and type(None) in args:
+            return None
+        return _convert(next(a for a in args if a is not type(None)), v, path)
+    if origin is tuple:
+        if not isinstance(v, (list, tuple)):
+            raise ConfigError(f"{path} must be a list, got {v!r}")
+        args = typing.get_args(tp)
+        item = args[0]
+        if len(args) == 2 and args[1] is not Ellipsis:
+            if len(v) != 2:
+                raise ConfigError(f"{path} must have 2 items, got {v!r}")
+        return tuple(_convert(item, x, f"{path}[{i}]") for i, x in enumerate(v))
+    if tp is bool:
+        if not isinstance(v, bool):
+            raise ConfigError(f"{path} must be true or false, got {v!r}")
+        return v
+    if tp is int:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ConfigError(f"{path} must be an integer, got {v!r}")
+        return v
+    if tp is float:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ConfigError(f"{path} must be a number, got {v!r}")
+        return float(v)
+    if tp is str:
+        if not isinstance(v, str):
+            raise ConfigError(f"{path} must be a string, got {v!r}")
+        return v
+    return v

@@ -1,0 +1,102 @@
+"""Building blocks for networks over 1-D, 2-D and 3-D data (guided-diffusion's conv_nd idea)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def conv_nd(dims: int, *args, **kwargs) -> nn.Module:
+    """Conv1d, Conv2d or Conv3d."""
+    if dims not in (1, 2, 3):
+        raise ValueError(f"dims must be 1, 2 or 3, got {dims}")
+    return (nn.Conv1d, nn.Conv2d, nn.Conv3d)[dims - 1](*args, **kwargs)
+
+
+def zero_module(module: nn.Module) -> nn.Module:
+    """Zero a layer's parameters, so a residual branch starts as the identity."""
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
+def group_norm(channels: int, groups: int = 32) -> nn.GroupNorm:
+    """GroupNorm with the largest group count <= `groups` that divides `channels`."""
+    g = math.gcd(channels, groups)
+    return nn.GroupNorm(g, channels, eps=1e-6)
+
+
+def sinusoidal_embedding(label: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Transformer-style embedding of a (B,) noise label (a timestep, or EDM's ln(sigma)/4) -> (B, dim)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=label.device, dtype=torch.float32) / half)
+    args = label.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=1)
+
+
+class Downsample(nn.Module):
+    """Strided 3x3 conv halving every spatial dim."""
+
+    def __init__(self, dims: int, channels: int):
+        super().__init__()
+        self.conv = conv_nd(dims, channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    """Nearest-neighbour x2 then a 3x3 conv."""
+
+    def __init__(self, dims: int, channels: int):
+        super().__init__()
+        self.conv = conv_nd(dims, channels, channels, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class ResBlock(nn.Module):
+    """ADM's residual block (Dhariwal & Nichol 2021): GroupNorm, SiLU, conv, then the noise embedding
+    as FiLM scale and shift on the second normalisation, dropout, and a zero-initialised conv."""
+
+    def __init__(self, dims: int, channels: int, out_channels: int, emb_dim: int, dropout: float = 0.0,
+                 groups: int = 32):
+        super().__init__()
+        self.norm1 = group_norm(channels, groups)
+        self.conv1 = conv_nd(dims, channels, out_channels, 3, padding=1)
+        self.emb = nn.Linear(emb_dim, 2 * out_channels)
+        self.norm2 = group_norm(out_channels, groups)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = zero_module(conv_nd(dims, out_channels, out_channels, 3, padding=1))
+        self.skip = conv_nd(dims, channels, out_channels, 1) if channels != out_channels else nn.Identity()
+
+    def forward(self, x, emb):
+        h = self.conv1(F.silu(self.norm1(x)))
+        scale, shift = self.emb(F.silu(emb)).unsqueeze(-1).chunk(2, dim=1)
+        scale, shift = (t.reshape(*t.shape[:2], *[1] * (h.ndim - 2)) for t in (scale, shift))
+        h = self.norm2(h) * (1 + scale) + shift
+        h = self.conv2(self.dropout(F.silu(h)))
+        return self.skip(x) + h
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over all positions, through scaled_dot_product_attention (fused where available)."""
+
+    def __init__(self, dims: int, channels: int, head_channels: int = 64, groups: int = 32):
+        super().__init__()
+        self.heads = max(1, channels // head_channels)
+        if channels % self.heads:
+            raise ValueError(f"{channels} channels do not split into {self.heads} heads")
+        self.norm = group_norm(channels, groups)
+        self.qkv = conv_nd(dims, channels, 3 * channels, 1)
+        self.proj = zero_module(conv_nd(dims, channels, channels, 1))
+
+    def forward(self, x):
+        b, c = x.shape[:2]
+        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, -1).transpose(-1, -2).unbind(1)
+        h = F.scaled_dot_product_attention(q, k, v)  # (b, heads, positions, head_channels)
+        return x + self.proj(h.transpose(-1, -2).reshape(x.shape))

@@ -1,0 +1,123 @@
+"""An ADM-style U-Net (Dhariwal & Nichol 2021) for 1-D, 2-D and 3-D data from one definition."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .layers import Attention, Downsample, ResBlock, Upsample, conv_nd, group_norm, sinusoidal_embedding, zero_module
+
+
+@dataclass
+class UNetConfig:
+    """Everything needed to build a UNet; stored in a run's config.json.
+
+    channels: channels per level (the number of levels is its length; each level but the last halves
+    the resolution). attention_levels: indices of the levels with self-attention (the middle block
+    always has it). num_classes: 0 for an unconditional model; otherwise label `num_classes` is the
+    null label used for classifier-free guidance.
+    """
+
+    dims: int = 2
+    in_channels: int = 3
+    out_channels: int = 3
+    channels: tuple[int, ...] = (64, 128, 128)
+    blocks_per_level: int = 2
+    attention_levels: tuple[int, ...] = (1,)
+    head_channels: int = 64
+    dropout: float = 0.0
+    num_classes: int = 0
+    groups: int = 32
+    emb_dim: int = field(default=0)  # 0: 4 x channels[0]
+
+    def __post_init__(self):
+        self.channels = tuple(int(c) for c in self.channels)
+        self.attention_levels = tuple(int(a) for a in self.attention_levels)
+        if not self.channels:
+            raise ValueError("channels must name at least one level, e.g. 64,128,128")
+        bad = [a for a in self.attention_levels if not 0 <= a < len(self.channels)]
+        if bad:
+            raise ValueError(f"attention_levels {bad} outside the {len(self.channels)} levels 0..{len(self.channels) - 1}")
+        if self.dims not in (1, 2, 3):
+            raise ValueError(f"dims must be 1, 2 or 3, got {self.dims}")
+
+    @property
+    def downsample_factor(self) -> int:
+        return 2 ** (len(self.channels) - 1)
+
+
+class UNet(nn.Module):
+    """F(x, noise_label, class_labels=None) -> tensor shaped like x (out_channels).
+
+    x: (B, in_channels, *spatial) with each spatial size divisible by 2^(levels - 1);
+    noise_label: (B,) as the denoiser wrapper computes it.
+    """
+
+    def __init__(self, config: UNetConfig):
+        super().__init__()
+        self.config = cfg = config
+        dims, ch0 = cfg.dims, cfg.channels[0]
+        emb_dim = cfg.emb_dim or 4 * ch0
+        self.emb = nn.Sequential(nn.Linear(ch0, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.label_emb = nn.Embedding(cfg.num_classes + 1, emb_dim) if cfg.num_classes else None
+
+        block = lambda cin, cout: ResBlock(dims, cin, cout, emb_dim, cfg.dropout, cfg.groups)
+        attn = lambda c: Attention(dims, c, cfg.head_channels, cfg.groups)
+
+        self.input = conv_nd(dims, cfg.in_channels, ch0, 3, padding=1)
+        self.down = nn.ModuleList()
+        skips, c = [ch0], ch0
+        for level, cout in enumerate(cfg.channels):
+            for _ in range(cfg.blocks_per_level):
+                self.down.append(nn.ModuleList([block(c, cout)] + ([attn(cout)] if level in cfg.attention_levels else [])))
+                c = cout
+                skips.append(c)
+            if level < len(cfg.channels) - 1:
+                self.down.append(nn.ModuleList([Downsample(dims, c)]))
+                skips.append(c)
+        self.middle = nn.ModuleList([block(c, c), attn(c), block(c, c)])
+        self.up = nn.ModuleList()
+        for level, cout in reversed(list(enumerate(cfg.channels))):
+            for i in range(cfg.blocks_per_level + 1):
+                layers = [block(c + skips.pop(), cout)] + ([attn(cout)] if level in cfg.attention_levels else [])
+                c = cout
+                if level > 0 and i == cfg.blocks_per_level:
+                    layers.append(Upsample(dims, c))
+                self.up.append(nn.ModuleList(layers))
+        self.out = nn.Sequential(group_norm(c, cfg.groups), nn.SiLU(), zero_module(conv_nd(dims, c, cfg.out_channels, 3, padding=1)))
+
+    def check_input(self, x: torch.Tensor) -> None:
+        cfg = self.config
+        if x.ndim != cfg.dims + 2 or x.shape[1] != cfg.in_channels:
+            raise ValueError(f"expected input (batch, {cfg.in_channels}, {', '.join(['size'] * cfg.dims)}), got {tuple(x.shape)}")
+        f = cfg.downsample_factor
+        if any(s % f for s in x.shape[2:]):
+            raise ValueError(f"input size {tuple(x.shape[2:])} is not divisible by {f} (2 to the number of levels "
+                             f"minus one, for channels {','.join(map(str, cfg.channels))}); use a size that is a multiple of {f}")
+
+    def forward(self, x: torch.Tensor, noise_label: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
+        self.check_input(x)
+        emb = self.emb(sinusoidal_embedding(noise_label, self.config.channels[0]).to(x.dtype))
+        if self.label_emb is not None:
+            if class_labels is None:  # unconditional: the null label
+                class_labels = torch.full((x.shape[0],), self.config.num_classes, device=x.device, dtype=torch.long)
+            emb = emb + self.label_emb(class_labels)
+        elif class_labels is not None:
+            raise ValueError("this model was trained without class labels; drop the class conditioning")
+
+        h = self.input(x)
+        hs = [h]
+        for layers in self.down:
+            for layer in layers:
+                h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
+            hs.append(h)
+        for layer in self.middle:
+            h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
+        for layers in self.up:
+            h = torch.cat([h, hs.pop()], dim=1)
+            for layer in layers:
+                h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
+        return self.out(h)

@@ -1,0 +1,35 @@
+"""The forward and reverse processes made visible, as strips of images."""
+
+from __future__ import annotations
+
+import torch
+
+from ..checkpoint import LoadedRun
+from ..schedules import add_noise, ve_to_vp
+from .generate import generate
+
+FORWARD_SIGMAS = (0.0, 0.05, 0.1, 0.2, 0.4, 0.8, 1.5, 3.0, 6.0, 20.0, 80.0)
+
+
+def forward_strip(image: torch.Tensor, sigmas=FORWARD_SIGMAS, seed: int = 0) -> torch.Tensor:
+    """(C, *spatial) image in [-1, 1] -> (K, C, *spatial): x0 + sigma n at each sigma, with one fixed n,
+    shown in the variance-preserving scale x / sqrt(1 + sigma^2) so every tile has the data's range."""
+    x0 = image.unsqueeze(0).expand(len(sigmas), *image.shape)
+    sigma = torch.tensor(sigmas, dtype=image.dtype)
+    noise = torch.randn(image.shape, generator=torch.Generator().manual_seed(seed), dtype=image.dtype)
+    return ve_to_vp(add_noise(x0, sigma, noise.expand_as(x0)), sigma).clamp(-1, 1)
+
+
+def reverse_strip(run: LoadedRun, *, seed: int = 0, steps: int | None = None, sampler: str | None = None,
+                  tiles: int = 10) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
+    """Sample one image and keep, at up to `tiles` of its steps, the noisy x (VP scale) and the model's
+    x0 estimate. Returns (xs, x0_hats, sigmas), the first two (K, C, *spatial); the final sample is the
+    last x0 tile and appears at sigma 0."""
+    seen = []
+    final = next(generate(run, 1, steps=steps, sampler=sampler, seed=seed, batch_size=1, progress=False,
+                          callback=lambda info: seen.append((info["sigma"], info["x"][0].clone(), info["denoised"][0].clone()))))
+    keep = sorted({round(i * (len(seen) - 1) / max(1, tiles - 2)) for i in range(tiles - 1)})
+    xs = [ve_to_vp(seen[i][1].unsqueeze(0), seen[i][0])[0] for i in keep] + [final[0]]
+    x0s = [seen[i][2] for i in keep] + [final[0]]
+    sigmas = [seen[i][0] for i in keep] + [0.0]
+    return torch.stack(xs).clamp(-1, 1), torch.stack(x0s).clamp(-1, 1), sigmas

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The demo: train a small model on the built-in shapes (under 10 minutes on a 2-core CPU), then
+# write a sample grid and the forward and reverse processes as strips. Run it again to resume.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
+OUT=${1:-runs/demo}
+STEPS=${STEPS:-2000}
+diffusely=.venv/bin/diffusely
+
+if [ -f "$OUT/config.json" ]; then
+  $diffusely train --out "$OUT" --resume --steps "$STEPS"
+else
+  $diffusely train shapes --out "$OUT" --steps "$STEPS" --batch-size 32 --image-size 32 \
+    --channels 32,64,64 --blocks-per-level 1 --attention-levels 2 --lr 2e-3 \
+    --checkpoint-every 250 --sample-every 500
+fi
+$diffusely sample "$OUT" -n 64 --grid "$OUT/samples.png" --out "$OUT/generated" --quiet
+$diffusely forward shapes --out "$OUT/forward.png" --size 32
+$diffusely reverse "$OUT" --out "$OUT/reverse.png"
+echo
+echo "demo done: samples $OUT/samples.png, forward process $OUT/forward.png, reverse process $OUT/reverse.png"

@@ -1,0 +1,126 @@
+"""The CLI end to end on a tiny image folder: train, sample, info, strips, and bad input."""
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from diffusely.cli import main
+
+from helpers import TINY_ARGS
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture
+def trained(tiny_folder, tmp_path):
+    out = tmp_path / "run"
+    r = run("train", tiny_folder, "--out", out, "--steps", 6, "--checkpoint-every", 3, "--sample-every", 3, *TINY_ARGS)
+    assert r.exit_code == 0, r.output
+    return out
+
+
+def test_train_sample_info_end_to_end(trained, tmp_path):
+    for name in ["config.json", "checkpoint.safetensors", "log.csv", "loss.png", "samples/step-0000003.png",
+                 "samples/step-0000006.png"]:
+        assert (trained / name).is_file(), name
+    log = (trained / "log.csv").read_text().splitlines()
+    assert log[0] == "step,loss,lr,images_per_second,seconds" and log[-1].startswith("6,")
+
+    r = run("sample", trained, "-n", 5, "--steps", 3, "--out", tmp_path / "s", "--grid", tmp_path / "g.png", "--quiet",
+            "--batch-size", 2)
+    assert r.exit_code == 0, r.output
+    files = sorted((tmp_path / "s").glob("*.png"))
+    assert [f.name for f in files] == [f"{i:06d}.png" for i in range(5)]
+    assert Image.open(files[0]).size == (16, 16) and Image.open(files[0]).mode == "RGB"
+    assert Image.open(tmp_path / "g.png").size == (3 * 18 + 2, 2 * 18 + 2)  # 3 columns, 2 rows, 2-px padding
+
+    r = run("sample", trained, "-n", 2, "--steps", 2, "--format", "npy", "--out", tmp_path / "n", "--quiet")
+    assert r.exit_code == 0, r.output
+    a = np.load(tmp_path / "n" / "000000.npy")
+    assert a.shape == (16, 16, 3) and a.dtype == np.uint8
+
+    r = run("info", trained, "--json")
+    facts = json.loads(r.output)
+    assert facts["steps_trained"] == 6 and facts["image_size"] == 16 and facts["parameterization"] == "edm"
+    assert facts["last_loss"] > 0 and facts["parameters"] > 10_000
+    assert "steps trained     6" in run("info", trained).output
+
+
+def test_same_seed_same_samples(trained, tmp_path):
+    for d in ("a", "b", "c"):
+        run("sample", trained, "-n", 3, "--steps", 3, "--seed", 4 if d != "c" else 5, "--format", "npy",
+            "--out", tmp_path / d, "--quiet", "--sampler", "euler_ancestral")
+    a, b, c = (np.load(tmp_path / d / f"{4 if d != 'c' else 5:06d}.npy") for d in "abc")
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c)
+    # sample 5 of seed 4 (i = 1) is sample 5 of seed 5 (i = 0): samples depend on their own seed only
+    assert np.array_equal(np.load(tmp_path / "a" / "000005.npy"), c)
+
+
+def test_forward_and_reverse_strips(trained, tiny_folder, tmp_path):
+    image = next(tiny_folder.rglob("*.png"))
+    r = run("forward", image, "--out", tmp_path / "f.png", "--size", 16)
+    assert r.exit_code == 0, r.output
+    assert Image.open(tmp_path / "f.png").size[0] > 11 * 16 * 8  # eleven noise levels, tiles enlarged 8x
+    r = run("reverse", trained, "--out", tmp_path / "r.png", "--steps", 4)
+    assert r.exit_code == 0, r.output
+    w, h = Image.open(tmp_path / "r.png").size
+    assert h > 2 * 16 * 8  # two rows: x and the x0 estimate
+
+
+def test_corrupt_image_is_skipped_with_one_warning(tiny_folder, tmp_path):
+    (tiny_folder / "circle" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    with pytest.warns(UserWarning, match="skipped 1 "):
+        r = run("train", tiny_folder, "--out", tmp_path / "run", "--steps", 1, *TINY_ARGS)
+    assert r.exit_code == 0, r.output
+
+
+@pytest.mark.parametrize("setup, args, message", [
+    (lambda p: (p / "empty").mkdir(), ["empty"], "no image files under"),
+    (lambda p: None, ["missing"], "no such folder"),
+    (lambda p: None, ["shapez"], "shapes"),
+])
+def test_bad_data_gives_clear_error(tmp_path, setup, args, message, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    setup(tmp_path)
+    r = CliRunner().invoke(main, ["train", *args, "--out", "run", "--steps", "1", *TINY_ARGS])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert message in r.output
+
+
+def test_image_size_not_divisible(tiny_folder, tmp_path):
+    r = CliRunner().invoke(main, ["train", str(tiny_folder), "--out", str(tmp_path / "r"), "--steps", "1", *TINY_ARGS,
+                                  "--image-size", "18", "--channels", "16,32,32"])
+    assert r.exit_code == 1
+    assert "image size 18 is not divisible by 4" in r.output and "--image-size 16 or 20" in r.output
+
+
+def test_existing_run_needs_resume(trained):
+    r = CliRunner().invoke(main, ["train", "shapes", "--out", str(trained), "--steps", "1"])
+    assert r.exit_code == 1 and "already holds a run; pass --resume" in r.output
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda cfg_path: cfg_path.unlink(), "has no config.json"),
+    (lambda cfg_path: cfg_path.write_text(cfg_path.read_text().replace('"heun"', '"warp"')), "diffusion.sampler is 'warp'"),
+])
+def test_run_dir_with_missing_or_edited_config(trained, edit, message):
+    edit(trained / "config.json")
+    r = CliRunner().invoke(main, ["sample", str(trained), "-n", "1", "--quiet"])
+    assert r.exit_code == 1 and message in r.output and "Traceback" not in r.output
+
+
+def test_unknown_sampler(trained):
+    r = CliRunner().invoke(main, ["sample", str(trained), "-n", "1", "--sampler", "plms", "--quiet"])
+    assert r.exit_code == 1 and "unknown sampler 'plms'; choose one of: euler, heun" in r.output
+
+
+def test_every_command_has_help():
+    for cmd in ["train", "sample", "forward", "reverse", "info"]:
+        r = run(cmd, "--help")
+        assert r.exit_code == 0 and "Usage:" in r.output

@@ -1,0 +1,75 @@
+"""Training: a killed run resumes to the same weights, bit for bit, as a run never interrupted."""
+
+import os
+import signal
+import subprocess
+import sys
+
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from diffusely.cli import main
+from diffusely.config import RunConfig
+from diffusely.train.ema import ema_beta
+
+from helpers import TINY_ARGS
+
+KILLED_RUN = r"""
+import os, signal, sys, torch
+torch.set_num_threads(2)
+from diffusely.cli import main
+from diffusely.train import loop
+original = loop.save_checkpoint
+def save_then_die(*args, step, **kwargs):
+    original(*args, step=step, **kwargs)
+    if step == 4:  # the checkpoint at step N is on disk: die the hard way
+        os.kill(os.getpid(), signal.SIGKILL)
+loop.save_checkpoint = save_then_die
+main(sys.argv[1:])
+"""
+
+
+def test_killed_and_resumed_equals_uninterrupted(tiny_folder, tmp_path):
+    common = [str(tiny_folder), "--steps", "8", "--checkpoint-every", "4", "--sample-every", "100", *TINY_ARGS]
+    # the run that is never interrupted
+    r = CliRunner().invoke(main, ["train", *common, "--out", str(tmp_path / "whole")], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+
+    # the same run, SIGKILLed right after its checkpoint at step 4 (and with steps 5.. never saved)
+    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    p = subprocess.run([sys.executable, "-c", KILLED_RUN, "train", *common, "--out", str(tmp_path / "killed")],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == -signal.SIGKILL, p.stderr
+    assert load_file(str(tmp_path / "killed" / "checkpoint.safetensors"))["optim.0.step"].item() == 4
+
+    r = CliRunner().invoke(main, ["train", "--out", str(tmp_path / "killed"), "--resume", "--quiet"],
+                           catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    whole = load_file(str(tmp_path / "whole" / "checkpoint.safetensors"))
+    resumed = load_file(str(tmp_path / "killed" / "checkpoint.safetensors"))
+    assert whole.keys() == resumed.keys()
+    for k in whole:
+        assert torch.equal(whole[k], resumed[k]), k
+    assert (tmp_path / "whole" / "log.csv").read_text().count("\n") == (tmp_path / "killed" / "log.csv").read_text().count("\n")
+
+
+def test_resume_extends_a_finished_run(tiny_folder, tmp_path):
+    out = str(tmp_path / "run")
+    CliRunner().invoke(main, ["train", str(tiny_folder), "--out", out, "--steps", "2", *TINY_ARGS], catch_exceptions=False)
+    r = CliRunner().invoke(main, ["train", "--out", out, "--resume", "--steps", "4", "--quiet"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert RunConfig.load(f"{out}/config.json").train.steps == 4
+    assert load_file(f"{out}/checkpoint.safetensors")["optim.0.step"].item() == 4
+
+
+def test_resume_without_a_run(tmp_path):
+    r = CliRunner().invoke(main, ["train", "--out", str(tmp_path / "none"), "--resume"])
+    assert r.exit_code == 1 and "nothing to resume" in r.output
+
+
+def test_ema_halflife():
+    # half-life 1000 images at 100 images a step: after 10 steps the old weights count half
+    assert ema_beta(100, 10**9, 1000, None) ** 10 == __import__("pytest").approx(0.5)
+    # EDM's ramp-up: early on the half-life is at most 5% of the images seen
+    assert ema_beta(100, 2000, 1000, 0.05) == 0.5 ** (100 / 100)
