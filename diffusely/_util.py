@@ -32,11 +32,14 @@ def randn_like(x: torch.Tensor, generator: Generator = None) -> torch.Tensor:
     `generator` is one torch.Generator for the whole batch or a list with one per sample, so that
     a sample depends on its own seed and not on the batch it was drawn in.
     """
-    if generator is None or isinstance(generator, torch.Generator):
-        return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    # noise is drawn on the generator's device, then moved: CPU generators give the same samples on any device
+    if generator is None:
+        return torch.randn(x.shape, device=x.device, dtype=x.dtype)
+    if isinstance(generator, torch.Generator):
+        return torch.randn(x.shape, generator=generator, device=generator.device, dtype=x.dtype).to(x.device)
     if len(generator) != x.shape[0]:
         raise ValueError(f"got {len(generator)} generators for a batch of {x.shape[0]}")
-    return torch.stack([torch.randn(x.shape[1:], generator=g, device=x.device, dtype=x.dtype) for g in generator])
+    return torch.stack([torch.randn(x.shape[1:], generator=g, device=g.device, dtype=x.dtype) for g in generator]).to(x.device)
 
 
 def generators(seeds: Sequence[int], device="cpu") -> list[torch.Generator]:

@@ -29,6 +29,24 @@ def user_errors(fn):
     return wrapper
 
 
+def _options(ctx, param, values):
+    """-o KEY=VALUE pairs -> {KEY: float}, for sampler options such as S_churn or eta."""
+    out = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        try:
+            if not sep:
+                raise ValueError
+            out[key.strip()] = float(value)
+        except ValueError:
+            raise click.BadParameter(f"expected KEY=NUMBER such as S_churn=30 or eta=0.5, got {item!r}") from None
+    return out
+
+
+SAMPLER_OPTION = click.option("-o", "--option", "options", multiple=True, callback=_options, metavar="KEY=VALUE",
+                              help="A sampler option, repeatable: -o S_churn=30 -o S_tmax=10 (heun, euler), -o eta=0.5 (ddim).")
+
+
 def _int_list(ctx, param, value):
     if value is None:
         return None
@@ -63,12 +81,14 @@ def main():
 @click.option("--checkpoint-every", type=int, help="Steps between checkpoints.")
 @click.option("--sample-every", type=int, help="Steps between sample grids.")
 @click.option("--seed", type=int, help="Seed of weights, batches and noise.")
+@click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]),
+              help="auto (default): bf16 autocast on CUDA and on CPUs with native bf16, else fp32.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="A config.json to start from; options override it.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @user_errors
 def train(data, run_dir, steps, batch_size, image_size, channels, blocks_per_level, attention_levels, lr, recipe,
-          classes, grayscale, no_flip, checkpoint_every, sample_every, seed, config_file, resume, quiet):
+          classes, grayscale, no_flip, checkpoint_every, sample_every, seed, precision, config_file, resume, quiet):
     """Train on DATA (a folder of images, or a built-in dataset: shapes) into a run directory.
 
     \b
@@ -94,7 +114,7 @@ def train(data, run_dir, steps, batch_size, image_size, channels, blocks_per_lev
         _set(config.model, channels=channels, blocks_per_level=blocks_per_level, attention_levels=attention_levels)
         config.model.__post_init__()
         _set(config.train, batch_size=batch_size, lr=lr, checkpoint_every=checkpoint_every, sample_every=sample_every,
-             seed=seed)
+             seed=seed, precision=precision)
     _set(config.train, steps=steps)
     config.train.__post_init__()
     result = run_training(config, run_dir, resume=resume, progress=not quiet)
@@ -120,14 +140,16 @@ def _set(obj, **values):
 @click.option("--format", "fmt", type=click.Choice(["png", "npy"]), default="png", show_default=True)
 @click.option("--grid", type=click.Path(dir_okay=False), help="Also save all samples as one grid PNG.")
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Samples per batch (bounds memory).")
+@SAMPLER_OPTION
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @user_errors
-def sample(run_dir, count, steps, sampler, seed, out_dir, fmt, grid, batch_size, quiet):
+def sample(run_dir, count, steps, sampler, seed, out_dir, fmt, grid, batch_size, options, quiet):
     """Draw N samples from a trained run.
 
     \b
     diffusely sample runs/shapes -n 64 --grid grid.png
     diffusely sample runs/shapes -n 8 --sampler euler --steps 50 --format npy
+    diffusely sample runs/shapes -n 64 --steps 25 -o S_churn=30 -o S_tmin=0.05 -o S_tmax=10 -o S_noise=1.003
     """
     from PIL import Image
 
@@ -139,7 +161,8 @@ def sample(run_dir, count, steps, sampler, seed, out_dir, fmt, grid, batch_size,
     out.mkdir(parents=True, exist_ok=True)
     everything = []
     i = 0
-    for batch in generate(run, count, steps=steps, sampler=sampler, seed=seed, batch_size=batch_size, progress=not quiet):
+    for batch in generate(run, count, steps=steps, sampler=sampler, seed=seed, batch_size=batch_size,
+                          progress=not quiet, **options):
         images = to_uint8(batch)
         # written as produced: a stopped run keeps what it made
         for image in images:
@@ -190,14 +213,15 @@ def forward(image, out, size, seed):
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--steps", type=int, help="Sampler steps (default: the run's).")
 @click.option("--sampler", type=str, help=f"One of: {', '.join(SAMPLERS)} (default: the run's).")
+@SAMPLER_OPTION
 @user_errors
-def reverse(run_dir, out, seed, steps, sampler):
+def reverse(run_dir, out, seed, steps, sampler, options):
     """Show the reverse process: one sample's noisy state and the model's x0 estimate at each step."""
     from . import viz
     from .pipelines import reverse_strip
 
     run = load_run(run_dir)
-    xs, x0s, sigmas = reverse_strip(run, seed=seed, steps=steps, sampler=sampler)
+    xs, x0s, sigmas = reverse_strip(run, seed=seed, steps=steps, sampler=sampler, **options)
     size = run.config.data.image_size
     viz.save_strip([xs, x0s], out, labels=[f"σ={s:.3g}" for s in sigmas], row_labels=["x", "x0 estimate"],
                    scale=max(1, 128 // size))

@@ -124,3 +124,12 @@ def test_every_command_has_help():
     for cmd in ["train", "sample", "forward", "reverse", "info"]:
         r = run(cmd, "--help")
         assert r.exit_code == 0 and "Usage:" in r.output
+
+
+def test_sampler_options(trained, tmp_path):
+    r = run("sample", trained, "-n", 2, "--steps", 3, "--out", tmp_path / "s", "--quiet", "-o", "S_churn=10", "-o", "S_tmax=5")
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(main, ["sample", str(trained), "-n", "1", "--quiet", "-o", "eta=0.5"])
+    assert r.exit_code == 1 and "sampler 'heun' takes no option eta; its options: S_churn, S_noise, S_tmax, S_tmin" in r.output
+    r = CliRunner().invoke(main, ["sample", str(trained), "-n", "1", "--quiet", "-o", "S_churn"])
+    assert r.exit_code == 2 and "expected KEY=NUMBER" in r.output

@@ -73,3 +73,13 @@ def test_ema_halflife():
     assert ema_beta(100, 10**9, 1000, None) ** 10 == __import__("pytest").approx(0.5)
     # EDM's ramp-up: early on the half-life is at most 5% of the images seen
     assert ema_beta(100, 2000, 1000, 0.05) == 0.5 ** (100 / 100)
+
+
+def test_learning_rate_schedule():
+    from diffusely.config import TrainConfig
+    from diffusely.train.loop import _lr
+    tc = TrainConfig(steps=100, lr=1.0, warmup_steps=10, decay_from=0.5)
+    assert _lr(0, tc) == 0.1 and _lr(9, tc) == 1.0 and _lr(49, tc) == 1.0
+    assert _lr(50, tc) == 1.0 and _lr(75, tc) == 0.5 and _lr(99, tc) == 0.02
+    assert _lr(99, TrainConfig(steps=100, lr=1.0, warmup_steps=10, decay_from=1.0)) == 1.0
+    assert _lr(99, TrainConfig(steps=100, lr=1.0, warmup_steps=10)) == 0.025  # the default decays from 60%

@@ -37,7 +37,7 @@ def generate(run: LoadedRun, n: int, *, steps: Optional[int] = None, sampler: Op
             noise = torch.stack([torch.randn(shape, generator=g) for g in gens]).to(device)
             with torch.inference_mode():
                 x = sample(run.denoiser, noise, method=sampler, steps=steps, sigma_min=d.sigma_min,
-                           sigma_max=d.sigma_max, generator=gens if device.type == "cpu" else None,
+                           sigma_max=d.sigma_max, generator=gens,
                            callback=callback, **options)
             bar.update(len(x))
             yield x.clamp(-1, 1).cpu()

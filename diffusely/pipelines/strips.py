@@ -21,13 +21,14 @@ def forward_strip(image: torch.Tensor, sigmas=FORWARD_SIGMAS, seed: int = 0) -> 
 
 
 def reverse_strip(run: LoadedRun, *, seed: int = 0, steps: int | None = None, sampler: str | None = None,
-                  tiles: int = 10) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
+                  tiles: int = 10, **options) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
     """Sample one image and keep, at up to `tiles` of its steps, the noisy x (VP scale) and the model's
     x0 estimate. Returns (xs, x0_hats, sigmas), the first two (K, C, *spatial); the final sample is the
     last x0 tile and appears at sigma 0."""
     seen = []
     final = next(generate(run, 1, steps=steps, sampler=sampler, seed=seed, batch_size=1, progress=False,
-                          callback=lambda info: seen.append((info["sigma"], info["x"][0].clone(), info["denoised"][0].clone()))))
+                          callback=lambda info: seen.append((info["sigma"], info["x"][0].clone(), info["denoised"][0].clone())),
+                          **options))
     keep = sorted({round(i * (len(seen) - 1) / max(1, tiles - 2)) for i in range(tiles - 1)})
     xs = [ve_to_vp(seen[i][1].unsqueeze(0), seen[i][0])[0] for i in keep] + [final[0]]
     x0s = [seen[i][2] for i in keep] + [final[0]]

@@ -21,6 +21,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from .. import viz
+from .._util import randn_like
 from ..checkpoint import (CHECKPOINT, CONFIG, RunError, build_denoiser, build_model, load_checkpoint, read_config,
                           save_checkpoint, write_config)
 from ..config import RunConfig
@@ -64,24 +65,32 @@ def _setup_distributed() -> Dist:
 
 
 class Batches:
-    """The batch of every step as a pure function of (seed, step, rank): each epoch is a fresh permutation,
-    and the global batch of a step is split among ranks."""
+    """The batch of every step as a pure function of (seed, step): each epoch is a fresh permutation,
+    and the global batch of a step is split among ranks. Sample j of the run (its global position)
+    also owns a generator for its flip, sigma and noise, so a step on N processes draws exactly what
+    one process draws for the joined batch, and a resumed run draws what the uninterrupted one did."""
 
-    def __init__(self, images: torch.Tensor, batch_size: int, seed: int, d: Dist):
-        self.images, self.batch_size, self.seed, self.d = images, batch_size, seed, d
+    def __init__(self, num_images: int, batch_size: int, seed: int, d: Dist):
+        self.n, self.batch_size, self.seed, self.d = num_images, batch_size, seed, d
         self._perms: dict[int, torch.Tensor] = {}
 
     def _perm(self, epoch: int) -> torch.Tensor:
         if epoch not in self._perms:
             if len(self._perms) > 4:
                 self._perms.pop(min(self._perms))
-            self._perms[epoch] = torch.randperm(len(self.images), generator=_generator("cpu", self.seed, epoch, 7))
+            self._perms[epoch] = torch.randperm(self.n, generator=_generator("cpu", self.seed, epoch, 7))
         return self._perms[epoch]
 
-    def indices(self, step: int) -> torch.Tensor:
-        n, b = len(self.images), self.batch_size
-        pos = step * b * self.d.world + self.d.rank * b + torch.arange(b)
-        return torch.stack([self._perm(int(p) // n)[int(p) % n] for p in pos])
+    def positions(self, step: int) -> list[int]:
+        b = self.batch_size
+        first = step * b * self.d.world + self.d.rank * b
+        return list(range(first, first + b))
+
+    def indices(self, positions: list[int]) -> torch.Tensor:
+        return torch.stack([self._perm(p // self.n)[p % self.n] for p in positions])
+
+    def generators(self, positions: list[int], device) -> list[torch.Generator]:
+        return [_generator(device, self.seed, p, 11) for p in positions]
 
 
 def _bf16_is_fast(device: torch.device) -> bool:
@@ -95,8 +104,13 @@ def _bf16_is_fast(device: torch.device) -> bool:
         return False
 
 
-def _lr(step: int, base: float, warmup: int) -> float:
-    return base * min(1.0, (step + 1) / warmup) if warmup > 0 else base
+def _lr(step: int, tc) -> float:
+    """Linear warm-up, constant, then (from decay_from x steps on) a linear fall to 0 at the last step."""
+    lr = tc.lr * min(1.0, (step + 1) / tc.warmup_steps) if tc.warmup_steps > 0 else tc.lr
+    decay_start = tc.decay_from * tc.steps
+    if step >= decay_start and tc.decay_from < 1:
+        lr *= max(0.0, (tc.steps - step) / (tc.steps - decay_start))
+    return lr
 
 
 def _train_sigmas(config: RunConfig, batch: int, generator, device) -> torch.Tensor:
@@ -200,7 +214,7 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, progr
     weight_fn = weighting(config.diffusion.weighting)
     images = torch.from_numpy(data.images).to(device)  # uint8, NHWC, decoded once
     labels = torch.from_numpy(data.labels).to(device) if config.model.num_classes else None
-    batches = Batches(images, tc.batch_size, tc.seed, d)
+    batches = Batches(len(images), tc.batch_size, tc.seed, d)
     # mixed precision chosen in one place: bf16 autocast (no loss scaling needed, unlike fp16)
     use_bf16 = tc.precision == "bf16" or (tc.precision == "auto" and _bf16_is_fast(device))
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
@@ -212,23 +226,25 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, progr
     last_loss = float("nan")
     model.train()
     for step in range(start, tc.steps):
-        g = _generator(device, tc.seed, step, d.rank)
         torch.manual_seed(_seed(tc.seed, step, d.rank, 1))  # dropout
-        idx = batches.indices(step).to(device)
+        positions = batches.positions(step)
+        idx = batches.indices(positions).to(device)
+        gens = batches.generators(positions, device)
+        per_sample = lambda draw: torch.cat([draw(g) for g in gens])  # noqa: E731
         x0 = to_tensor_device(images[idx])
         if config.data.flip:
-            flip = torch.rand(len(idx), generator=g, device=device) < 0.5
+            flip = per_sample(lambda g: torch.rand(1, generator=g, device=device)) < 0.5
             x0 = torch.where(flip.view(-1, 1, 1, 1), x0.flip(-1), x0)
-        sigma = _train_sigmas(config, len(idx), g, device)
-        noise = torch.randn(x0.shape, generator=g, device=device)
+        sigma = per_sample(lambda g: _train_sigmas(config, 1, g, device))
         cond = {}
         if labels is not None:
-            drop = torch.rand(len(idx), generator=g, device=device) < LABEL_DROPOUT
+            drop = per_sample(lambda g: torch.rand(1, generator=g, device=device)) < LABEL_DROPOUT
             cond["class_labels"] = torch.where(drop, config.model.num_classes, labels[idx])
+        noise = randn_like(x0, gens)
         with autocast:
             loss = denoising_loss(denoiser, x0, sigma, weight_fn(sigma, config.diffusion.sigma_data), noise, **cond).mean()
         for group in optimizer.param_groups:
-            group["lr"] = _lr(step, tc.lr, tc.warmup_steps)
+            group["lr"] = _lr(step, tc)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if tc.grad_clip > 0:
@@ -248,7 +264,7 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, progr
             bar.set_postfix(loss=f"{last_loss:.4f}", img_s=f"{rate:.0f}")
             if d.main:
                 with open(run_dir / LOG, "a", newline="") as f:
-                    csv.DictWriter(f, LOG_FIELDS).writerow({"step": done, "loss": f"{last_loss:.6f}", "lr": f"{_lr(step, tc.lr, tc.warmup_steps):.3g}",
+                    csv.DictWriter(f, LOG_FIELDS).writerow({"step": done, "loss": f"{last_loss:.6f}", "lr": f"{_lr(step, tc):.3g}",
                                                             "images_per_second": f"{rate:.1f}", "seconds": f"{now - t0:.1f}"})
             losses, t_last = [], now
         if d.main and (done % tc.sample_every == 0 or done == tc.steps):
