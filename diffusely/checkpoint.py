@@ -11,8 +11,6 @@ Nothing here unpickles: safetensors holds tensors only, and the rest is JSON.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +18,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ._files import atomic_write, atomic_write_text
 from .config import ConfigError, RunConfig
 from .denoisers import Denoiser
 from .nets import UNet
@@ -30,31 +29,6 @@ CHECKPOINT = "checkpoint.safetensors"
 
 class RunError(ValueError):
     """A run directory that cannot be read; the message says what to fix."""
-
-
-def atomic_write(path: str | Path, write) -> None:
-    """Call write(tmp_path), flush it to disk, then rename over `path`: readers see the old file or the new, never half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def write_config(run_dir: str | Path, config: RunConfig) -> None:

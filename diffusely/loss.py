@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 
-from ._util import Generator, append_dims
+from ._util import Generator
 from .denoisers import Denoiser
 from .schedules import DiscreteSchedule, add_noise
 

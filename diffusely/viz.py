@@ -1,6 +1,6 @@
 """Pictures of images and training: image grids, labelled strips of the noising and denoising process, loss curves.
 
-Every file is written atomically (to path + ".tmp", then renamed), so a viewer never sees half a PNG.
+Every file is written atomically (a temporary file, then renamed), so a viewer never sees half a PNG.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from ._files import atomic_write
 from .data import to_uint8
 
 GRID_PADDING_VALUE = 0  # black between grid tiles, as torchvision's make_grid
@@ -133,12 +134,8 @@ def plot_loss(csv_path, png_path, smoothing_points: int | None = None) -> Path:
     ax.legend()
     fig.tight_layout()
 
-    png_path = Path(png_path)
-    png_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = f"{png_path}.tmp"
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, png_path)
-    return png_path
+    atomic_write(png_path, lambda tmp: fig.savefig(tmp, format="png"))
+    return Path(png_path)
 
 
 def _ema(values: list[float], span: int) -> list[float]:
@@ -183,9 +180,5 @@ def _to_pil(image: np.ndarray) -> Image.Image:
 
 
 def _save_png(image: Image.Image, path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = f"{path}.tmp"
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
-    return path
+    atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
+    return Path(path)

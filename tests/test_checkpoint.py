@@ -1,7 +1,6 @@
 import json
 
 import pytest
-import safetensors.torch
 import torch
 
 from diffusely import checkpoint as ck

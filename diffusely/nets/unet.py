@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .layers import Attention, Downsample, ResBlock, Upsample, conv_nd, group_norm, sinusoidal_embedding, zero_module

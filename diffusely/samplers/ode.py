@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import math
 
-import torch
-
 from .._util import randn_like
 
 
