@@ -80,6 +80,7 @@ def main():
 @click.option("--no-flip", is_flag=True, default=None, help="Do not mirror images at random.")
 @click.option("--checkpoint-every", type=int, help="Steps between checkpoints.")
 @click.option("--sample-every", type=int, help="Steps between sample grids.")
+@click.option("--log-every", type=int, help="Steps between rows of log.csv (default 10).")
 @click.option("--seed", type=int, help="Seed of weights, batches and noise.")
 @click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]),
               help="auto (default): bf16 autocast on CUDA and on CPUs with native bf16, else fp32.")
@@ -88,7 +89,7 @@ def main():
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @user_errors
 def train(data, run_dir, steps, batch_size, image_size, channels, blocks_per_level, attention_levels, lr, recipe,
-          classes, grayscale, no_flip, checkpoint_every, sample_every, seed, precision, config_file, resume, quiet):
+          classes, grayscale, no_flip, checkpoint_every, sample_every, log_every, seed, precision, config_file, resume, quiet):
     """Train on DATA (a folder of images, or a built-in dataset: shapes) into a run directory.
 
     \b
@@ -114,12 +115,18 @@ def train(data, run_dir, steps, batch_size, image_size, channels, blocks_per_lev
         _set(config.model, channels=channels, blocks_per_level=blocks_per_level, attention_levels=attention_levels)
         config.model.__post_init__()
         _set(config.train, batch_size=batch_size, lr=lr, checkpoint_every=checkpoint_every, sample_every=sample_every,
+             log_every=log_every,
              seed=seed, precision=precision)
     _set(config.train, steps=steps)
     config.train.__post_init__()
     result = run_training(config, run_dir, resume=resume, progress=not quiet)
     click.echo(f"trained {result['step']} steps (effective batch {result['effective_batch_size']}), last loss {result['loss']:.4f}")
     click.echo(f"run directory: {run_dir}  (samples/ grids, loss.png, checkpoint.safetensors)")
+
+
+def _device() -> str:
+    import torch
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _set(obj, **values):
@@ -156,7 +163,7 @@ def sample(run_dir, count, steps, sampler, seed, out_dir, fmt, grid, batch_size,
     from . import viz
     from .pipelines import generate
 
-    run = load_run(run_dir)
+    run = load_run(run_dir, _device())
     out = Path(out_dir) if out_dir else Path(run_dir) / "generated"
     out.mkdir(parents=True, exist_ok=True)
     everything = []
@@ -220,7 +227,7 @@ def reverse(run_dir, out, seed, steps, sampler, options):
     from . import viz
     from .pipelines import reverse_strip
 
-    run = load_run(run_dir)
+    run = load_run(run_dir, _device())
     xs, x0s, sigmas = reverse_strip(run, seed=seed, steps=steps, sampler=sampler, **options)
     size = run.config.data.image_size
     viz.save_strip([xs, x0s], out, labels=[f"σ={s:.3g}" for s in sigmas], row_labels=["x", "x0 estimate"],

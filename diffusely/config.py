@@ -56,6 +56,13 @@ class DiffusionConfig:
             raise ConfigError("diffusion.train_sigmas 'discrete' needs a diffusion.schedule (linear, cosine or sigmoid)")
         if not 0 < self.sigma_min < self.sigma_max:
             raise ConfigError(f"diffusion needs 0 < sigma_min < sigma_max, got {self.sigma_min}, {self.sigma_max}")
+        if self.sample_steps < 1:
+            raise ConfigError(f"diffusion.sample_steps must be >= 1, got {self.sample_steps}")
+        if self.schedule is not None:
+            sched = self.discrete_schedule()
+            if self.sigma_min < sched.sigma_min * (1 - 1e-6) or self.sigma_max > sched.sigma_max * (1 + 1e-6):
+                raise ConfigError(f"diffusion sigma range [{self.sigma_min}, {self.sigma_max}] leaves the {self.schedule} "
+                                  f"schedule's [{sched.sigma_min:.6g}, {sched.sigma_max:.6g}]; set sigma_min/sigma_max inside it")
 
     def discrete_schedule(self) -> DiscreteSchedule | None:
         return DiscreteSchedule.named(self.schedule, self.timesteps) if self.schedule else None

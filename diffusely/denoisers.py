@@ -78,7 +78,9 @@ class Denoiser(nn.Module):
 
     def noise_label(self, sigma: torch.Tensor) -> torch.Tensor:
         if self.schedule is not None:
-            return self.schedule.sigma_to_t(sigma)
+            # beyond its table a timestep network is asked at the nearest timestep it was trained on (a
+            # churn step may lift sigma past sigma_max); the coefficients still use the true sigma
+            return self.schedule.sigma_to_t(sigma.clamp(self.schedule.sigma_min, self.schedule.sigma_max))
         return sigma.log() / 4  # EDM table 1, c_noise
 
     def raw(self, x: torch.Tensor, sigma, **cond) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -165,7 +165,8 @@ class DiscreteSchedule:
         if mode == "leading":
             ts = torch.arange(steps) * (T // steps)
         elif mode == "trailing":
-            ts = (torch.arange(T, 0, -T / steps).round() - 1).long().flip(0)
+            # T - 1 - round(i T / steps); a float arange here can yield one step too many
+            ts = (T - (torch.arange(steps, dtype=torch.float64) * T / steps).round() - 1).long().flip(0)
         elif mode == "linspace":
             ts = torch.linspace(0, T - 1, steps, dtype=torch.float64).round().long()
         else:

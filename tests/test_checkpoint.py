@@ -46,13 +46,23 @@ def test_checkpoint_round_trip_bit_for_bit(tmp_path):
     assert all(torch.equal(p, ema.state_dict()[k]) for k, p in run.denoiser.net.state_dict().items())
 
 
-def test_checkpoint_loading_never_unpickles(tmp_path):
+def test_checkpoint_loading_never_unpickles(tmp_path, monkeypatch):
+    import pickle
     cfg, model, ema, opt = trained_parts()
+    ck.write_config(tmp_path, cfg)
     ck.save_checkpoint(tmp_path, model=model, ema=ema, optimizer=opt, step=1)
-    raw = (tmp_path / ck.CHECKPOINT).read_bytes()
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a checkpoint load unpickled something")
+
+    for name in ("load", "loads", "Unpickler"):
+        monkeypatch.setattr(pickle, name, forbidden)
+    monkeypatch.setattr(torch, "load", forbidden)
+    run = ck.load_run(tmp_path)
+    assert run.step == 1
     # a safetensors file: an 8-byte header length, then a JSON header, then raw tensor bytes
-    header_len = int.from_bytes(raw[:8], "little")
-    header = json.loads(raw[8:8 + header_len])
+    raw = (tmp_path / ck.CHECKPOINT).read_bytes()
+    header = json.loads(raw[8:8 + int.from_bytes(raw[:8], "little")])
     assert header["__metadata__"]["step"] == "1"
 
 
@@ -112,6 +122,14 @@ def test_missing_and_edited_config(tmp_path):
     (tmp_path / ck.CONFIG).write_text(json.dumps(d))
     with pytest.raises(ck.RunError, match="diffusion.sampler is 'fast'; choose one of: euler, heun"):
         ck.load_run(tmp_path)
+
+
+def test_config_validation_catches_bad_sampling_settings():
+    from diffusely.config import ConfigError, DiffusionConfig
+    with pytest.raises(ConfigError, match="leaves the linear schedule's \\[0.0100005, 157.407\\]"):
+        DiffusionConfig(parameterization="eps", schedule="linear", train_sigmas="discrete")  # sigma_min 0.002
+    with pytest.raises(ConfigError, match="sample_steps must be >= 1"):
+        DiffusionConfig(sample_steps=0)
 
 
 def test_config_json_round_trip():

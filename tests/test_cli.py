@@ -133,3 +133,11 @@ def test_sampler_options(trained, tmp_path):
     assert r.exit_code == 1 and "sampler 'heun' takes no option eta; its options: S_churn, S_noise, S_tmax, S_tmin" in r.output
     r = CliRunner().invoke(main, ["sample", str(trained), "-n", "1", "--quiet", "-o", "S_churn"])
     assert r.exit_code == 2 and "expected KEY=NUMBER" in r.output
+
+
+def test_resume_with_edited_config(trained):
+    cfg = json.loads((trained / "config.json").read_text())
+    cfg["model"]["channels"] = [16, 48]
+    (trained / "config.json").write_text(json.dumps(cfg))
+    r = CliRunner().invoke(main, ["train", "--out", str(trained), "--resume", "--steps", "8", "--quiet"])
+    assert r.exit_code == 1 and "does not fit the model that config.json describes" in r.output

@@ -144,3 +144,23 @@ def test_guidance_scales_one_call(scale):
     cond = labels.view(-1, 1) * 10.0 + 0.5
     uncond = torch.full((4, 1), 70.5)
     assert torch.allclose(out, (uncond + scale * (cond - uncond)).expand(4, 2))
+
+
+def test_timestep_network_beyond_its_table_uses_the_nearest_timestep():
+    """A churn step lifts sigma above the table's sigma_max: the label clamps, the coefficients do not."""
+    sched = DiscreteSchedule.named("linear")
+    labels = []
+    D = Denoiser(lambda inp, t: labels.append(t) or inp * 0, "eps", schedule=sched)
+    x = torch.ones(2, 3)
+    out = D(x, torch.tensor([200.0, 0.005]))
+    assert labels[0].tolist() == [999.0, 0.0]
+    assert torch.equal(out, x)  # eps = 0: D = x exactly, with the true sigma
+
+
+def test_ddpm_recipe_samples_with_churn():
+    from diffusely import sample
+    sched = DiscreteSchedule.named("linear")
+    D = Denoiser(lambda inp, t: inp * 0, "eps", schedule=sched)
+    out = sample(D, torch.randn(2, 3), method="heun", steps=4, sigma_min=sched.sigma_min, sigma_max=sched.sigma_max,
+                 S_churn=10.0)
+    assert torch.isfinite(out).all()

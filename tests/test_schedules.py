@@ -89,6 +89,11 @@ def test_timestep_spacings_match_diffusers():
     assert s.timesteps(10, "leading").tolist() == [900, 800, 700, 600, 500, 400, 300, 200, 100, 0]
     assert s.timesteps(10, "trailing").tolist() == [999, 899, 799, 699, 599, 499, 399, 299, 199, 99]
     assert s.timesteps(10, "linspace").tolist() == [999, 888, 777, 666, 555, 444, 333, 222, 111, 0]
+    for steps in range(1, 1001):  # every step count: distinct, decreasing, inside the table
+        for mode in ("leading", "trailing", "linspace"):
+            ts = s.timesteps(steps, mode)
+            assert len(ts) == steps and ts.min() >= 0 and ts.max() <= 999 and (ts.diff() < 0).all(), (steps, mode)
+    assert s.timesteps(61, "trailing")[-1] == 15
     sig = s.timestep_sigmas(10, "trailing")
     assert sig.shape == (11,) and sig[-1] == 0 and sig[0].item() == pytest.approx(s.sigma_max)
 

@@ -20,18 +20,20 @@ import os, signal, sys, torch
 torch.set_num_threads(2)
 from diffusely.cli import main
 from diffusely.train import loop
-original = loop.save_checkpoint
-def save_then_die(*args, step, **kwargs):
-    original(*args, step=step, **kwargs)
-    if step == 4:  # the checkpoint at step N is on disk: die the hard way
+original, calls = loop.update_ema, [0]
+def update_then_die(*args, **kwargs):
+    original(*args, **kwargs)
+    calls[0] += 1
+    if calls[0] == 6:  # inside step 6: the checkpoint of step 3 is on disk, steps 4 and 5 are logged, not saved
         os.kill(os.getpid(), signal.SIGKILL)
-loop.save_checkpoint = save_then_die
+loop.update_ema = update_then_die
 main(sys.argv[1:])
 """
 
 
 def test_killed_and_resumed_equals_uninterrupted(tiny_folder, tmp_path):
-    common = [str(tiny_folder), "--steps", "8", "--checkpoint-every", "4", "--sample-every", "100", *TINY_ARGS]
+    common = [str(tiny_folder), "--steps", "9", "--checkpoint-every", "3", "--sample-every", "100", "--log-every", "1",
+              *TINY_ARGS]
     # the run that is never interrupted
     r = CliRunner().invoke(main, ["train", *common, "--out", str(tmp_path / "whole")], catch_exceptions=False)
     assert r.exit_code == 0, r.output
@@ -41,7 +43,8 @@ def test_killed_and_resumed_equals_uninterrupted(tiny_folder, tmp_path):
     p = subprocess.run([sys.executable, "-c", KILLED_RUN, "train", *common, "--out", str(tmp_path / "killed")],
                        env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == -signal.SIGKILL, p.stderr
-    assert load_file(str(tmp_path / "killed" / "checkpoint.safetensors"))["optim.0.step"].item() == 4
+    assert load_file(str(tmp_path / "killed" / "checkpoint.safetensors"))["optim.0.step"].item() == 3
+    assert len((tmp_path / "killed" / "log.csv").read_text().splitlines()) == 1 + 5  # rows 4 and 5 beyond it
 
     r = CliRunner().invoke(main, ["train", "--out", str(tmp_path / "killed"), "--resume", "--quiet"],
                            catch_exceptions=False)
@@ -51,7 +54,9 @@ def test_killed_and_resumed_equals_uninterrupted(tiny_folder, tmp_path):
     assert whole.keys() == resumed.keys()
     for k in whole:
         assert torch.equal(whole[k], resumed[k]), k
-    assert (tmp_path / "whole" / "log.csv").read_text().count("\n") == (tmp_path / "killed" / "log.csv").read_text().count("\n")
+    # the log rows of steps 4 and 5 from before the kill were dropped and written again by the resumed run
+    loss_column = lambda run: [line.split(",")[:2] for line in (tmp_path / run / "log.csv").read_text().splitlines()]
+    assert loss_column("whole") == loss_column("killed") and len(loss_column("whole")) == 1 + 9
 
 
 def test_resume_extends_a_finished_run(tiny_folder, tmp_path):

@@ -28,7 +28,7 @@ def generate(run: LoadedRun, n: int, *, steps: Optional[int] = None, sampler: Op
     d = cfg.diffusion
     sampler = sampler or d.sampler
     get_sampler(sampler)
-    steps = steps or d.sample_steps
+    steps = steps if steps is not None else d.sample_steps
     device = next(run.denoiser.parameters()).device
     shape = (cfg.model.in_channels, *[cfg.data.image_size] * cfg.model.dims)
     with tqdm(total=n, desc="sampling", unit="img", disable=not progress) as bar:

@@ -97,7 +97,7 @@ def _bf16_is_fast(device: torch.device) -> bool:
     """bf16 autocast pays on CUDA and on CPUs with native bf16 (AVX512-BF16, AMX): 1.6x a training step
     on a 2-core AMD EPYC. On other CPUs it is emulated and slower, so float32 stays."""
     if device.type == "cuda":
-        return True
+        return torch.cuda.is_bf16_supported(including_emulation=False)  # Ampere and newer
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
@@ -113,11 +113,11 @@ def _lr(step: int, tc) -> float:
     return lr
 
 
-def _train_sigmas(config: RunConfig, batch: int, generator, device) -> torch.Tensor:
+def _train_sigmas(config: RunConfig, schedule, batch: int, generator, device) -> torch.Tensor:
     d = config.diffusion
     if d.train_sigmas == "lognormal":
         return lognormal_sigmas(batch, P_mean=d.P_mean, P_std=d.P_std, generator=generator, device=device)
-    return discrete_sigmas(batch, d.discrete_schedule(), generator=generator, device=device)
+    return discrete_sigmas(batch, schedule, generator=generator, device=device)
 
 
 def check_image_size(config: RunConfig) -> None:
@@ -193,9 +193,13 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, progr
     start = 0
     if resume and (run_dir / CHECKPOINT).exists():
         ckpt = load_checkpoint(run_dir, device)
-        model.load_state_dict(ckpt.model)
-        ema.load_state_dict(ckpt.ema)
-        optimizer.load_state_dict(ckpt.optimizer)
+        try:
+            model.load_state_dict(ckpt.model)
+            ema.load_state_dict(ckpt.ema)
+            optimizer.load_state_dict(ckpt.optimizer)
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise RunError(f"the checkpoint in {run_dir} does not fit the model that config.json describes "
+                           f"(was config.json edited?): {str(e).splitlines()[0]}") from None
         start = ckpt.step
     if d.main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -212,6 +216,7 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, progr
     denoiser = build_denoiser(config, net)
     ema_denoiser = build_denoiser(config, ema)
     weight_fn = weighting(config.diffusion.weighting)
+    schedule = config.diffusion.discrete_schedule()
     images = torch.from_numpy(data.images).to(device)  # uint8, NHWC, decoded once
     labels = torch.from_numpy(data.labels).to(device) if config.model.num_classes else None
     batches = Batches(len(images), tc.batch_size, tc.seed, d)
@@ -235,7 +240,7 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, progr
         if config.data.flip:
             flip = per_sample(lambda g: torch.rand(1, generator=g, device=device)) < 0.5
             x0 = torch.where(flip.view(-1, 1, 1, 1), x0.flip(-1), x0)
-        sigma = per_sample(lambda g: _train_sigmas(config, 1, g, device))
+        sigma = per_sample(lambda g: _train_sigmas(config, schedule, 1, g, device))
         cond = {}
         if labels is not None:
             drop = per_sample(lambda g: torch.rand(1, generator=g, device=device)) < LABEL_DROPOUT
@@ -259,6 +264,10 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, progr
         at_checkpoint = done % tc.checkpoint_every == 0 or done == tc.steps
         if done % tc.log_every == 0 or at_checkpoint:
             last_loss = sum(losses) / len(losses)
+            if d.world > 1:  # the loss of the whole (global) batch, not rank 0's share
+                mean = torch.tensor([last_loss], dtype=torch.float64, device=device)
+                dist.all_reduce(mean)
+                last_loss = mean.item() / d.world
             now = time.perf_counter()
             rate = len(losses) * tc.batch_size * d.world / (now - t_last)
             bar.set_postfix(loss=f"{last_loss:.4f}", img_s=f"{rate:.0f}")
@@ -267,8 +276,6 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, progr
                     csv.DictWriter(f, LOG_FIELDS).writerow({"step": done, "loss": f"{last_loss:.6f}", "lr": f"{_lr(step, tc):.3g}",
                                                             "images_per_second": f"{rate:.1f}", "seconds": f"{now - t0:.1f}"})
             losses, t_last = [], now
-        if d.main and (done % tc.sample_every == 0 or done == tc.steps):
-            sample_grid(ema_denoiser, config, run_dir / "samples" / f"step-{done:07d}.png")
         if at_checkpoint:
             if d.main:
                 save_checkpoint(run_dir, model=model, ema=ema, optimizer=optimizer, step=done)
@@ -280,6 +287,9 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, progr
                     on_checkpoint(done)
             if d.world > 1:
                 dist.barrier()
+        # after the checkpoint, so a failing grid never costs the steps before it
+        if d.main and (done % tc.sample_every == 0 or done == tc.steps):
+            sample_grid(ema_denoiser, config, run_dir / "samples" / f"step-{done:07d}.png")
     bar.close()
     return {"step": tc.steps, "loss": last_loss, "run_dir": str(run_dir), "images": len(data.images),
             "world_size": d.world, "effective_batch_size": tc.batch_size * d.world}
