@@ -26,20 +26,25 @@ def as_sigma(sigma, x: torch.Tensor) -> torch.Tensor:
     return sigma
 
 
-def randn_like(x: torch.Tensor, generator: Generator = None) -> torch.Tensor:
-    """Standard normal noise shaped like `x`.
+def randn(shape: Sequence[int], generator: Generator = None, device="cpu", dtype=torch.float32) -> torch.Tensor:
+    """Standard normal noise of `shape` (batch first).
 
     `generator` is one torch.Generator for the whole batch or a list with one per sample, so that
-    a sample depends on its own seed and not on the batch it was drawn in.
+    a sample depends on its own seed and not on the batch it was drawn in. Noise is drawn on the
+    generator's device, then moved: CPU seeds give the same samples on any device.
     """
-    # noise is drawn on the generator's device, then moved: CPU generators give the same samples on any device
     if generator is None:
-        return torch.randn(x.shape, device=x.device, dtype=x.dtype)
+        return torch.randn(shape, device=device, dtype=dtype)
     if isinstance(generator, torch.Generator):
-        return torch.randn(x.shape, generator=generator, device=generator.device, dtype=x.dtype).to(x.device)
-    if len(generator) != x.shape[0]:
-        raise ValueError(f"got {len(generator)} generators for a batch of {x.shape[0]}")
-    return torch.stack([torch.randn(x.shape[1:], generator=g, device=g.device, dtype=x.dtype) for g in generator]).to(x.device)
+        return torch.randn(shape, generator=generator, device=generator.device, dtype=dtype).to(device)
+    if len(generator) != shape[0]:
+        raise ValueError(f"got {len(generator)} generators for a batch of {shape[0]}")
+    return torch.stack([torch.randn(shape[1:], generator=g, device=g.device, dtype=dtype) for g in generator]).to(device)
+
+
+def randn_like(x: torch.Tensor, generator: Generator = None) -> torch.Tensor:
+    """Standard normal noise shaped like `x`, on its device and dtype (see `randn` for generators)."""
+    return randn(x.shape, generator, x.device, x.dtype)
 
 
 def generators(seeds: Sequence[int], device="cpu") -> list[torch.Generator]:

@@ -7,7 +7,7 @@ from typing import Callable, Iterator, Optional
 import torch
 from tqdm import tqdm
 
-from .._util import generators
+from .._util import generators, randn
 from ..checkpoint import LoadedRun
 from ..samplers import get_sampler, sample
 
@@ -34,7 +34,7 @@ def generate(run: LoadedRun, n: int, *, steps: Optional[int] = None, sampler: Op
     with tqdm(total=n, desc="sampling", unit="img", disable=not progress) as bar:
         for start in range(0, n, batch_size):
             gens = generators(range(seed + start, seed + min(n, start + batch_size)))
-            noise = torch.stack([torch.randn(shape, generator=g) for g in gens]).to(device)
+            noise = randn((len(gens), *shape), gens, device)
             with torch.inference_mode():
                 x = sample(run.denoiser, noise, method=sampler, steps=steps, sigma_min=d.sigma_min,
                            sigma_max=d.sigma_max, generator=gens,

@@ -21,11 +21,11 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from .. import viz
-from .._util import randn_like
+from .._util import randn, randn_like
 from ..checkpoint import (CHECKPOINT, CONFIG, RunError, build_denoiser, build_model, load_checkpoint, read_config,
                           save_checkpoint, write_config)
 from ..config import RunConfig
-from ..data import DataError, Dataset, load_dataset
+from ..data import DataError, Dataset, load_dataset, to_tensor
 from ..loss import denoising_loss, discrete_sigmas, lognormal_sigmas, weighting
 from ..samplers import sample
 from .ema import ema_beta, make_ema, update_ema
@@ -146,7 +146,7 @@ def sample_grid(denoiser, config: RunConfig, path: Path, n: int = 16, seed: int 
     device = next(denoiser.parameters()).device
     size = config.data.image_size
     g = _generator("cpu", seed, 12345)
-    noise = torch.randn(n, config.model.in_channels, size, size, generator=g).to(device)
+    noise = randn((n, config.model.in_channels, size, size), g, device)
     cond = {}
     if config.model.num_classes:
         cond = {"class_labels": torch.arange(n, device=device) % config.model.num_classes}
@@ -236,7 +236,7 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, progr
         idx = batches.indices(positions).to(device)
         gens = batches.generators(positions, device)
         per_sample = lambda draw: torch.cat([draw(g) for g in gens])  # noqa: E731
-        x0 = to_tensor_device(images[idx])
+        x0 = to_tensor(images[idx])
         if config.data.flip:
             flip = per_sample(lambda g: torch.rand(1, generator=g, device=device)) < 0.5
             x0 = torch.where(flip.view(-1, 1, 1, 1), x0.flip(-1), x0)
@@ -293,11 +293,3 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, progr
     bar.close()
     return {"step": tc.steps, "loss": last_loss, "run_dir": str(run_dir), "images": len(data.images),
             "world_size": d.world, "effective_batch_size": tc.batch_size * d.world}
-
-
-def to_tensor_device(images_nhwc_uint8: torch.Tensor) -> torch.Tensor:
-    """(B, H, W, C) uint8 on any device -> (B, C, H, W) float32 in [-1, 1], contiguous.
-
-    Contiguous matters: the permuted view is channels-last in memory, and a channels-last input
-    made the whole backward pass 1.7x slower on CPU under bf16 (measured, 0.25 s vs 0.15 s a step)."""
-    return (images_nhwc_uint8.permute(0, 3, 1, 2).float() / 127.5 - 1.0).contiguous()
