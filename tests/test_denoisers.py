@@ -164,3 +164,42 @@ def test_ddpm_recipe_samples_with_churn():
     out = sample(D, torch.randn(2, 3), method="heun", steps=4, sigma_min=sched.sigma_min, sigma_max=sched.sigma_max,
                  S_churn=10.0)
     assert torch.isfinite(out).all()
+
+
+class BatchRecorder:
+    """D(x | label) = label + sigma, per sample; records the batch size of every call."""
+
+    def __init__(self):
+        self.batches = []
+
+    def __call__(self, x, sigma, class_labels):
+        self.batches.append(len(x))
+        return x * 0 + class_labels.view(-1, 1).to(x.dtype) + sigma.view(-1, 1)
+
+
+def test_guidance_interval_skips_the_unconditional_half_outside_it():
+    D = BatchRecorder()
+    cfg = ClassifierFreeGuidance(D, 3.0, {"class_labels": torch.zeros(2)}, interval=(0.5, 2.0))
+    labels = torch.tensor([1.0, 2.0])
+    outside = cfg(torch.zeros(2, 3), 5.0, class_labels=labels)
+    assert D.batches == [2] and torch.allclose(outside, (labels + 5.0).view(-1, 1).expand(2, 3))
+    inside = cfg(torch.zeros(2, 3), 2.0, class_labels=labels)  # the interval includes its upper end
+    assert D.batches == [2, 4] and torch.allclose(inside, (3 * labels + 2.0).view(-1, 1).expand(2, 3))
+    # one batch with samples on both sides: each gets what it would get alone
+    mixed = cfg(torch.zeros(2, 3), torch.tensor([5.0, 1.0]), class_labels=labels)
+    assert torch.allclose(mixed[:, 0], torch.tensor([1 + 5.0, 3 * 2 + 1.0]))
+
+
+def test_guidance_rescale_matches_the_conditional_std():
+    def D(x, sigma, class_labels):  # the conditional estimate has per-sample std 1, the unconditional 0.5
+        pattern = torch.linspace(-1, 1, x.shape[1]).expand_as(x)
+        return pattern / pattern.std(1, keepdim=True) * torch.where(class_labels.view(-1, 1) > 0, 1.0, 0.5)
+    null = {"class_labels": torch.zeros(2)}
+    kw = dict(class_labels=torch.ones(2))
+    x = torch.zeros(2, 16)
+    plain = ClassifierFreeGuidance(D, 5.0, null)(x, 1.0, **kw)
+    full = ClassifierFreeGuidance(D, 5.0, null, rescale=1.0)(x, 1.0, **kw)
+    half = ClassifierFreeGuidance(D, 5.0, null, rescale=0.5)(x, 1.0, **kw)
+    assert plain.std(1) == pytest.approx([3.0, 3.0])  # 0.5 + 5 (1 - 0.5)
+    assert full.std(1) == pytest.approx([1.0, 1.0])
+    assert torch.allclose(half, 0.5 * full + 0.5 * plain)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 from .._util import randn_like
+from ._common import denoise, report
 
 
 def ancestral_step(sigma: float, sigma_next: float, eta: float = 1.0) -> tuple[float, float]:
@@ -32,9 +33,8 @@ def sample_euler_ancestral(denoiser, x, sigmas, *, generator=None, callback=None
     cond = cond or {}
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
-        denoised = denoiser(x, x.new_full((x.shape[0],), sigma), **cond)
-        if callback is not None:
-            callback({"i": i, "x": x, "sigma": sigma, "denoised": denoised})
+        denoised = denoise(denoiser, x, sigma, cond)
+        report(callback, i, x, sigma, denoised)
         sigma_down, sigma_up = ancestral_step(sigma, sigma_next, eta)
         x = denoised + (sigma_down / sigma) * (x - denoised)
         if sigma_up > 0:
@@ -62,9 +62,8 @@ def sample_ddpm(denoiser, x, sigmas, *, generator=None, callback=None, cond=None
     cond = cond or {}
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
-        denoised = denoiser(x, x.new_full((x.shape[0],), sigma), **cond)
-        if callback is not None:
-            callback({"i": i, "x": x, "sigma": sigma, "denoised": denoised})
+        denoised = denoise(denoiser, x, sigma, cond)
+        report(callback, i, x, sigma, denoised)
         r = sigma_next**2 / sigma**2
         x = (1 - r) * denoised + r * x
         if sigma_next > 0:

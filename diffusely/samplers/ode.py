@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 from .._util import randn_like
+from ._common import denoise, report
 
 
 def _churn(x, sigma, steps, generator, S_churn, S_tmin, S_tmax, S_noise):
@@ -22,7 +23,7 @@ def _churn(x, sigma, steps, generator, S_churn, S_tmin, S_tmax, S_noise):
 
 def _d(denoiser, x, sigma, cond):
     """The ODE's derivative dx/dsigma = (x - D(x, sigma)) / sigma (EDM eq. 3), and D itself."""
-    denoised = denoiser(x, x.new_full((x.shape[0],), sigma), **cond)
+    denoised = denoise(denoiser, x, sigma, cond)
     return (x - denoised) / sigma, denoised
 
 
@@ -38,8 +39,7 @@ def sample_euler(denoiser, x, sigmas, *, generator=None, callback=None, cond=Non
         sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
         x, sigma = _churn(x, sigma, steps, generator, S_churn, S_tmin, S_tmax, S_noise)
         d, denoised = _d(denoiser, x, sigma, cond)
-        if callback is not None:
-            callback({"i": i, "x": x, "sigma": sigma, "denoised": denoised})
+        report(callback, i, x, sigma, denoised)
         x = x + (sigma_next - sigma) * d
     return x
 
@@ -57,8 +57,7 @@ def sample_heun(denoiser, x, sigmas, *, generator=None, callback=None, cond=None
         sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
         x, sigma = _churn(x, sigma, steps, generator, S_churn, S_tmin, S_tmax, S_noise)
         d, denoised = _d(denoiser, x, sigma, cond)
-        if callback is not None:
-            callback({"i": i, "x": x, "sigma": sigma, "denoised": denoised})
+        report(callback, i, x, sigma, denoised)
         x_next = x + (sigma_next - sigma) * d
         if sigma_next > 0:
             d_next, _ = _d(denoiser, x_next, sigma_next, cond)
