@@ -1,0 +1,193 @@
+"""Evaluating a trained run: sample (or read samples), extract features, compute the metrics, write eval.json.
+
+    RUN_DIR/eval.json                              the last evaluation's settings and numbers
+    RUN_DIR/eval/domain_features.safetensors       the domain feature network, trained once, then reused
+    RUN_DIR/eval/reference-<features>.npz          the reference's statistics and features (pass it as
+                                                   --reference to skip the reference images next time)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .._files import atomic_write_text
+from ..checkpoint import load_run
+from ..data import DataError, Dataset, load_dataset
+from ..data.folder import find_images
+from ..metrics import (DomainFeatures, FeatureExtractor, FeatureStats, InceptionFeatures, fit_domain_features,
+                       load_domain_features, load_stats, quality_metrics, save_domain_features, save_stats)
+from ..metrics.features import as_uint8
+from ..samplers import nfe as nfe_of, resolve_steps
+from .generate import generate, stored_spacing
+
+EVAL_FILE = "eval.json"
+EVAL_DIR = "eval"
+DOMAIN_FILE = "domain_features.safetensors"
+FEATURES = ("domain", "inception")
+COMPARABLE = {
+    "domain": "domain features: comparable only with evaluations that used the same features name "
+              "(the same domain network, trained on the same reference), never with published FIDs",
+    "inception": "FID Inception features (pytorch-fid weights; clean-fid resizing): comparable with FIDs computed "
+                 "the same way on the same reference and number of samples",
+}
+
+
+def load_samples(folder: str | Path, size: int, channels: int, count: Optional[int] = None) -> np.ndarray:
+    """Images from a folder as `diffusely sample` writes them (PNG or other images, or .npy arrays), sorted
+    by name, the first `count` (default all): (N, size, size, channels) uint8. Nothing is resized:
+    an image of another size or channel count is an error, since it cannot be this run's sample."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"no such folder of samples: {folder}")
+    paths = sorted(find_images(folder) + [p for p in folder.glob("*.npy") if not p.name.startswith(".")])
+    if not paths:
+        raise DataError(f"no samples in {folder}: expected PNG/JPEG/BMP/WebP images or .npy files, "
+                        f"as `diffusely sample RUN_DIR --out {folder}` writes them")
+    return np.stack([_read_sample(p, size, channels) for p in paths[:count]])
+
+
+def _read_sample(path: Path, size: int, channels: int) -> np.ndarray:
+    try:
+        if path.suffix == ".npy":
+            image = np.load(path, allow_pickle=False)
+        else:
+            with Image.open(path) as im:
+                image = np.asarray(im if im.mode in ("L", "RGB") else im.convert("RGB"))
+    except (OSError, ValueError, UnidentifiedImageError) as e:
+        raise DataError(f"cannot read the sample {path}: {e}") from None
+    image = image[..., None] if image.ndim == 2 else image
+    if image.dtype != np.uint8 or image.shape != (size, size, channels):
+        raise DataError(f"the sample {path} is {'x'.join(map(str, image.shape))} {image.dtype}, but this run makes "
+                        f"{size}x{size}x{channels} uint8 images: are these samples from another run?")
+    return image
+
+
+def load_reference(source: str, size: int, channels: int, *, classes: bool = False, count: Optional[int] = None,
+                   seed: int = 0) -> Dataset | FeatureStats:
+    """Statistics from an .npz file, or images (a folder or built-in name) loaded as training loads them:
+    resized, center-cropped and converted to the run's size and channels. `count` keeps a random subset."""
+    if str(source).endswith(".npz"):
+        return load_stats(source)
+    data = load_dataset(source, size, channels=channels, classes=classes)
+    if count is not None and count < len(data):
+        keep = np.sort(np.random.default_rng(seed).choice(len(data), count, replace=False))
+        data = Dataset(data.images[keep], None if data.labels is None else data.labels[keep], data.class_names,
+                       None, None, data.source)
+    return data
+
+
+def _reference_identity(source: str, data: Dataset) -> dict:
+    where = str(Path(source).resolve()) if Path(source).exists() else str(source)
+    return {"source": where, "count": len(data), "image_size": data.images.shape[1], "channels": data.images.shape[-1]}
+
+
+def domain_features(path: Path, reference: Dataset | FeatureStats, identity: dict, *, steps: Optional[int] = None,
+                    device="cpu", progress: bool = True) -> DomainFeatures:
+    """The domain network at `path` if there is one (it must have been trained on this reference),
+    else one trained now on the reference images (a classifier where they have labels) and saved there."""
+    if path.is_file():
+        extractor = load_domain_features(path, device)
+        seen = extractor.info.get("reference", {})
+        if isinstance(reference, Dataset) and seen != identity:
+            raise ValueError(f"{path} was trained on another reference ({seen.get('source')}, {seen.get('count')} "
+                             f"images) than {identity['source']} ({identity['count']}); delete it to train new "
+                             "domain features (their numbers will not compare with earlier ones), or pass "
+                             "--domain-features FILE")
+        return extractor
+    if isinstance(reference, FeatureStats):
+        raise ValueError(f"no domain features at {path}, and they are trained on reference images, not statistics: "
+                         "pass the reference images (a folder or built-in name) or an existing --domain-features FILE")
+    # a classifier needs two classes at least; with fewer, the images go unlabelled to the contrastive encoder
+    classes = len(reference.class_names or []) if reference.labels is not None else 0
+    labels = reference.labels if classes >= 2 else None
+    extractor = fit_domain_features(reference.images, labels, classes, steps=steps, reference=identity, device=device,
+                                    progress=progress)
+    save_domain_features(path, extractor)
+    return extractor
+
+
+def _sample_images(run, count: int, *, sampler: Optional[str], steps: Optional[int], nfe: Optional[int], seed: int,
+                   batch_size: int, progress: bool, options: dict) -> tuple[np.ndarray, dict]:
+    """`count` samples as uint8 (N, S, S, C), and how they were drawn (sampler, steps, NFE, seed, options)."""
+    sampler = sampler or run.config.diffusion.sampler
+    if steps is None and nfe is None and nfe_of(sampler, 1) is not None:
+        steps = run.config.diffusion.sample_steps
+    steps = resolve_steps(sampler, steps, nfe)  # None for a sampler that picks its own steps
+    batches = generate(run, count, steps=steps, sampler=sampler, seed=seed, batch_size=batch_size, progress=progress,
+                       **options)
+    images = np.concatenate([as_uint8(b) for b in batches])
+    info = {"source": "generated", "sampler": sampler, "steps": steps,
+            "nfe": nfe_of(sampler, steps) if steps is not None else None,
+            "schedule": "optimised (schedules.json)" if stored_spacing(run, sampler, steps) else "default",
+            "seed": seed, "options": options}
+    return images, info
+
+
+def evaluate_run(run_dir: str | Path, reference: str, *, count: Optional[int] = None, samples: Optional[str] = None,
+                 features: str = "domain", sampler: Optional[str] = None, steps: Optional[int] = None,
+                 nfe: Optional[int] = None, seed: int = 0,
+                 batch_size: int = 64, inception_weights: Optional[str] = None, domain_file: Optional[str] = None,
+                 domain_steps: Optional[int] = None, reference_count: Optional[int] = None, device="cpu",
+                 progress: bool = True, **options) -> dict:
+    """Measure a run's samples against `reference` and write RUN_DIR/eval.json; returns what it wrote.
+
+    count: samples to draw (default 1000), or to read from the `samples` folder (default all).
+    sampler, steps or nfe (a budget of denoiser evaluations), options: as for `generate` (the run's by default).
+    features: "domain" (a network trained on the reference, kept in RUN_DIR/eval/) or "inception"
+    (FID's Inception-v3, weights from `inception_weights` or $DIFFUSELY_INCEPTION_WEIGHTS).
+    """
+    if features not in FEATURES:
+        raise ValueError(f"unknown features {features!r}; choose one of: {', '.join(FEATURES)}")
+    started = time.perf_counter()
+    run_dir = Path(run_dir)
+    run = load_run(run_dir, device)
+    cfg = run.config
+    size, channels = cfg.data.image_size, cfg.data.channels  # the images', also in a latent run
+    # everything that can fail fast (files, sizes, weights) before the slow part, sampling
+    fake = load_samples(samples, size, channels, count) if samples else None
+    ref = load_reference(reference, size, channels, classes=cfg.data.classes, count=reference_count, seed=seed)
+    identity = _reference_identity(reference, ref) if isinstance(ref, Dataset) else {"source": str(reference)}
+    extractor: FeatureExtractor = (
+        InceptionFeatures(inception_weights, device, batch_size) if features == "inception" else
+        domain_features(Path(domain_file) if domain_file else run_dir / EVAL_DIR / DOMAIN_FILE, ref, identity,
+                        steps=domain_steps, device=device, progress=progress))
+    ref_stats = _reference_stats(ref, extractor, progress)
+
+    if fake is None:
+        fake, sample_info = _sample_images(run, count or 1000, sampler=sampler, steps=steps, nfe=nfe, seed=seed,
+                                           batch_size=batch_size, progress=progress, options=options)
+    else:
+        sample_info = {"source": str(samples)}
+    metrics = quality_metrics(ref_stats, extractor(fake, progress=progress), seed=seed)
+
+    report = {
+        "run_dir": str(run_dir), "step": run.step,
+        "features": extractor.name, "comparable": COMPARABLE[features],
+        "reference": {**identity, "count": len(ref_stats.features) if ref_stats.features is not None else None},
+        "samples": {**sample_info, "count": len(fake)},
+        "metrics": metrics,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    if isinstance(ref, Dataset):
+        report["reference_stats"] = str(run_dir / EVAL_DIR / f"reference-{extractor.name}.npz")
+        save_stats(report["reference_stats"], ref_stats)
+    atomic_write_text(run_dir / EVAL_FILE, json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def _reference_stats(ref: Dataset | FeatureStats, extractor: FeatureExtractor, progress: bool) -> FeatureStats:
+    if isinstance(ref, Dataset):
+        return FeatureStats.of(extractor(ref.images, progress=progress), extractor.name)
+    if ref.extractor is not None and ref.extractor != extractor.name:
+        raise ValueError(f"the reference statistics were made with {ref.extractor} features, not {extractor.name}; "
+                         "features from different networks do not compare")
+    if ref.dims != extractor.dims:
+        raise ValueError(f"the reference statistics are {ref.dims}-d, but {extractor.name} features are "
+                         f"{extractor.dims}-d: were they made with another network?")
+    return ref
