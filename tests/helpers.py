@@ -3,3 +3,17 @@
 # a U-Net small enough that a training step takes milliseconds
 TINY_ARGS = ["--image-size", "16", "--channels", "16,32", "--blocks-per-level", "1", "--attention-levels", "1",
              "--batch-size", "4", "--quiet"]
+
+
+def write_captions(folder, size=16, seed=1):
+    """Give the images of the `tiny_folder` fixture (write_shapes_folder's layout) their shapes captions, in a
+    metadata.jsonl as Hugging Face's imagefolder has it. Returns the captions in image order."""
+    import json
+
+    from diffusely.data.shapes import CLASS_NAMES, render_shapes
+
+    data = render_shapes(24, size=size, seed=seed)
+    rows = [{"file_name": f"{CLASS_NAMES[label]}/{i:05d}.png", "text": caption}
+            for i, (label, caption) in enumerate(zip(data.labels, data.captions))]
+    (folder / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return data.captions

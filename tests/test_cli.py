@@ -141,3 +141,17 @@ def test_resume_with_edited_config(trained):
     (trained / "config.json").write_text(json.dumps(cfg))
     r = CliRunner().invoke(main, ["train", "--out", str(trained), "--resume", "--steps", "8", "--quiet"])
     assert r.exit_code == 1 and "does not fit the model that config.json describes" in r.output
+
+
+def test_nfe_budget_and_optimised_schedule(trained, tmp_path):
+    r = run("sample", trained, "-n", 2, "--sampler", "heun", "--nfe", 6, "--out", tmp_path / "s", "--quiet")
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(main, ["sample", str(trained), "-n", "1", "--steps", "3", "--nfe", "6", "--quiet"])
+    assert r.exit_code == 1 and "give exactly one of steps and nfe" in r.output
+    r = run("optimize-schedule", trained, "--sampler", "dpmpp_2m", "--nfe", 3, "-n", 2)
+    assert r.exit_code == 0, r.output
+    assert "Karras" in r.output and "optimised" in r.output
+    sigmas = json.loads((trained / "schedules.json").read_text())["dpmpp_2m"]["3"]
+    assert len(sigmas) == 4 and sigmas[-1] == 0
+    r = run("reverse", trained, "--out", tmp_path / "r.png", "--sampler", "dpmpp_2m", "--nfe", 3)
+    assert r.exit_code == 0 and (tmp_path / "r.png").is_file(), r.output

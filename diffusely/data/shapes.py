@@ -240,13 +240,37 @@ def _draw_shape(draw: ImageDraw.ImageDraw, cls: int, box, fill) -> None:
 # captions
 
 
+NUMBER_WORDS = {2: "two", 3: "three", 4: "four", 5: "five", 6: "six", 7: "seven", 8: "eight", 9: "nine"}
+PLURALS = {"circle": "circles", "square": "squares", "triangle": "triangles", "cross": "crosses"}
+
+
 def _caption(shapes, bg_name: str) -> str:
-    """'a large red circle above a small blue triangle on a navy background', relations from box centers."""
-    phrases = [f"a {size_word} {color} {CLASS_NAMES[cls]}" for cls, _, size_word, color in shapes]
+    """'a large red circle above a small blue triangle on a navy background': the first shape, then where it
+    is relative to each other shape (from box centers). Alike shapes (same size, color and class) are
+    counted: 'two small red circles on a navy background', 'a large blue square above two small red circles
+    ...' (when the first shape stands in the same relation to both)."""
+    words = [f"{size_word} {color} {CLASS_NAMES[cls]}" for cls, _, size_word, color in shapes]
+    if len(shapes) > 1 and len(set(words)) == 1:
+        return f"{_counted(words[0], len(shapes))} on a {bg_name} background"
     main_box = shapes[0][1]
-    relations = [f"{_relation(main_box, box)} {phrase}" for (_, box, _, _), phrase in zip(shapes[1:], phrases[1:])]
-    text = " and ".join([f"{phrases[0]} {relations[0]}"] + relations[1:]) if relations else phrases[0]
+    groups: list[list] = []  # [relation, words, count], runs of alike shapes in the same relation merged
+    for (_, box, _, _), w in zip(shapes[1:], words[1:]):
+        relation = _relation(main_box, box)
+        if groups and groups[-1][:2] == [relation, w]:
+            groups[-1][2] += 1
+        else:
+            groups.append([relation, w, 1])
+    relations = [f"{relation} {_counted(w, count)}" for relation, w, count in groups]
+    text = " and ".join([f"a {words[0]} {relations[0]}"] + relations[1:]) if relations else f"a {words[0]}"
     return f"{text} on a {bg_name} background"
+
+
+def _counted(words: str, count: int) -> str:
+    """'small red circle', 1 -> 'a small red circle'; 2 -> 'two small red circles'."""
+    if count == 1:
+        return f"a {words}"
+    *adjectives, noun = words.split(" ")
+    return " ".join([NUMBER_WORDS.get(count, str(count)), *adjectives, PLURALS[noun]])
 
 
 def _relation(box, other) -> str:

@@ -61,24 +61,26 @@ class Upsample(nn.Module):
 
 class ResBlock(nn.Module):
     """ADM's residual block (Dhariwal & Nichol 2021): GroupNorm, SiLU, conv, then the noise embedding
-    as FiLM scale and shift on the second normalisation, dropout, and a zero-initialised conv."""
+    as FiLM scale and shift on the second normalisation, dropout, and a zero-initialised conv.
+    emb_dim 0: a plain residual block without an embedding (the autoencoder's)."""
 
     def __init__(self, dims: int, channels: int, out_channels: int, emb_dim: int, dropout: float = 0.0,
                  groups: int = 32):
         super().__init__()
         self.norm1 = group_norm(channels, groups)
         self.conv1 = conv_nd(dims, channels, out_channels, 3, padding=1)
-        self.emb = nn.Linear(emb_dim, 2 * out_channels)
+        self.emb = nn.Linear(emb_dim, 2 * out_channels) if emb_dim else None
         self.norm2 = group_norm(out_channels, groups)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = zero_module(conv_nd(dims, out_channels, out_channels, 3, padding=1))
         self.skip = conv_nd(dims, channels, out_channels, 1) if channels != out_channels else nn.Identity()
 
-    def forward(self, x, emb):
-        h = self.conv1(F.silu(self.norm1(x)))
-        scale, shift = self.emb(F.silu(emb)).unsqueeze(-1).chunk(2, dim=1)
-        scale, shift = (t.reshape(*t.shape[:2], *[1] * (h.ndim - 2)) for t in (scale, shift))
-        h = self.norm2(h) * (1 + scale) + shift
+    def forward(self, x, emb=None):
+        h = self.norm2(self.conv1(F.silu(self.norm1(x))))
+        if self.emb is not None:
+            scale, shift = self.emb(F.silu(emb)).unsqueeze(-1).chunk(2, dim=1)
+            scale, shift = (t.reshape(*t.shape[:2], *[1] * (h.ndim - 2)) for t in (scale, shift))
+            h = h * (1 + scale) + shift
         h = self.conv2(self.dropout(F.silu(h)))
         return self.skip(x) + h
 
@@ -100,3 +102,38 @@ class Attention(nn.Module):
         q, k, v = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, -1).transpose(-1, -2).unbind(1)
         h = F.scaled_dot_product_attention(q, k, v)  # (b, heads, positions, head_channels)
         return x + self.proj(h.transpose(-1, -2).reshape(x.shape))
+
+
+class CrossAttention(nn.Module):
+    """Multi-head attention from every position of x to the tokens of a context (text), with a key padding mask,
+    as latent diffusion's cross-attention (Rombach et al. 2022, sec. 3.3), through scaled_dot_product_attention.
+
+    x: (B, channels, *spatial); context: (B, tokens, context_dim); mask: (B, tokens) bool, True for real tokens
+    (each row needs at least one). The zero-initialised output projection makes a new block the identity.
+    """
+
+    def __init__(self, dims: int, channels: int, context_dim: int, head_channels: int = 64, groups: int = 32):
+        super().__init__()
+        self.heads = max(1, channels // head_channels)
+        if channels % self.heads:
+            raise ValueError(f"{channels} channels do not split into {self.heads} heads")
+        self.norm = group_norm(channels, groups)
+        self.q = conv_nd(dims, channels, channels, 1)
+        self.kv = nn.Linear(context_dim, 2 * channels)
+        self.proj = zero_module(conv_nd(dims, channels, channels, 1))
+
+    def forward(self, x, context, mask=None):
+        b, c = x.shape[:2]
+        q = self.q(self.norm(x)).reshape(b, self.heads, c // self.heads, -1).transpose(-1, -2)
+        k, v = self.kv(context).reshape(b, context.shape[1], 2, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        attn_mask = None if mask is None else mask[:, None, None, :]  # broadcast over heads and query positions
+        h = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=attn_mask)
+        return x + self.proj(h.transpose(-1, -2).reshape(x.shape))
+
+
+def masked_mean(tokens: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """(B, L, D) tokens, (B, L) bool mask -> (B, D): the mean over the real tokens (sentence-transformers' pooling)."""
+    if mask is None:
+        return tokens.mean(1)
+    w = mask.to(tokens.dtype).unsqueeze(-1)
+    return (tokens * w).sum(1) / w.sum(1).clamp(min=1)

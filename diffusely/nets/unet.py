@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .layers import Attention, Downsample, ResBlock, Upsample, conv_nd, group_norm, sinusoidal_embedding, zero_module
+from .layers import (Attention, CrossAttention, Downsample, ResBlock, Upsample, conv_nd, group_norm, masked_mean,
+                     sinusoidal_embedding, zero_module)
 
 
 @dataclass
@@ -17,7 +18,8 @@ class UNetConfig:
     channels: channels per level (the number of levels is its length; each level but the last halves
     the resolution). attention_levels: indices of the levels with self-attention (the middle block
     always has it). num_classes: 0 for an unconditional model; otherwise label `num_classes` is the
-    null label used for classifier-free guidance.
+    null label used for classifier-free guidance. context_dim: 0, or the width of the text tokens that
+    cross-attention reads at every attention block (their mean is also added to the noise embedding).
     """
 
     dims: int = 2
@@ -31,6 +33,7 @@ class UNetConfig:
     num_classes: int = 0
     groups: int = 32
     emb_dim: int = field(default=0)  # 0: 4 x channels[0]
+    context_dim: int = 0
 
     def __post_init__(self):
         self.channels = tuple(int(c) for c in self.channels)
@@ -49,10 +52,11 @@ class UNetConfig:
 
 
 class UNet(nn.Module):
-    """F(x, noise_label, class_labels=None) -> tensor shaped like x (out_channels).
+    """F(x, noise_label, class_labels=None, context=None, context_mask=None) -> tensor shaped like x (out_channels).
 
     x: (B, in_channels, *spatial) with each spatial size divisible by 2^(levels - 1);
-    noise_label: (B,) as the denoiser wrapper computes it.
+    noise_label: (B,) as the denoiser wrapper computes it; context: (B, tokens, context_dim) text tokens
+    and context_mask (B, tokens) bool, True for real tokens (a text model needs them).
     """
 
     def __init__(self, config: UNetConfig):
@@ -64,24 +68,27 @@ class UNet(nn.Module):
         self.label_emb = nn.Embedding(cfg.num_classes + 1, emb_dim) if cfg.num_classes else None
 
         block = lambda cin, cout: ResBlock(dims, cin, cout, emb_dim, cfg.dropout, cfg.groups)
-        attn = lambda c: Attention(dims, c, cfg.head_channels, cfg.groups)
+        # self-attention, then (text models) cross-attention to the text tokens, at the attention levels
+        attn = lambda c: [Attention(dims, c, cfg.head_channels, cfg.groups)] + (
+            [CrossAttention(dims, c, cfg.context_dim, cfg.head_channels, cfg.groups)] if cfg.context_dim else [])
+        self.text_emb = nn.Linear(cfg.context_dim, emb_dim) if cfg.context_dim else None
 
         self.input = conv_nd(dims, cfg.in_channels, ch0, 3, padding=1)
         self.down = nn.ModuleList()
         skips, c = [ch0], ch0
         for level, cout in enumerate(cfg.channels):
             for _ in range(cfg.blocks_per_level):
-                self.down.append(nn.ModuleList([block(c, cout)] + ([attn(cout)] if level in cfg.attention_levels else [])))
+                self.down.append(nn.ModuleList([block(c, cout)] + (attn(cout) if level in cfg.attention_levels else [])))
                 c = cout
                 skips.append(c)
             if level < len(cfg.channels) - 1:
                 self.down.append(nn.ModuleList([Downsample(dims, c)]))
                 skips.append(c)
-        self.middle = nn.ModuleList([block(c, c), attn(c), block(c, c)])
+        self.middle = nn.ModuleList([block(c, c), *attn(c), block(c, c)])
         self.up = nn.ModuleList()
         for level, cout in reversed(list(enumerate(cfg.channels))):
             for i in range(cfg.blocks_per_level + 1):
-                layers = [block(c + skips.pop(), cout)] + ([attn(cout)] if level in cfg.attention_levels else [])
+                layers = [block(c + skips.pop(), cout)] + (attn(cout) if level in cfg.attention_levels else [])
                 c = cout
                 if level > 0 and i == cfg.blocks_per_level:
                     layers.append(Upsample(dims, c))
@@ -97,7 +104,8 @@ class UNet(nn.Module):
             raise ValueError(f"input size {tuple(x.shape[2:])} is not divisible by {f} (2 to the number of levels "
                              f"minus one, for channels {','.join(map(str, cfg.channels))}); use a size that is a multiple of {f}")
 
-    def forward(self, x: torch.Tensor, noise_label: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, noise_label: torch.Tensor, class_labels: torch.Tensor | None = None,
+                context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None) -> torch.Tensor:
         self.check_input(x)
         emb = self.emb(sinusoidal_embedding(noise_label, self.config.channels[0]).to(x.dtype))
         if self.label_emb is not None:
@@ -106,17 +114,30 @@ class UNet(nn.Module):
             emb = emb + self.label_emb(class_labels)
         elif class_labels is not None:
             raise ValueError("this model was trained without class labels; drop the class conditioning")
+        if self.text_emb is not None:
+            if context is None:
+                raise ValueError("this model is text-conditional: give it context (B, tokens, "
+                                 f"{self.config.context_dim}), the encoded prompt (or the null caption)")
+            emb = emb + self.text_emb(masked_mean(context, context_mask).to(emb.dtype))
+        elif context is not None:
+            raise ValueError("this model was trained without text; drop the text conditioning")
+
+        def run(layers, h):
+            for layer in layers:
+                if isinstance(layer, ResBlock):
+                    h = layer(h, emb)
+                elif isinstance(layer, CrossAttention):
+                    h = layer(h, context, context_mask)
+                else:
+                    h = layer(h)
+            return h
 
         h = self.input(x)
         hs = [h]
         for layers in self.down:
-            for layer in layers:
-                h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
+            h = run(layers, h)
             hs.append(h)
-        for layer in self.middle:
-            h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
+        h = run(self.middle, h)
         for layers in self.up:
-            h = torch.cat([h, hs.pop()], dim=1)
-            for layer in layers:
-                h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
+            h = run(layers, torch.cat([h, hs.pop()], dim=1))
         return self.out(h)

@@ -2,42 +2,66 @@
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 from tqdm import tqdm
 
 from .._util import generators, randn
 from ..checkpoint import LoadedRun
-from ..samplers import get_sampler, sample
+from ..samplers import get_sampler, nfe as nfe_of, resolve_steps, sample
+from ..schedules import Spacing
+from .conditioning import conditioning
 
 
-def generate(run: LoadedRun, n: int, *, steps: Optional[int] = None, sampler: Optional[str] = None, seed: int = 0,
-             batch_size: int = 64, progress: bool = True, callback: Optional[Callable] = None,
-             **options) -> Iterator[torch.Tensor]:
-    """Yield batches of samples (B, C, *spatial) in [-1, 1], n in all.
+def sample_shape(run: LoadedRun) -> tuple[int, ...]:
+    """The shape of what the sampler draws for one sample of the run: (C, *spatial), a latent in a latent run."""
+    return run.config.sample_shape
+
+
+def stored_spacing(run: LoadedRun, sampler: str, steps: Optional[int]) -> Optional[Callable]:
+    """The run's optimised schedule for (sampler, steps) as a spacing, or None if it has none."""
+    sigmas = run.schedules.get(sampler, {}).get(str(steps))
+    return None if sigmas is None else (lambda *_: torch.tensor(sigmas, dtype=torch.float64))
+
+
+def generate(run: LoadedRun, n: int, *, steps: Optional[int] = None, nfe: Optional[int] = None,
+             sampler: Optional[str] = None, spacing: Spacing = None, seed: int = 0, batch_size: int = 64,
+             progress: bool = True, callback: Optional[Callable] = None, classes: Optional[Sequence] = None,
+             prompts: Optional[Sequence[str]] = None, negative_prompts: Optional[Sequence[str]] = None,
+             guidance: Optional[float] = None, **options) -> Iterator[torch.Tensor]:
+    """Yield batches of samples (B, C, *spatial) in [-1, 1], n in all (images: a latent run decodes its samples).
 
     Sample i draws its noise from its own generator seeded `seed + i`, so it is the same image
-    whatever the batch size or n. steps/sampler default to the run's config.
+    whatever the batch size or n. sampler defaults to the run's config; steps too, unless `nfe` (a
+    budget of denoiser evaluations) is given. With no `spacing`, a schedule optimised for this run,
+    sampler and step count (schedules.json, `diffusely optimize-schedule`) is used where there is one.
+    classes (names or indices) and prompts cycle over the samples; negative_prompts replace the null
+    caption in classifier-free guidance of scale `guidance` (see pipelines.conditioning for defaults).
     """
     if n < 1:
         raise ValueError(f"the number of samples must be >= 1, got {n}")
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
-    cfg = run.config
-    d = cfg.diffusion
+    d = run.config.diffusion
     sampler = sampler or d.sampler
     get_sampler(sampler)
-    steps = steps if steps is not None else d.sample_steps
+    if steps is None and nfe is None and nfe_of(sampler, 1) is not None:
+        steps = d.sample_steps
+    steps = resolve_steps(sampler, steps, nfe)
+    spacing = spacing or stored_spacing(run, sampler, steps)
     device = next(run.denoiser.parameters()).device
-    shape = (cfg.model.in_channels, *[cfg.data.image_size] * cfg.model.dims)
+    conditions = conditioning(run, classes=classes, prompts=prompts, negative_prompts=negative_prompts,
+                              guidance=guidance)
     with tqdm(total=n, desc="sampling", unit="img", disable=not progress) as bar:
         for start in range(0, n, batch_size):
             gens = generators(range(seed + start, seed + min(n, start + batch_size)))
-            noise = randn((len(gens), *shape), gens, device)
+            noise = randn((len(gens), *sample_shape(run)), gens, device)
+            denoiser, cond = conditions.batch(range(start, start + len(gens)), device)
             with torch.inference_mode():
-                x = sample(run.denoiser, noise, method=sampler, steps=steps, sigma_min=d.sigma_min,
-                           sigma_max=d.sigma_max, generator=gens,
-                           callback=callback, **options)
+                x = sample(denoiser, noise, cond=cond, method=sampler, steps=steps, sigma_min=d.sigma_min,
+                           sigma_max=d.sigma_max, spacing=spacing, generator=gens, callback=callback, **options)
+                x = run.decode(x)  # a latent run's samples become images here
             bar.update(len(x))
             yield x.clamp(-1, 1).cpu()
+

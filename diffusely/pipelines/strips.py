@@ -20,17 +20,18 @@ def forward_strip(image: torch.Tensor, sigmas=FORWARD_SIGMAS, seed: int = 0) -> 
     return ve_to_vp(add_noise(x0, sigma, noise.expand_as(x0)), sigma).clamp(-1, 1)
 
 
-def reverse_strip(run: LoadedRun, *, seed: int = 0, steps: int | None = None, sampler: str | None = None,
-                  tiles: int = 10, **options) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
+def reverse_strip(run: LoadedRun, *, seed: int = 0, steps: int | None = None, nfe: int | None = None,
+                  sampler: str | None = None, tiles: int = 10, **options) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
     """Sample one image and keep, at up to `tiles` of its steps, the noisy x (VP scale) and the model's
     x0 estimate. Returns (xs, x0_hats, sigmas), the first two (K, C, *spatial); the final sample is the
-    last x0 tile and appears at sigma 0."""
+    last x0 tile and appears at sigma 0. A latent run shows its noisy latents and estimates decoded."""
     seen = []
-    final = next(generate(run, 1, steps=steps, sampler=sampler, seed=seed, batch_size=1, progress=False,
+    final = next(generate(run, 1, steps=steps, nfe=nfe, sampler=sampler, seed=seed, batch_size=1, progress=False,
                           callback=lambda info: seen.append((info["sigma"], info["x"][0].clone(), info["denoised"][0].clone())),
                           **options))
     keep = sorted({round(i * (len(seen) - 1) / max(1, tiles - 2)) for i in range(tiles - 1)})
-    xs = [ve_to_vp(seen[i][1].unsqueeze(0), seen[i][0])[0] for i in keep] + [final[0]]
-    x0s = [seen[i][2] for i in keep] + [final[0]]
+    with torch.inference_mode():
+        xs = run.decode(torch.stack([ve_to_vp(seen[i][1].unsqueeze(0), seen[i][0])[0] for i in keep])).cpu()
+        x0s = run.decode(torch.stack([seen[i][2] for i in keep])).cpu()
     sigmas = [seen[i][0] for i in keep] + [0.0]
-    return torch.stack(xs).clamp(-1, 1), torch.stack(x0s).clamp(-1, 1), sigmas
+    return torch.cat([xs, final]).clamp(-1, 1), torch.cat([x0s, final]).clamp(-1, 1), sigmas

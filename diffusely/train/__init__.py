@@ -1,3 +1,4 @@
+from .autoencoder import train_autoencoder
 from .loop import train
 
-__all__ = ["train"]
+__all__ = ["train", "train_autoencoder"]

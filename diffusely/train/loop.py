@@ -22,17 +22,20 @@ from tqdm import tqdm
 
 from .. import viz
 from .._util import randn, randn_like
-from ..checkpoint import (CHECKPOINT, CONFIG, RunError, build_denoiser, build_model, load_checkpoint, read_config,
-                          save_checkpoint, write_config)
-from ..config import RunConfig
+from ..checkpoint import (CHECKPOINT, CONFIG, RunError, autoencoder_dir, build_denoiser, build_model, load_checkpoint,
+                          read_config, save_checkpoint, write_config)
+from ..config import AutoencoderRunConfig, JsonConfig, RunConfig
 from ..data import DataError, Dataset, load_dataset, to_tensor
 from ..loss import denoising_loss, discrete_sigmas, lognormal_sigmas, weighting
 from ..samplers import sample
+from ..text import build_text_encoder
 from .ema import ema_beta, make_ema, update_ema
+from .latents import prepare_latents
 
 LOG = "log.csv"
 LOG_FIELDS = ["step", "loss", "lr", "images_per_second", "seconds"]
 LABEL_DROPOUT = 0.1  # fraction of labels replaced by the null label, so one model also samples unconditionally
+CAPTION_DROPOUT = 0.1  # fraction of captions replaced by the null caption, for classifier-free guidance
 
 
 def _seed(*parts: int) -> int:
@@ -121,39 +124,87 @@ def _train_sigmas(config: RunConfig, schedule, batch: int, generator, device) ->
 
 
 def check_image_size(config: RunConfig) -> None:
-    f = config.model.downsample_factor
+    ae_factor = config.latent.factor if config.latent else 1
+    f = config.model.downsample_factor * ae_factor
     if config.data.image_size % f:
         lo, hi = config.data.image_size // f * f, (config.data.image_size // f + 1) * f
+        on_latents = f" on latents {ae_factor} times smaller than the images" if ae_factor > 1 else ""
         raise DataError(f"image size {config.data.image_size} is not divisible by {f}, which a U-Net with "
-                        f"{len(config.model.channels)} levels needs; use --image-size {lo or hi} or {hi}")
+                        f"{len(config.model.channels)} levels{on_latents} needs; use --image-size {lo or hi} or {hi}")
 
 
 def prepare_data(config: RunConfig) -> Dataset:
     """Load the run's data and fit the model config to it (input channels, number of classes)."""
+    if config.latent is not None:  # the U-Net sees the autoencoder's latents
+        ae = read_config(autoencoder_dir(config), AutoencoderRunConfig).model
+        config.latent.factor, config.latent.latent_channels = ae.factor, ae.latent_channels
     check_image_size(config)
     data = load_dataset(config.data.source, config.data.image_size, config.data.channels, config.data.classes,
-                        seed=config.train.seed)
-    config.model.in_channels = config.model.out_channels = data.images.shape[-1]
+                        seed=config.train.seed, captions=config.text.enabled, max_shapes=config.data.max_shapes)
+    config.model.in_channels = config.model.out_channels = (
+        config.latent.latent_channels if config.latent else data.images.shape[-1])
     if config.data.classes:
         if data.labels is None:
             raise DataError(f"{config.data.source} has no class labels; put images in one subfolder per class")
         config.model.num_classes = len(data.class_names)
+        config.data.class_names = tuple(data.class_names)
+    if config.text.enabled:
+        if data.captions is None:
+            raise DataError(f"{config.data.source} has no captions; put a .txt beside each image or a metadata.jsonl")
+        config.model.context_dim = config.text.width
     return data
 
 
-def sample_grid(denoiser, config: RunConfig, path: Path, n: int = 16, seed: int = 0) -> None:
-    """A grid of `n` samples from fixed noise, so grids from different steps compare like for like."""
+@dataclass
+class Captions:
+    """Every distinct training caption encoded once: `table` (U + 1, L[, D]) and `mask` (U + 1, L), the last
+    row the null caption; `index` (N,) is each image's row."""
+
+    table: torch.Tensor
+    mask: torch.Tensor
+    index: torch.Tensor
+
+    @property
+    def null(self) -> int:
+        return len(self.table) - 1
+
+    def cond(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        text = self.table[rows]
+        return {"text": text.float() if text.is_floating_point() else text, "text_mask": self.mask[rows]}
+
+
+def encode_captions(config: RunConfig, captions: list[str], run_dir: Path, device, *, save: bool, resume: bool,
+                    progress: bool) -> Captions:
+    """Build (or, resuming, reload) the run's text encoder and encode each distinct caption once, so a frozen
+    encoder never runs inside the training loop."""
+    encoder = build_text_encoder(config.text, captions, run_dir, device, save=save, reuse=resume)
+    unique = list(dict.fromkeys(captions))
+    row = {c: i for i, c in enumerate(unique)}
+    texts = unique + [None]
+    table, mask = encoder.encode(texts, progress=progress) if config.text.pretrained else encoder.encode(texts)
+    index = torch.tensor([row[c] for c in captions], dtype=torch.long)
+    return Captions(table.to(device), mask.to(device), index.to(device))
+
+
+def sample_grid(denoiser, config: RunConfig, path: Path, n: int = 16, seed: int = 0, text: Optional[dict] = None,
+                decode: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> None:
+    """A grid of `n` samples from fixed noise, so grids from different steps compare like for like.
+    Class runs cycle through the classes; text runs take `text`, the encoded captions of n images.
+    `decode` turns a latent run's samples into images."""
     device = next(denoiser.parameters()).device
-    size = config.data.image_size
     g = _generator("cpu", seed, 12345)
-    noise = randn((n, config.model.in_channels, size, size), g, device)
+    noise = randn((n, *config.sample_shape), g, device)
     cond = {}
     if config.model.num_classes:
         cond = {"class_labels": torch.arange(n, device=device) % config.model.num_classes}
+    if text is not None:
+        cond.update(text)
     d = config.diffusion
     with torch.inference_mode():
         x = sample(denoiser, noise, method=d.sampler, steps=d.sample_steps, sigma_min=d.sigma_min,
                    sigma_max=d.sigma_max, generator=g, cond=cond)
+        if decode is not None:
+            x = decode(x)
     viz.save_grid(x.clamp(-1, 1).cpu(), path, nrow=int(math.ceil(math.sqrt(n))))
 
 
@@ -162,6 +213,36 @@ def _read_log(path: Path, up_to_step: int) -> list[dict]:
         return []
     with open(path, newline="") as f:
         return [row for row in csv.DictReader(f) if int(row["step"]) <= up_to_step]
+
+
+def run_config(config: JsonConfig, run_dir: Path, resume: bool) -> JsonConfig:
+    """The config to train: `config` for a new run (refusing a directory that holds one), or, resuming,
+    the saved config with `config`'s step count (resuming may extend a run; all else comes from the run)."""
+    if resume:
+        if not (run_dir / CONFIG).is_file():
+            raise RunError(f"nothing to resume in {run_dir}: it has no {CONFIG}")
+        saved = read_config(run_dir, type(config))
+        saved.train.steps = config.train.steps
+        return saved
+    if (run_dir / CHECKPOINT).exists() or (run_dir / CONFIG).exists():
+        raise RunError(f"{run_dir} already holds a run; pass --resume to continue it, or choose another --out")
+    return config
+
+
+def start_log(run_dir: Path, config: JsonConfig, start: int, fields: list[str]) -> None:
+    """Write config.json, and log.csv with the rows up to `start` (those logged after the checkpoint we resume from go)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_config(run_dir, config)
+    log_rows = _read_log(run_dir / LOG, start)
+    with open(run_dir / LOG, "w", newline="") as f:
+        w = csv.DictWriter(f, fields)
+        w.writeheader()
+        w.writerows(log_rows)
+
+
+def append_log(run_dir: Path, fields: list[str], row: dict) -> None:
+    with open(run_dir / LOG, "a", newline="") as f:
+        csv.DictWriter(f, fields).writerow(row)
 
 
 def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
@@ -174,16 +255,16 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, progr
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
 
-    if resume:
-        if not (run_dir / CONFIG).is_file():
-            raise RunError(f"nothing to resume in {run_dir}: it has no {CONFIG}")
-        saved = read_config(run_dir)
-        saved.train.steps = config.train.steps  # resuming may extend a run; everything else comes from the run
-        config = saved
-    elif (run_dir / CHECKPOINT).exists() or (run_dir / CONFIG).exists():
-        raise RunError(f"{run_dir} already holds a run; pass --resume to continue it, or choose another --out")
-
+    config = run_config(config, run_dir, resume)
     data = prepare_data(config)
+    captions = None
+    if config.text.enabled:  # before the model: the encoder fixes the vocabulary and token counts in the config
+        captions = encode_captions(config, data.captions, run_dir, device, save=d.main, resume=resume,
+                                   progress=progress and d.main)
+    latents = None
+    if config.latent is not None:  # before config.json is written: encoding measures the latents' scale
+        latents = prepare_latents(config, data.images, run_dir, device, resume=resume, save=d.main,
+                                  progress=progress and d.main)
     tc = config.train
     torch.manual_seed(tc.seed)  # the initial weights
     model = build_model(config).to(device)
@@ -202,13 +283,7 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, progr
                            f"(was config.json edited?): {str(e).splitlines()[0]}") from None
         start = ckpt.step
     if d.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_config(run_dir, config)
-        log_rows = _read_log(run_dir / LOG, start)  # drop rows logged after the checkpoint we resume from
-        with open(run_dir / LOG, "w", newline="") as f:
-            w = csv.DictWriter(f, LOG_FIELDS)
-            w.writeheader()
-            w.writerows(log_rows)
+        start_log(run_dir, config, start, LOG_FIELDS)
 
     net = model
     if d.world > 1:
@@ -217,9 +292,10 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, progr
     ema_denoiser = build_denoiser(config, ema)
     weight_fn = weighting(config.diffusion.weighting)
     schedule = config.diffusion.discrete_schedule()
-    images = torch.from_numpy(data.images).to(device)  # uint8, NHWC, decoded once
+    # uint8, NHWC, decoded once (a latent run trains on its latents instead)
+    images = torch.from_numpy(data.images).to(device) if latents is None else None
     labels = torch.from_numpy(data.labels).to(device) if config.model.num_classes else None
-    batches = Batches(len(images), tc.batch_size, tc.seed, d)
+    batches = Batches(len(data.images), tc.batch_size, tc.seed, d)
     # mixed precision chosen in one place: bf16 autocast (no loss scaling needed, unlike fp16)
     use_bf16 = tc.precision == "bf16" or (tc.precision == "auto" and _bf16_is_fast(device))
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
@@ -236,15 +312,18 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, progr
         idx = batches.indices(positions).to(device)
         gens = batches.generators(positions, device)
         per_sample = lambda draw: torch.cat([draw(g) for g in gens])  # noqa: E731
-        x0 = to_tensor(images[idx])
+        x0 = to_tensor(images[idx]) if latents is None else latents.images[idx]
         if config.data.flip:
             flip = per_sample(lambda g: torch.rand(1, generator=g, device=device)) < 0.5
-            x0 = torch.where(flip.view(-1, 1, 1, 1), x0.flip(-1), x0)
+            x0 = torch.where(flip.view(-1, 1, 1, 1), x0.flip(-1) if latents is None else latents.flipped[idx], x0)
         sigma = per_sample(lambda g: _train_sigmas(config, schedule, 1, g, device))
         cond = {}
         if labels is not None:
             drop = per_sample(lambda g: torch.rand(1, generator=g, device=device)) < LABEL_DROPOUT
             cond["class_labels"] = torch.where(drop, config.model.num_classes, labels[idx])
+        if captions is not None:
+            drop = per_sample(lambda g: torch.rand(1, generator=g, device=device)) < CAPTION_DROPOUT
+            cond.update(captions.cond(torch.where(drop, captions.null, captions.index[idx])))
         noise = randn_like(x0, gens)
         with autocast:
             loss = denoising_loss(denoiser, x0, sigma, weight_fn(sigma, config.diffusion.sigma_data), noise, **cond).mean()
@@ -272,9 +351,8 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, progr
             rate = len(losses) * tc.batch_size * d.world / (now - t_last)
             bar.set_postfix(loss=f"{last_loss:.4f}", img_s=f"{rate:.0f}")
             if d.main:
-                with open(run_dir / LOG, "a", newline="") as f:
-                    csv.DictWriter(f, LOG_FIELDS).writerow({"step": done, "loss": f"{last_loss:.6f}", "lr": f"{_lr(step, tc):.3g}",
-                                                            "images_per_second": f"{rate:.1f}", "seconds": f"{now - t0:.1f}"})
+                append_log(run_dir, LOG_FIELDS, {"step": done, "loss": f"{last_loss:.6f}", "lr": f"{_lr(step, tc):.3g}",
+                                                 "images_per_second": f"{rate:.1f}", "seconds": f"{now - t0:.1f}"})
             losses, t_last = [], now
         if at_checkpoint:
             if d.main:
@@ -289,7 +367,9 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, progr
                 dist.barrier()
         # after the checkpoint, so a failing grid never costs the steps before it
         if d.main and (done % tc.sample_every == 0 or done == tc.steps):
-            sample_grid(ema_denoiser, config, run_dir / "samples" / f"step-{done:07d}.png")
+            sample_grid(ema_denoiser, config, run_dir / "samples" / f"step-{done:07d}.png",
+                        text=captions.cond(captions.index[torch.arange(16) % len(captions.index)])
+                        if captions is not None else None, decode=latents.space.decode if latents is not None else None)
     bar.close()
     return {"step": tc.steps, "loss": last_loss, "run_dir": str(run_dir), "images": len(data.images),
             "world_size": d.world, "effective_batch_size": tc.batch_size * d.world}
