@@ -1,0 +1,201 @@
+"""Training and sampling throughput: diffusely's U-Net against diffusers' UNet2DModel of the same shape.
+
+Both networks get the same channels per level, blocks per level, attention resolutions, GroupNorm
+groups, head size and FiLM (scale-shift) noise conditioning; their parameter counts are printed and
+must agree within 5%. In one process, alternating between the two so that a noisy machine slows both
+alike, it measures:
+  train   training steps per second: forward, MSE loss, backward, AdamW step (batch --batch)
+  sample  images per second of sampling: forward passes under torch.inference_mode (batch --sample-batch)
+  memory  peak resident memory of a training step (CPU, each in a fresh process) or peak CUDA memory
+and prints ours/diffusers with the spread (min..max) over --repeats rounds. Needs the `bench` extra
+(pip install -e .[bench]).
+
+    python benchmarks/throughput.py                      # both sizes, fp32 and bf16; ~10 minutes on 2 cores
+    python benchmarks/throughput.py --sizes 32 --precision fp32 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from contextlib import nullcontext
+
+import torch
+
+from diffusely.nets import UNet, UNetConfig
+
+SHAPES = {  # size: (channels per level, levels with attention) -- attention at 16x16 in both
+    32: ((64, 128, 128), (1,)),
+    64: ((128, 256, 256, 256), (2,)),
+}
+BLOCKS, GROUPS, HEAD = 2, 32, 64
+
+
+def ours(size: int, fast: bool = True) -> torch.nn.Module:
+    channels, attention = SHAPES[size]
+    net = UNet(UNetConfig(channels=channels, blocks_per_level=BLOCKS, attention_levels=attention,
+                          head_channels=HEAD, groups=GROUPS))
+    return net
+
+
+def theirs(size: int) -> torch.nn.Module:
+    from diffusers import UNet2DModel
+
+    channels, attention = SHAPES[size]
+    down = tuple("AttnDownBlock2D" if i in attention else "DownBlock2D" for i in range(len(channels)))
+    up = tuple("AttnUpBlock2D" if i in attention else "UpBlock2D" for i in reversed(range(len(channels))))
+    return UNet2DModel(sample_size=size, in_channels=3, out_channels=3, block_out_channels=channels,
+                       layers_per_block=BLOCKS, down_block_types=down, up_block_types=up, norm_num_groups=GROUPS,
+                       attention_head_dim=HEAD, resnet_time_scale_shift="scale_shift", dropout=0.0)
+
+
+def forward(name: str, net, x, t):
+    # diffusers returns an output object; ours a tensor. Both take a (B,) noise label.
+    return net(x, t) if name == "ours" else net(x, t).sample
+
+
+def autocast(precision: str, device: torch.device):
+    return torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
+
+
+def train_step_fn(name, net, batch, size, precision, device):
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-4, **({"fused": True} if device.type == "cuda" else {}))
+    g = torch.Generator(device).manual_seed(0)
+    x = torch.randn(batch, 3, size, size, generator=g, device=device)
+    target = torch.randn(batch, 3, size, size, generator=g, device=device)
+    t = torch.rand(batch, generator=g, device=device) * 999
+
+    def step():
+        with autocast(precision, device):
+            loss = torch.nn.functional.mse_loss(forward(name, net, x, t).float(), target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return step
+
+
+def sample_step_fn(name, net, batch, size, precision, device):
+    g = torch.Generator(device).manual_seed(0)
+    x = torch.randn(batch, 3, size, size, generator=g, device=device)
+    t = torch.full((batch,), 500.0, device=device)
+
+    def step():
+        with torch.inference_mode(), autocast(precision, device):
+            forward(name, net, x, t)
+    return step
+
+
+def timed(fn, iters: int, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def peak_memory_mb(name: str, size: int, batch: int, precision: str, device: torch.device) -> float:
+    """Peak memory of training steps. On CPU each measurement runs in a fresh process (peak RSS
+    after the steps minus RSS with the model built), since the allocator never gives the peak back."""
+    if device.type == "cuda":
+        net = (ours(size) if name == "ours" else theirs(size)).to(device)
+        step = train_step_fn(name, net, batch, size, precision, device)
+        step()
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        return torch.cuda.max_memory_allocated() / 2**20
+    out = subprocess.run([sys.executable, __file__, "--memory-probe", json.dumps([name, size, batch, precision])],
+                         capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def memory_probe(name: str, size: int, batch: int, precision: str) -> None:
+    torch.manual_seed(0)
+    net = ours(size) if name == "ours" else theirs(size)
+    step = train_step_fn(name, net, batch, size, precision, torch.device("cpu"))
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    step()
+    step()
+    print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)
+
+
+def measure(size: int, precision: str, args, device: torch.device) -> dict:
+    torch.manual_seed(0)
+    nets = {"ours": ours(size).to(device), "diffusers": theirs(size).to(device)}
+    params = {k: sum(p.numel() for p in n.parameters()) for k, n in nets.items()}
+    if abs(params["ours"] / params["diffusers"] - 1) > 0.05:
+        raise SystemExit(f"parameter counts differ by more than 5%: {params}")
+    batch = args.batch or (32 if size == 32 else 8)
+    sbatch = args.sample_batch or (64 if size == 32 else 16)
+    fns = {("train", k): train_step_fn(k, n, batch, size, precision, device) for k, n in nets.items()}
+    fns |= {("sample", k): sample_step_fn(k, n, sbatch, size, precision, device) for k, n in nets.items()}
+    iters = {"train": args.iters, "sample": args.iters}
+    for fn in fns.values():  # warm-up: allocator, oneDNN primitive caches
+        timed(fn, 2, device)
+    rates = {key: [] for key in fns}
+    for _ in range(args.repeats):  # alternate, so load on a shared machine hits both alike
+        for (kind, name), fn in fns.items():
+            per_item = batch if kind == "train" and args.per_image else (1 if kind == "train" else sbatch)
+            rates[kind, name].append(iters[kind] * per_item / timed(fn, iters[kind], device))
+    row = {"size": size, "precision": precision, "params": params, "batch": batch, "sample_batch": sbatch}
+    for kind in ("train", "sample"):
+        ratios = [a / b for a, b in zip(rates[kind, "ours"], rates[kind, "diffusers"])]
+        row[kind] = {"ours": statistics.median(rates[kind, "ours"]), "diffusers": statistics.median(rates[kind, "diffusers"]),
+                     "ratio": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios)}
+    if not args.no_memory:
+        row["memory_mb"] = {k: peak_memory_mb(k, size, batch, precision, device) for k in nets}
+    return row
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--sizes", default="32,64")
+    p.add_argument("--precision", default="fp32,bf16", help="comma-separated: fp32, bf16")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--iters", type=int, default=3, help="steps per timed round")
+    p.add_argument("--batch", type=int, default=0, help="training batch (default 32 at 32x32, 8 at 64x64)")
+    p.add_argument("--sample-batch", type=int, default=0, help="sampling batch (default 64 at 32x32, 16 at 64x64)")
+    p.add_argument("--per-image", action="store_true", help="report training in images/s instead of steps/s")
+    p.add_argument("--no-memory", action="store_true")
+    p.add_argument("--json", help="also write the rows to this file")
+    p.add_argument("--memory-probe", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.memory_probe:
+        memory_probe(*json.loads(args.memory_probe))
+        return
+    try:
+        import diffusers  # noqa: F401
+    except ImportError:
+        raise SystemExit("diffusers is not installed: pip install -e .[bench]")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    rows = []
+    for size in map(int, args.sizes.split(",")):
+        for precision in args.precision.split(","):
+            r = measure(size, precision, args, device)
+            rows.append(r)
+            print(f"\n{size}x{size} {precision}: params ours {r['params']['ours']:,} diffusers {r['params']['diffusers']:,}; "
+                  f"batch {r['batch']} train, {r['sample_batch']} sample")
+            for kind, unit in (("train", "img/s" if args.per_image else "steps/s"), ("sample", "img/s")):
+                k = r[kind]
+                print(f"  {kind:6s} ours {k['ours']:8.2f} {unit}  diffusers {k['diffusers']:8.2f} {unit}  "
+                      f"ratio {k['ratio']:.2f} (spread {k['ratio_min']:.2f}..{k['ratio_max']:.2f})")
+            if "memory_mb" in r:
+                m = r["memory_mb"]
+                print(f"  memory ours {m['ours']:.0f} MB  diffusers {m['diffusers']:.0f} MB  ratio {m['ours'] / m['diffusers']:.2f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
