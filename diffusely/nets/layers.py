@@ -99,7 +99,9 @@ class Attention(nn.Module):
 
     def forward(self, x):
         b, c = x.shape[:2]
-        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, -1).transpose(-1, -2).unbind(1)
+        # contiguous (b, heads, positions, head_channels) q, k, v: strided ones send SDPA to its unfused math
+        # path on CPU; contiguous ones reach the flash kernel (1.5x the attention's forward and backward here)
+        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, -1).transpose(-1, -2).contiguous().unbind(1)
         h = F.scaled_dot_product_attention(q, k, v)  # (b, heads, positions, head_channels)
         return x + self.proj(h.transpose(-1, -2).reshape(x.shape))
 
@@ -124,8 +126,8 @@ class CrossAttention(nn.Module):
 
     def forward(self, x, context, mask=None):
         b, c = x.shape[:2]
-        q = self.q(self.norm(x)).reshape(b, self.heads, c // self.heads, -1).transpose(-1, -2)
-        k, v = self.kv(context).reshape(b, context.shape[1], 2, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        q = self.q(self.norm(x)).reshape(b, self.heads, c // self.heads, -1).transpose(-1, -2).contiguous()  # see Attention
+        k, v = self.kv(context).reshape(b, context.shape[1], 2, self.heads, c // self.heads).permute(2, 0, 3, 1, 4).contiguous()
         attn_mask = None if mask is None else mask[:, None, None, :]  # broadcast over heads and query positions
         h = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=attn_mask)
         return x + self.proj(h.transpose(-1, -2).reshape(x.shape))
