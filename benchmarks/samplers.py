@@ -17,8 +17,8 @@ noise (never the one measured).
 With --run RUN_DIR, also the Fréchet distance of a trained run's samples against NFE (features of
 a shapes classifier, as in benchmarks/quality.py).
 
-    python benchmarks/samplers.py                        # about 10 minutes on 2 CPU cores
-    python benchmarks/samplers.py --run runs/demo        # + sample quality of the demo run
+    python benchmarks/samplers.py                        # about 4 minutes on 2 CPU cores
+    python benchmarks/samplers.py --run runs/demo        # + sample quality of the demo run, about 40 more
 """
 
 from __future__ import annotations
