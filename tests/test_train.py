@@ -17,7 +17,7 @@ from helpers import TINY_ARGS
 
 KILLED_RUN = r"""
 import os, signal, sys, torch
-torch.set_num_threads(2)
+torch.set_num_threads(int(os.environ["TEST_THREADS"]))  # the parent's: float sums depend on the thread count
 from diffusely.cli import main
 from diffusely.train import loop
 original, calls = loop.update_ema, [0]
@@ -39,7 +39,7 @@ def test_killed_and_resumed_equals_uninterrupted(tiny_folder, tmp_path):
     assert r.exit_code == 0, r.output
 
     # the same run, SIGKILLed right after its checkpoint at step 4 (and with steps 5.. never saved)
-    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    env = dict(os.environ, PYTHONPATH=os.getcwd(), TEST_THREADS=str(torch.get_num_threads()))
     p = subprocess.run([sys.executable, "-c", KILLED_RUN, "train", *common, "--out", str(tmp_path / "killed")],
                        env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == -signal.SIGKILL, p.stderr
