@@ -122,10 +122,15 @@ def memory_probe(name: str, size: int, batch: int, precision: str) -> None:
     torch.manual_seed(0)
     net = ours(size) if name == "ours" else theirs(size)
     step = train_step_fn(name, net, batch, size, precision, torch.device("cpu"))
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base = _rss_kb()  # resident now, with the model built: ru_maxrss may still hold an import-time peak
     step()
     step()
-    print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)
+    print(max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)
+
+
+def _rss_kb() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
 
 
 def measure(size: int, precision: str, args, device: torch.device) -> dict:
@@ -191,7 +196,7 @@ def main() -> None:
                       f"ratio {k['ratio']:.2f} (spread {k['ratio_min']:.2f}..{k['ratio_max']:.2f})")
             if "memory_mb" in r:
                 m = r["memory_mb"]
-                print(f"  memory ours {m['ours']:.0f} MB  diffusers {m['diffusers']:.0f} MB  ratio {m['ours'] / m['diffusers']:.2f}")
+                print(f"  memory ours {m['ours']:.0f} MB  diffusers {m['diffusers']:.0f} MB  ratio {m['ours'] / max(m['diffusers'], 1e-9):.2f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
