@@ -142,6 +142,18 @@ class TextConfig:
         return self.enabled and self.encoder != "scratch"
 
 
+def _check_training(cfg, more_positive: tuple[str, ...] = ()) -> None:
+    """The checks TrainConfig and AutoencoderTrainConfig share: precision, counts >= 1, lr and its decay."""
+    _choice("train.precision", cfg.precision, ("auto", "bf16", "fp32"))
+    for name in ("steps", "batch_size", "checkpoint_every", "sample_every", "log_every", *more_positive):
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"train.{name} must be >= 1, got {getattr(cfg, name)}")
+    if not cfg.lr > 0:
+        raise ConfigError(f"train.lr must be > 0, got {cfg.lr}")
+    if not 0 <= cfg.decay_from <= 1:
+        raise ConfigError(f"train.decay_from must lie in [0, 1], got {cfg.decay_from}")
+
+
 @dataclass
 class TrainConfig:
     steps: int = 4000
@@ -164,14 +176,7 @@ class TrainConfig:
     precision: str = "auto"  # auto: bf16 autocast on CUDA and on CPUs with native bf16, else float32
 
     def __post_init__(self):
-        _choice("train.precision", self.precision, ("auto", "bf16", "fp32"))
-        for name in ("steps", "batch_size", "checkpoint_every", "sample_every", "log_every"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise ConfigError(f"train.lr must be > 0, got {self.lr}")
-        if not 0 <= self.decay_from <= 1:
-            raise ConfigError(f"train.decay_from must lie in [0, 1], got {self.decay_from}")
+        _check_training(self)
 
 
 @dataclass
@@ -287,15 +292,7 @@ class AutoencoderTrainConfig:
     precision: str = "auto"
 
     def __post_init__(self):
-        _choice("train.precision", self.precision, ("auto", "bf16", "fp32"))
-        for name in ("steps", "batch_size", "checkpoint_every", "sample_every", "log_every", "disc_layers",
-                     "disc_channels"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise ConfigError(f"train.lr must be > 0, got {self.lr}")
-        if not 0 <= self.decay_from <= 1:
-            raise ConfigError(f"train.decay_from must lie in [0, 1], got {self.decay_from}")
+        _check_training(self, ("disc_layers", "disc_channels"))
         for name in ("kl_weight", "frequency_weight", "crop_size", "disc_weight", "disc_start"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
