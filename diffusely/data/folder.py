@@ -113,6 +113,13 @@ def find_images(root: Path) -> list[Path]:
 
 def _load_one(path: Path, size: int, mode: str) -> np.ndarray:
     """One image as a (size, size, 3) or (size, size) uint8 array: upright, converted, resized, center-cropped."""
+    return load_with_geometry(path, size, mode)[0]
+
+
+def load_with_geometry(path: Path, size: int, mode: str) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """_load_one's image and where it came from: (width, height, left, top), the upright image's size after
+    resizing and the crop's offset, so a box at normalised (u, v) lands at (u * width - left, v * height - top).
+    (Normalised, because a JPEG decoded in draft mode is smaller than the file's stated size.)"""
     with Image.open(path) as image:
         # lets JPEG decode at 1/2, 1/4 or 1/8 scale when that still covers size x size: big photos load far faster
         image.draft(mode, (size, size))
@@ -125,7 +132,7 @@ def _load_one(path: Path, size: int, mode: str) -> np.ndarray:
     image = image.resize(new_size, Image.BICUBIC, reducing_gap=3.0)
     left, top = (new_size[0] - size) // 2, (new_size[1] - size) // 2
     image = image.crop((left, top, left + size, top + size))
-    return np.asarray(image, dtype=np.uint8)
+    return np.asarray(image, dtype=np.uint8), (new_size[0], new_size[1], left, top)
 
 
 def load_image(path, size: int, channels: int = 3) -> np.ndarray:

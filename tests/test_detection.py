@@ -1,0 +1,210 @@
+"""Detection data: the built-in defects, YOLO and COCO reading and writing, layout masks."""
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from diffusely.data import DataError, load_dataset
+from diffusely.data.defects import CLASS_FREQUENCIES, CLASS_NAMES, render_defects
+from diffusely.data.detection import coco_dict, data_yaml_text, read_coco, read_detection, read_yolo, yolo_line
+from diffusely.layout import flip_boxes, pack_boxes, render_layout
+
+
+# ---------------------------------------------------------------------------------------------- defects
+
+def test_defects_are_deterministic_and_regenerable_by_index():
+    a = render_defects(6, size=32, seed=3)
+    b = render_defects(2, size=32, seed=3, start=4)
+    assert np.array_equal(a.images[4:], b.images) and a.boxes[4:] == b.boxes
+    assert a.images.shape == (6, 32, 32, 3) and a.images.dtype == np.uint8
+
+
+def test_defect_boxes_are_tight_around_what_changed():
+    """Each box is exactly the pixels its defect altered: inside, the image differs from the clean surface;
+    one pixel outside the box on every side (where no other defect is), it does not."""
+    data = render_defects(40, size=64, seed=0)
+    checked = 0
+    for i in range(len(data)):
+        rng = np.random.default_rng([0, i, 7])
+        from diffusely.data.defects import _surface
+
+        clean, _ = _surface(rng, 64)
+        clean = np.clip(np.rint(clean), 0, 255).astype(np.int16)
+        changed = np.abs(data.images[i].astype(np.int16) - clean).max(-1) > 4
+        for cls, x0, y0, x1, y1 in data.boxes[i]:
+            x0, y0, x1, y1 = int(x0), int(y0), int(x1), int(y1)
+            assert changed[y0:y1, x0:x1].any()
+            if len(data.boxes[i]) == 1:
+                ring = changed.copy()
+                ring[max(y0 - 1, 0):y1 + 1, max(x0 - 1, 0):x1 + 1] = False
+                assert not ring.any(), f"image {i}: pixels changed outside the box of its {CLASS_NAMES[cls]}"
+                checked += 1
+    assert checked >= 10
+
+
+def test_defect_classes_follow_their_frequencies_with_a_rare_class():
+    data = render_defects(600, size=32, seed=1)
+    counts = np.bincount([b[0] for boxes in data.boxes for b in boxes], minlength=4)
+    share = counts / counts.sum()
+    assert np.abs(share - CLASS_FREQUENCIES).max() < 0.05
+    assert share[CLASS_NAMES.index("crack")] < 0.12  # the rare class is rare
+    assert sum(1 for boxes in data.boxes if not boxes) > 30  # clean surfaces too
+
+
+def test_defects_builtin_loads_with_boxes_and_captions():
+    data = load_dataset("defects", 32)
+    assert data.images.shape[1:] == (32, 32, 3) and data.labels is None
+    assert data.class_names == CLASS_NAMES and len(data.boxes) == len(data) == len(data.captions)
+    with pytest.raises(DataError, match="max_shapes"):
+        load_dataset("defects", 32, max_shapes=2)
+
+
+# ---------------------------------------------------------------------------------------------- YOLO
+
+def _yolo_dataset(root, images, boxes, names, split="train"):
+    """Write images (N, S, S, 3) and pixel boxes as an Ultralytics dataset with our writers."""
+    (root / "images" / split).mkdir(parents=True, exist_ok=True)
+    (root / "labels" / split).mkdir(parents=True, exist_ok=True)
+    (root / "data.yaml").write_text(data_yaml_text(root, names))
+    size = images.shape[1]
+    for i, (image, image_boxes) in enumerate(zip(images, boxes)):
+        Image.fromarray(image).save(root / "images" / split / f"{i:03d}.png")
+        (root / "labels" / split / f"{i:03d}.txt").write_text(
+            "".join(yolo_line(b[0], b[1:], size, size) + "\n" for b in image_boxes))
+
+
+def test_yolo_round_trip_within_a_pixel(tmp_path):
+    data = render_defects(12, size=64, seed=2)
+    _yolo_dataset(tmp_path, data.images, data.boxes, CLASS_NAMES)
+    loaded = load_dataset(str(tmp_path), 64)
+    assert loaded.class_names == CLASS_NAMES
+    assert np.array_equal(loaded.images, data.images)
+    for got, want in zip(loaded.boxes, data.boxes):
+        assert [b[0] for b in got] == [b[0] for b in want]
+        assert np.allclose([b[1:] for b in got], [b[1:] for b in want], atol=1.0) if want else not got
+
+
+def test_yolo_boxes_move_with_resize_and_center_crop(tmp_path):
+    """A 200 x 100 image loaded at 50: scaled by 1/2 to 100 x 50, then 25 pixels cropped off each side."""
+    (tmp_path / "images/train").mkdir(parents=True)
+    (tmp_path / "labels/train").mkdir(parents=True)
+    Image.new("RGB", (200, 100), (90, 90, 90)).save(tmp_path / "images/train/a.png")
+    # a box at x 80..120, y 20..60 in the file: after loading x 15..35, y 10..30
+    (tmp_path / "labels/train/a.txt").write_text("1 0.5 0.4 0.2 0.4\n")
+    (tmp_path / "data.yaml").write_text("path: .\ntrain: images/train\nnames: [a, b]\n")
+    data = load_dataset(str(tmp_path), 50)
+    assert data.boxes == [[(1, pytest.approx(15.0), pytest.approx(10.0), pytest.approx(35.0), pytest.approx(30.0))]]
+
+
+def test_yolo_malformed_lines_are_reported_with_file_and_line(tmp_path):
+    _yolo_dataset(tmp_path, render_defects(2, size=32).images, [[], []], CLASS_NAMES)
+    (tmp_path / "labels/train/001.txt").write_text("0 0.5 0.5 0.1 0.1\n\n0 0.5 0.5 0.1\n")
+    with pytest.raises(DataError, match=r"1 malformed label line.*001\.txt:3"):
+        read_yolo(tmp_path / "data.yaml")
+    (tmp_path / "labels/train/001.txt").write_text("x 0.5 0.5 0.1 0.1\n")
+    with pytest.raises(DataError, match=r"001\.txt:1 'x 0.5"):
+        read_yolo(tmp_path / "data.yaml")
+    (tmp_path / "labels/train/001.txt").write_text("0 0.5 0.5 0.1 0.1\n7 0.5 0.5 0.1 0.1\n")
+    with pytest.raises(DataError, match=r"unknown class id.*ids 0\.\.3.*001\.txt:2 class 7"):
+        read_yolo(tmp_path / "data.yaml")
+
+
+def test_yolo_counts_boxes_outside_and_unlabelled_images(tmp_path):
+    _yolo_dataset(tmp_path, render_defects(4, size=32).images, [[], [], [], []], CLASS_NAMES)
+    (tmp_path / "labels/train/000.txt").write_text("0 0.95 0.5 0.2 0.2\n")  # reaches past the right edge
+    (tmp_path / "labels/train/001.txt").write_text("0 1.5 0.5 0.2 0.2\n2 0.5 0.5 0.2 0.2\n")  # first wholly outside
+    (tmp_path / "labels/train/002.txt").unlink()
+    with pytest.warns(UserWarning) as caught:
+        labelled = read_yolo(tmp_path / "data.yaml")
+    messages = " | ".join(str(w.message) for w in caught)
+    assert "1 box(es) reaching outside their image, clipped" in messages and "000.txt:1" in messages
+    assert "1 box(es) wholly outside" in messages and "001.txt:1" in messages
+    assert "1 image(s) without a label file" in messages and "002.txt" in messages
+    boxes = {p.path.name: p.boxes for p in labelled.images}
+    assert boxes["000.png"] == [(0, pytest.approx(0.85), pytest.approx(0.4), 1.0, pytest.approx(0.6))]
+    assert [b[0] for b in boxes["001.png"]] == [2] and boxes["002.png"] == [] and boxes["003.png"] == []
+
+
+def test_yolo_names_as_a_mapping_and_missing_pieces(tmp_path):
+    _yolo_dataset(tmp_path, render_defects(1, size=32).images, [[]], CLASS_NAMES)
+    (tmp_path / "data.yaml").write_text("train: images/train\nnames: {0: dent, 1: hole}\n")
+    assert read_yolo(tmp_path / "data.yaml").class_names == ["dent", "hole"]
+    (tmp_path / "data.yaml").write_text("train: images/train\n")
+    with pytest.raises(DataError, match="no 'names'"):
+        read_detection(tmp_path)
+    (tmp_path / "data.yaml").write_text("names: [a]\nval: images/val\n")
+    with pytest.raises(DataError, match="no 'train' images"):
+        read_detection(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------- COCO
+
+def test_coco_round_trip_within_a_pixel(tmp_path):
+    data = render_defects(8, size=64, seed=5)
+    (tmp_path / "images").mkdir()
+    for i, image in enumerate(data.images):
+        Image.fromarray(image).save(tmp_path / "images" / f"{i}.png")
+    spec = coco_dict([(f"{i}.png", 64, 64, b) for i, b in enumerate(data.boxes)], CLASS_NAMES)
+    (tmp_path / "annotations.json").write_text(json.dumps(spec))
+    with warnings.catch_warnings(record=True):  # clean surfaces have no annotations: warned, counted
+        loaded = load_dataset(str(tmp_path), 64)
+    assert loaded.class_names == CLASS_NAMES and np.array_equal(loaded.images, data.images)
+    for got, want in zip(loaded.boxes, data.boxes):
+        assert [b[0] for b in got] == [b[0] for b in want]
+        if want:
+            assert np.allclose([b[1:] for b in got], [b[1:] for b in want], atol=1.0)
+
+
+def test_coco_category_ids_map_in_order_and_errors_name_the_annotation(tmp_path):
+    Image.new("RGB", (40, 20)).save(tmp_path / "a.png")
+    spec = {"images": [{"id": 7, "file_name": "a.png", "width": 40, "height": 20}],
+            "categories": [{"id": 9, "name": "stain"}, {"id": 3, "name": "scratch"}],
+            "annotations": [{"id": 1, "image_id": 7, "category_id": 9, "bbox": [4, 2, 10, 6]}]}
+    (tmp_path / "c.json").write_text(json.dumps(spec))
+    labelled = read_coco(tmp_path / "c.json")
+    assert labelled.class_names == ["scratch", "stain"]
+    assert labelled.images[0].boxes == [(1, pytest.approx(0.1), pytest.approx(0.1), pytest.approx(0.35), pytest.approx(0.4))]
+    spec["annotations"].append({"id": 5, "image_id": 7, "category_id": 4, "bbox": [0, 0, 1, 1]})
+    (tmp_path / "c.json").write_text(json.dumps(spec))
+    with pytest.raises(DataError, match="category_id the file does not list.*annotation 5 category_id 4"):
+        read_coco(tmp_path / "c.json")
+    spec["annotations"][-1] = {"id": 6, "image_id": 8, "category_id": 3, "bbox": [0, 0, 1, 1]}
+    (tmp_path / "c.json").write_text(json.dumps(spec))
+    with pytest.raises(DataError, match="image id the file does not list.*annotation 6 image_id 8"):
+        read_coco(tmp_path / "c.json")
+    (tmp_path / "c.json").write_text("{}")
+    with pytest.raises(DataError, match="not a COCO detection file"):
+        read_coco(tmp_path / "c.json")
+
+
+# ---------------------------------------------------------------------------------------------- layouts
+
+def test_layout_mask_lies_exactly_where_the_box_is():
+    boxes = pack_boxes([[(2, 3.0, 4.0, 10.0, 6.5)], []])
+    layout = render_layout(boxes, 4, (16, 16), 16)
+    assert layout.shape == (2, 5, 16, 16)
+    expected = torch.zeros(16, 16)
+    expected[4:6, 3:10] = 1.0
+    expected[6, 3:10] = 0.5  # the box ends half way through row 6
+    assert torch.equal(layout[0, 2], expected)
+    assert layout[0, [0, 1, 3]].abs().sum() == 0 and (layout[:, 4] == 1).all()  # given, both
+    assert layout[1, :4].abs().sum() == 0  # an empty layout: no masks
+    null = render_layout(boxes, 4, (16, 16), 16, given=torch.tensor([False, True]))
+    assert null[0].abs().sum() == 0 and torch.equal(null[1], layout[1])
+
+
+def test_layout_on_a_coarser_grid_keeps_the_covered_fraction():
+    """A latent run: an 8 x 8 grid for a 32-pixel image; each cell covers 4 x 4 pixels."""
+    layout = render_layout(pack_boxes([[(0, 2.0, 0.0, 8.0, 4.0)]]), 1, (8, 8), 32)
+    assert layout[0, 0, 0, :3].tolist() == [0.5, 1.0, 0.0] and layout[0, 0, 1:].abs().sum() == 0
+
+
+def test_flipped_boxes_follow_the_flipped_image():
+    boxes = pack_boxes([[(1, 2.0, 3.0, 5.0, 9.0)], []])
+    a = render_layout(flip_boxes(boxes, 16), 2, (16, 16), 16)
+    b = render_layout(boxes, 2, (16, 16), 16).flip(-1)
+    assert torch.equal(a, b)
