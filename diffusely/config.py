@@ -84,8 +84,9 @@ RECIPES: dict[str, typing.Callable[[], DiffusionConfig]] = {"edm": DiffusionConf
 @dataclass
 class DataConfig:
     """source: a folder of images or a built-in dataset name. image_size: side of the square crop.
-    class_names: the names of the class labels (set at training when `classes`), so a run can be sampled
-    by name. max_shapes: up to this many shapes per image of the built-in shapes (captions relate them).
+    class_names: the names of the class labels (set at training when `classes`) or of the box classes
+    (when `layout`), so a run can be sampled by name. max_shapes: up to this many shapes per image of the
+    built-in shapes (captions relate them). layout: condition on the images' boxes (see diffusely.layout).
     """
 
     source: str = "shapes"
@@ -95,6 +96,7 @@ class DataConfig:
     flip: bool = True
     class_names: tuple[str, ...] = ()
     max_shapes: int = 1
+    layout: bool = False
 
     def __post_init__(self):
         self.class_names = tuple(self.class_names)

@@ -122,7 +122,7 @@ def test_conditioning_errors_are_one_line(two_class_run, trained_unconditional):
     r = sample(two_class_run, "--class", "grey")
     assert r.exit_code == 1 and "unknown class 'grey'; this run's classes: black, white (or an index 0..1)" in r.output
     r = sample(two_class_run, "--guidance", "3")
-    assert r.exit_code == 1 and "guidance steers towards a class or a prompt" in r.output
+    assert r.exit_code == 1 and "guidance steers towards a class, a prompt or a layout" in r.output
     r = sample(two_class_run, "--prompt", "a white square")
     assert r.exit_code == 1 and "trained without text; train with --text" in r.output
     r = sample(trained_unconditional, "--class", "0")

@@ -77,3 +77,46 @@ def test_overfits_one_fixed_batch():
         losses.append(loss.item())
     assert losses[0] > 0.5
     assert losses[-1] < 0.01 * losses[0], losses[::50]
+
+
+@pytest.mark.parametrize("dims, spatial", [(1, (32,)), (2, (8, 12)), (3, (4, 8, 8))])
+def test_space_to_depth_is_pixel_unshuffle_and_inverts(dims, spatial):
+    from diffusely.nets.layers import depth_to_space, space_to_depth
+
+    x = torch.randn(2, 3, *spatial)
+    y = space_to_depth(x, 2)
+    assert y.shape == (2, 3 * 2 ** dims, *[s // 2 for s in spatial])
+    assert torch.equal(depth_to_space(y, 2), x)
+    if dims == 2:
+        assert torch.equal(y, torch.nn.functional.pixel_unshuffle(x, 2))
+
+
+def test_patched_unet_keeps_pixels_apart():
+    """With patch_size 2 the net still maps each pixel to its own output: perturbing one input pixel changes
+    the output, and the output keeps the input's shape; sizes must divide by patch x 2^(levels-1)."""
+    torch.manual_seed(0)
+    net = UNet(UNetConfig(channels=(8, 16), blocks_per_level=1, attention_levels=(), groups=4, patch_size=2))
+    randomize(net)
+    x = torch.randn(1, 3, 16, 16)
+    y = net(x, torch.zeros(1))
+    assert y.shape == x.shape
+    x2 = x.clone()
+    x2[0, 0, 5, 5] += 1.0
+    assert (net(x2, torch.zeros(1)) - y).abs()[0, :, 5, 5].sum() > 0
+    with pytest.raises(ValueError, match=r"not divisible by 4.*times the patch size 2"):
+        net(torch.randn(1, 3, 18, 18), torch.zeros(1))
+
+
+def test_layout_channels_are_read_and_required():
+    torch.manual_seed(0)
+    net = UNet(UNetConfig(channels=(8, 16), blocks_per_level=1, attention_levels=(), groups=4, layout_channels=3))
+    randomize(net)
+    x = torch.randn(2, 3, 8, 8)
+    empty = torch.zeros(2, 3, 8, 8)
+    box = empty.clone()
+    box[:, 0, 2:5, 2:5] = 1
+    assert not torch.allclose(net(x, torch.zeros(2), layout=empty), net(x, torch.zeros(2), layout=box))
+    with pytest.raises(ValueError, match=r"layout-conditional: give layout \(2, 3, 8, 8\).*got none"):
+        net(x, torch.zeros(2))
+    with pytest.raises(ValueError, match="trained without layouts"):
+        UNet(UNetConfig(channels=(8, 16), groups=4, attention_levels=()))(x, torch.zeros(2), layout=empty)

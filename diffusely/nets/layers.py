@@ -37,6 +37,31 @@ def sinusoidal_embedding(label: torch.Tensor, dim: int, max_period: float = 1000
     return torch.cat([torch.cos(args), torch.sin(args)], dim=1)
 
 
+def space_to_depth(x: torch.Tensor, p: int) -> torch.Tensor:
+    """(B, C, *S) -> (B, C p^d, *S / p): each p^d patch of pixels becomes channels (pixel_unshuffle for any d)."""
+    if p == 1:
+        return x
+    b, c, *size = x.shape
+    d = len(size)
+    x = x.reshape(b, c, *[n for s in size for n in (s // p, p)])
+    # (B, C, S1/p, p, S2/p, p, ...) -> (B, C, p, p, ..., S1/p, S2/p, ...)
+    x = x.permute(0, 1, *range(3, 2 + 2 * d, 2), *range(2, 2 + 2 * d, 2))
+    return x.reshape(b, c * p ** d, *[s // p for s in size])
+
+
+def depth_to_space(x: torch.Tensor, p: int) -> torch.Tensor:
+    """The inverse of space_to_depth: (B, C p^d, *S) -> (B, C, *S p)."""
+    if p == 1:
+        return x
+    b, cp, *size = x.shape
+    d = len(size)
+    c = cp // p ** d
+    x = x.reshape(b, c, *[p] * d, *size)
+    # (B, C, p, ..., S1, S2, ...) -> (B, C, S1, p, S2, p, ...)
+    x = x.permute(0, 1, *[i for k in range(d) for i in (2 + d + k, 2 + k)])
+    return x.reshape(b, c, *[s * p for s in size])
+
+
 class Downsample(nn.Module):
     """Strided 3x3 conv halving every spatial dim."""
 

@@ -48,7 +48,7 @@ class TokenProjection(nn.Module):
 
 
 class TextUNet(nn.Module):
-    """F(x, noise_label, text, text_mask, class_labels=None): `encoder` turns `text` (word ids, or a frozen
+    """F(x, noise_label, text, text_mask, class_labels=None, layout=None): `encoder` turns `text` (word ids, or a frozen
     encoder's embeddings) into tokens, which the U-Net reads through cross-attention.
 
     text_mask: (B, L) bool, True for real tokens. The null caption (classifier-free guidance's
@@ -63,11 +63,12 @@ class TextUNet(nn.Module):
         self.config = unet.config
 
     def forward(self, x: torch.Tensor, noise_label: torch.Tensor, text: torch.Tensor | None = None,
-                text_mask: torch.Tensor | None = None, class_labels: torch.Tensor | None = None) -> torch.Tensor:
+                text_mask: torch.Tensor | None = None, class_labels: torch.Tensor | None = None,
+                layout: torch.Tensor | None = None) -> torch.Tensor:
         if text is None or text_mask is None:
             raise ValueError("this model is text-conditional: give text and text_mask (an encoded prompt, "
                              "or the null caption to sample unconditionally)")
         if text.shape[0] != x.shape[0]:
             raise ValueError(f"got text for {text.shape[0]} samples and a batch of {x.shape[0]}")
         context = self.encoder(text, text_mask)
-        return self.unet(x, noise_label, class_labels=class_labels, context=context, context_mask=text_mask)
+        return self.unet(x, noise_label, class_labels=class_labels, context=context, context_mask=text_mask, layout=layout)

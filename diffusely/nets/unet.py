@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .layers import (Attention, CrossAttention, Downsample, ResBlock, Upsample, conv_nd, group_norm, masked_mean,
-                     sinusoidal_embedding, zero_module)
+from .layers import (Attention, CrossAttention, Downsample, ResBlock, Upsample, conv_nd, depth_to_space, group_norm,
+                     masked_mean, sinusoidal_embedding, space_to_depth, zero_module)
 
 
 @dataclass
@@ -20,6 +20,11 @@ class UNetConfig:
     always has it). num_classes: 0 for an unconditional model; otherwise label `num_classes` is the
     null label used for classifier-free guidance. context_dim: 0, or the width of the text tokens that
     cross-attention reads at every attention block (their mean is also added to the noise embedding).
+    layout_channels: 0, or the channels of a layout map (B, layout_channels, *spatial) concatenated to the
+    input (layout-conditioned models: one mask per class and a "layout given" channel).
+    patch_size: the first level works on p x p patches of pixels as channels (space-to-depth, as
+    Hoogeboom et al. 2023's "simple diffusion" does), so the costliest full-size level runs at 1/p^2 of the
+    pixels; 1 for none.
     """
 
     dims: int = 2
@@ -34,6 +39,8 @@ class UNetConfig:
     groups: int = 32
     emb_dim: int = field(default=0)  # 0: 4 x channels[0]
     context_dim: int = 0
+    layout_channels: int = 0
+    patch_size: int = 1
 
     def __post_init__(self):
         self.channels = tuple(int(c) for c in self.channels)
@@ -45,18 +52,23 @@ class UNetConfig:
             raise ValueError(f"attention_levels {bad} outside the {len(self.channels)} levels 0..{len(self.channels) - 1}")
         if self.dims not in (1, 2, 3):
             raise ValueError(f"dims must be 1, 2 or 3, got {self.dims}")
+        if self.patch_size < 1 or self.layout_channels < 0:
+            raise ValueError(f"patch_size must be >= 1 and layout_channels >= 0, got {self.patch_size}, {self.layout_channels}")
 
     @property
     def downsample_factor(self) -> int:
-        return 2 ** (len(self.channels) - 1)
+        """What each input side must be divisible by: the patch size times 2 per level after the first."""
+        return self.patch_size * 2 ** (len(self.channels) - 1)
 
 
 class UNet(nn.Module):
-    """F(x, noise_label, class_labels=None, context=None, context_mask=None) -> tensor shaped like x (out_channels).
+    """F(x, noise_label, class_labels=None, context=None, context_mask=None, layout=None) -> tensor shaped like x
+    (out_channels).
 
     x: (B, in_channels, *spatial) with each spatial size divisible by 2^(levels - 1);
     noise_label: (B,) as the denoiser wrapper computes it; context: (B, tokens, context_dim) text tokens
-    and context_mask (B, tokens) bool, True for real tokens (a text model needs them).
+    and context_mask (B, tokens) bool, True for real tokens (a text model needs them); layout:
+    (B, layout_channels, *spatial), which a layout model needs (all zeros: no layout given).
     """
 
     def __init__(self, config: UNetConfig):
@@ -73,7 +85,8 @@ class UNet(nn.Module):
             [CrossAttention(dims, c, cfg.context_dim, cfg.head_channels, cfg.groups)] if cfg.context_dim else [])
         self.text_emb = nn.Linear(cfg.context_dim, emb_dim) if cfg.context_dim else None
 
-        self.input = conv_nd(dims, cfg.in_channels, ch0, 3, padding=1)
+        patch = cfg.patch_size ** dims
+        self.input = conv_nd(dims, (cfg.in_channels + cfg.layout_channels) * patch, ch0, 3, padding=1)
         self.down = nn.ModuleList()
         skips, c = [ch0], ch0
         for level, cout in enumerate(cfg.channels):
@@ -93,7 +106,7 @@ class UNet(nn.Module):
                 if level > 0 and i == cfg.blocks_per_level:
                     layers.append(Upsample(dims, c))
                 self.up.append(nn.ModuleList(layers))
-        self.out = nn.Sequential(group_norm(c, cfg.groups), nn.SiLU(), zero_module(conv_nd(dims, c, cfg.out_channels, 3, padding=1)))
+        self.out = nn.Sequential(group_norm(c, cfg.groups), nn.SiLU(), zero_module(conv_nd(dims, c, cfg.out_channels * patch, 3, padding=1)))
 
     def check_input(self, x: torch.Tensor) -> None:
         cfg = self.config
@@ -101,12 +114,25 @@ class UNet(nn.Module):
             raise ValueError(f"expected input (batch, {cfg.in_channels}, {', '.join(['size'] * cfg.dims)}), got {tuple(x.shape)}")
         f = cfg.downsample_factor
         if any(s % f for s in x.shape[2:]):
+            patch = f" times the patch size {cfg.patch_size}" if cfg.patch_size > 1 else ""
             raise ValueError(f"input size {tuple(x.shape[2:])} is not divisible by {f} (2 to the number of levels "
-                             f"minus one, for channels {','.join(map(str, cfg.channels))}); use a size that is a multiple of {f}")
+                             f"minus one, for channels {','.join(map(str, cfg.channels))}{patch}); use a size that is a multiple of {f}")
 
     def forward(self, x: torch.Tensor, noise_label: torch.Tensor, class_labels: torch.Tensor | None = None,
-                context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None) -> torch.Tensor:
+                context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None,
+                layout: torch.Tensor | None = None) -> torch.Tensor:
         self.check_input(x)
+        cfg = self.config
+        if cfg.layout_channels:
+            if layout is None or layout.shape[0] != x.shape[0] or layout.shape[1:] != (cfg.layout_channels, *x.shape[2:]):
+                got = "none" if layout is None else tuple(layout.shape)
+                raise ValueError(f"this model is layout-conditional: give layout ({x.shape[0]}, {cfg.layout_channels}, "
+                                 f"{', '.join(map(str, x.shape[2:]))}) (all zeros for no layout), got {got}")
+            x_in = torch.cat([x, layout.to(x.dtype)], dim=1)
+        elif layout is not None:
+            raise ValueError("this model was trained without layouts; drop the layout conditioning")
+        else:
+            x_in = x
         emb = self.emb(sinusoidal_embedding(noise_label, self.config.channels[0]).to(x.dtype))
         if self.label_emb is not None:
             if class_labels is None:  # unconditional: the null label
@@ -132,7 +158,7 @@ class UNet(nn.Module):
                     h = layer(h)
             return h
 
-        h = self.input(x)
+        h = self.input(space_to_depth(x_in, cfg.patch_size))
         hs = [h]
         for layers in self.down:
             h = run(layers, h)
@@ -140,4 +166,4 @@ class UNet(nn.Module):
         h = run(self.middle, h)
         for layers in self.up:
             h = run(layers, torch.cat([h, hs.pop()], dim=1))
-        return self.out(h)
+        return depth_to_space(self.out(h), cfg.patch_size)

@@ -19,10 +19,12 @@ import torch
 
 from ..checkpoint import LoadedRun
 from ..denoisers import ClassifierFreeGuidance
+from ..layout import pack_boxes, render_layout
 from ..text import check_prompt
 
 CLASS_GUIDANCE = 2.0  # default scale when sampling a class
 TEXT_GUIDANCE = 3.0  # default scale when sampling a prompt
+LAYOUT_GUIDANCE = 2.0  # default scale when sampling a layout
 
 
 def class_index(run: LoadedRun, value) -> int:
@@ -55,8 +57,9 @@ class Thresholded:
 
 @dataclass
 class Conditioning:
-    """Per-sample class labels and prompts (None: none asked), the guidance scale (1: no guidance), and the
-    data range that guided estimates are clipped to (None: no clipping)."""
+    """Per-sample class labels, prompts and layouts (None: none asked; a layout is a list of boxes (class, x0,
+    y0, x1, y1) in pixels of the run's images), the guidance scale (1: no guidance), and the data range that
+    guided estimates are clipped to (None: no clipping)."""
 
     run: LoadedRun
     classes: Optional[list[int]]
@@ -64,6 +67,7 @@ class Conditioning:
     negative_prompts: Optional[list[str]]
     guidance: float
     clip: Optional[tuple[float, float]] = (-1.0, 1.0)
+    layouts: Optional[list[list[tuple]]] = None
 
     def batch(self, indices: Sequence[int], device) -> tuple[object, dict]:
         """The denoiser (guided where asked) and the conditioning of samples `indices`."""
@@ -80,6 +84,15 @@ class Conditioning:
                 negatives = ([self.negative_prompts[i % len(self.negative_prompts)] for i in indices]
                              if self.negative_prompts else [None] * b)
                 uncond.update(run.text.cond(negatives, device))
+        if run.config.model.layout_channels:
+            # a layout model always reads a layout: the one asked for, or the null layout
+            data = run.config.data
+            boxes = pack_boxes([self.layouts[i % len(self.layouts)] for i in indices] if self.layouts else [[]] * b)
+            grid = run.config.sample_shape[1:]
+            cond["layout"] = render_layout(boxes, len(data.class_names), grid, data.image_size,
+                                           given=torch.full((b,), bool(self.layouts))).to(device)
+            if self.layouts:
+                uncond["layout"] = torch.zeros_like(cond["layout"])
         if not uncond or self.guidance == 1:
             return run.denoiser, cond
         guided = ClassifierFreeGuidance(run.denoiser, self.guidance, uncond)
@@ -87,11 +100,22 @@ class Conditioning:
 
 
 def conditioning(run: LoadedRun, *, classes: Optional[Sequence] = None, prompts: Optional[Sequence[str]] = None,
-                 negative_prompts: Optional[Sequence[str]] = None, guidance: Optional[float] = None) -> Conditioning:
+                 negative_prompts: Optional[Sequence[str]] = None, guidance: Optional[float] = None,
+                 layouts: Optional[Sequence[Sequence[tuple]]] = None) -> Conditioning:
     """Check what is asked of `run` and resolve class names. guidance defaults to CLASS_GUIDANCE with classes,
-    TEXT_GUIDANCE with prompts; without either, a conditional run samples unconditionally (the null label
-    or caption) and guidance is refused."""
+    TEXT_GUIDANCE with prompts, LAYOUT_GUIDANCE with layouts; without any, a conditional run samples
+    unconditionally (the null label, caption or layout) and guidance is refused."""
     classes = [class_index(run, c) for c in classes] if classes else None
+    if layouts:
+        if not run.config.model.layout_channels:
+            raise ValueError("this run was trained without layouts; train with --layout to sample from boxes")
+        layouts = [list(layout) for layout in layouts]
+        k = len(run.config.data.class_names)
+        bad = [box for layout in layouts for box in layout if not (len(box) == 5 and 0 <= int(box[0]) < k)]
+        if bad:
+            raise ValueError(f"a layout box is (class 0..{k - 1}, x0, y0, x1, y1), got {bad[0]}")
+    else:
+        layouts = None
     if prompts:
         if not run.config.text.enabled:
             raise ValueError("this run was trained without text; train with --text to sample from prompts")
@@ -108,14 +132,14 @@ def conditioning(run: LoadedRun, *, classes: Optional[Sequence] = None, prompts:
     else:
         negative_prompts = None
     if guidance is None:
-        guidance = TEXT_GUIDANCE if prompts else CLASS_GUIDANCE if classes else 1.0
-    elif not (classes or prompts):
-        raise ValueError("guidance steers towards a class or a prompt: give one (--class or --prompt)")
+        guidance = TEXT_GUIDANCE if prompts else CLASS_GUIDANCE if classes else LAYOUT_GUIDANCE if layouts else 1.0
+    elif not (classes or prompts or layouts):
+        raise ValueError("guidance steers towards a class, a prompt or a layout: give one (--class or --prompt)")
     if not guidance >= 0:
         raise ValueError(f"guidance must be >= 0 (1: none, 0: unconditional), got {guidance}")
     # pixels lie in [-1, 1]; a latent run's latents have no such bound, so its estimates are not clipped
     clip = None if getattr(run, "latent", None) is not None else (-1.0, 1.0)
-    return Conditioning(run, classes, prompts, negative_prompts, float(guidance), clip)
+    return Conditioning(run, classes, prompts, negative_prompts, float(guidance), clip, layouts)
 
 
 def _warn_about_prompts(run: LoadedRun, prompts: list[str]) -> None:

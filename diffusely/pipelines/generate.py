@@ -29,7 +29,8 @@ def generate(run: LoadedRun, n: int, *, steps: Optional[int] = None, nfe: Option
              sampler: Optional[str] = None, spacing: Spacing = None, seed: int = 0, batch_size: int = 64,
              progress: bool = True, callback: Optional[Callable] = None, classes: Optional[Sequence] = None,
              prompts: Optional[Sequence[str]] = None, negative_prompts: Optional[Sequence[str]] = None,
-             guidance: Optional[float] = None, **options) -> Iterator[torch.Tensor]:
+             guidance: Optional[float] = None, layouts: Optional[Sequence] = None,
+             indices: Optional[Sequence[int]] = None, **options) -> Iterator[torch.Tensor]:
     """Yield batches of samples (B, C, *spatial) in [-1, 1], n in all (images: a latent run decodes its samples).
 
     Sample i draws its noise from its own generator seeded `seed + i`, so it is the same image
@@ -38,7 +39,11 @@ def generate(run: LoadedRun, n: int, *, steps: Optional[int] = None, nfe: Option
     sampler and step count (schedules.json, `diffusely optimize-schedule`) is used where there is one.
     classes (names or indices) and prompts cycle over the samples; negative_prompts replace the null
     caption in classifier-free guidance of scale `guidance` (see pipelines.conditioning for defaults).
+    layouts (lists of boxes (class, x0, y0, x1, y1) in pixels) cycle too. indices: draw samples with these
+    indices (noise seed + i, conditioning i) instead of 0..n-1, e.g. the ones a stopped job did not finish.
     """
+    indices = list(range(n)) if indices is None else list(indices)
+    n = len(indices)
     if n < 1:
         raise ValueError(f"the number of samples must be >= 1, got {n}")
     if batch_size < 1:
@@ -52,12 +57,13 @@ def generate(run: LoadedRun, n: int, *, steps: Optional[int] = None, nfe: Option
     spacing = spacing or stored_spacing(run, sampler, steps)
     device = next(run.denoiser.parameters()).device
     conditions = conditioning(run, classes=classes, prompts=prompts, negative_prompts=negative_prompts,
-                              guidance=guidance)
+                              guidance=guidance, layouts=layouts)
     with tqdm(total=n, desc="sampling", unit="img", disable=not progress) as bar:
         for start in range(0, n, batch_size):
-            gens = generators(range(seed + start, seed + min(n, start + batch_size)))
+            batch = indices[start:start + batch_size]
+            gens = generators([seed + i for i in batch])
             noise = randn((len(gens), *sample_shape(run)), gens, device)
-            denoiser, cond = conditions.batch(range(start, start + len(gens)), device)
+            denoiser, cond = conditions.batch(batch, device)
             with torch.inference_mode():
                 x = sample(denoiser, noise, cond=cond, method=sampler, steps=steps, sigma_min=d.sigma_min,
                            sigma_max=d.sigma_max, spacing=spacing, generator=gens, callback=callback, **options)

@@ -7,6 +7,7 @@ resumed from a checkpoint continues exactly as the uninterrupted run would have 
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 import time
@@ -25,7 +26,9 @@ from .._util import randn, randn_like
 from ..checkpoint import (CHECKPOINT, CONFIG, RunError, autoencoder_dir, build_denoiser, build_model, load_checkpoint,
                           read_config, save_checkpoint, write_config)
 from ..config import AutoencoderRunConfig, JsonConfig, RunConfig
+from .._files import atomic_write_text
 from ..data import DataError, Dataset, load_dataset, to_tensor
+from ..layout import flip_boxes, pack_boxes, render_layout
 from ..loss import denoising_loss, discrete_sigmas, lognormal_sigmas, weighting
 from ..samplers import sample
 from ..text import build_text_encoder
@@ -36,6 +39,8 @@ LOG = "log.csv"
 LOG_FIELDS = ["step", "loss", "lr", "images_per_second", "seconds"]
 LABEL_DROPOUT = 0.1  # fraction of labels replaced by the null label, so one model also samples unconditionally
 CAPTION_DROPOUT = 0.1  # fraction of captions replaced by the null caption, for classifier-free guidance
+LAYOUT_DROPOUT = 0.1  # fraction of layouts replaced by the null layout (see diffusely.layout)
+LAYOUTS = "layouts.json"  # a layout run's training boxes, from which `diffusely synth` draws new layouts
 
 
 def _seed(*parts: int) -> int:
@@ -148,6 +153,12 @@ def prepare_data(config: RunConfig) -> Dataset:
             raise DataError(f"{config.data.source} has no class labels; put images in one subfolder per class")
         config.model.num_classes = len(data.class_names)
         config.data.class_names = tuple(data.class_names)
+    if config.data.layout:
+        if data.boxes is None:
+            raise DataError(f"{config.data.source} has no boxes to condition on; a layout run needs a YOLO folder "
+                            f"(with data.yaml), a COCO .json, or the built-in defects or shapes")
+        config.model.layout_channels = len(data.class_names) + 1
+        config.data.class_names = tuple(data.class_names)
     if config.text.enabled:
         if data.captions is None:
             raise DataError(f"{config.data.source} has no captions; put a .txt beside each image or a metadata.jsonl")
@@ -187,10 +198,11 @@ def encode_captions(config: RunConfig, captions: list[str], run_dir: Path, devic
 
 
 def sample_grid(denoiser, config: RunConfig, path: Path, n: int = 16, seed: int = 0, text: Optional[dict] = None,
-                decode: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> None:
+                decode: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+                boxes: Optional[torch.Tensor] = None) -> None:
     """A grid of `n` samples from fixed noise, so grids from different steps compare like for like.
-    Class runs cycle through the classes; text runs take `text`, the encoded captions of n images.
-    `decode` turns a latent run's samples into images."""
+    Class runs cycle through the classes; text runs take `text`, the encoded captions of n images; layout
+    runs take `boxes` (n, M, 5), the layouts of n images. `decode` turns a latent run's samples into images."""
     device = next(denoiser.parameters()).device
     g = _generator("cpu", seed, 12345)
     noise = randn((n, *config.sample_shape), g, device)
@@ -199,6 +211,9 @@ def sample_grid(denoiser, config: RunConfig, path: Path, n: int = 16, seed: int 
         cond = {"class_labels": torch.arange(n, device=device) % config.model.num_classes}
     if text is not None:
         cond.update(text)
+    if boxes is not None:
+        cond["layout"] = render_layout(boxes.to(device), len(config.data.class_names), config.sample_shape[1:],
+                                       config.data.image_size)
     d = config.diffusion
     with torch.inference_mode():
         x = sample(denoiser, noise, method=d.sampler, steps=d.sample_steps, sigma_min=d.sigma_min,
@@ -206,6 +221,13 @@ def sample_grid(denoiser, config: RunConfig, path: Path, n: int = 16, seed: int 
         if decode is not None:
             x = decode(x)
     viz.save_grid(x.clamp(-1, 1).cpu(), path, nrow=int(math.ceil(math.sqrt(n))))
+
+
+def save_layouts(run_dir: Path, config: RunConfig, boxes: list[list[tuple]]) -> None:
+    """layouts.json: the class names, the image size and every training image's boxes in pixels."""
+    layouts = [[[int(b[0]), *(round(float(v), 2) for v in b[1:])] for b in image] for image in boxes]
+    atomic_write_text(run_dir / LAYOUTS, json.dumps({"class_names": list(config.data.class_names),
+                                                     "image_size": config.data.image_size, "layouts": layouts}))
 
 
 def _read_log(path: Path, up_to_step: int) -> list[dict]:
@@ -284,6 +306,8 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, progr
         start = ckpt.step
     if d.main:
         start_log(run_dir, config, start, LOG_FIELDS)
+        if config.data.layout:
+            save_layouts(run_dir, config, data.boxes)
 
     net = model
     if d.world > 1:
@@ -295,6 +319,7 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, progr
     # uint8, NHWC, decoded once (a latent run trains on its latents instead)
     images = torch.from_numpy(data.images).to(device) if latents is None else None
     labels = torch.from_numpy(data.labels).to(device) if config.model.num_classes else None
+    boxes = pack_boxes(data.boxes).to(device) if config.data.layout else None
     batches = Batches(len(data.images), tc.batch_size, tc.seed, d)
     # mixed precision chosen in one place: bf16 autocast (no loss scaling needed, unlike fp16)
     use_bf16 = tc.precision == "bf16" or (tc.precision == "auto" and _bf16_is_fast(device))
@@ -324,6 +349,13 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, progr
         if captions is not None:
             drop = per_sample(lambda g: torch.rand(1, generator=g, device=device)) < CAPTION_DROPOUT
             cond.update(captions.cond(torch.where(drop, captions.null, captions.index[idx])))
+        if boxes is not None:
+            b = boxes[idx]
+            if config.data.flip:  # the boxes mirror with their image
+                b = torch.where(flip.view(-1, 1, 1), flip_boxes(b, config.data.image_size), b)
+            drop = per_sample(lambda g: torch.rand(1, generator=g, device=device)) < LAYOUT_DROPOUT
+            cond["layout"] = render_layout(b, len(config.data.class_names), x0.shape[2:], config.data.image_size,
+                                           given=~drop)
         noise = randn_like(x0, gens)
         with autocast:
             loss = denoising_loss(denoiser, x0, sigma, weight_fn(sigma, config.diffusion.sigma_data), noise, **cond).mean()
@@ -369,7 +401,8 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, progr
         if d.main and (done % tc.sample_every == 0 or done == tc.steps):
             sample_grid(ema_denoiser, config, run_dir / "samples" / f"step-{done:07d}.png",
                         text=captions.cond(captions.index[torch.arange(16) % len(captions.index)])
-                        if captions is not None else None, decode=latents.space.decode if latents is not None else None)
+                        if captions is not None else None, decode=latents.space.decode if latents is not None else None,
+                        boxes=boxes[torch.arange(16, device=device) % len(boxes)] if boxes is not None else None)
     bar.close()
     return {"step": tc.steps, "loss": last_loss, "run_dir": str(run_dir), "images": len(data.images),
             "world_size": d.world, "effective_batch_size": tc.batch_size * d.world}
