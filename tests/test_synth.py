@@ -1,0 +1,156 @@
+"""Layout-conditioned training and `diffusely synth`: a YOLO dataset from a tiny trained model."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+
+from diffusely.checkpoint import load_run
+from diffusely.cli import main
+from diffusely.config import DataConfig, RunConfig, TrainConfig
+from diffusely.data import DataError
+from diffusely.data.detection import read_coco, read_yolo
+from diffusely.nets import UNetConfig
+from diffusely.pipelines import synth as synth_module
+from diffusely.pipelines.synth import LayoutModel, is_val, read_layouts, synthesize
+from diffusely.train import train
+
+
+@pytest.fixture(scope="module")
+def layout_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("layout") / "run"
+    config = RunConfig(model=UNetConfig(channels=(16, 32), blocks_per_level=1, attention_levels=(1,), groups=8),
+                       data=DataConfig(source="defects", image_size=32, layout=True),
+                       train=TrainConfig(steps=6, batch_size=4, checkpoint_every=6, sample_every=6, warmup_steps=2))
+    train(config, run_dir, progress=False)
+    return run_dir
+
+
+def test_layout_run_records_its_classes_and_layouts(layout_run):
+    run = load_run(layout_run)
+    assert run.config.model.layout_channels == 5 and run.config.data.class_names == ("scratch", "crack", "spot", "stain")
+    spec = json.loads((layout_run / "layouts.json").read_text())
+    assert spec["image_size"] == 32 and len(spec["layouts"]) == 4000
+    assert (layout_run / "samples" / "step-0000006.png").is_file()
+
+
+def test_layout_model_follows_the_training_statistics():
+    rng = np.random.default_rng(0)
+    train_layouts = [[(0, 1.0, 1.0, 11.0, 3.0)], [], [(1, 20.0, 20.0, 24.0, 30.0), (0, 2.0, 2.0, 12.0, 4.0)], []] * 50
+    model = LayoutModel.fit(train_layouts, ["scratch", "crack"], 32)
+    drawn = [model.draw(rng) for _ in range(2000)]
+    counts = np.bincount([len(d) for d in drawn], minlength=3) / 2000
+    assert np.allclose(counts, [0.5, 0.25, 0.25], atol=0.04)
+    boxes = np.array([b for d in drawn for b in d])
+    assert np.all(boxes[:, 1:] >= 0) and np.all(boxes[:, 1:] <= 32)
+    crack = boxes[boxes[:, 0] == 1]
+    assert np.allclose(np.median(crack[:, 3] - crack[:, 1]), 4, atol=0.4)  # widths of that class's boxes
+    assert abs(len(crack) / len(boxes) - 1 / 3) < 0.04
+    balanced = [b for _ in range(1000) for b in model.draw(rng, balance=True)]
+    assert abs(np.mean([b[0] for b in balanced]) - 0.5) < 0.05  # the rare class drawn as often as the common
+    only = [model.draw(rng, classes=[1]) for _ in range(200)]
+    assert all(len(d) >= 1 and all(b[0] == 1 for b in d) for d in only)
+
+
+def test_read_layouts_checks_classes_and_corners(tmp_path):
+    path = tmp_path / "l.jsonl"
+    path.write_text('[{"class": "crack", "box": [0.25, 0.5, 0.5, 1.0]}]\n[]\n')
+    assert read_layouts(path, ["scratch", "crack"], 32) == [[(1, 8.0, 16.0, 16.0, 32.0)], []]
+    path.write_text('[{"class": "dent", "box": [0, 0, 1, 1]}]\n')
+    with pytest.raises(DataError, match="unknown class 'dent'.*scratch, crack"):
+        read_layouts(path, ["scratch", "crack"], 32)
+    path.write_text('[{"class": 0, "box": [0.5, 0, 0.2, 1]}]\n')
+    with pytest.raises(DataError, match="0 <= x0 < x1 <= 1"):
+        read_layouts(path, ["scratch", "crack"], 32)
+
+
+def test_val_split_is_every_tenth_image():
+    assert [i for i in range(30) if is_val(i, 0.1)] == [4, 14, 24]
+    assert sum(is_val(i, 0.2) for i in range(100)) == 20
+
+
+def test_synth_writes_a_yolo_dataset_whose_every_image_has_its_label(layout_run, tmp_path):
+    out = tmp_path / "ds"
+    result = CliRunner().invoke(main, ["synth", str(layout_run), "--out", str(out), "-n", "12", "--steps", "2",
+                                       "--coco", "--quiet", "--batch-size", "5"])
+    assert result.exit_code == 0, result.output
+    spec = yaml.safe_load((out / "data.yaml").read_text())
+    assert spec["names"] == {0: "scratch", 1: "crack", 2: "spot", 3: "stain"}
+    assert spec["train"] == "images/train" and spec["val"] == "images/val" and spec["path"] == str(out.resolve())
+    images = sorted(out.glob("images/*/*.png"))
+    assert len(images) == 12 and len(list(out.glob("images/val/*.png"))) == 1
+    for image in images:
+        assert (out / "labels" / image.parent.name / f"{image.stem}.txt").is_file()
+    # our own reader takes it back, boxes and all, and the COCO export says the same
+    labelled = read_yolo(out / "data.yaml")
+    coco = read_coco(out / "annotations" / "instances_train.json")
+    assert sorted(p.path.name for p in labelled.images) == sorted(p.path.name for p in coco.images)
+    for a, b in zip(sorted(labelled.images, key=lambda p: p.path.name), sorted(coco.images, key=lambda p: p.path.name)):
+        assert [x[0] for x in a.boxes] == [x[0] for x in b.boxes]
+        assert np.allclose([x[1:] for x in a.boxes], [x[1:] for x in b.boxes], atol=1 / 32) if a.boxes else not b.boxes
+    assert (out / "contact_sheet.png").is_file()
+
+
+def test_synth_resume_adds_no_duplicates_and_loses_nothing(layout_run, tmp_path, monkeypatch):
+    run = load_run(layout_run)
+    whole = tmp_path / "whole"
+    synthesize(run, whole, 10, steps=2, batch_size=3, progress=False)
+    # a job stopped after its second batch: the generator raises where a kill would stop it
+    real_generate = synth_module.generate
+
+    def stopping(*args, **kwargs):
+        for k, batch in enumerate(real_generate(*args, **kwargs)):
+            if k == 2:
+                raise KeyboardInterrupt
+            yield batch
+
+    monkeypatch.setattr(synth_module, "generate", stopping)
+    part = tmp_path / "part"
+    with pytest.raises(KeyboardInterrupt):
+        synthesize(run, part, 10, steps=2, batch_size=3, progress=False)
+    assert len(list(part.glob("images/*/*.png"))) == 6
+    monkeypatch.setattr(synth_module, "generate", real_generate)
+    with pytest.raises(Exception, match="pass --resume"):
+        synthesize(run, part, 10, steps=2, batch_size=3, progress=False)
+    with pytest.raises(Exception, match="other settings.*seed"):
+        synthesize(run, part, 10, steps=2, batch_size=3, progress=False, resume=True, seed=1)
+    result = synthesize(run, part, 10, steps=2, batch_size=3, progress=False, resume=True)
+    assert result["made"] == 4
+    for path in sorted(whole.rglob("*")):
+        if path.suffix in (".png", ".txt") and path.name != "contact_sheet.png":
+            twin = part / path.relative_to(whole)
+            assert twin.read_bytes() == path.read_bytes(), path.relative_to(whole)
+    assert len(list(part.rglob("*.png"))) == len(list(whole.rglob("*.png")))
+
+
+def test_synth_from_given_layouts_and_bad_requests(layout_run, tmp_path):
+    run = load_run(layout_run)
+    layouts = tmp_path / "l.json"
+    layouts.write_text(json.dumps([[{"class": "crack", "box": [0.1, 0.1, 0.6, 0.3]}], []]))
+    synthesize(run, tmp_path / "given", 4, layouts_file=layouts, steps=2, progress=False)
+    labels = sorted((tmp_path / "given").glob("labels/*/*.txt"))
+    assert [p.read_text() for p in labels] == ["1 0.350000 0.200000 0.500000 0.200000\n", "",
+                                               "1 0.350000 0.200000 0.500000 0.200000\n", ""]
+    with pytest.raises(ValueError, match="unknown class.*dent"):
+        synthesize(run, tmp_path / "x", 4, classes=["dent"], steps=2, progress=False)
+    with pytest.raises(ValueError, match="use one or the other"):
+        synthesize(run, tmp_path / "y", 4, layouts_file=layouts, balance=True, steps=2, progress=False)
+
+
+def test_guided_layout_sampling_uses_the_null_layout_for_the_unconditional_half(layout_run):
+    """Guidance 1 equals the plain conditional denoiser; guidance 0 the one given the null layout."""
+    from diffusely.pipelines.conditioning import conditioning
+
+    run = load_run(layout_run)
+    layouts = [[(1, 4.0, 4.0, 20.0, 12.0)]]
+    x, sigma = torch.randn(1, 3, 32, 32), torch.tensor([2.0])
+    d1, cond = conditioning(run, layouts=layouts, guidance=1.0).batch([0], "cpu")
+    d0, _ = conditioning(run, layouts=layouts, guidance=0.0).batch([0], "cpu")
+    null, null_cond = conditioning(run).batch([0], "cpu")
+    with torch.inference_mode():
+        assert torch.equal(d1(x, sigma, **cond), run.denoiser(x, sigma, **cond))
+        assert torch.allclose(d0(x, sigma, **cond), null(x, sigma, **null_cond).clamp(-1, 1), atol=1e-5)
+    assert null_cond["layout"].abs().sum() == 0
