@@ -154,3 +154,38 @@ def test_guided_layout_sampling_uses_the_null_layout_for_the_unconditional_half(
         assert torch.equal(d1(x, sigma, **cond), run.denoiser(x, sigma, **cond))
         assert torch.allclose(d0(x, sigma, **cond), null(x, sigma, **null_cond).clamp(-1, 1), atol=1e-5)
     assert null_cond["layout"].abs().sum() == 0
+
+
+def test_a_bad_request_leaves_no_dataset_behind(layout_run, tmp_path):
+    """Sampler, steps and layouts are checked before anything is written, so fixing the command and
+    running it again needs no clean-up."""
+    run = load_run(layout_run)
+    with pytest.raises(ValueError, match="unknown sampler"):
+        synthesize(run, tmp_path / "a", 4, sampler="nope", progress=False)
+    with pytest.raises(ValueError, match="must be >= 1"):
+        synthesize(run, tmp_path / "a", 0, progress=False)
+    assert not (tmp_path / "a").exists()
+    synthesize(run, tmp_path / "a", 2, steps=2, progress=False)
+
+
+def test_one_layout_given_as_its_list_of_boxes(tmp_path):
+    path = tmp_path / "one.json"
+    path.write_text('[{"class": "crack", "box": [0, 0, 0.5, 0.5]}]')
+    assert read_layouts(path, ["scratch", "crack"], 32) == [[(1, 0.0, 0.0, 16.0, 16.0)]]
+    path.write_text('[{"boxes": []}, 3]')
+    with pytest.raises(DataError, match="layout 1: a layout is a list of boxes, got dict"):
+        read_layouts(path, ["scratch"], 32)
+
+
+def test_layout_boxes_are_checked_when_sampling(layout_run):
+    from diffusely.pipelines.conditioning import conditioning
+
+    run = load_run(layout_run)
+    c = conditioning(run, layouts=[[("crack", 1, 2, 10, 12)]])
+    assert c.layouts == [[(1, 1.0, 2.0, 10.0, 12.0)]]
+    with pytest.raises(ValueError, match="unknown class 'dent'"):
+        conditioning(run, layouts=[[("dent", 1, 2, 10, 12)]])
+    with pytest.raises(ValueError, match=r"0 <= x0 < x1 <= 32.*pixels of the run's 32 x 32 images"):
+        conditioning(run, layouts=[[(0, 0.1, 0.1, 0.5, 0.5)], [(0, 5, 5, 40, 9)]])
+    with pytest.raises(ValueError, match="must satisfy"):
+        conditioning(run, layouts=[[(0, float("nan"), 1, 2, 3)]])

@@ -47,7 +47,8 @@ def _rendered_shapes(size: int, seed: int, count: int, max_shapes: int) -> Shape
 
 def builtin_defects(size: int, seed: int = 0, count: int = 4000) -> DefectsData:
     """The built-in defects dataset: `count` surfaces with 0..3 defects each, their boxes and captions
-    (no image-level labels). Cached as builtin_shapes is: 4,000 images take ~10 s to draw at 64 x 64."""
+    (no image-level labels). Cached as builtin_shapes is: 4,000 images take ~10 s to draw at 64 x 64 on a
+    busy core."""
     data = _rendered_defects(size, seed, count)
     return dataclasses.replace(data, images=data.images.copy(), captions=list(data.captions),
                                boxes=[list(b) for b in data.boxes], class_names=list(data.class_names))
@@ -105,10 +106,10 @@ def load_dataset(source: str, size: int, channels: int = 3, classes: bool = Fals
         raise DataError(f"max_shapes sets the built-in shapes data, not a folder like {source}")
     labelled = read_detection(source)
     if labelled is not None:  # a YOLO or COCO dataset: its images, and their boxes moved with the crop
-        images, boxes, paths = load_detection(labelled, size, channels)
         if classes:
             raise DataError(f"{source} is a detection dataset: its classes are those of the boxes; train with "
                             f"--layout to condition on them, not --classes")
+        images, boxes, paths = load_detection(labelled, size, channels)
         texts = read_captions(Path(source) if Path(source).is_dir() else Path(source).parent, paths) if captions else None
         return Dataset(images, None, labelled.class_names, texts, boxes, source)
     folder = load_image_folder(source, size, channels=channels, classes=classes)

@@ -50,7 +50,7 @@ class DefectsData:
 def render_defects(count: int, size: int = 64, seed: int = 0, start: int = 0) -> DefectsData:
     """Draw images start .. start+count-1, size x size pixels, each a surface with 0..3 defects.
 
-    Image i is a pure function of (seed, i, size). Costs about 1 ms per 64 x 64 image on one CPU core.
+    Image i is a pure function of (seed, i, size). Costs 1 to 3 ms per 64 x 64 image on one CPU core.
     """
     if count < 0 or start < 0:
         raise ValueError(f"count and start must be >= 0, got {count} and {start}")

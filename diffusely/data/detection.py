@@ -130,8 +130,8 @@ def read_yolo(data_yaml, split: str = "train") -> DetectionSet:
     root = Path(spec.get("path") or ".")
     if not root.is_absolute():
         root = (data_yaml.parent / root).resolve()
-        # Ultralytics reads a relative path against its datasets directory; the yaml's own folder is the
-        # usual meaning, and a path naming that folder from elsewhere falls back to it
+        # Ultralytics tries a relative path from the working directory, then its datasets folder; the yaml's
+        # own folder is what such a path means in a dataset handed around, and the yaml's folder is the fallback
         if not root.is_dir():
             root = data_yaml.parent.resolve()
     if spec.get(split) is None:
@@ -140,6 +140,9 @@ def read_yolo(data_yaml, split: str = "train") -> DetectionSet:
     paths: list[Path] = []
     for entry in entries:
         p = Path(entry) if Path(entry).is_absolute() else root / entry
+        if not p.exists() and str(entry).startswith("../"):
+            # Roboflow exports say train: ../train/images; Ultralytics retries such a path without the ../
+            p = root / str(entry)[3:]
         if p.is_dir():
             paths += find_images(p)
         elif p.is_file() and p.suffix == ".txt":
@@ -236,7 +239,8 @@ def yolo_line(cls: int, box, width: float, height: float) -> str:
 
 
 def data_yaml_text(root: Path, names: list[str], splits=("train", "val")) -> str:
-    """An Ultralytics data.yaml: the dataset's absolute path, its splits and the class names."""
+    """An Ultralytics data.yaml: the dataset's absolute path (Ultralytics reads a relative one against its own
+    datasets folder), its splits and the class names. YOLO training needs both train and val."""
     import yaml
 
     spec = {"path": str(Path(root).resolve()), **{s: f"images/{s}" for s in splits},
@@ -264,6 +268,9 @@ def read_coco(json_path, image_root=None) -> DetectionSet:
         index = {cid: i for i, (cid, _) in enumerate(categories)}
         images = {int(im["id"]): im for im in spec["images"]}
         sizes = {i: (float(im["width"]), float(im["height"])) for i, im in images.items()}
+        names = {i: str(im["file_name"]) for i, im in images.items()}
+        if any(not (w > 0 and h > 0) for w, h in sizes.values()):
+            raise ValueError("an image with width or height not > 0")
     except (KeyError, TypeError, ValueError) as e:
         raise DataError(f"{json_path}: every category needs 'id' and 'name', every image 'id', 'file_name', "
                         f"'width' and 'height' ({type(e).__name__}: {e})") from None
@@ -298,8 +305,8 @@ def read_coco(json_path, image_root=None) -> DetectionSet:
     roots = [Path(image_root)] if image_root else [json_path.parent, json_path.parent / "images",
                                                     json_path.parent.parent, json_path.parent.parent / "images"]
     labelled = []
-    for image_id, im in images.items():
-        name = str(im["file_name"])
+    for image_id in images:
+        name = names[image_id]
         path = next((r / name for r in roots if (r / name).is_file()), None)
         if path is None:
             notes.add("missing", f"{name} (looked in {', '.join(map(str, roots))})")
@@ -336,6 +343,8 @@ def load_detection(labelled: DetectionSet, size: int, channels: int = 3) -> tupl
     cropped) and move its boxes with it, in pixels. Returns images (N, S, S, C) uint8, boxes per image and the
     paths read. Unreadable files are skipped with one warning; boxes the crop cuts are clipped, and those it
     removes are left out, each counted in a warning."""
+    if channels not in (1, 3):
+        raise DataError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels}")
     mode = "RGB" if channels == 3 else "L"
     images, boxes, paths, failed = [], [], [], []
     notes = Notes()

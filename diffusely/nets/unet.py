@@ -65,7 +65,7 @@ class UNet(nn.Module):
     """F(x, noise_label, class_labels=None, context=None, context_mask=None, layout=None) -> tensor shaped like x
     (out_channels).
 
-    x: (B, in_channels, *spatial) with each spatial size divisible by 2^(levels - 1);
+    x: (B, in_channels, *spatial) with each spatial size divisible by patch_size x 2^(levels - 1);
     noise_label: (B,) as the denoiser wrapper computes it; context: (B, tokens, context_dim) text tokens
     and context_mask (B, tokens) bool, True for real tokens (a text model needs them); layout:
     (B, layout_channels, *spatial), which a layout model needs (all zeros: no layout given).

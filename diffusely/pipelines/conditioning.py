@@ -109,11 +109,7 @@ def conditioning(run: LoadedRun, *, classes: Optional[Sequence] = None, prompts:
     if layouts:
         if not run.config.model.layout_channels:
             raise ValueError("this run was trained without layouts; train with --layout to sample from boxes")
-        layouts = [list(layout) for layout in layouts]
-        k = len(run.config.data.class_names)
-        bad = [box for layout in layouts for box in layout if not (len(box) == 5 and 0 <= int(box[0]) < k)]
-        if bad:
-            raise ValueError(f"a layout box is (class 0..{k - 1}, x0, y0, x1, y1), got {bad[0]}")
+        layouts = [[_layout_box(run, box) for box in layout] for layout in layouts]
     else:
         layouts = None
     if prompts:
@@ -134,12 +130,31 @@ def conditioning(run: LoadedRun, *, classes: Optional[Sequence] = None, prompts:
     if guidance is None:
         guidance = TEXT_GUIDANCE if prompts else CLASS_GUIDANCE if classes else LAYOUT_GUIDANCE if layouts else 1.0
     elif not (classes or prompts or layouts):
-        raise ValueError("guidance steers towards a class, a prompt or a layout: give one (--class or --prompt)")
+        raise ValueError("guidance steers towards a class, a prompt or a layout: give one (--class, --prompt, "
+                         "or layouts to `diffusely synth`)")
     if not guidance >= 0:
         raise ValueError(f"guidance must be >= 0 (1: none, 0: unconditional), got {guidance}")
     # pixels lie in [-1, 1]; a latent run's latents have no such bound, so its estimates are not clipped
     clip = None if getattr(run, "latent", None) is not None else (-1.0, 1.0)
     return Conditioning(run, classes, prompts, negative_prompts, float(guidance), clip, layouts)
+
+
+def _layout_box(run: LoadedRun, box) -> tuple:
+    """A layout box (class name or index, x0, y0, x1, y1 in pixels of the run's images), checked; a ValueError
+    says what is wrong with it."""
+    names, size = list(run.config.data.class_names), run.config.data.image_size
+    try:
+        cls, *corners = box
+        x0, y0, x1, y1 = (float(v) for v in corners)
+    except (TypeError, ValueError):
+        raise ValueError(f"a layout box is (class, x0, y0, x1, y1) with corners in pixels, got {box!r}") from None
+    index = names.index(cls) if cls in names else int(cls) if str(cls).isdigit() else -1
+    if not 0 <= index < len(names):
+        raise ValueError(f"unknown class {cls!r} in layout box {box!r}; this run's classes: {', '.join(names)}")
+    if not (0 <= x0 < x1 <= size and 0 <= y0 < y1 <= size):
+        raise ValueError(f"layout box {box!r} must satisfy 0 <= x0 < x1 <= {size} and 0 <= y0 < y1 <= {size} "
+                         f"(corners in pixels of the run's {size} x {size} images)")
+    return (index, x0, y0, x1, y1)
 
 
 def _warn_about_prompts(run: LoadedRun, prompts: list[str]) -> None:

@@ -31,7 +31,8 @@ def generate(run: LoadedRun, n: int, *, steps: Optional[int] = None, nfe: Option
              prompts: Optional[Sequence[str]] = None, negative_prompts: Optional[Sequence[str]] = None,
              guidance: Optional[float] = None, layouts: Optional[Sequence] = None,
              indices: Optional[Sequence[int]] = None, **options) -> Iterator[torch.Tensor]:
-    """Yield batches of samples (B, C, *spatial) in [-1, 1], n in all (images: a latent run decodes its samples).
+    """An iterator over batches of samples (B, C, *spatial) in [-1, 1], n in all (images: a latent run decodes
+    its samples). The arguments are checked at the call; sampling happens as the batches are taken.
 
     Sample i draws its noise from its own generator seeded `seed + i`, so it is the same image
     whatever the batch size or n. sampler defaults to the run's config; steps too, unless `nfe` (a
@@ -55,11 +56,19 @@ def generate(run: LoadedRun, n: int, *, steps: Optional[int] = None, nfe: Option
         steps = d.sample_steps
     steps = resolve_steps(sampler, steps, nfe)
     spacing = spacing or stored_spacing(run, sampler, steps)
-    device = next(run.denoiser.parameters()).device
     conditions = conditioning(run, classes=classes, prompts=prompts, negative_prompts=negative_prompts,
                               guidance=guidance, layouts=layouts)
-    with tqdm(total=n, desc="sampling", unit="img", disable=not progress) as bar:
-        for start in range(0, n, batch_size):
+    # everything above is checked now, at the call; the sampling happens as the batches are asked for
+    return _batches(run, indices, conditions, sampler=sampler, steps=steps, spacing=spacing, seed=seed,
+                    batch_size=batch_size, progress=progress, callback=callback, options=options)
+
+
+def _batches(run: LoadedRun, indices: list[int], conditions, *, sampler: str, steps: Optional[int], spacing,
+             seed: int, batch_size: int, progress: bool, callback, options: dict) -> Iterator[torch.Tensor]:
+    d = run.config.diffusion
+    device = next(run.denoiser.parameters()).device
+    with tqdm(total=len(indices), desc="sampling", unit="img", disable=not progress) as bar:
+        for start in range(0, len(indices), batch_size):
             batch = indices[start:start + batch_size]
             gens = generators([seed + i for i in batch])
             noise = randn((len(gens), *sample_shape(run)), gens, device)
@@ -70,4 +79,3 @@ def generate(run: LoadedRun, n: int, *, steps: Optional[int] = None, nfe: Option
                 x = run.decode(x)  # a latent run's samples become images here
             bar.update(len(x))
             yield x.clamp(-1, 1).cpu()
-

@@ -83,7 +83,7 @@ class LayoutModel:
             raise DataError(f"no training box of class {', '.join(self.class_names[c] for c in allowed)}")
         weights /= weights.sum()
         counts = self.counts.copy()
-        if classes is not None or balance:
+        if classes is not None:  # asked for these classes: every image shows one
             counts[0] = 0.0
             if counts.sum() == 0:
                 counts = np.array([0.0, 1.0])
@@ -109,9 +109,9 @@ def _apart(a, b) -> bool:
 
 
 def read_layouts(path, class_names: list[str], image_size: int) -> list[list[tuple]]:
-    """Layouts from a JSON file (a list of layouts) or a JSON-lines file (a layout per line); a layout is a list
-    of {"class": name or index, "box": [x0, y0, x1, y1]} with coordinates normalised to 0..1. Returns boxes
-    in pixels of image_size x image_size images."""
+    """Layouts from a JSON file (a list of layouts, or one layout) or a JSON-lines file (a layout per line); a
+    layout is a list of {"class": name or index, "box": [x0, y0, x1, y1]} with coordinates normalised to 0..1.
+    Returns boxes in pixels of image_size x image_size images."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"no layouts file at {path}")
@@ -121,10 +121,14 @@ def read_layouts(path, class_names: list[str], image_size: int) -> list[list[tup
             [json.loads(line) for line in text.splitlines() if line.strip()]
     except json.JSONDecodeError as e:
         raise DataError(f"{path} is neither a JSON list of layouts nor JSON lines: {e}") from None
+    if isinstance(layouts, list) and layouts and all(isinstance(box, dict) for box in layouts):
+        layouts = [layouts]  # one layout, given as its list of boxes
     out = []
     for i, layout in enumerate(layouts):
+        if not isinstance(layout, list):
+            raise DataError(f"{path}, layout {i + 1}: a layout is a list of boxes, got {type(layout).__name__} {layout!r}")
         boxes = []
-        for box in layout if isinstance(layout, list) else [None]:
+        for box in layout:
             try:
                 name, (x0, y0, x1, y1) = box["class"], (float(v) for v in box["box"])
             except (KeyError, TypeError, ValueError):
@@ -144,7 +148,8 @@ def read_layouts(path, class_names: list[str], image_size: int) -> list[list[tup
 
 
 def is_val(i: int, val_fraction: float) -> bool:
-    """Whether image i goes to the validation split: every round(1 / val_fraction)-th image, spread evenly."""
+    """Whether image i goes to the validation split: a share val_fraction of the images, spread evenly
+    (for 0.1, images 4, 14, 24, ...)."""
     return math.floor((i + 1) * val_fraction + 0.5) > math.floor(i * val_fraction + 0.5)
 
 
@@ -177,28 +182,35 @@ def synthesize(run: LoadedRun, out, n: int, *, classes: Optional[Sequence[str]] 
     if given is not None and (classes or balance):
         raise ValueError("--layouts gives the layouts; --classes and --balance choose how to draw them: use one or the other")
 
-    out = Path(out)
-    settings = {"run": str(Path(run.run_dir).resolve()) if run.run_dir else None, "run_step": run.step, "n": n,
-                "seed": seed, "classes": list(classes or []), "balance": balance, "val_fraction": val_fraction,
-                "layouts_sha256": hashlib.sha256(Path(layouts_file).read_bytes()).hexdigest() if layouts_file else None,
-                "guidance": guidance, "sampler": sampler, "steps": steps, "nfe": nfe, "options": options or {}}
-    _check_out(out, settings, resume)
+    if n < 1:
+        raise ValueError(f"the number of images must be >= 1, got {n}")
     if given is not None:
         layouts = [given[i % len(given)] for i in range(n)]
     else:
         model = LayoutModel.from_run(run.run_dir)
         layouts = [model.draw(np.random.default_rng([seed, i]), wanted, balance) for i in range(n)]
-
     splits = ["val" if is_val(i, val_fraction) else "train" for i in range(n)]
-    for split in ("train", "val"):
-        (out / "images" / split).mkdir(parents=True, exist_ok=True)
-        (out / "labels" / split).mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "data.yaml", data_yaml_text(out, names))
+    out = Path(out)
     image_path = lambda i: out / "images" / splits[i] / f"{_name(i)}.png"  # noqa: E731
     todo = [i for i in range(n) if not image_path(i).is_file()]
+    # generate() checks the sampler, steps, guidance and layouts here, before anything is written
+    made = generate(run, max(len(todo), 1), indices=todo or [0], layouts=layouts, seed=seed, batch_size=batch_size,
+                    guidance=guidance, sampler=sampler, steps=steps, nfe=nfe, progress=progress, **(options or {}))
+
+    settings = {"run": str(Path(run.run_dir).resolve()) if run.run_dir else None, "run_step": run.step, "n": n,
+                "seed": seed, "classes": list(classes or []), "balance": balance, "val_fraction": val_fraction,
+                "layouts_sha256": hashlib.sha256(Path(layouts_file).read_bytes()).hexdigest() if layouts_file else None,
+                "guidance": guidance, "sampler": sampler, "steps": steps, "nfe": nfe, "options": options or {}}
+    _check_out(out, settings, resume)
+    for split in ("train", "val"):
+        for kind in ("images", "labels"):
+            folder = out / kind / split
+            folder.mkdir(parents=True, exist_ok=True)
+            for stale in folder.glob("*.tmp"):  # half-written files of a killed job
+                stale.unlink()
+    # data.yaml is rewritten on every run, so its absolute path follows a dataset that was moved
+    atomic_write_text(out / "data.yaml", data_yaml_text(out, names))
     if todo:
-        made = generate(run, len(todo), indices=todo, layouts=layouts, seed=seed, batch_size=batch_size,
-                        guidance=guidance, sampler=sampler, steps=steps, nfe=nfe, progress=progress, **(options or {}))
         done = 0
         for batch in made:
             for image in to_uint8(batch):

@@ -134,8 +134,9 @@ def check_image_size(config: RunConfig) -> None:
     if config.data.image_size % f:
         lo, hi = config.data.image_size // f * f, (config.data.image_size // f + 1) * f
         on_latents = f" on latents {ae_factor} times smaller than the images" if ae_factor > 1 else ""
+        patch = f" and patch size {config.model.patch_size}" if config.model.patch_size > 1 else ""
         raise DataError(f"image size {config.data.image_size} is not divisible by {f}, which a U-Net with "
-                        f"{len(config.model.channels)} levels{on_latents} needs; use --image-size {lo or hi} or {hi}")
+                        f"{len(config.model.channels)} levels{patch}{on_latents} needs; use --image-size {lo or hi} or {hi}")
 
 
 def prepare_data(config: RunConfig) -> Dataset:
