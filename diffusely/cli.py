@@ -502,6 +502,9 @@ def info(run_dir, as_json):
             cfg.latent.scale_factor, cfg.latent.shift_factor)} if cfg.latent else {}),
         "classes": cfg.model.num_classes,
         **({"class_names": ", ".join(cfg.data.class_names)} if cfg.data.class_names else {}),
+        **({"layout": f"boxes of {len(cfg.data.class_names)} classes as masks (diffusely synth)"}
+           if cfg.model.layout_channels else {}),
+        **({"patch_size": cfg.model.patch_size} if cfg.model.patch_size > 1 else {}),
         "text_encoder": cfg.text.encoder,
         "parameterization": cfg.diffusion.parameterization,
         "schedule": cfg.diffusion.schedule or "continuous (EDM)",

@@ -35,6 +35,8 @@ def test_layout_run_records_its_classes_and_layouts(layout_run):
     spec = json.loads((layout_run / "layouts.json").read_text())
     assert spec["image_size"] == 32 and len(spec["layouts"]) == 4000
     assert (layout_run / "samples" / "step-0000006.png").is_file()
+    info = CliRunner().invoke(main, ["info", str(layout_run)])
+    assert "boxes of 4 classes as masks" in info.output and "scratch, crack, spot, stain" in info.output
 
 
 def test_layout_model_follows_the_training_statistics():
