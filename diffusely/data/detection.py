@@ -22,10 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import ImageFile
-
 from . import DataError
-from .folder import DECODE_ERRORS, EXTENSIONS, find_images, load_with_geometry
+from .folder import DECODE_ERRORS, EXTENSIONS, find_images, load_with_geometry, strict_decoding
 
 Box = tuple  # (class_index, x0, y0, x1, y1)
 EPS = 1e-6  # normalised coordinates this far past 0 or 1 are rounding, not a box outside the image
@@ -348,9 +346,7 @@ def load_detection(labelled: DetectionSet, size: int, channels: int = 3) -> tupl
     mode = "RGB" if channels == 3 else "L"
     images, boxes, paths, failed = [], [], [], []
     notes = Notes()
-    truncated_setting = ImageFile.LOAD_TRUNCATED_IMAGES
-    ImageFile.LOAD_TRUNCATED_IMAGES = False
-    try:
+    with strict_decoding():
         for item in labelled.images:
             try:
                 array, (width, height, left, top) = load_with_geometry(item.path, size, mode)
@@ -370,8 +366,6 @@ def load_detection(labelled: DetectionSet, size: int, channels: int = 3) -> tupl
             images.append(array if channels == 3 else array[..., None])
             boxes.append(moved)
             paths.append(str(item.path))
-    finally:
-        ImageFile.LOAD_TRUNCATED_IMAGES = truncated_setting
     if not images:
         raise DataError(f"none of the {len(labelled.images)} images of {labelled.source} could be read, e.g. {failed[0]}")
     if failed:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,18 +69,13 @@ def load_image_folder(root, size: int, channels: int = 3, classes: bool = False)
 
     mode = "RGB" if channels == 3 else "L"
     images, kept, failed = [], [], []
-    # a truncated file must fail here rather than load half-grey, whatever the rest of the program set
-    truncated_setting = ImageFile.LOAD_TRUNCATED_IMAGES
-    ImageFile.LOAD_TRUNCATED_IMAGES = False
-    try:
+    with strict_decoding():
         for i, path in enumerate(tqdm(paths, desc="loading images", unit="img", disable=len(paths) < 200)):
             try:
                 images.append(_load_one(path, size, mode))
                 kept.append(i)
             except DECODE_ERRORS as error:
                 failed.append((path, error))
-    finally:
-        ImageFile.LOAD_TRUNCATED_IMAGES = truncated_setting
 
     if not images:
         path, error = failed[0]
@@ -97,6 +93,17 @@ def load_image_folder(root, size: int, channels: int = 3, classes: bool = False)
     if labels is not None:
         labels = np.array([labels[i] for i in kept], dtype=np.int64)
     return FolderData(array, labels, class_names, [str(paths[i]) for i in kept])
+
+
+@contextmanager
+def strict_decoding():
+    """A truncated file must fail to decode rather than load half-grey, whatever the rest of the program set."""
+    setting = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        yield
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = setting
 
 
 def find_images(root: Path) -> list[Path]:
