@@ -17,6 +17,14 @@ from typing import Sequence
 import torch
 
 
+def box_class(names: Sequence[str], value) -> int | None:
+    """A box's class given by name or by index (an int or its digits), as an index into `names`; None if neither."""
+    if value in names:
+        return list(names).index(value)
+    index = int(value) if str(value).isdigit() else -1
+    return index if 0 <= index < len(names) else None
+
+
 def pack_boxes(boxes: Sequence[Sequence[tuple]], max_boxes: int | None = None) -> torch.Tensor:
     """Per-image lists of (class, x0, y0, x1, y1) -> (N, M, 5) float32, padded with class -1 rows (M = the
     longest list, at least 1)."""

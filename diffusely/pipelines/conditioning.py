@@ -19,7 +19,7 @@ import torch
 
 from ..checkpoint import LoadedRun
 from ..denoisers import ClassifierFreeGuidance
-from ..layout import pack_boxes, render_layout
+from ..layout import box_class, pack_boxes, render_layout
 from ..text import check_prompt
 
 CLASS_GUIDANCE = 2.0  # default scale when sampling a class
@@ -148,8 +148,8 @@ def _layout_box(run: LoadedRun, box) -> tuple:
         x0, y0, x1, y1 = (float(v) for v in corners)
     except (TypeError, ValueError):
         raise ValueError(f"a layout box is (class, x0, y0, x1, y1) with corners in pixels, got {box!r}") from None
-    index = names.index(cls) if cls in names else int(cls) if str(cls).isdigit() else -1
-    if not 0 <= index < len(names):
+    index = box_class(names, cls)
+    if index is None:
         raise ValueError(f"unknown class {cls!r} in layout box {box!r}; this run's classes: {', '.join(names)}")
     if not (0 <= x0 < x1 <= size and 0 <= y0 < y1 <= size):
         raise ValueError(f"layout box {box!r} must satisfy 0 <= x0 < x1 <= {size} and 0 <= y0 < y1 <= {size} "

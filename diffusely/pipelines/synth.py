@@ -29,6 +29,7 @@ from .._files import atomic_write, atomic_write_text
 from ..checkpoint import LoadedRun, RunError
 from ..data import DataError, to_uint8
 from ..data.detection import coco_dict, data_yaml_text, yolo_line
+from ..layout import box_class
 from .generate import generate
 
 MANIFEST = "synth.json"
@@ -134,8 +135,8 @@ def read_layouts(path, class_names: list[str], image_size: int) -> list[list[tup
             except (KeyError, TypeError, ValueError):
                 raise DataError(f"{path}, layout {i + 1}: each box must be {{\"class\": \"{class_names[0]}\", "
                                 f"\"box\": [x0, y0, x1, y1]}} (coordinates 0..1), got {box!r}") from None
-            cls = class_names.index(name) if name in class_names else int(name) if str(name).isdigit() else -1
-            if not 0 <= cls < len(class_names):
+            cls = box_class(class_names, name)
+            if cls is None:
                 raise DataError(f"{path}, layout {i + 1}: unknown class {name!r}; this run's classes: {', '.join(class_names)}")
             if not (0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1):
                 raise DataError(f"{path}, layout {i + 1}: box {[x0, y0, x1, y1]} must satisfy 0 <= x0 < x1 <= 1 and "
