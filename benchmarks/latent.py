@@ -42,7 +42,7 @@ from diffusely.nets.autoencoder import AutoencoderConfig, psnr
 from diffusely.pipelines import generate
 from diffusely.train import train
 from diffusely.train.autoencoder import reconstruct, train_autoencoder
-from diffusely.train.loop import _bf16_is_fast
+from diffusely.train.common import bf16_is_fast
 from diffusely.viz import save_strip
 
 HELDOUT_SEED = 20_260_000  # held-out images: drawn with another seed than the training set (seed 0)
@@ -209,7 +209,7 @@ def _training_step_rate(config: RunConfig, shape: tuple[int, ...], batch_size: i
     denoiser = build_denoiser(config, net)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
     weight = weighting(config.diffusion.weighting)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=_bf16_is_fast(torch.device("cpu")))
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16_is_fast(torch.device("cpu")))
     times = []
     for _ in range(steps + 1):
         t = time.perf_counter()

@@ -30,6 +30,9 @@ import torch
 
 from diffusely.nets import UNet, UNetConfig
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _diffusers import parameters, require_diffusers, unet2d  # noqa: E402
+
 SHAPES = {  # size: (channels per level, levels with attention) -- attention at 16x16 in both
     32: ((64, 128, 128), (1,)),
     64: ((128, 256, 256, 256), (2,)),
@@ -37,22 +40,18 @@ SHAPES = {  # size: (channels per level, levels with attention) -- attention at 
 BLOCKS, GROUPS, HEAD = 2, 32, 64
 
 
-def ours(size: int, fast: bool = True) -> torch.nn.Module:
+def shape(size: int) -> UNetConfig:
     channels, attention = SHAPES[size]
-    net = UNet(UNetConfig(channels=channels, blocks_per_level=BLOCKS, attention_levels=attention,
-                          head_channels=HEAD, groups=GROUPS))
-    return net
+    return UNetConfig(channels=channels, blocks_per_level=BLOCKS, attention_levels=attention, head_channels=HEAD,
+                      groups=GROUPS)
+
+
+def ours(size: int) -> torch.nn.Module:
+    return UNet(shape(size))
 
 
 def theirs(size: int) -> torch.nn.Module:
-    from diffusers import UNet2DModel
-
-    channels, attention = SHAPES[size]
-    down = tuple("AttnDownBlock2D" if i in attention else "DownBlock2D" for i in range(len(channels)))
-    up = tuple("AttnUpBlock2D" if i in attention else "UpBlock2D" for i in reversed(range(len(channels))))
-    return UNet2DModel(sample_size=size, in_channels=3, out_channels=3, block_out_channels=channels,
-                       layers_per_block=BLOCKS, down_block_types=down, up_block_types=up, norm_num_groups=GROUPS,
-                       attention_head_dim=HEAD, resnet_time_scale_shift="scale_shift", dropout=0.0)
+    return unet2d(shape(size), size)
 
 
 def forward(name: str, net, x, t):
@@ -136,7 +135,7 @@ def _rss_kb() -> int:
 def measure(size: int, precision: str, args, device: torch.device) -> dict:
     torch.manual_seed(0)
     nets = {"ours": ours(size).to(device), "diffusers": theirs(size).to(device)}
-    params = {k: sum(p.numel() for p in n.parameters()) for k, n in nets.items()}
+    params = {k: parameters(n) for k, n in nets.items()}
     if abs(params["ours"] / params["diffusers"] - 1) > 0.05:
         raise SystemExit(f"parameter counts differ by more than 5%: {params}")
     batch = args.batch or (32 if size == 32 else 8)
@@ -177,10 +176,7 @@ def main() -> None:
     if args.memory_probe:
         memory_probe(*json.loads(args.memory_probe))
         return
-    try:
-        import diffusers  # noqa: F401
-    except ImportError:
-        raise SystemExit("diffusers is not installed: pip install -e .[bench]")
+    require_diffusers()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}")
     rows = []

@@ -82,9 +82,9 @@ def test_ema_halflife():
 
 def test_learning_rate_schedule():
     from diffusely.config import TrainConfig
-    from diffusely.train.loop import _lr
+    from diffusely.train.common import lr_at
     tc = TrainConfig(steps=100, lr=1.0, warmup_steps=10, decay_from=0.5)
-    assert _lr(0, tc) == 0.1 and _lr(9, tc) == 1.0 and _lr(49, tc) == 1.0
-    assert _lr(50, tc) == 1.0 and _lr(75, tc) == 0.5 and _lr(99, tc) == 0.02
-    assert _lr(99, TrainConfig(steps=100, lr=1.0, warmup_steps=10, decay_from=1.0)) == 1.0
-    assert _lr(99, TrainConfig(steps=100, lr=1.0, warmup_steps=10)) == 0.025  # the default decays from 60%
+    assert lr_at(0, tc) == 0.1 and lr_at(9, tc) == 1.0 and lr_at(49, tc) == 1.0
+    assert lr_at(50, tc) == 1.0 and lr_at(75, tc) == 0.5 and lr_at(99, tc) == 0.02
+    assert lr_at(99, TrainConfig(steps=100, lr=1.0, warmup_steps=10, decay_from=1.0)) == 1.0
+    assert lr_at(99, TrainConfig(steps=100, lr=1.0, warmup_steps=10)) == 0.025  # the default decays from 60%

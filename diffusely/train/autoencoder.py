@@ -2,7 +2,7 @@
 discriminator, checkpoints, reconstruction pictures.
 
 The same run directory, log, progress bar, atomic checkpoints and exact resume as the diffusion loop
-(train/loop.py, whose helpers it uses): the batch, flips and posterior noise of every step are
+(train/loop.py; the shared helpers are in train/common.py): the batch, flips and posterior noise of every step are
 drawn from per-sample generators seeded by (seed, position in the run).
 """
 
@@ -24,7 +24,7 @@ from ..config import AutoencoderRunConfig
 from ..data import DataError, load_dataset, to_tensor
 from ..nets.autoencoder import (Autoencoder, PatchDiscriminator, adaptive_gan_weight, frequency_loss, hinge_d_loss,
                                 kl_divergence, l1_loss, psnr)
-from .loop import LOG, Batches, Dist, _bf16_is_fast, _lr, _seed, append_log, run_config, start_log
+from .common import LOG, Batches, Dist, append_log, bf16_is_fast, lr_at, run_config, seed_from, start_log
 
 LOG_FIELDS = ["step", "loss", "l1", "psnr", "kl", "disc_loss", "lr", "images_per_second", "seconds"]
 RECONSTRUCTIONS = "reconstructions"
@@ -77,7 +77,7 @@ def train_autoencoder(config: AutoencoderRunConfig, run_dir: str | Path, *, resu
     images = torch.from_numpy(data.images).to(device)  # uint8, NHWC, decoded once
     shown = to_tensor(images[:SHOWN])
     batches = Batches(len(images), tc.batch_size, tc.seed, Dist())
-    use_bf16 = tc.precision == "bf16" or (tc.precision == "auto" and _bf16_is_fast(device))
+    use_bf16 = tc.precision == "bf16" or (tc.precision == "auto" and bf16_is_fast(device))
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
 
     bar = tqdm(total=tc.steps, initial=start, desc="training autoencoder", unit="step", disable=not progress,
@@ -86,7 +86,7 @@ def train_autoencoder(config: AutoencoderRunConfig, run_dir: str | Path, *, resu
     t_last, t0 = time.perf_counter(), time.perf_counter()
     last: dict[str, float] = {}
     for step in range(start, tc.steps):
-        torch.manual_seed(_seed(tc.seed, step, 0, 1))
+        torch.manual_seed(seed_from(tc.seed, step, 0, 1))
         positions = batches.positions(step)
         gens = batches.generators(positions, device)
         x = to_tensor(images[batches.indices(positions).to(device)])
@@ -96,7 +96,7 @@ def train_autoencoder(config: AutoencoderRunConfig, run_dir: str | Path, *, resu
         if tc.crop_size:
             x = random_crops(x, tc.crop_size, gens)
         gan = disc is not None and step >= tc.disc_start  # LDM switches the discriminator on after a warm-up
-        lr = _lr(step, tc)
+        lr = lr_at(step, tc)
         for optimizer in optimizers.values():
             for group in optimizer.param_groups:
                 group["lr"] = lr

@@ -6,119 +6,39 @@ resumed from a checkpoint continues exactly as the uninterrupted run would have 
 
 from __future__ import annotations
 
-import csv
 import json
 import math
-import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
 from .. import viz
 from .._util import randn, randn_like
-from ..checkpoint import (CHECKPOINT, CONFIG, RunError, autoencoder_dir, build_denoiser, build_model, load_checkpoint,
-                          read_config, save_checkpoint, write_config)
-from ..config import AutoencoderRunConfig, JsonConfig, RunConfig
+from ..checkpoint import (CHECKPOINT, RunError, autoencoder_dir, build_denoiser, build_model, load_checkpoint,
+                          read_config, save_checkpoint)
+from ..config import AutoencoderRunConfig, RunConfig
 from .._files import atomic_write_text
 from ..data import DataError, Dataset, load_dataset, to_tensor
 from ..layout import flip_boxes, pack_boxes, render_layout
 from ..loss import denoising_loss, discrete_sigmas, lognormal_sigmas, weighting
 from ..samplers import sample
 from ..text import build_text_encoder
+from .common import (LOG, Batches, append_log, bf16_is_fast, lr_at, run_config, seed_from, seeded_generator,
+                     setup_distributed, start_log)
 from .ema import ema_beta, make_ema, update_ema
 from .latents import prepare_latents
 
-LOG = "log.csv"
 LOG_FIELDS = ["step", "loss", "lr", "images_per_second", "seconds"]
 LABEL_DROPOUT = 0.1  # fraction of labels replaced by the null label, so one model also samples unconditionally
 CAPTION_DROPOUT = 0.1  # fraction of captions replaced by the null caption, for classifier-free guidance
 LAYOUT_DROPOUT = 0.1  # fraction of layouts replaced by the null layout (see diffusely.layout)
 LAYOUTS = "layouts.json"  # a layout run's training boxes, from which `diffusely synth` draws new layouts
-
-
-def _seed(*parts: int) -> int:
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
-
-
-def _generator(device, *parts: int) -> torch.Generator:
-    return torch.Generator(device).manual_seed(_seed(*parts))
-
-
-@dataclass
-class Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def _setup_distributed() -> Dist:
-    """Under torchrun (WORLD_SIZE > 1): join the process group, NCCL on GPUs and gloo on CPUs."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Dist()
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
-
-
-class Batches:
-    """The batch of every step as a pure function of (seed, step): each epoch is a fresh permutation,
-    and the global batch of a step is split among ranks. Sample j of the run (its global position)
-    also owns a generator for its flip, sigma and noise, so a step on N processes draws exactly what
-    one process draws for the joined batch, and a resumed run draws what the uninterrupted one did."""
-
-    def __init__(self, num_images: int, batch_size: int, seed: int, d: Dist):
-        self.n, self.batch_size, self.seed, self.d = num_images, batch_size, seed, d
-        self._perms: dict[int, torch.Tensor] = {}
-
-    def _perm(self, epoch: int) -> torch.Tensor:
-        if epoch not in self._perms:
-            if len(self._perms) > 4:
-                self._perms.pop(min(self._perms))
-            self._perms[epoch] = torch.randperm(self.n, generator=_generator("cpu", self.seed, epoch, 7))
-        return self._perms[epoch]
-
-    def positions(self, step: int) -> list[int]:
-        b = self.batch_size
-        first = step * b * self.d.world + self.d.rank * b
-        return list(range(first, first + b))
-
-    def indices(self, positions: list[int]) -> torch.Tensor:
-        return torch.stack([self._perm(p // self.n)[p % self.n] for p in positions])
-
-    def generators(self, positions: list[int], device) -> list[torch.Generator]:
-        return [_generator(device, self.seed, p, 11) for p in positions]
-
-
-def _bf16_is_fast(device: torch.device) -> bool:
-    """bf16 autocast pays on CUDA and on CPUs with native bf16 (AVX512-BF16, AMX): 1.6x a training step
-    on a 2-core AMD EPYC. On other CPUs it is emulated and slower, so float32 stays."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported(including_emulation=False)  # Ampere and newer
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def _lr(step: int, tc) -> float:
-    """Linear warm-up, constant, then (from decay_from x steps on) a linear fall to 0 at the last step."""
-    lr = tc.lr * min(1.0, (step + 1) / tc.warmup_steps) if tc.warmup_steps > 0 else tc.lr
-    decay_start = tc.decay_from * tc.steps
-    if step >= decay_start and tc.decay_from < 1:
-        lr *= max(0.0, (tc.steps - step) / (tc.steps - decay_start))
-    return lr
 
 
 def _train_sigmas(config: RunConfig, schedule, batch: int, generator, device) -> torch.Tensor:
@@ -205,7 +125,7 @@ def sample_grid(denoiser, config: RunConfig, path: Path, n: int = 16, seed: int 
     Class runs cycle through the classes; text runs take `text`, the encoded captions of n images; layout
     runs take `boxes` (n, M, 5), the layouts of n images. `decode` turns a latent run's samples into images."""
     device = next(denoiser.parameters()).device
-    g = _generator("cpu", seed, 12345)
+    g = seeded_generator("cpu", seed, 12345)
     noise = randn((n, *config.sample_shape), g, device)
     cond = {}
     if config.model.num_classes:
@@ -231,48 +151,11 @@ def save_layouts(run_dir: Path, config: RunConfig, boxes: list[list[tuple]]) -> 
                                                      "image_size": config.data.image_size, "layouts": layouts}))
 
 
-def _read_log(path: Path, up_to_step: int) -> list[dict]:
-    if not path.is_file():
-        return []
-    with open(path, newline="") as f:
-        return [row for row in csv.DictReader(f) if int(row["step"]) <= up_to_step]
-
-
-def run_config(config: JsonConfig, run_dir: Path, resume: bool) -> JsonConfig:
-    """The config to train: `config` for a new run (refusing a directory that holds one), or, resuming,
-    the saved config with `config`'s step count (resuming may extend a run; all else comes from the run)."""
-    if resume:
-        if not (run_dir / CONFIG).is_file():
-            raise RunError(f"nothing to resume in {run_dir}: it has no {CONFIG}")
-        saved = read_config(run_dir, type(config))
-        saved.train.steps = config.train.steps
-        return saved
-    if (run_dir / CHECKPOINT).exists() or (run_dir / CONFIG).exists():
-        raise RunError(f"{run_dir} already holds a run; pass --resume to continue it, or choose another --out")
-    return config
-
-
-def start_log(run_dir: Path, config: JsonConfig, start: int, fields: list[str]) -> None:
-    """Write config.json, and log.csv with the rows up to `start` (those logged after the checkpoint we resume from go)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_config(run_dir, config)
-    log_rows = _read_log(run_dir / LOG, start)
-    with open(run_dir / LOG, "w", newline="") as f:
-        w = csv.DictWriter(f, fields)
-        w.writeheader()
-        w.writerows(log_rows)
-
-
-def append_log(run_dir: Path, fields: list[str], row: dict) -> None:
-    with open(run_dir / LOG, "a", newline="") as f:
-        csv.DictWriter(f, fields).writerow(row)
-
-
 def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
           on_checkpoint: Optional[Callable[[int], None]] = None) -> dict:
     """Train `config` into `run_dir`; with resume=True continue the run saved there. Returns final stats."""
     run_dir = Path(run_dir)
-    d = _setup_distributed()
+    d = setup_distributed()
     device = torch.device(f"cuda:{d.local_rank}" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -323,7 +206,7 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, progr
     boxes = pack_boxes(data.boxes).to(device) if config.data.layout else None
     batches = Batches(len(data.images), tc.batch_size, tc.seed, d)
     # mixed precision chosen in one place: bf16 autocast (no loss scaling needed, unlike fp16)
-    use_bf16 = tc.precision == "bf16" or (tc.precision == "auto" and _bf16_is_fast(device))
+    use_bf16 = tc.precision == "bf16" or (tc.precision == "auto" and bf16_is_fast(device))
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
 
     bar = tqdm(total=tc.steps, initial=start, desc="training", unit="step", disable=not (progress and d.main),
@@ -333,7 +216,7 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, progr
     last_loss = float("nan")
     model.train()
     for step in range(start, tc.steps):
-        torch.manual_seed(_seed(tc.seed, step, d.rank, 1))  # dropout
+        torch.manual_seed(seed_from(tc.seed, step, d.rank, 1))  # dropout
         positions = batches.positions(step)
         idx = batches.indices(positions).to(device)
         gens = batches.generators(positions, device)
@@ -361,7 +244,7 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, progr
         with autocast:
             loss = denoising_loss(denoiser, x0, sigma, weight_fn(sigma, config.diffusion.sigma_data), noise, **cond).mean()
         for group in optimizer.param_groups:
-            group["lr"] = _lr(step, tc)
+            group["lr"] = lr_at(step, tc)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if tc.grad_clip > 0:
@@ -384,7 +267,7 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, progr
             rate = len(losses) * tc.batch_size * d.world / (now - t_last)
             bar.set_postfix(loss=f"{last_loss:.4f}", img_s=f"{rate:.0f}")
             if d.main:
-                append_log(run_dir, LOG_FIELDS, {"step": done, "loss": f"{last_loss:.6f}", "lr": f"{_lr(step, tc):.3g}",
+                append_log(run_dir, LOG_FIELDS, {"step": done, "loss": f"{last_loss:.6f}", "lr": f"{lr_at(step, tc):.3g}",
                                                  "images_per_second": f"{rate:.1f}", "seconds": f"{now - t0:.1f}"})
             losses, t_last = [], now
         if at_checkpoint:
