@@ -139,12 +139,16 @@ def main():
 @click.option("--sample-every", type=int, help="Steps between sample grids.")
 @click.option("--autoencoder", type=click.Path(file_okay=False),
               help="Latent diffusion: learn the latents of this autoencoder run (`diffusely train-autoencoder`).")
+@click.option("--compile", "compile_", is_flag=True, default=None,
+              help="torch.compile the network for training (minutes to compile; pays on GPUs, see benchmarks/NOTES.md).")
+@click.option("--activation-checkpointing", is_flag=True, default=None,
+              help="Recompute activations in the backward pass: less memory a step, more time (large images).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="A config.json to start from; options override it.")
 @_training_options
 @user_errors
 def train(data, run_dir, steps, batch_size, image_size, channels, blocks_per_level, attention_levels, patch_size, lr,
           recipe, classes, text, text_encoder, layout, max_shapes, grayscale, no_flip, checkpoint_every, sample_every, log_every, seed,
-          precision, autoencoder, config_file, resume, quiet):
+          precision, compile_, activation_checkpointing, autoencoder, config_file, resume, quiet):
     """Train on DATA (a folder of images, a YOLO or COCO dataset, or a built-in one: shapes, defects) into a run directory.
 
     \b
@@ -180,8 +184,8 @@ def train(data, run_dir, steps, batch_size, image_size, channels, blocks_per_lev
              patch_size=patch_size)
         config.model.__post_init__()
         _set(config.train, batch_size=batch_size, lr=lr, checkpoint_every=checkpoint_every, sample_every=sample_every,
-             log_every=log_every,
-             seed=seed, precision=precision)
+             log_every=log_every, seed=seed, precision=precision, compile=compile_,
+             activation_checkpointing=activation_checkpointing)
         if autoencoder:
             config.use_autoencoder(autoencoder)
     _set(config.train, steps=steps)

@@ -176,6 +176,8 @@ class TrainConfig:
     log_every: int = 10
     seed: int = 0
     precision: str = "auto"  # auto: bf16 autocast on CUDA and on CPUs with native bf16, else float32
+    compile: bool = False  # torch.compile the network for training steps (pays on GPUs; see benchmarks/NOTES.md)
+    activation_checkpointing: bool = False  # recompute block activations in the backward pass: less memory
 
     def __post_init__(self):
         _check_training(self)

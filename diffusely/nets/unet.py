@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .layers import (Attention, CrossAttention, Downsample, ResBlock, Upsample, conv_nd, depth_to_space, group_norm,
                      masked_mean, sinusoidal_embedding, space_to_depth, zero_module)
@@ -74,6 +75,9 @@ class UNet(nn.Module):
     def __init__(self, config: UNetConfig):
         super().__init__()
         self.config = cfg = config
+        # trade compute for memory in training (TrainConfig.activation_checkpointing): the activations inside
+        # the residual and attention blocks are not kept but recomputed in the backward pass
+        self.checkpointing = False
         dims, ch0 = cfg.dims, cfg.channels[0]
         emb_dim = cfg.emb_dim or 4 * ch0
         self.emb = nn.Sequential(nn.Linear(ch0, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
@@ -148,12 +152,17 @@ class UNet(nn.Module):
         elif context is not None:
             raise ValueError("this model was trained without text; drop the text conditioning")
 
+        # activation checkpointing: keep only each block's input, recompute its inside in the backward pass
+        save = checkpoint if self.checkpointing and torch.is_grad_enabled() else (lambda f, *a, **_: f(*a))
+
         def run(layers, h):
             for layer in layers:
                 if isinstance(layer, ResBlock):
-                    h = layer(h, emb)
+                    h = save(layer, h, emb, use_reentrant=False)
                 elif isinstance(layer, CrossAttention):
-                    h = layer(h, context, context_mask)
+                    h = save(layer, h, context, context_mask, use_reentrant=False)
+                elif isinstance(layer, Attention):
+                    h = save(layer, h, use_reentrant=False)
                 else:
                     h = layer(h)
             return h

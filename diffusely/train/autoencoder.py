@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -24,7 +23,7 @@ from ..config import AutoencoderRunConfig
 from ..data import DataError, load_dataset, to_tensor
 from ..nets.autoencoder import (Autoencoder, PatchDiscriminator, adaptive_gan_weight, frequency_loss, hinge_d_loss,
                                 kl_divergence, l1_loss, psnr)
-from .common import LOG, Batches, Dist, append_log, bf16_is_fast, lr_at, run_config, seed_from, start_log
+from .common import LOG, Batches, Dist, append_log, autocast, lr_at, run_config, seed_from, start_log
 
 LOG_FIELDS = ["step", "loss", "l1", "psnr", "kl", "disc_loss", "lr", "images_per_second", "seconds"]
 RECONSTRUCTIONS = "reconstructions"
@@ -77,8 +76,7 @@ def train_autoencoder(config: AutoencoderRunConfig, run_dir: str | Path, *, resu
     images = torch.from_numpy(data.images).to(device)  # uint8, NHWC, decoded once
     shown = to_tensor(images[:SHOWN])
     batches = Batches(len(images), tc.batch_size, tc.seed, Dist())
-    use_bf16 = tc.precision == "bf16" or (tc.precision == "auto" and bf16_is_fast(device))
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
+    mixed_precision = autocast(tc.precision, device)
 
     bar = tqdm(total=tc.steps, initial=start, desc="training autoencoder", unit="step", disable=not progress,
                dynamic_ncols=True)
@@ -102,7 +100,7 @@ def train_autoencoder(config: AutoencoderRunConfig, run_dir: str | Path, *, resu
                 group["lr"] = lr
 
         ae.train()
-        with autocast:
+        with mixed_precision:
             mean, logvar = ae.encode(x)
             z = mean + (0.5 * logvar).exp() * randn_like(mean, gens)  # the reparameterisation trick
             x_hat = ae.decode(z)
@@ -118,7 +116,7 @@ def train_autoencoder(config: AutoencoderRunConfig, run_dir: str | Path, *, resu
         d_loss = torch.zeros(())
         if gan:
             disc.requires_grad_(True)
-            with autocast:
+            with mixed_precision:
                 d_loss = hinge_d_loss(disc(x).float(), disc(x_hat.detach()).float()).mean()
             _step(optimizers["disc_optim"], d_loss, disc, tc.grad_clip)
 

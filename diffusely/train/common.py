@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import os
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,6 +86,20 @@ def bf16_is_fast(device: torch.device) -> bool:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The dtype to autocast training to, or None for float32: 'bf16' always, 'auto' where bf16 is fast
+    (bf16_is_fast), 'fp32' never. bf16 keeps float32's range, so no loss scaling is needed (unlike fp16)."""
+    if precision == "bf16" or (precision == "auto" and bf16_is_fast(device)):
+        return torch.bfloat16
+    return None
+
+
+def autocast(precision: str, device: torch.device):
+    """The autocast context of a training step (see autocast_dtype)."""
+    dtype = autocast_dtype(precision, device)
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
 def lr_at(step: int, tc) -> float:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -29,7 +28,7 @@ from ..layout import flip_boxes, pack_boxes, render_layout
 from ..loss import denoising_loss, discrete_sigmas, lognormal_sigmas, weighting
 from ..samplers import sample
 from ..text import build_text_encoder
-from .common import (LOG, Batches, append_log, bf16_is_fast, lr_at, run_config, seed_from, seeded_generator,
+from .common import (LOG, Batches, append_log, autocast, lr_at, run_config, seed_from, seeded_generator,
                      setup_distributed, start_log)
 from .ema import ema_beta, make_ema, update_ema
 from .latents import prepare_latents
@@ -194,8 +193,11 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, progr
             save_layouts(run_dir, config, data.boxes)
 
     net = model
+    model.checkpointing = tc.activation_checkpointing
     if d.world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if tc.compile:  # the training forward only: checkpoints, the EMA and sampling use the plain module
+        net = torch.compile(net)
     denoiser = build_denoiser(config, net)
     ema_denoiser = build_denoiser(config, ema)
     weight_fn = weighting(config.diffusion.weighting)
@@ -205,9 +207,7 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, progr
     labels = torch.from_numpy(data.labels).to(device) if config.model.num_classes else None
     boxes = pack_boxes(data.boxes).to(device) if config.data.layout else None
     batches = Batches(len(data.images), tc.batch_size, tc.seed, d)
-    # mixed precision chosen in one place: bf16 autocast (no loss scaling needed, unlike fp16)
-    use_bf16 = tc.precision == "bf16" or (tc.precision == "auto" and bf16_is_fast(device))
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
+    mixed_precision = autocast(tc.precision, device)
 
     bar = tqdm(total=tc.steps, initial=start, desc="training", unit="step", disable=not (progress and d.main),
                dynamic_ncols=True)
@@ -241,7 +241,7 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, progr
             cond["layout"] = render_layout(b, len(config.data.class_names), x0.shape[2:], config.data.image_size,
                                            given=~drop)
         noise = randn_like(x0, gens)
-        with autocast:
+        with mixed_precision:
             loss = denoising_loss(denoiser, x0, sigma, weight_fn(sigma, config.diffusion.sigma_data), noise, **cond).mean()
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, tc)
