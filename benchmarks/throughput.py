@@ -7,11 +7,15 @@ alike, it measures:
   train   training steps per second: forward, MSE loss, backward, AdamW step (batch --batch)
   sample  images per second of sampling: forward passes under torch.inference_mode (batch --sample-batch)
   memory  peak resident memory of a training step (CPU, each in a fresh process) or peak CUDA memory
-and prints ours/diffusers with the spread (min..max) over --repeats rounds. Needs the `bench` extra
-(pip install -e .[bench]).
+and prints ours/diffusers with the spread (min..max) over --repeats rounds, and the achieved matrix rate
+(FLOPs of a step counted by torch.utils.flop_counter, times steps per second), as a fraction of the
+device's peak where it is known (--peak-tflops, or the dense bf16 rate of a known GPU). --compile runs
+both networks through torch.compile; on CUDA, fp32 rows use TF32 matmuls (as `diffusely train` does).
+Needs the `bench` extra (pip install -e .[bench]).
 
-    python benchmarks/throughput.py                      # both sizes, fp32 and bf16; ~10 minutes on 2 cores
+    python benchmarks/throughput.py                      # both sizes, fp32 and bf16; ~15 minutes on 2 cores
     python benchmarks/throughput.py --sizes 32 --precision fp32 --repeats 3
+    bash benchmarks/gpu.sh                               # on a GPU: the table with and without compile
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import time
 from contextlib import nullcontext
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from diffusely.nets import UNet, UNetConfig
 
@@ -38,6 +43,24 @@ SHAPES = {  # size: (channels per level, levels with attention) -- attention at 
     64: ((128, 256, 256, 256), (2,)),
 }
 BLOCKS, GROUPS, HEAD = 2, 32, 64
+PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0, "L40S": 362.0}  # dense, SXM where two
+
+
+def peak_tflops(device: torch.device, override: float) -> float | None:
+    """The device's dense bf16 matrix peak in TFLOP/s: --peak-tflops, else a known GPU's data-sheet figure."""
+    if override:
+        return override
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
+
+
+def step_flops(fn) -> int:
+    """FLOPs one call of fn performs (matrix multiplies and convolutions, forward and backward)."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
 
 
 def shape(size: int) -> UNetConfig:
@@ -142,6 +165,12 @@ def measure(size: int, precision: str, args, device: torch.device) -> dict:
     sbatch = args.sample_batch or (64 if size == 32 else 16)
     fns = {("train", k): train_step_fn(k, n, batch, size, precision, device) for k, n in nets.items()}
     fns |= {("sample", k): sample_step_fn(k, n, sbatch, size, precision, device) for k, n in nets.items()}
+    flops = {key: step_flops(fn) for key, fn in fns.items()}  # before compiling: the counter sees eager ops
+    if args.compile:
+        for name, net in nets.items():
+            compiled = torch.compile(net)
+            fns["train", name] = train_step_fn(name, compiled, batch, size, precision, device)
+            fns["sample", name] = sample_step_fn(name, compiled, sbatch, size, precision, device)
     iters = {"train": args.iters, "sample": args.iters}
     for fn in fns.values():  # warm-up: allocator, oneDNN primitive caches
         timed(fn, 2, device)
@@ -150,11 +179,15 @@ def measure(size: int, precision: str, args, device: torch.device) -> dict:
         for (kind, name), fn in fns.items():
             per_item = batch if kind == "train" and args.per_image else (1 if kind == "train" else sbatch)
             rates[kind, name].append(iters[kind] * per_item / timed(fn, iters[kind], device))
-    row = {"size": size, "precision": precision, "params": params, "batch": batch, "sample_batch": sbatch}
+    row = {"size": size, "precision": precision, "compile": args.compile, "params": params, "batch": batch,
+           "sample_batch": sbatch}
     for kind in ("train", "sample"):
         ratios = [a / b for a, b in zip(rates[kind, "ours"], rates[kind, "diffusers"])]
         row[kind] = {"ours": statistics.median(rates[kind, "ours"]), "diffusers": statistics.median(rates[kind, "diffusers"]),
                      "ratio": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios)}
+        items = (batch if args.per_image else 1) if kind == "train" else sbatch  # what one unit of the rate is
+        per_call = {name: flops[kind, name] / items for name in nets}
+        row[kind]["tflops"] = {name: per_call[name] * row[kind][name] / 1e12 for name in nets}
     if not args.no_memory:
         row["memory_mb"] = {k: peak_memory_mb(k, size, batch, precision, device) for k in nets}
     return row
@@ -170,6 +203,8 @@ def main() -> None:
     p.add_argument("--sample-batch", type=int, default=0, help="sampling batch (default 64 at 32x32, 16 at 64x64)")
     p.add_argument("--per-image", action="store_true", help="report training in images/s instead of steps/s")
     p.add_argument("--no-memory", action="store_true")
+    p.add_argument("--compile", action="store_true", help="torch.compile both networks (after a warm-up compile)")
+    p.add_argument("--peak-tflops", type=float, default=0.0, help="the device's bf16 matrix peak, for the achieved fraction")
     p.add_argument("--json", help="also write the rows to this file")
     p.add_argument("--memory-probe", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -178,7 +213,12 @@ def main() -> None:
         return
     require_diffusers()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    peak = peak_tflops(device, args.peak_tflops)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"device {name}, torch {torch.__version__}, threads {torch.get_num_threads()}, compile {args.compile}, "
+          f"bf16 peak {f'{peak:g} TFLOP/s' if peak else 'unknown'}")
     rows = []
     for size in map(int, args.sizes.split(",")):
         for precision in args.precision.split(","):
@@ -188,8 +228,10 @@ def main() -> None:
                   f"batch {r['batch']} train, {r['sample_batch']} sample")
             for kind, unit in (("train", "img/s" if args.per_image else "steps/s"), ("sample", "img/s")):
                 k = r[kind]
+                rate = "  ".join(f"{n} {k['tflops'][n]:.3g} TFLOP/s" + (f" ({k['tflops'][n] / peak:.1%} of peak)" if peak else "")
+                                 for n in ("ours", "diffusers"))
                 print(f"  {kind:6s} ours {k['ours']:8.2f} {unit}  diffusers {k['diffusers']:8.2f} {unit}  "
-                      f"ratio {k['ratio']:.2f} (spread {k['ratio_min']:.2f}..{k['ratio_max']:.2f})")
+                      f"ratio {k['ratio']:.2f} (spread {k['ratio_min']:.2f}..{k['ratio_max']:.2f});  {rate}")
             if "memory_mb" in r:
                 m = r["memory_mb"]
                 print(f"  memory ours {m['ours']:.0f} MB  diffusers {m['diffusers']:.0f} MB  ratio {m['ours'] / max(m['diffusers'], 1e-9):.2f}")
