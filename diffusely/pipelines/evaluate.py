@@ -23,8 +23,8 @@ from ..data.folder import find_images
 from ..metrics import (DomainFeatures, FeatureExtractor, FeatureStats, InceptionFeatures, fit_domain_features,
                        load_domain_features, load_stats, quality_metrics, save_domain_features, save_stats)
 from ..metrics.features import as_uint8
-from ..samplers import nfe as nfe_of, resolve_steps
-from .generate import generate, stored_spacing
+from ..samplers import nfe as nfe_of
+from .generate import generate, sampling_plan, stored_spacing
 
 EVAL_FILE = "eval.json"
 EVAL_DIR = "eval"
@@ -115,10 +115,7 @@ def domain_features(path: Path, reference: Dataset | FeatureStats, identity: dic
 def _sample_images(run, count: int, *, sampler: Optional[str], steps: Optional[int], nfe: Optional[int], seed: int,
                    batch_size: int, progress: bool, options: dict) -> tuple[np.ndarray, dict]:
     """`count` samples as uint8 (N, S, S, C), and how they were drawn (sampler, steps, NFE, seed, options)."""
-    sampler = sampler or run.config.diffusion.sampler
-    if steps is None and nfe is None and nfe_of(sampler, 1) is not None:
-        steps = run.config.diffusion.sample_steps
-    steps = resolve_steps(sampler, steps, nfe)  # None for a sampler that picks its own steps
+    sampler, steps = sampling_plan(run, sampler, steps, nfe)  # steps None: a sampler that picks its own
     batches = generate(run, count, steps=steps, sampler=sampler, seed=seed, batch_size=batch_size, progress=progress,
                        **options)
     images = np.concatenate([as_uint8(b) for b in batches])

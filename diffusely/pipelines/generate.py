@@ -19,6 +19,16 @@ def sample_shape(run: LoadedRun) -> tuple[int, ...]:
     return run.config.sample_shape
 
 
+def sampling_plan(run: LoadedRun, sampler: Optional[str], steps: Optional[int], nfe: Optional[int]) -> tuple[str, Optional[int]]:
+    """The sampler (the run's unless given) and its step count: `steps`, or what an `nfe` budget buys, or
+    the run's default; None for a sampler that picks its own steps (adaptive)."""
+    sampler = sampler or run.config.diffusion.sampler
+    get_sampler(sampler)
+    if steps is None and nfe is None and nfe_of(sampler, 1) is not None:
+        steps = run.config.diffusion.sample_steps
+    return sampler, resolve_steps(sampler, steps, nfe)
+
+
 def stored_spacing(run: LoadedRun, sampler: str, steps: Optional[int]) -> Optional[Callable]:
     """The run's optimised schedule for (sampler, steps) as a spacing, or None if it has none."""
     sigmas = run.schedules.get(sampler, {}).get(str(steps))
@@ -49,12 +59,7 @@ def generate(run: LoadedRun, n: int, *, steps: Optional[int] = None, nfe: Option
         raise ValueError(f"the number of samples must be >= 1, got {n}")
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
-    d = run.config.diffusion
-    sampler = sampler or d.sampler
-    get_sampler(sampler)
-    if steps is None and nfe is None and nfe_of(sampler, 1) is not None:
-        steps = d.sample_steps
-    steps = resolve_steps(sampler, steps, nfe)
+    sampler, steps = sampling_plan(run, sampler, steps, nfe)
     spacing = spacing or stored_spacing(run, sampler, steps)
     conditions = conditioning(run, classes=classes, prompts=prompts, negative_prompts=negative_prompts,
                               guidance=guidance, layouts=layouts)
