@@ -14,7 +14,7 @@ from diffusely.checkpoint import CHECKPOINT, load_run
 from diffusely.config import DataConfig, RunConfig, TrainConfig
 from diffusely.data import render_defects, to_uint8
 from diffusely.data.defects import CLASS_NAMES
-from diffusely.metrics.detection import detect, layout_fidelity, mean_average_precision, train_detector
+from diffusely.metrics.detection import CenterNet, detect, layout_fidelity, mean_average_precision, train_detector
 from diffusely.nets import UNetConfig
 from diffusely.pipelines import generate
 from diffusely.pipelines.synth import LayoutModel
@@ -59,10 +59,21 @@ def synthesize_images(run_dir: Path, n: int, *, seed: int, balance: bool = False
     return images, layouts
 
 
-def fit_and_score(train_images, train_boxes, test_images, test_boxes, *, steps: int, seed: int = 0) -> dict:
-    """Train a CenterNet on (train_images, train_boxes) and score it on the test set: mAP and fidelity."""
-    torch.manual_seed(seed)
-    net = train_detector(train_images, train_boxes, len(CLASS_NAMES), steps=steps, seed=seed, progress=True)
+def fit_and_score(train_images, train_boxes, test_images, test_boxes, *, steps: int, seed: int = 0,
+                  cache: Path | None = None) -> dict:
+    """Train a CenterNet on (train_images, train_boxes) and score it on the test set: mAP and fidelity.
+    cache: a .safetensors file to load the trained detector from, or to save it to (name it by what it depends on)."""
+    from safetensors.torch import load_file, save_file
+
+    if cache is not None and cache.is_file():
+        net = CenterNet(len(CLASS_NAMES))
+        net.load_state_dict(load_file(str(cache)))
+        net.eval().requires_grad_(False)
+    else:
+        torch.manual_seed(seed)
+        net = train_detector(train_images, train_boxes, len(CLASS_NAMES), steps=steps, seed=seed, progress=True)
+        if cache is not None:
+            save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(cache))
     found = detect(net, test_images)
     return {"map": mean_average_precision(found, test_boxes, len(CLASS_NAMES)),
             "fidelity": layout_fidelity(found, test_boxes, len(CLASS_NAMES)), "net": net}

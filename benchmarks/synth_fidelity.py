@@ -48,7 +48,8 @@ def main():
 
     train_images, train_boxes = real(4000)
     test_images, test_boxes = real(500, HELDOUT_START)
-    fit = fit_and_score(train_images, train_boxes, test_images, test_boxes, steps=args.detector_steps)
+    fit = fit_and_score(train_images, train_boxes, test_images, test_boxes, steps=args.detector_steps,
+                        cache=args.out / f"detector-real4000-steps{args.detector_steps}.safetensors")
     net = fit["net"]
 
     # cached under names that hold what they depend on: the run, its step, n and the guidance
