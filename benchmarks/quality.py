@@ -12,14 +12,20 @@ held-out real images in the features of a shapes classifier trained on the other
   confident   share of samples the classifier puts in a class with probability > 0.9
 The `real` row measures 1000 real training images the same way: the best a model can score at this N.
 
-Recipes:
+Recipes (rows):
   edm        diffusely's default: EDM preconditioning and loss, lognormal sigmas; Heun, 18 steps (35 NFE)
   ddpm       DDPM's: ε-prediction, linear betas, uniform timesteps, diffusely's U-Net; the same sampler
   diffusers  diffusers' UNet2DModel of the same shape (parameter counts printed) trained with its
-             DDPMScheduler (ε-prediction, linear betas, MSE), sampled with its DDIMScheduler at the same
-             35 NFE. Optimiser, lr schedule, EMA, clipping, batch and flips are diffusely's, so the row
-             differs from `ddpm` in the network and the objective's code only. Needs the `bench` extra.
+             DDPMScheduler (ε-prediction, linear betas, MSE), sampled as a diffusers user would: its
+             DDIMScheduler with its defaults (x0 clipped to [-1, 1], "leading" timesteps) at the same NFE.
+             The optimiser settings, lr schedule, EMA, clipping, batch and flips are diffusely's
+             (--diffusers-lr changes the peak lr; diffusers' train_unconditional example uses 1e-4).
+             Needs the `bench` extra.
+  diffusers+heun   the same trained UNet2DModel, sampled by diffusely's sampler (the `ddpm` row's): it
+             differs from `ddpm` only in the network and the training loop's code.
 Snapshots at the --evals steps come from one run per recipe (the lr still decays over the whole run).
+"train s" counts only the training steps of the diffusers rows, but for ours also data set-up, checkpoints
+and snapshots: it is no speed comparison (benchmarks/throughput.py is).
 
     python benchmarks/quality.py --steps 1500 --evals 500,1000,1500     # about 40 minutes on 2 CPU cores
 """
@@ -27,6 +33,7 @@ Snapshots at the --evals steps come from one run per recipe (the lr still decays
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -39,9 +46,12 @@ from pathlib import Path
 
 import torch
 
+from diffusely import nfe, sample
+from diffusely._util import generators, randn
 from diffusely.checkpoint import CHECKPOINT, CONFIG, load_run
 from diffusely.config import RECIPES, DataConfig, RunConfig, TrainConfig
 from diffusely.data import load_dataset, to_tensor
+from diffusely.denoisers import Denoiser
 from diffusely.metrics import DomainFeatures, FeatureStats, fit_domain_features, quality_metrics
 from diffusely.nets import UNetConfig
 from diffusely.pipelines import generate
@@ -60,7 +70,7 @@ SEED = 10_000  # sampling seed
 
 def train_ours(recipe: str, args, evals: list[int]) -> dict[int, tuple[torch.Tensor, float]]:
     """Train `recipe` for args.steps; at each eval step, sample args.samples images from a snapshot."""
-    cfg = RunConfig(model=NETWORK, diffusion=RECIPES[recipe](), data=DataConfig(source="shapes", image_size=SIZE),
+    cfg = RunConfig(model=copy.deepcopy(NETWORK), diffusion=RECIPES[recipe](), data=DataConfig(source="shapes", image_size=SIZE),
                     train=TrainConfig(steps=args.steps, batch_size=args.batch_size,
                                       checkpoint_every=math.gcd(*evals), sample_every=args.steps))
     cfg.diffusion.sampler, cfg.diffusion.sample_steps = args.sampler, args.sample_steps
@@ -83,25 +93,39 @@ def train_ours(recipe: str, args, evals: list[int]) -> dict[int, tuple[torch.Ten
     return out
 
 
-def train_diffusers(args, images, evals: list[int]) -> tuple[dict[int, tuple[torch.Tensor, float]], int]:
-    """UNet2DModel + DDPMScheduler, trained with diffusely's optimiser settings; DDIM sampling at equal NFE."""
+class _Tensor(torch.nn.Module):
+    """A UNet2DModel as a network F(x, noise_label) -> tensor, for diffusely's Denoiser."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x, noise_label):
+        return self.net(x, noise_label).sample
+
+
+def train_diffusers(args, images, evals: list[int], device) -> tuple[dict, int]:
+    """UNet2DModel + DDPMScheduler, trained with diffusely's optimiser settings (peak lr --diffusers-lr), then at each
+    eval step sampled by its DDIMScheduler and by diffusely's sampler, both at the NFE of the ddpm row."""
     from diffusers import DDIMScheduler, DDPMScheduler
 
     torch.manual_seed(0)
-    net = unet2d(NETWORK, SIZE)
-    tc = TrainConfig(steps=args.steps, batch_size=args.batch_size)
+    net = unet2d(NETWORK, SIZE).to(device)
+    tc = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.diffusers_lr or TrainConfig.lr)
     opt = torch.optim.AdamW(net.parameters(), lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
     ema = make_ema(net)
     noise_scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", prediction_type="epsilon")
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16_is_fast(torch.device("cpu")) else nullcontext()
-    data, b, g = torch.from_numpy(images), tc.batch_size, torch.Generator().manual_seed(0)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16_is_fast(device) else nullcontext()
+    data, b, g = torch.from_numpy(images).to(device), tc.batch_size, torch.Generator().manual_seed(0)
+    ddpm = RECIPES["ddpm"]()
+    denoiser = Denoiser(_Tensor(ema), "eps", schedule=ddpm.discrete_schedule())
     out, started, train_seconds = {}, time.perf_counter(), 0.0
     for step in range(tc.steps):
-        x = to_tensor(data[torch.randint(len(data), (b,), generator=g)])
-        flip = torch.rand(b, generator=g) < 0.5
+        x = to_tensor(data[torch.randint(len(data), (b,), generator=g).to(device)])
+        flip = (torch.rand(b, generator=g) < 0.5).to(device)
         x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-        noise = torch.randn(x.shape, generator=g)
-        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (b,), generator=g)
+        noise = torch.randn(x.shape, generator=g).to(device)
+        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (b,), generator=g).to(device)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, tc)
         with autocast:
@@ -114,24 +138,30 @@ def train_diffusers(args, images, evals: list[int]) -> tuple[dict[int, tuple[tor
         update_ema(ema, net, ema_beta(b, (step + 1) * b, tc.ema_halflife_images, tc.ema_rampup))
         if step + 1 in evals:
             train_seconds += time.perf_counter() - started
-            sampler = DDIMScheduler.from_config(noise_scheduler.config)
-            sampler.set_timesteps(2 * args.sample_steps - 1)  # Heun's NFE
-            out[step + 1] = ddim_sample(ema, sampler, args.samples), train_seconds
+            ddim = DDIMScheduler.from_config(noise_scheduler.config)
+            ddim.set_timesteps(nfe(args.sampler, args.sample_steps))  # one network call a DDIM step
+            with torch.inference_mode():
+                out["diffusers", step + 1] = batched(lambda x: ddim_sample(ema, ddim, x), args.samples, device), train_seconds
+                out["diffusers+heun", step + 1] = batched(
+                    lambda x: sample(denoiser, x, method=args.sampler, steps=args.sample_steps, sigma_min=ddpm.sigma_min,
+                                     sigma_max=ddpm.sigma_max), args.samples, device), train_seconds
             started = time.perf_counter()
     return out, parameters(net)
 
 
-@torch.inference_mode()
-def ddim_sample(net, scheduler, n: int, batch_size: int = 250) -> torch.Tensor:
+def batched(draw, n: int, device, batch_size: int = 250) -> torch.Tensor:
+    """draw(noise) for n samples in batches; sample i's noise from seed SEED + i, as diffusely.generate draws it."""
     samples = []
     for first in range(0, n, batch_size):
-        count = min(batch_size, n - first)
-        x = torch.stack([torch.randn(3, SIZE, SIZE, generator=torch.Generator().manual_seed(SEED + first + i))
-                         for i in range(count)])
-        for t in scheduler.timesteps:
-            x = scheduler.step(net(x, t).sample, t, x).prev_sample
-        samples.append(x.clamp(-1, 1))
+        gens = generators([SEED + i for i in range(first, min(n, first + batch_size))])
+        samples.append(draw(randn((len(gens), 3, SIZE, SIZE), gens, device)).clamp(-1, 1).cpu())
     return torch.cat(samples)
+
+
+def ddim_sample(net, scheduler, x: torch.Tensor) -> torch.Tensor:
+    for t in scheduler.timesteps:
+        x = scheduler.step(net(x, t.to(x.device)).sample, t, x).prev_sample
+    return x
 
 
 def row(name: str, steps, seconds, images, extractor: DomainFeatures, reference: FeatureStats) -> dict:
@@ -140,7 +170,7 @@ def row(name: str, steps, seconds, images, extractor: DomainFeatures, reference:
     probs = extractor.net.head(torch.from_numpy(features).float()).softmax(-1).numpy()
     metrics["confident"] = float((probs.max(1) > 0.9).mean())
     cells = " ".join(f"{metrics[c]:>10.4g}" for c in COLUMNS + ["confident"])
-    print(f"{name:<10} {steps:>6} {seconds:>8} {cells}", flush=True)
+    print(f"{name:<15} {steps:>6} {seconds:>8} {cells}", flush=True)
     return metrics
 
 
@@ -153,6 +183,7 @@ def main():
     p.add_argument("--sampler", default="heun")
     p.add_argument("--sample-steps", type=int, default=18)
     p.add_argument("--recipes", default="edm,ddpm,diffusers")
+    p.add_argument("--diffusers-lr", type=float, default=0.0, help="peak lr of the diffusers rows (default: ours, 1e-3)")
     p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument("--progress", action="store_true", help="show training progress bars")
     args = p.parse_args()
@@ -171,20 +202,21 @@ def main():
     probs = extractor.net.head(torch.from_numpy(reference.features).float()).softmax(-1).numpy()
     print(f"domain classifier ({extractor.name}): held-out accuracy "
           f"{(probs.argmax(1) == data.labels[-2000:]).mean():.3f} ({time.perf_counter() - started:.0f} s)", flush=True)
-    print(f"{'recipe':<10} {'steps':>6} {'train s':>8} " + " ".join(f"{c:>10}" for c in COLUMNS + ["confident"]))
+    print(f"{'recipe':<15} {'steps':>6} {'train s':>8} " + " ".join(f"{c:>10}" for c in COLUMNS + ["confident"]))
     results = {"real": row("real", "", "", data.images[:args.samples], extractor, reference)}
     params = {}
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # what train() picks for ours
     for recipe in recipes:
         if recipe == "diffusers":
-            samples, params[recipe] = train_diffusers(args, data.images, evals)
+            samples, params[recipe] = train_diffusers(args, data.images, evals, device)
         else:
-            samples = train_ours(recipe, args, evals)
+            samples = {(recipe, step): value for step, value in train_ours(recipe, args, evals).items()}
             params[recipe] = parameters(load_network())
-        for step, (images, seconds) in samples.items():
-            results[f"{recipe}/{step}"] = row(recipe, step, f"{seconds:.0f}", images, extractor, reference)
+        for (name, step), (images, seconds) in samples.items():
+            results[f"{name}/{step}"] = row(name, step, f"{seconds:.0f}", images, extractor, reference)
     print("parameters: " + ", ".join(f"{k} {v:,}" for k, v in params.items()))
-    for other in ("ddpm", "diffusers"):
-        if {"edm", other} <= set(recipes):
+    for other in ("ddpm", "diffusers", "diffusers+heun"):
+        if "edm" in recipes and f"{other}/{evals[-1]}" in results:
             ratios = [f"{s}: {results[f'edm/{s}']['fd'] / results[f'{other}/{s}']['fd']:.2f}" for s in evals]
             print(f"FD ratio edm / {other} at equal steps: " + ", ".join(ratios))
     if args.json:

@@ -139,10 +139,12 @@ def main():
 @click.option("--sample-every", type=int, help="Steps between sample grids.")
 @click.option("--autoencoder", type=click.Path(file_okay=False),
               help="Latent diffusion: learn the latents of this autoencoder run (`diffusely train-autoencoder`).")
-@click.option("--compile", "compile_", is_flag=True, default=None,
-              help="torch.compile the network for training (minutes to compile; pays on GPUs, see benchmarks/NOTES.md).")
-@click.option("--activation-checkpointing", is_flag=True, default=None,
-              help="Recompute activations in the backward pass: less memory a step, more time (large images).")
+@click.option("--compile/--no-compile", "compile_", default=None,
+              help="torch.compile the network for training (minutes to compile; for GPUs, see benchmarks/NOTES.md). "
+                   "May be changed on --resume.")
+@click.option("--activation-checkpointing/--no-activation-checkpointing", default=None,
+              help="Recompute activations in the backward pass: less memory a step, more time (large images). "
+                   "May be changed on --resume.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="A config.json to start from; options override it.")
 @_training_options
 @user_errors
@@ -167,6 +169,7 @@ def train(data, run_dir, steps, batch_size, image_size, channels, blocks_per_lev
         if autoencoder:
             raise click.UsageError("--autoencoder starts a latent run; a resumed run keeps the autoencoder it began with")
         config = read_config(run_dir)
+        _set(config.train, compile=compile_, activation_checkpointing=activation_checkpointing)
     else:
         if data is None:
             raise click.UsageError("give the DATA to train on: a folder of images or a built-in name (shapes)")

@@ -1,15 +1,15 @@
 """The speed and memory options a CPU can check: autocast selection, activation checkpointing, torch.compile."""
 
-import pytest
 import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
+import diffusely.nets.unet as unet
 from diffusely.cli import main
 from diffusely.nets import UNet, UNetConfig
 from diffusely.train import common
 
-from helpers import TINY_ARGS
+from helpers import TINY_ARGS, write_captions
 
 
 def test_autocast_selection(monkeypatch):
@@ -27,51 +27,86 @@ def test_autocast_selection(monkeypatch):
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype is torch.float32
 
 
+def _spy_checkpoint(monkeypatch) -> list:
+    calls = []
+    real = torch.utils.checkpoint.checkpoint
+    monkeypatch.setattr(unet, "checkpoint", lambda f, *a, **k: calls.append(type(f).__name__) or real(f, *a, **k))
+    return calls
+
+
 def test_activation_checkpointing_gives_the_same_gradients(monkeypatch):
+    """With dropout (recomputed with the same random numbers) and cross-attention to text tokens."""
     torch.manual_seed(0)
-    net = UNet(UNetConfig(channels=(8, 16), blocks_per_level=1, attention_levels=(1,), head_channels=8, groups=4))
-    torch.nn.init.normal_(net.out[-1].weight, std=0.1)  # zero-initialised output layers would give zero gradients
-    for m in net.modules():
+    net = UNet(UNetConfig(channels=(8, 16), blocks_per_level=1, attention_levels=(1,), head_channels=8, groups=4,
+                          dropout=0.2, context_dim=6))
+    for m in net.modules():  # zero-initialised output layers would give most parameters zero gradients
         if isinstance(m, torch.nn.Conv2d) and not m.weight.any():
             torch.nn.init.normal_(m.weight, std=0.1)
-    x, t = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1)), torch.tensor([0.3, -0.5])
+    g = torch.Generator().manual_seed(1)
+    x, t = torch.randn(2, 3, 8, 8, generator=g), torch.tensor([0.3, -0.5])
+    context, mask = torch.randn(2, 4, 6, generator=g), torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]], dtype=torch.bool)
 
     def grads():
         net.zero_grad()
-        net(x, t).square().mean().backward()
+        torch.manual_seed(7)  # the dropout masks
+        net(x, t, context=context, context_mask=mask).square().mean().backward()
         return {k: p.grad.clone() for k, p in net.named_parameters()}
 
     plain = grads()
-    import diffusely.nets.unet as unet
-    calls = []
-    monkeypatch.setattr(unet, "checkpoint", lambda f, *a, **k: calls.append(f) or torch.utils.checkpoint.checkpoint(f, *a, **k))
+    calls = _spy_checkpoint(monkeypatch)
     net.checkpointing = True
     recomputed = grads()
-    # every residual and attention block ran under checkpoint: 2 + 2 down/middle res, 3 up res, 2 attention + middle
-    assert len(calls) == sum(isinstance(m, (unet.ResBlock, unet.Attention)) for m in net.modules())
+    # every residual, self-attention and cross-attention block ran under checkpoint, and nothing else did
+    blocks = [type(m).__name__ for m in net.modules() if isinstance(m, (unet.ResBlock, unet.Attention, unet.CrossAttention))]
+    assert sorted(calls) == sorted(blocks) and "CrossAttention" in calls
     for k in plain:
+        assert plain[k].abs().sum() > 0, k
         torch.testing.assert_close(recomputed[k], plain[k], rtol=1e-5, atol=1e-7, msg=k)
-    with torch.no_grad():  # no recomputation to save for: checkpoint is not called
-        calls.clear()
-        net(x, t)
-        assert not calls
+    calls.clear()
+    with torch.no_grad():  # no backward pass to save memory for: checkpoint is not called
+        net(x, t, context=context, context_mask=mask)
+    assert not calls
 
 
 def test_compile_and_checkpointing_flags_train_the_same_weights(tiny_folder, tmp_path, monkeypatch):
     """--compile goes through torch.compile (here with dynamo's eager backend: tracing without a C compiler),
-    --activation-checkpointing through checkpoint; both train what the plain run trains."""
+    --activation-checkpointing through checkpoint (in a text model too); both train what the plain run trains,
+    gradients included (the optimizer's moments are in the checkpoint)."""
     compiled = []
     real_compile = torch.compile
     monkeypatch.setattr(torch, "compile", lambda m, **k: compiled.append(m) or real_compile(m, backend="eager"))
-    common_args = [str(tiny_folder), "--steps", "2", "--sample-every", "100", *TINY_ARGS, "--precision", "fp32"]
-    runs = {"plain": [], "compiled": ["--compile"], "checkpointed": ["--activation-checkpointing"]}
-    for name, flags in runs.items():
-        r = CliRunner().invoke(main, ["train", *common_args, *flags, "--out", str(tmp_path / name)], catch_exceptions=False)
-        assert r.exit_code == 0, r.output
-    assert len(compiled) == 1
-    plain = load_file(str(tmp_path / "plain" / "checkpoint.safetensors"))
-    for name in ("compiled", "checkpointed"):
-        other = load_file(str(tmp_path / name / "checkpoint.safetensors"))
-        assert plain.keys() == other.keys()  # the compiled wrapper leaves no _orig_mod. prefix in the checkpoint
-        for k in plain:
-            torch.testing.assert_close(other[k], plain[k], rtol=1e-4, atol=1e-6, msg=f"{name}: {k}")
+    calls = _spy_checkpoint(monkeypatch)
+    write_captions(tiny_folder)
+    for text in ([], ["--text"]):
+        common_args = [str(tiny_folder), "--steps", "2", "--sample-every", "100", *TINY_ARGS, "--precision", "fp32", *text]
+        runs = {"plain": [], "compiled": ["--compile"], "checkpointed": ["--activation-checkpointing"]}
+        checkpointed = {}
+        for name, flags in runs.items():
+            compiled.clear(), calls.clear()
+            out = tmp_path / f"{name}{'-text' if text else ''}"
+            r = CliRunner().invoke(main, ["train", *common_args, *flags, "--out", str(out)], catch_exceptions=False)
+            assert r.exit_code == 0, r.output
+            assert len(compiled) == (name == "compiled")
+            checkpointed[name] = len(calls)
+        assert checkpointed["plain"] == checkpointed["compiled"] == 0 and checkpointed["checkpointed"] > 0
+        if text:
+            assert "CrossAttention" in calls
+        suffix = "-text" if text else ""
+        plain = load_file(str(tmp_path / f"plain{suffix}" / "checkpoint.safetensors"))
+        assert any(k.endswith("exp_avg") and v.abs().sum() > 0 for k, v in plain.items())
+        for name in ("compiled", "checkpointed"):
+            other = load_file(str(tmp_path / f"{name}{suffix}" / "checkpoint.safetensors"))
+            assert plain.keys() == other.keys()  # the compiled wrapper leaves no _orig_mod. prefix in the checkpoint
+            for k in plain:
+                torch.testing.assert_close(other[k], plain[k], rtol=1e-4, atol=1e-6, msg=f"{name}: {k}")
+
+
+def test_speed_settings_change_on_resume(tiny_folder, tmp_path):
+    out = tmp_path / "run"
+    args = [str(tiny_folder), "--steps", "1", "--sample-every", "100", *TINY_ARGS, "--out", str(out)]
+    assert CliRunner().invoke(main, ["train", *args, "--activation-checkpointing"]).exit_code == 0
+    r = CliRunner().invoke(main, ["train", "--out", str(out), "--resume", "--steps", "2", "--quiet",
+                                  "--no-activation-checkpointing"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    from diffusely.checkpoint import read_config
+    assert read_config(out).train.activation_checkpointing is False and read_config(out).train.steps == 2

@@ -62,6 +62,11 @@ class UNetConfig:
         return self.patch_size * 2 ** (len(self.channels) - 1)
 
 
+def _call(layer, *args, use_reentrant: bool = False):
+    """layer(*args): what the forward does where torch.utils.checkpoint would otherwise wrap the call."""
+    return layer(*args)
+
+
 class UNet(nn.Module):
     """F(x, noise_label, class_labels=None, context=None, context_mask=None, layout=None) -> tensor shaped like x
     (out_channels).
@@ -153,7 +158,7 @@ class UNet(nn.Module):
             raise ValueError("this model was trained without text; drop the text conditioning")
 
         # activation checkpointing: keep only each block's input, recompute its inside in the backward pass
-        save = checkpoint if self.checkpointing and torch.is_grad_enabled() else (lambda f, *a, **_: f(*a))
+        save = checkpoint if self.checkpointing and torch.is_grad_enabled() else _call
 
         def run(layers, h):
             for layer in layers:

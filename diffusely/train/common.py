@@ -17,6 +17,7 @@ from ..checkpoint import CHECKPOINT, CONFIG, RunError, read_config, write_config
 from ..config import JsonConfig
 
 LOG = "log.csv"
+RESUMABLE = ("compile", "activation_checkpointing")  # train settings a resumed run may change
 
 
 def seed_from(*parts: int) -> int:
@@ -120,12 +121,15 @@ def read_log(path: Path, up_to_step: int) -> list[dict]:
 
 def run_config(config: JsonConfig, run_dir: Path, resume: bool) -> JsonConfig:
     """The config to train: `config` for a new run (refusing a directory that holds one), or, resuming,
-    the saved config with `config`'s step count (resuming may extend a run; all else comes from the run)."""
+    the saved config with `config`'s step count (resuming may extend a run) and its RESUMABLE speed settings,
+    which change how fast a step runs, not what it computes; all else comes from the run."""
     if resume:
         if not (run_dir / CONFIG).is_file():
             raise RunError(f"nothing to resume in {run_dir}: it has no {CONFIG}")
         saved = read_config(run_dir, type(config))
-        saved.train.steps = config.train.steps
+        for name in ("steps", *RESUMABLE):
+            if hasattr(saved.train, name):
+                setattr(saved.train, name, getattr(config.train, name))
         return saved
     if (run_dir / CHECKPOINT).exists() or (run_dir / CONFIG).exists():
         raise RunError(f"{run_dir} already holds a run; pass --resume to continue it, or choose another --out")

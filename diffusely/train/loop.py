@@ -26,6 +26,7 @@ from .._files import atomic_write_text
 from ..data import DataError, Dataset, load_dataset, to_tensor
 from ..layout import flip_boxes, pack_boxes, render_layout
 from ..loss import denoising_loss, discrete_sigmas, lognormal_sigmas, weighting
+from ..nets import UNet
 from ..samplers import sample
 from ..text import build_text_encoder
 from .common import (LOG, Batches, append_log, autocast, lr_at, run_config, seed_from, seeded_generator,
@@ -193,7 +194,9 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, progr
             save_layouts(run_dir, config, data.boxes)
 
     net = model
-    model.checkpointing = tc.activation_checkpointing
+    for module in model.modules():  # the U-Net itself, also inside a text model's wrapper
+        if isinstance(module, UNet):
+            module.checkpointing = tc.activation_checkpointing
     if d.world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if tc.compile:  # the training forward only: checkpoints, the EMA and sampling use the plain module
