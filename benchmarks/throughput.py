@@ -43,7 +43,9 @@ SHAPES = {  # size: (channels per level, levels with attention) -- attention at 
     64: ((128, 256, 256, 256), (2,)),
 }
 BLOCKS, GROUPS, HEAD = 2, 32, 64
-PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0, "L40S": 362.0}  # dense, SXM where two
+# dense bf16 matrix peaks from the data sheets, matched against torch.cuda.get_device_name (longest name first)
+PEAK_BF16_TFLOPS = {"H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.0, "H200": 989.0, "A100": 312.0,
+                    "L40S": 362.0, "L4": 121.0}
 
 
 def peak_tflops(device: torch.device, override: float) -> float | None:
@@ -53,7 +55,7 @@ def peak_tflops(device: torch.device, override: float) -> float | None:
     if device.type != "cuda":
         return None
     name = torch.cuda.get_device_name(device)
-    return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
+    return next((PEAK_BF16_TFLOPS[k] for k in sorted(PEAK_BF16_TFLOPS, key=len, reverse=True) if k in name), None)
 
 
 def step_flops(fn) -> int:
@@ -228,7 +230,7 @@ def main() -> None:
                   f"batch {r['batch']} train, {r['sample_batch']} sample")
             for kind, unit in (("train", "img/s" if args.per_image else "steps/s"), ("sample", "img/s")):
                 k = r[kind]
-                rate = "  ".join(f"{n} {k['tflops'][n]:.3g} TFLOP/s" + (f" ({k['tflops'][n] / peak:.1%} of peak)" if peak else "")
+                rate = "  ".join(f"{n} {k['tflops'][n]:.3g} TFLOP/s" + (f" ({k['tflops'][n] / peak:.1%} of the bf16 peak)" if peak else "")
                                  for n in ("ours", "diffusers"))
                 print(f"  {kind:6s} ours {k['ours']:8.2f} {unit}  diffusers {k['diffusers']:8.2f} {unit}  "
                       f"ratio {k['ratio']:.2f} (spread {k['ratio_min']:.2f}..{k['ratio_max']:.2f});  {rate}")
