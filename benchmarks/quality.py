@@ -53,7 +53,7 @@ from diffusely.config import RECIPES, DataConfig, RunConfig, TrainConfig
 from diffusely.data import load_dataset, to_tensor
 from diffusely.denoisers import Denoiser
 from diffusely.metrics import DomainFeatures, FeatureStats, fit_domain_features, quality_metrics
-from diffusely.nets import UNetConfig
+from diffusely.nets import UNet, UNetConfig
 from diffusely.pipelines import generate
 from diffusely.train import train
 from diffusely.train.common import bf16_is_fast, lr_at
@@ -211,7 +211,7 @@ def main():
             samples, params[recipe] = train_diffusers(args, data.images, evals, device)
         else:
             samples = {(recipe, step): value for step, value in train_ours(recipe, args, evals).items()}
-            params[recipe] = parameters(load_network())
+            params[recipe] = parameters(UNet(NETWORK))
         for (name, step), (images, seconds) in samples.items():
             results[f"{name}/{step}"] = row(name, step, f"{seconds:.0f}", images, extractor, reference)
     print("parameters: " + ", ".join(f"{k} {v:,}" for k, v in params.items()))
@@ -222,11 +222,6 @@ def main():
     if args.json:
         args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "parameters": params,
                                          "results": results}, indent=1))
-
-
-def load_network() -> torch.nn.Module:
-    from diffusely.nets import UNet
-    return UNet(NETWORK)
 
 
 if __name__ == "__main__":
