@@ -13,6 +13,7 @@ import numpy as np
 from .checkpoint import CONFIG, RunError, load_run, read_config
 from .config import RECIPES, AutoencoderRunConfig, ConfigError, DataConfig, RunConfig, TextConfig
 from .data import DataError, to_tensor, to_uint8
+from .layout import has_lines
 from .samplers import SAMPLERS
 
 USER_ERRORS = (DataError, RunError, ConfigError, ValueError, FileNotFoundError)
@@ -511,8 +512,9 @@ def info(run_dir, as_json):
             cfg.latent.scale_factor, cfg.latent.shift_factor)} if cfg.latent else {}),
         "classes": cfg.model.num_classes,
         **({"class_names": ", ".join(cfg.data.class_names)} if cfg.data.class_names else {}),
-        **({"layout": f"boxes of {len(cfg.data.class_names)} classes as masks (diffusely synth)"}
-           if cfg.model.layout_channels else {}),
+        **({"layout": f"boxes of {len(cfg.data.class_names)} classes as masks"
+                      f"{', directions as lines' if has_lines(cfg.model.layout_channels, len(cfg.data.class_names)) else ''}"
+                      " (diffusely synth)"} if cfg.model.layout_channels else {}),
         **({"patch_size": cfg.model.patch_size} if cfg.model.patch_size > 1 else {}),
         "text_encoder": cfg.text.encoder,
         "parameterization": cfg.diffusion.parameterization,

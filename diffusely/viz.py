@@ -122,7 +122,7 @@ def save_contact_sheet(images: np.ndarray, boxes: list[list[tuple]], class_names
         left = padding + (i % ncol) * (tw + padding)
         top = legend + padding + (i // ncol) * (th + padding)
         sheet.paste(_to_pil(tile).convert("RGB").resize((tw, th), Image.NEAREST), (left, top))
-        for cls, x0, y0, x1, y1 in image_boxes:
+        for cls, x0, y0, x1, y1, *_ in image_boxes:
             draw.rectangle((left + x0 * scale, top + y0 * scale, left + x1 * scale - 1, top + y1 * scale - 1),
                            outline=BOX_COLORS[int(cls) % len(BOX_COLORS)], width=1)
     return _save_png(sheet, path)

@@ -11,7 +11,7 @@ from PIL import Image
 from diffusely.data import DataError, load_dataset
 from diffusely.data.defects import CLASS_FREQUENCIES, CLASS_NAMES, render_defects
 from diffusely.data.detection import coco_dict, data_yaml_text, read_coco, read_detection, read_yolo, yolo_line
-from diffusely.layout import flip_boxes, pack_boxes, render_layout
+from diffusely.layout import direction_of, flip_boxes, pack_boxes, render_layout
 
 
 # ---------------------------------------------------------------------------------------------- defects
@@ -35,7 +35,7 @@ def test_defect_boxes_are_tight_around_what_changed():
         clean, _ = _surface(rng, 64)
         clean = np.clip(np.rint(clean), 0, 255).astype(np.int16)
         changed = np.abs(data.images[i].astype(np.int16) - clean).max(-1) > 4
-        for cls, x0, y0, x1, y1 in data.boxes[i]:
+        for cls, x0, y0, x1, y1, _ in data.boxes[i]:
             x0, y0, x1, y1 = int(x0), int(y0), int(x1), int(y1)
             assert changed[y0:y1, x0:x1].any()
             if len(data.boxes[i]) == 1:
@@ -44,6 +44,39 @@ def test_defect_boxes_are_tight_around_what_changed():
                 assert not ring.any(), f"image {i}: pixels changed outside the box of its {CLASS_NAMES[cls]}"
                 checked += 1
     assert checked >= 10
+
+
+def test_directed_scratches_run_along_the_diagonal_their_direction_names():
+    """A scratch is a straight line, so its tight box has it as a diagonal: with direction +1 the pixels at the
+    box's top-left and bottom-right corners changed and those at the other two did not; with -1 the reverse."""
+    data = render_defects(200, size=64, seed=4)
+    from diffusely.data.defects import _surface
+
+    seen = {-1: 0, 0: 0, 1: 0}
+    for i in range(len(data)):
+        if len(data.boxes[i]) != 1 or data.boxes[i][0][0] != CLASS_NAMES.index("scratch"):
+            continue
+        _, x0, y0, x1, y1, direction = data.boxes[i][0]
+        seen[direction] += 1
+        x0, y0, x1, y1 = int(x0), int(y0), int(x1), int(y1)
+        if direction == 0 or min(x1 - x0, y1 - y0) < 8:
+            continue
+        clean, _ = _surface(np.random.default_rng([4, i, 7]), 64)
+        changed = np.abs(data.images[i].astype(np.int16) - np.clip(np.rint(clean), 0, 255)).max(-1) > 4
+        corner = lambda y, x: changed[max(y - 1, 0):y + 2, max(x - 1, 0):x + 2].any()  # noqa: E731
+        main = corner(y0, x0) and corner(y1 - 1, x1 - 1)
+        anti = corner(y0, x1 - 1) or corner(y1 - 1, x0)
+        assert main and not anti if direction == 1 else anti and not main, f"image {i}: direction {direction}"
+    assert seen[1] > 5 and seen[-1] > 5  # both directions occur
+
+
+def test_direction_of_points():
+    t = np.linspace(0, 10, 30)
+    assert direction_of(t, 2 * t + 5) == 1 and direction_of(t, 20 - t) == -1
+    assert direction_of(np.cos(t), np.sin(t)) == 0  # round: no direction
+    assert direction_of(t, np.zeros_like(t)) == 0 and direction_of([1.0], [2.0]) == 0  # axis-aligned, one point
+    weights = np.r_[np.ones(30), np.zeros(30)]  # only the weighted points count
+    assert direction_of(np.r_[t, t], np.r_[t, -5 * t], weights) == 1
 
 
 def test_defect_classes_follow_their_frequencies_with_a_rare_class():
@@ -85,7 +118,7 @@ def test_yolo_round_trip_within_a_pixel(tmp_path):
     assert np.array_equal(loaded.images, data.images)
     for got, want in zip(loaded.boxes, data.boxes):
         assert [b[0] for b in got] == [b[0] for b in want]
-        assert np.allclose([b[1:] for b in got], [b[1:] for b in want], atol=1.0) if want else not got
+        assert np.allclose([b[1:5] for b in got], [b[1:5] for b in want], atol=1.0) if want else not got
 
 
 def test_yolo_boxes_move_with_resize_and_center_crop(tmp_path):
@@ -98,6 +131,29 @@ def test_yolo_boxes_move_with_resize_and_center_crop(tmp_path):
     (tmp_path / "data.yaml").write_text("path: .\ntrain: images/train\nnames: [a, b]\n")
     data = load_dataset(str(tmp_path), 50)
     assert data.boxes == [[(1, pytest.approx(15.0), pytest.approx(10.0), pytest.approx(35.0), pytest.approx(30.0))]]
+
+
+def test_polygon_labels_give_their_direction(tmp_path):
+    """A YOLO segment line and a COCO polygon along a diagonal: box and direction; a plain box has none."""
+    (tmp_path / "images/train").mkdir(parents=True)
+    (tmp_path / "labels/train").mkdir(parents=True)
+    Image.new("RGB", (40, 40)).save(tmp_path / "images/train/a.png")
+    (tmp_path / "labels/train/a.txt").write_text("0 0.1 0.8 0.12 0.82 0.62 0.32 0.6 0.3\n"  # "/": up and right
+                                                  "1 0.1 0.1 0.12 0.08 0.52 0.48 0.5 0.5\n"  # "\\": down and right
+                                                  "1 0.5 0.5 0.1 0.1\n")
+    (tmp_path / "data.yaml").write_text("train: images/train\nnames: [scratch, crack]\n")
+    boxes = read_yolo(tmp_path / "data.yaml").images[0].boxes
+    assert [len(b) for b in boxes] == [6, 6, 5] and boxes[0][5] == -1 and boxes[1][5] == 1
+    assert boxes[0][:5] == (0, pytest.approx(0.1), pytest.approx(0.3), pytest.approx(0.62), pytest.approx(0.82))
+    assert load_dataset(str(tmp_path), 40).boxes[0][0][5] == -1  # kept through loading
+    spec = {"images": [{"id": 1, "file_name": "images/train/a.png", "width": 40, "height": 40}],
+            "categories": [{"id": 1, "name": "scratch"}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [4, 4, 16, 16],
+                             "segmentation": [[4, 4, 5, 4, 20, 19, 20, 20, 19, 20, 4, 5]]},
+                            {"id": 2, "image_id": 1, "category_id": 1, "bbox": [4, 4, 16, 16]}]}
+    (tmp_path / "c.json").write_text(json.dumps(spec))
+    coco = read_coco(tmp_path / "c.json").images[0].boxes
+    assert coco[0][5] == 1 and len(coco[1]) == 5
 
 
 def test_yolo_malformed_lines_are_reported_with_file_and_line(tmp_path):
@@ -156,7 +212,7 @@ def test_coco_round_trip_within_a_pixel(tmp_path):
     for got, want in zip(loaded.boxes, data.boxes):
         assert [b[0] for b in got] == [b[0] for b in want]
         if want:
-            assert np.allclose([b[1:] for b in got], [b[1:] for b in want], atol=1.0)
+            assert np.allclose([b[1:5] for b in got], [b[1:5] for b in want], atol=1.0)
 
 
 def test_coco_category_ids_map_in_order_and_errors_name_the_annotation(tmp_path):
@@ -204,7 +260,26 @@ def test_layout_on_a_coarser_grid_keeps_the_covered_fraction():
 
 
 def test_flipped_boxes_follow_the_flipped_image():
-    boxes = pack_boxes([[(1, 2.0, 3.0, 5.0, 9.0)], []])
-    a = render_layout(flip_boxes(boxes, 16), 2, (16, 16), 16)
-    b = render_layout(boxes, 2, (16, 16), 16).flip(-1)
-    assert torch.equal(a, b)
+    boxes = pack_boxes([[(1, 2.0, 3.0, 5.0, 9.0, 1)], []])
+    a = render_layout(flip_boxes(boxes, 16), 2, (16, 16), 16, lines=True)
+    b = render_layout(boxes, 2, (16, 16), 16, lines=True).flip(-1)
+    assert a[0, 3].sum() > 1 and torch.allclose(a, b, atol=1 / 16)  # up to a subsample on the line's edge
+
+
+def test_line_channel_draws_the_named_diagonal():
+    """A 16 x 16 box at (8, 8) in a 32-pixel image: direction +1 covers the cells on its main diagonal,
+    -1 those on the other, 0 none; a coarser grid keeps the line's covered fraction."""
+    def line(direction, grid=32):
+        boxes = pack_boxes([[(0, 8.0, 8.0, 24.0, 24.0, direction)]])
+        layout = render_layout(boxes, 1, (grid, grid), 32, lines=True)
+        assert layout.shape == (1, 3, grid, grid) and (layout[0, 1] == 1).all()
+        return layout[0, 2]
+
+    down, up = line(1), line(-1)
+    cells = torch.arange(9, 23)
+    apart = torch.cat([torch.arange(9, 14), torch.arange(18, 23)])  # the diagonals cross in the middle
+    assert (down[cells, cells] == 1).all() and (down[apart, 31 - apart] == 0).all()
+    assert torch.equal(up, down.flip(-1)) and line(0).abs().sum() == 0
+    assert down[:8].abs().sum() == 0 and down[24:].abs().sum() == 0  # the line stays in its box
+    # a 1.5-pixel line about 16 * sqrt(2) pixels long covers about 34 pixels, on either grid
+    assert 30 < down.sum() < 38 and abs(line(1, grid=8).sum() * 16 - down.sum()) < 2

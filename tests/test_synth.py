@@ -31,26 +31,31 @@ def layout_run(tmp_path_factory):
 
 def test_layout_run_records_its_classes_and_layouts(layout_run):
     run = load_run(layout_run)
-    assert run.config.model.layout_channels == 5 and run.config.data.class_names == ("scratch", "crack", "spot", "stain")
+    assert run.config.model.layout_channels == 6 and run.config.data.class_names == ("scratch", "crack", "spot", "stain")
     spec = json.loads((layout_run / "layouts.json").read_text())
     assert spec["image_size"] == 32 and len(spec["layouts"]) == 4000
+    boxes = [b for layout in spec["layouts"] for b in layout]
+    assert all(len(b) == 6 and b[5] in (-1, 0, 1) for b in boxes)
+    assert {b[5] for b in boxes if b[0] == 0} == {-1, 0, 1} and {b[5] for b in boxes if b[0] == 2} == {0}
     assert (layout_run / "samples" / "step-0000006.png").is_file()
     info = CliRunner().invoke(main, ["info", str(layout_run)])
-    assert "boxes of 4 classes as masks" in info.output and "scratch, crack, spot, stain" in info.output
+    assert "boxes of 4 classes as masks, directions as lines" in info.output and "scratch, crack, spot, stain" in info.output
 
 
 def test_layout_model_follows_the_training_statistics():
     rng = np.random.default_rng(0)
-    train_layouts = [[(0, 1.0, 1.0, 11.0, 3.0)], [], [(1, 20.0, 20.0, 24.0, 30.0), (0, 2.0, 2.0, 12.0, 4.0)], []] * 50
+    train_layouts = [[(0, 1.0, 1.0, 11.0, 3.0, 1)], [], [(1, 20.0, 20.0, 24.0, 30.0), (0, 2.0, 2.0, 12.0, 4.0, -1)], []] * 50
     model = LayoutModel.fit(train_layouts, ["scratch", "crack"], 32)
     drawn = [model.draw(rng) for _ in range(2000)]
     counts = np.bincount([len(d) for d in drawn], minlength=3) / 2000
     assert np.allclose(counts, [0.5, 0.25, 0.25], atol=0.04)
     boxes = np.array([b for d in drawn for b in d])
-    assert np.all(boxes[:, 1:] >= 0) and np.all(boxes[:, 1:] <= 32)
+    assert np.all(boxes[:, 1:5] >= 0) and np.all(boxes[:, 1:5] <= 32)
     crack = boxes[boxes[:, 0] == 1]
     assert np.allclose(np.median(crack[:, 3] - crack[:, 1]), 4, atol=0.4)  # widths of that class's boxes
     assert abs(len(crack) / len(boxes) - 1 / 3) < 0.04
+    scratch = boxes[boxes[:, 0] == 0]
+    assert set(crack[:, 5]) == {0} and abs(np.mean(scratch[:, 5] == 1) - 0.5) < 0.05  # each box's own direction
     balanced = [b for _ in range(1000) for b in model.draw(rng, balance=True)]
     assert abs(np.mean([b[0] for b in balanced]) - 0.5) < 0.05  # the rare class drawn as often as the common
     only = [model.draw(rng, classes=[1]) for _ in range(200)]
@@ -60,7 +65,12 @@ def test_layout_model_follows_the_training_statistics():
 def test_read_layouts_checks_classes_and_corners(tmp_path):
     path = tmp_path / "l.jsonl"
     path.write_text('[{"class": "crack", "box": [0.25, 0.5, 0.5, 1.0]}]\n[]\n')
-    assert read_layouts(path, ["scratch", "crack"], 32) == [[(1, 8.0, 16.0, 16.0, 32.0)], []]
+    assert read_layouts(path, ["scratch", "crack"], 32) == [[(1, 8.0, 16.0, 16.0, 32.0, 0)], []]
+    path.write_text('[{"class": 0, "box": [0, 0, 0.5, 0.25], "direction": -1}]\n')
+    assert read_layouts(path, ["scratch", "crack"], 32) == [[(0, 0.0, 0.0, 16.0, 8.0, -1)]]
+    path.write_text('[{"class": 0, "box": [0, 0, 0.5, 0.25], "direction": "up"}]\n')
+    with pytest.raises(DataError, match="direction must be 1 .*, -1 .* or 0, got 'up'"):
+        read_layouts(path, ["scratch", "crack"], 32)
     path.write_text('[{"class": "dent", "box": [0, 0, 1, 1]}]\n')
     with pytest.raises(DataError, match="unknown class 'dent'.*scratch, crack"):
         read_layouts(path, ["scratch", "crack"], 32)
@@ -173,7 +183,7 @@ def test_a_bad_request_leaves_no_dataset_behind(layout_run, tmp_path):
 def test_one_layout_given_as_its_list_of_boxes(tmp_path):
     path = tmp_path / "one.json"
     path.write_text('[{"class": "crack", "box": [0, 0, 0.5, 0.5]}]')
-    assert read_layouts(path, ["scratch", "crack"], 32) == [[(1, 0.0, 0.0, 16.0, 16.0)]]
+    assert read_layouts(path, ["scratch", "crack"], 32) == [[(1, 0.0, 0.0, 16.0, 16.0, 0)]]
     path.write_text('[{"boxes": []}, 3]')
     with pytest.raises(DataError, match="layout 1: a layout is a list of boxes, got dict"):
         read_layouts(path, ["scratch"], 32)
@@ -184,7 +194,10 @@ def test_layout_boxes_are_checked_when_sampling(layout_run):
 
     run = load_run(layout_run)
     c = conditioning(run, layouts=[[("crack", 1, 2, 10, 12)]])
-    assert c.layouts == [[(1, 1.0, 2.0, 10.0, 12.0)]]
+    assert c.layouts == [[(1, 1.0, 2.0, 10.0, 12.0, 0)]]
+    assert conditioning(run, layouts=[[("scratch", 1, 2, 10, 12, -1)]]).layouts == [[(0, 1.0, 2.0, 10.0, 12.0, -1)]]
+    with pytest.raises(ValueError, match=r"direction\]\) with corners in pixels and direction \+1"):
+        conditioning(run, layouts=[[("scratch", 1, 2, 10, 12, 2)]])
     with pytest.raises(ValueError, match="unknown class 'dent'"):
         conditioning(run, layouts=[[("dent", 1, 2, 10, 12)]])
     with pytest.raises(ValueError, match=r"0 <= x0 < x1 <= 32.*pixels of the run's 32 x 32 images"):

@@ -3,7 +3,9 @@
 Surfaces: brushed metal, woven fabric, painted and cast textures, under uneven lighting. Defects:
 scratch (common), stain, spot (a pit) and crack (rare), so a detector trained on them meets the
 class imbalance of real inspection data. Every box is the tight bounding box of the pixels its
-defect changed (coverage > 2%), so a detector learns exactly what is drawn.
+defect changed (coverage > 2%), so a detector learns exactly what is drawn, and carries the defect's
+direction (diffusely.layout.direction_of its pixels: +1 or -1 for a scratch or crack drawn out along a
+diagonal of its box, 0 otherwise).
 
 Image i depends only on (seed, i, size): any index can be regenerated alone, on any machine.
 Defects are drawn at 4x and downscaled with LANCZOS, so thin lines are antialiased, not aliased.
@@ -17,6 +19,8 @@ from functools import lru_cache
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+
+from ..layout import direction_of
 
 CLASS_NAMES = ["scratch", "crack", "spot", "stain"]
 # how often each class is drawn: crack is the rare class a synthetic set should help with
@@ -34,11 +38,11 @@ PLACEMENT_TRIES = 30
 
 @dataclass
 class DefectsData:
-    """Rendered defects: images (N, S, S, 3) uint8 RGB, per image a list of boxes (class_index, x0, y0, x1, y1)
-    in pixels (x1, y1 exclusive), a caption per image; labels is None (an image holds 0 to 3 defects)."""
+    """Rendered defects: images (N, S, S, 3) uint8 RGB, per image a list of boxes (class_index, x0, y0, x1, y1,
+    direction) in pixels (x1, y1 exclusive), a caption per image; labels is None (an image holds 0 to 3 defects)."""
 
     images: np.ndarray
-    boxes: list[list[tuple[int, float, float, float, float]]]
+    boxes: list[list[tuple[int, float, float, float, float, int]]]
     captions: list[str]
     class_names: list[str]
     labels: None = None
@@ -142,7 +146,8 @@ def _render_one(rng: np.random.Generator, size: int):
             continue  # a crowded image simply holds fewer defects
         image = _apply(rng, cls, image, coverage, size)
         taken.append(box)
-        found.append((cls, *box))
+        ys, xs = np.nonzero(coverage > COVERAGE)
+        found.append((cls, *box, direction_of(xs, ys, coverage[ys, xs])))
     return np.clip(np.rint(image), 0, 255).astype(np.uint8), found, surface
 
 

@@ -3,7 +3,8 @@
     labelled = read_detection("path/to/dataset")        # a folder with data.yaml, or a COCO .json
     data = load_detection(labelled, size=64)            # images resized and cropped, boxes moved with them
 
-Boxes are (class_index, x0, y0, x1, y1). In a DetectionSet they are normalised to the image (0..1), as
+Boxes are (class_index, x0, y0, x1, y1); a polygon label (a YOLO segment line, a COCO polygon) adds a sixth
+value, the direction its points run in (diffusely.layout.direction_of), which a layout model reads. In a DetectionSet they are normalised to the image (0..1), as
 YOLO stores them; after loading they are in pixels of the size x size image, as the built-in sets give them.
 
 Nothing is dropped silently. A malformed label line or an unknown class id stops loading with the file and
@@ -23,9 +24,10 @@ from pathlib import Path
 
 import numpy as np
 from . import DataError
+from ..layout import direction_of
 from .folder import DECODE_ERRORS, EXTENSIONS, find_images, load_with_geometry, strict_decoding
 
-Box = tuple  # (class_index, x0, y0, x1, y1)
+Box = tuple  # (class_index, x0, y0, x1, y1[, direction]): a polygon's box carries its direction (diffusely.layout)
 EPS = 1e-6  # normalised coordinates this far past 0 or 1 are rounding, not a box outside the image
 COCO_NAMES = ("annotations.json", "_annotations.coco.json", "instances.json")
 
@@ -202,12 +204,14 @@ def _read_label_file(path: Path, num_classes: int, notes: Notes) -> list[Box]:
                 notes.add("malformed", f"{where} {line.strip()!r} (negative size)")
                 continue
             box = (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)
-        else:  # a segment: its bounding box
+            direction = ()
+        else:  # a segment: its bounding box, and the direction its points run in
             xs, ys = values[1::2], values[2::2]
             box = (min(xs), min(ys), max(xs), max(ys))
+            direction = (direction_of(xs, ys),)
         box = _clip(box, 1.0, 1.0, where, notes)
         if box is not None:
-            boxes.append((int(cls), *box))
+            boxes.append((int(cls), *box, *direction))
     return boxes
 
 
@@ -231,7 +235,7 @@ def _clip(box, width: float, height: float, where: str, notes: Notes):
 
 def yolo_line(cls: int, box, width: float, height: float) -> str:
     """'class cx cy w h' normalised, for a box (x0, y0, x1, y1) in pixels of a width x height image."""
-    x0, y0, x1, y1 = box
+    x0, y0, x1, y1 = box[:4]
     return (f"{int(cls)} {(x0 + x1) / 2 / width:.6f} {(y0 + y1) / 2 / height:.6f} "
             f"{(x1 - x0) / width:.6f} {(y1 - y0) / height:.6f}")
 
@@ -296,7 +300,8 @@ def read_coco(json_path, image_root=None) -> DetectionSet:
         width, height = sizes[image_id]
         box = _clip((x, y, x + w, y + h), width, height, where, notes)
         if box is not None:
-            boxes[image_id].append((index[cid], box[0] / width, box[1] / height, box[2] / width, box[3] / height))
+            boxes[image_id].append((index[cid], box[0] / width, box[1] / height, box[2] / width, box[3] / height,
+                                    *_coco_direction(ann.get("segmentation"))))
     notes.raise_errors({"malformed": "malformed annotation(s); each needs image_id, category_id and bbox [x, y, w, h]",
                         "image": "annotation(s) of an image id the file does not list",
                         "class": "annotation(s) with a category_id the file does not list"})
@@ -319,12 +324,23 @@ def read_coco(json_path, image_root=None) -> DetectionSet:
     return DetectionSet(labelled, [n for _, n in categories], str(json_path))
 
 
+def _coco_direction(segmentation) -> tuple:
+    """(direction,) of a COCO polygon segmentation (a list of [x, y, x, y, ...] lists), () for none or RLE."""
+    if not isinstance(segmentation, list) or not segmentation:
+        return ()
+    try:
+        points = [float(v) for polygon in segmentation for v in polygon]
+    except (TypeError, ValueError):
+        return ()
+    return (direction_of(points[0::2], points[1::2]),) if len(points) >= 6 else ()
+
+
 def coco_dict(entries, names: list[str]) -> dict:
     """A COCO detection dict from entries (file_name, width, height, boxes in pixels); category ids 1..K."""
     images, annotations = [], []
     for image_id, (file_name, width, height, boxes) in enumerate(entries, 1):
         images.append({"id": image_id, "file_name": file_name, "width": width, "height": height})
-        for cls, x0, y0, x1, y1 in boxes:
+        for cls, x0, y0, x1, y1, *_ in boxes:
             annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": int(cls) + 1,
                                 "bbox": [round(x0, 3), round(y0, 3), round(x1 - x0, 3), round(y1 - y0, 3)],
                                 "area": round((x1 - x0) * (y1 - y0), 3), "iscrowd": 0})
@@ -354,7 +370,7 @@ def load_detection(labelled: DetectionSet, size: int, channels: int = 3) -> tupl
                 failed.append(f"{item.path} ({error})")
                 continue
             moved = []
-            for cls, u0, v0, u1, v1 in item.boxes:
+            for cls, u0, v0, u1, v1, *direction in item.boxes:
                 box = (u0 * width - left, v0 * height - top, u1 * width - left, v1 * height - top)
                 x0, y0, x1, y1 = max(box[0], 0.0), max(box[1], 0.0), min(box[2], size), min(box[3], size)
                 if x1 - x0 < 1 or y1 - y0 < 1:
@@ -362,7 +378,7 @@ def load_detection(labelled: DetectionSet, size: int, channels: int = 3) -> tupl
                     continue
                 if (x1 - x0) * (y1 - y0) < 0.999 * (box[2] - box[0]) * (box[3] - box[1]):
                     notes.add("cut", str(item.path))
-                moved.append((cls, x0, y0, x1, y1))
+                moved.append((cls, x0, y0, x1, y1, *direction))
             images.append(array if channels == 3 else array[..., None])
             boxes.append(moved)
             paths.append(str(item.path))

@@ -170,7 +170,7 @@ def _targets(boxes: Sequence[Sequence[tuple]], num_classes: int, size: int, stri
     mask = torch.zeros(b, cells, cells)
     grid = torch.arange(cells, dtype=torch.float32)
     for i, image in enumerate(boxes):
-        for cls, x0, y0, x1, y1 in image:
+        for cls, x0, y0, x1, y1, *_ in image:
             cx, cy = (x0 + x1) / 2 / stride, (y0 + y1) / 2 / stride
             ix, iy = min(int(cx), cells - 1), min(int(cy), cells - 1)
             sx, sy = max((x1 - x0) / stride / 6, 0.5), max((y1 - y0) / stride / 6, 0.5)

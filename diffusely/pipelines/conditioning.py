@@ -19,7 +19,7 @@ import torch
 
 from ..checkpoint import LoadedRun
 from ..denoisers import ClassifierFreeGuidance
-from ..layout import box_class, pack_boxes, render_layout
+from ..layout import box_class, has_lines, pack_boxes, render_layout
 from ..text import check_prompt
 
 CLASS_GUIDANCE = 2.0  # default scale when sampling a class
@@ -89,8 +89,9 @@ class Conditioning:
             data = run.config.data
             boxes = pack_boxes([self.layouts[i % len(self.layouts)] for i in indices] if self.layouts else [[]] * b)
             grid = run.config.sample_shape[1:]
-            cond["layout"] = render_layout(boxes, len(data.class_names), grid, data.image_size,
-                                           given=torch.full((b,), bool(self.layouts))).to(device)
+            k = len(data.class_names)
+            cond["layout"] = render_layout(boxes, k, grid, data.image_size, given=torch.full((b,), bool(self.layouts)),
+                                           lines=has_lines(run.config.model.layout_channels, k)).to(device)
             if self.layouts:
                 uncond["layout"] = torch.zeros_like(cond["layout"])
         if not uncond or self.guidance == 1:
@@ -140,21 +141,25 @@ def conditioning(run: LoadedRun, *, classes: Optional[Sequence] = None, prompts:
 
 
 def _layout_box(run: LoadedRun, box) -> tuple:
-    """A layout box (class name or index, x0, y0, x1, y1 in pixels of the run's images), checked; a ValueError
-    says what is wrong with it."""
+    """A layout box (class name or index, x0, y0, x1, y1 in pixels of the run's images[, direction: +1, -1 or
+    0, see diffusely.layout]), checked; a ValueError says what is wrong with it."""
     names, size = list(run.config.data.class_names), run.config.data.image_size
     try:
-        cls, *corners = box
-        x0, y0, x1, y1 = (float(v) for v in corners)
+        cls, *rest = box
+        x0, y0, x1, y1 = (float(v) for v in rest[:4])
+        direction = rest[4] if len(rest) == 5 else 0
+        if len(rest) not in (4, 5) or direction not in (-1, 0, 1):
+            raise ValueError
     except (TypeError, ValueError):
-        raise ValueError(f"a layout box is (class, x0, y0, x1, y1) with corners in pixels, got {box!r}") from None
+        raise ValueError(f"a layout box is (class, x0, y0, x1, y1[, direction]) with corners in pixels and direction "
+                         f"+1 (top-left to bottom-right), -1 (bottom-left to top-right) or 0, got {box!r}") from None
     index = box_class(names, cls)
     if index is None:
         raise ValueError(f"unknown class {cls!r} in layout box {box!r}; this run's classes: {', '.join(names)}")
     if not (0 <= x0 < x1 <= size and 0 <= y0 < y1 <= size):
         raise ValueError(f"layout box {box!r} must satisfy 0 <= x0 < x1 <= {size} and 0 <= y0 < y1 <= {size} "
                          f"(corners in pixels of the run's {size} x {size} images)")
-    return (index, x0, y0, x1, y1)
+    return (index, x0, y0, x1, y1, int(direction))
 
 
 def _warn_about_prompts(run: LoadedRun, prompts: list[str]) -> None:

@@ -50,7 +50,7 @@ def generate(run: LoadedRun, n: int, *, steps: Optional[int] = None, nfe: Option
     sampler and step count (schedules.json, `diffusely optimize-schedule`) is used where there is one.
     classes (names or indices) and prompts cycle over the samples; negative_prompts replace the null
     caption in classifier-free guidance of scale `guidance` (see pipelines.conditioning for defaults).
-    layouts (lists of boxes (class, x0, y0, x1, y1) in pixels) cycle too. indices: draw samples with these
+    layouts (lists of boxes (class, x0, y0, x1, y1[, direction]) in pixels) cycle too. indices: draw samples with these
     indices (noise seed + i, conditioning i) instead of 0..n-1, e.g. the ones a stopped job did not finish.
     """
     indices = list(range(n)) if indices is None else list(indices)

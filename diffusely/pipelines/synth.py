@@ -29,7 +29,7 @@ from .._files import atomic_write, atomic_write_text
 from ..checkpoint import LoadedRun, RunError
 from ..data import DataError, to_uint8
 from ..data.detection import coco_dict, data_yaml_text, yolo_line
-from ..layout import box_class
+from ..layout import box_class, box_direction
 from .generate import generate
 
 MANIFEST = "synth.json"
@@ -40,8 +40,8 @@ PLACEMENT_TRIES = 30
 class LayoutModel:
     """What a layout is like in the training data, per class: how many boxes an image holds (`counts[n]`,
     the fraction of images with n boxes), how often each class occurs, and the sizes and centers of its
-    boxes (in pixels of image_size x image_size images). New layouts resample these, so their statistics
-    follow the training set's while their combinations are new."""
+    boxes (in pixels of image_size x image_size images), with each box's direction. New layouts resample
+    these, so their statistics follow the training set's while their combinations are new."""
 
     class_names: list[str]
     image_size: int
@@ -49,19 +49,21 @@ class LayoutModel:
     frequencies: np.ndarray
     sizes: list[np.ndarray]  # per class (n_k, 2): width, height
     centers: list[np.ndarray]  # per class (n_k, 2): x, y
+    directions: list[np.ndarray]  # per class (n_k,): -1, 0 or +1, of the box whose size is in `sizes`
 
     @classmethod
     def fit(cls, layouts: Sequence[Sequence[tuple]], class_names: list[str], image_size: int) -> "LayoutModel":
         k = len(class_names)
         counts = np.bincount([len(layout) for layout in layouts], minlength=1).astype(float)
-        boxes = np.array([b for layout in layouts for b in layout], dtype=float).reshape(-1, 5)
+        boxes = np.array([(*b[:5], box_direction(b)) for layout in layouts for b in layout], dtype=float).reshape(-1, 6)
         per_class = [boxes[boxes[:, 0] == c] for c in range(k)]
         frequencies = np.array([len(b) for b in per_class], dtype=float)
         if frequencies.sum() == 0:
             raise DataError("the training data holds no boxes, so there is no layout to learn from")
         return cls(list(class_names), image_size, counts / counts.sum(), frequencies / frequencies.sum(),
                    [np.stack([b[:, 3] - b[:, 1], b[:, 4] - b[:, 2]], 1) for b in per_class],
-                   [np.stack([(b[:, 1] + b[:, 3]) / 2, (b[:, 2] + b[:, 4]) / 2], 1) for b in per_class])
+                   [np.stack([(b[:, 1] + b[:, 3]) / 2, (b[:, 2] + b[:, 4]) / 2], 1) for b in per_class],
+                   [b[:, 5].astype(int) for b in per_class])
 
     @classmethod
     def from_run(cls, run_dir) -> "LayoutModel":
@@ -76,7 +78,7 @@ class LayoutModel:
     def draw(self, rng: np.random.Generator, classes: Optional[Sequence[int]] = None, balance: bool = False) -> list[tuple]:
         """A new layout: a box count from `counts` (at least 1 when `classes` narrows the classes), then per
         box a class (by frequency, or uniformly with `balance`), a training box's size of that class jittered
-        by up to 15%, and a training center of that class moved by up to a tenth of the image; boxes that
+        by up to 15% with that box's direction, and a training center of that class moved by up to a tenth of the image; boxes that
         would overlap an earlier one are redrawn, and left out after PLACEMENT_TRIES."""
         allowed = list(range(len(self.class_names))) if classes is None else list(classes)
         weights = np.array([0.0 if len(self.sizes[c]) == 0 else (1.0 if balance else self.frequencies[c]) for c in allowed])
@@ -94,11 +96,12 @@ class LayoutModel:
         for _ in range(n):
             c = allowed[int(rng.choice(len(allowed), p=weights))]
             for _ in range(PLACEMENT_TRIES):
-                w, h = self.sizes[c][rng.integers(len(self.sizes[c]))] * rng.uniform(0.85, 1.15, 2)
+                j = rng.integers(len(self.sizes[c]))
+                w, h = self.sizes[c][j] * rng.uniform(0.85, 1.15, 2)
                 w, h = min(w, s), min(h, s)
                 cx, cy = self.centers[c][rng.integers(len(self.centers[c]))] + rng.uniform(-0.1, 0.1, 2) * s
                 x0, y0 = float(np.clip(cx - w / 2, 0, s - w)), float(np.clip(cy - h / 2, 0, s - h))
-                box = (c, round(x0, 2), round(y0, 2), round(x0 + w, 2), round(y0 + h, 2))
+                box = (c, round(x0, 2), round(y0, 2), round(x0 + w, 2), round(y0 + h, 2), int(self.directions[c][j]))
                 if all(_apart(box, other) for other in boxes):
                     boxes.append(box)
                     break
@@ -111,8 +114,10 @@ def _apart(a, b) -> bool:
 
 def read_layouts(path, class_names: list[str], image_size: int) -> list[list[tuple]]:
     """Layouts from a JSON file (a list of layouts, or one layout) or a JSON-lines file (a layout per line); a
-    layout is a list of {"class": name or index, "box": [x0, y0, x1, y1]} with coordinates normalised to 0..1.
-    Returns boxes in pixels of image_size x image_size images."""
+    layout is a list of {"class": name or index, "box": [x0, y0, x1, y1]} with coordinates normalised to 0..1,
+    and optionally "direction": +1 (the defect runs from the box's top-left to its bottom-right corner), -1
+    (bottom-left to top-right) or 0 (unknown; the default). Returns boxes in pixels of image_size x image_size
+    images, with their directions."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"no layouts file at {path}")
@@ -138,10 +143,14 @@ def read_layouts(path, class_names: list[str], image_size: int) -> list[list[tup
             cls = box_class(class_names, name)
             if cls is None:
                 raise DataError(f"{path}, layout {i + 1}: unknown class {name!r}; this run's classes: {', '.join(class_names)}")
+            direction = box.get("direction", 0)
+            if direction not in (-1, 0, 1) or isinstance(direction, bool):
+                raise DataError(f"{path}, layout {i + 1}: direction must be 1 (top-left to bottom-right), -1 "
+                                f"(bottom-left to top-right) or 0, got {direction!r}")
             if not (0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1):
                 raise DataError(f"{path}, layout {i + 1}: box {[x0, y0, x1, y1]} must satisfy 0 <= x0 < x1 <= 1 and "
                                 f"0 <= y0 < y1 <= 1 (normalised corners)")
-            boxes.append((cls, x0 * image_size, y0 * image_size, x1 * image_size, y1 * image_size))
+            boxes.append((cls, x0 * image_size, y0 * image_size, x1 * image_size, y1 * image_size, int(direction)))
         out.append(boxes)
     if not out:
         raise DataError(f"{path} holds no layouts")
@@ -217,7 +226,7 @@ def synthesize(run: LoadedRun, out, n: int, *, classes: Optional[Sequence[str]] 
             for image in to_uint8(batch):
                 i = todo[done]
                 done += 1
-                text = "".join(yolo_line(b[0], b[1:], size, size) + "\n" for b in layouts[i])
+                text = "".join(yolo_line(b[0], b[1:5], size, size) + "\n" for b in layouts[i])
                 atomic_write_text(out / "labels" / splits[i] / f"{_name(i)}.txt", text)
                 pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
                 atomic_write(image_path(i), lambda tmp: pil.save(tmp, format="PNG"))

@@ -24,7 +24,7 @@ from ..checkpoint import (CHECKPOINT, RunError, autoencoder_dir, build_denoiser,
 from ..config import AutoencoderRunConfig, RunConfig
 from .._files import atomic_write_text
 from ..data import DataError, Dataset, load_dataset, to_tensor
-from ..layout import flip_boxes, pack_boxes, render_layout
+from ..layout import box_direction, flip_boxes, has_lines, layout_channels, pack_boxes, render_layout
 from ..loss import denoising_loss, discrete_sigmas, lognormal_sigmas, weighting
 from ..nets import UNet
 from ..samplers import sample
@@ -78,7 +78,7 @@ def prepare_data(config: RunConfig) -> Dataset:
         if data.boxes is None:
             raise DataError(f"{config.data.source} has no boxes to condition on; a layout run needs a YOLO folder "
                             f"(with data.yaml), a COCO .json, or the built-in defects or shapes")
-        config.model.layout_channels = len(data.class_names) + 1
+        config.model.layout_channels = layout_channels(len(data.class_names), lines=True)
         config.data.class_names = tuple(data.class_names)
     if config.text.enabled:
         if data.captions is None:
@@ -123,7 +123,7 @@ def sample_grid(denoiser, config: RunConfig, path: Path, n: int = 16, seed: int 
                 boxes: Optional[torch.Tensor] = None) -> None:
     """A grid of `n` samples from fixed noise, so grids from different steps compare like for like.
     Class runs cycle through the classes; text runs take `text`, the encoded captions of n images; layout
-    runs take `boxes` (n, M, 5), the layouts of n images. `decode` turns a latent run's samples into images."""
+    runs take `boxes` (n, M, 6), the layouts of n images. `decode` turns a latent run's samples into images."""
     device = next(denoiser.parameters()).device
     g = seeded_generator("cpu", seed, 12345)
     noise = randn((n, *config.sample_shape), g, device)
@@ -133,8 +133,9 @@ def sample_grid(denoiser, config: RunConfig, path: Path, n: int = 16, seed: int 
     if text is not None:
         cond.update(text)
     if boxes is not None:
-        cond["layout"] = render_layout(boxes.to(device), len(config.data.class_names), config.sample_shape[1:],
-                                       config.data.image_size)
+        k = len(config.data.class_names)
+        cond["layout"] = render_layout(boxes.to(device), k, config.sample_shape[1:], config.data.image_size,
+                                       lines=has_lines(config.model.layout_channels, k))
     d = config.diffusion
     with torch.inference_mode():
         x = sample(denoiser, noise, method=d.sampler, steps=d.sample_steps, sigma_min=d.sigma_min,
@@ -145,8 +146,9 @@ def sample_grid(denoiser, config: RunConfig, path: Path, n: int = 16, seed: int 
 
 
 def save_layouts(run_dir: Path, config: RunConfig, boxes: list[list[tuple]]) -> None:
-    """layouts.json: the class names, the image size and every training image's boxes in pixels."""
-    layouts = [[[int(b[0]), *(round(float(v), 2) for v in b[1:])] for b in image] for image in boxes]
+    """layouts.json: the class names, the image size and every training image's boxes in pixels, each
+    [class, x0, y0, x1, y1, direction]."""
+    layouts = [[[int(b[0]), *(round(float(v), 2) for v in b[1:5]), box_direction(b)] for b in image] for image in boxes]
     atomic_write_text(run_dir / LAYOUTS, json.dumps({"class_names": list(config.data.class_names),
                                                      "image_size": config.data.image_size, "layouts": layouts}))
 
@@ -241,8 +243,9 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, progr
             if config.data.flip:  # the boxes mirror with their image
                 b = torch.where(flip.view(-1, 1, 1), flip_boxes(b, config.data.image_size), b)
             drop = per_sample(lambda g: torch.rand(1, generator=g, device=device)) < LAYOUT_DROPOUT
-            cond["layout"] = render_layout(b, len(config.data.class_names), x0.shape[2:], config.data.image_size,
-                                           given=~drop)
+            k = len(config.data.class_names)
+            cond["layout"] = render_layout(b, k, x0.shape[2:], config.data.image_size, given=~drop,
+                                           lines=has_lines(config.model.layout_channels, k))
         noise = randn_like(x0, gens)
         with mixed_precision:
             loss = denoising_loss(denoiser, x0, sigma, weight_fn(sigma, config.diffusion.sigma_data), noise, **cond).mean()
