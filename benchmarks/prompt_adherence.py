@@ -12,6 +12,10 @@ run stopped halfway) skips what is done.
     python benchmarks/prompt_adherence.py --out /tmp/adh --tiny   # a smoke test, a few minutes
     python benchmarks/prompt_adherence.py --out runs/adherence --encoder-ceiling   # what MiniLM alone carries
 
+With --paraphrases K the models train on each caption and K paraphrases of it (diffusely.data.shapes.
+PARAPHRASES: "a huge scarlet wedge", never a word of the rewording), which shows how far caption
+augmentation carries an encoder to words it never saw in training.
+
 Measured while sharing 2 cores with other jobs: 800 steps of batch 16 took 9 minutes, and scoring
 60 prompts about a minute a setting. The real run is 4000 steps of batch 32 for each encoder, about
 20 minutes each on an idle machine, plus 16 settings of 200 prompts.
@@ -54,10 +58,11 @@ GRID_PROMPTS = [
 def run_config(args, encoder: str) -> RunConfig:
     return RunConfig(
         model=UNetConfig(channels=args.channels, blocks_per_level=1, attention_levels=(len(args.channels) - 1,)),
-        data=DataConfig(source="shapes", image_size=32, max_shapes=2, flip=False),  # flips would swap left and right
+        # flips would swap left and right
+        data=DataConfig(source="shapes", image_size=32, max_shapes=2, flip=False, paraphrases=args.paraphrases),
         train=TrainConfig(steps=args.steps, batch_size=args.batch_size, checkpoint_every=math.gcd(*args.evals),
                           sample_every=args.steps),
-        text=TextConfig(encoder=encoder))
+        text=TextConfig(encoder=encoder.split("-para")[0]))
 
 
 def snapshot_dir(out: Path, encoder: str, step: int) -> Path:
@@ -162,6 +167,9 @@ def main():
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--channels", default="32,64,64", help="U-Net channels (the demo's network).")
     p.add_argument("--encoders", default="scratch,minilm")
+    p.add_argument("--paraphrases", type=int, default=0,
+                   help="Train on each caption and K paraphrases of it (words the reworded prompts never use); "
+                        "runs and results are named ENCODER-paraK.")
     p.add_argument("--guidance", default="1,3,7")
     p.add_argument("--step-guidance", type=float, default=3.0, help="Guidance of the adherence-against-steps table.")
     p.add_argument("--prompts", type=int, default=200, help="Held-out prompts (one sample each).")
@@ -180,7 +188,7 @@ def main():
         args.prompts, args.checker_images, args.checker_steps, args.grid_samples = 8, 300, 50, 2
     args.evals = sorted(int(s) for s in args.evals.split(","))
     args.channels = tuple(int(c) for c in args.channels.split(","))
-    args.encoders = args.encoders.split(",")
+    args.encoders = [e + (f"-para{args.paraphrases}" if args.paraphrases else "") for e in args.encoders.split(",")]
     args.guidance = [float(g) for g in args.guidance.split(",")]
     if args.evals[-1] != args.steps:
         p.error(f"the last of --evals must be --steps ({args.steps}), got {args.evals}")

@@ -87,6 +87,8 @@ class DataConfig:
     class_names: the names of the class labels (set at training when `classes`) or of the box classes
     (when `layout`), so a run can be sampled by name. max_shapes: up to this many shapes per image of the
     built-in shapes (captions relate them). layout: condition on the images' boxes (see diffusely.layout).
+    paraphrases: a text run on the built-in shapes reads each image's caption or one of this many
+    paraphrases of it, one drawn at each step (caption augmentation; see diffusely.data.shapes.PARAPHRASES).
     """
 
     source: str = "shapes"
@@ -97,11 +99,14 @@ class DataConfig:
     class_names: tuple[str, ...] = ()
     max_shapes: int = 1
     layout: bool = False
+    paraphrases: int = 0
 
     def __post_init__(self):
         self.class_names = tuple(self.class_names)
         if self.max_shapes < 1:
             raise ConfigError(f"data.max_shapes must be >= 1, got {self.max_shapes}")
+        if self.paraphrases < 0:
+            raise ConfigError(f"data.paraphrases must be >= 0, got {self.paraphrases}")
 
 
 # text encoders that are not a folder path: none, the one trained with the model, the pretrained one of the `text` extra

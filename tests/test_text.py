@@ -185,3 +185,71 @@ def test_minilm_run_end_to_end(tiny_folder, tmp_path):
     r = CliRunner().invoke(main, ["sample", str(out), "-n", "2", "--steps", "2", "--prompt", "a crimson disc",
                                   "--out", str(tmp_path / "s"), "--quiet"], catch_exceptions=False)
     assert r.exit_code == 0, r.output
+
+
+# ---------------------------------------------------------------------------------------------- paraphrases
+
+def test_paraphrases_use_none_of_the_benchmarks_rewording_words():
+    """The adherence benchmark rewords prompts with words training never shows; paraphrases must not leak them."""
+    from diffusely.data.shapes import PARAPHRASES, paraphrase
+    from diffusely.metrics.adherence import SYNONYMS, reword
+
+    words = lambda phrases: {w for p in phrases for w in p.split()}  # noqa: E731
+    rewording_only = words(SYNONYMS.values()) - words(SYNONYMS) - {"the"}
+    assert rewording_only and not rewording_only & words(v for vs in PARAPHRASES.values() for v in vs)
+    rng = np.random.default_rng(0)
+    caption = "a large orange circle left of a small red cross on a light gray background"
+    everything = paraphrase(caption, rng, p=1.0)
+    assert not {"large", "orange", "circle", "small", "cross", "background"} & set(everything.split())
+    assert paraphrase(caption, rng, p=0.0) == caption and reword(caption) != caption
+    assert paraphrase("a small orange circle", np.random.default_rng(1), p=1.0).startswith(("a ", "an "))
+    assert paraphrase("a large orange circle", _Fixed(0), p=1.0) == "a huge amber round dot"  # first options
+    assert paraphrase("a small orange circle", _Fixed(0), p=1.0) == "a little amber round dot"
+    assert paraphrase("a large red circle", _Fixed(2), p=1.0) == "a giant cherry red round shape"
+    assert paraphrase("a red circle", _Fixed(1), p=1.0) == "a ruby ring-shaped dot"
+    assert paraphrase("a orange circle", _Fixed(0), p=1.0) == "an amber round dot"  # the article follows the word
+
+
+class _Fixed:
+    """A stand-in generator: always option k, always swap."""
+
+    def __init__(self, k):
+        self.k = k
+
+    def integers(self, n):
+        return min(self.k, n - 1)
+
+    def random(self):
+        return 0.0
+
+
+def test_caption_variants_encode_once_and_index_per_image(tmp_path):
+    from diffusely.config import DataConfig, RunConfig, TextConfig
+    from diffusely.data.shapes import caption_variants
+    from diffusely.text import words
+    from diffusely.train.loop import encode_captions
+
+    captions = render_shapes(12, size=32, seed=0, max_shapes=2).captions
+    variants = caption_variants(captions, 3, seed=5)
+    assert variants == caption_variants(captions, 3, seed=5) and variants != caption_variants(captions, 3, seed=6)
+    assert [v[0] for v in variants] == captions and len({c for v in variants for c in v}) > 30
+    config = RunConfig(data=DataConfig(source="shapes", paraphrases=3), text=TextConfig(encoder="scratch"))
+    config.train.seed = 5
+    encoded = encode_captions(config, captions, tmp_path, "cpu", save=True, resume=False, progress=False)
+    assert encoded.index.shape == (12, 4) and len(encoded.table) == len({c for v in variants for c in v}) + 1
+    tokenizer = WordTokenizer.load(tmp_path / TOKENIZER)
+    for i in range(12):
+        for k in range(4):  # each row holds the tokens of that variant
+            assert tokenizer.decode(encoded.table[encoded.index[i, k]]) == " ".join(words(variants[i][k]))
+    assert "scarlet" in tokenizer.index or "ruby" in tokenizer.index  # the paraphrases' words are known
+    plain = encode_captions(RunConfig(text=TextConfig(encoder="scratch")), captions, tmp_path / "p", "cpu",
+                            save=False, resume=False, progress=False)
+    assert plain.index.shape == (12, 1)
+
+
+def test_paraphrases_need_a_text_run_on_shapes(tiny_folder, tmp_path):
+    write_captions(tiny_folder)
+    r = CliRunner().invoke(main, ["train", str(tiny_folder), "--out", str(tmp_path / "r"), "--text", "--paraphrases",
+                                  "2", "--steps", "1", *TINY_ARGS])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert "paraphrases are drawn for the captions of the built-in shapes" in r.output and "has its own captions" in r.output

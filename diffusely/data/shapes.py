@@ -7,6 +7,7 @@ regenerated alone. Shapes are drawn at 4x and downscaled with LANCZOS, so edges 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -280,3 +281,53 @@ def _relation(box, other) -> str:
     if abs(dy) >= abs(dx):
         return "above" if dy < 0 else "below"
     return "left of" if dx < 0 else "right of"
+
+
+# ---------------------------------------------------------------------------------------------
+# paraphrases
+
+# Other words for the captions' words, for caption augmentation (`--paraphrases K`). A text model trained on
+# them learns what a pretrained encoder's embeddings of color, shape and place words mean, not one wording.
+# None of these is a word that diffusely.metrics.adherence.reword uses: the benchmark rewords prompts with
+# words that training never showed, so it measures how far the encoder carries the model past its captions.
+PARAPHRASES = {
+    "large": ["huge", "sizable", "giant"], "small": ["little", "miniature", "petite"],
+    "red": ["scarlet", "ruby", "cherry red"], "orange": ["amber", "apricot", "pumpkin orange"],
+    "yellow": ["lemon", "canary yellow", "sunflower yellow"], "green": ["lime", "jade", "grass green"],
+    "cyan": ["aqua", "aquamarine", "light teal"], "blue": ["cobalt", "sapphire", "royal blue"],
+    "purple": ["amethyst", "mauve", "grape purple"], "pink": ["fuchsia", "hot pink", "bubblegum pink"],
+    "white": ["snow white", "pearl", "chalk white"], "black": ["jet black", "onyx", "coal black"],
+    "circle": ["round dot", "ring-shaped dot", "round shape"], "circles": ["round dots", "round shapes"],
+    "square": ["box shape", "tile", "four-sided shape"], "squares": ["tiles", "box shapes"],
+    "triangle": ["wedge", "three-sided shape", "arrowhead"], "triangles": ["wedges", "arrowheads"],
+    "cross": ["crossed-bar mark", "x-shaped mark"], "crosses": ["crossed-bar marks", "x-shaped marks"],
+    "above": ["on top of", "higher than"], "below": ["under", "lower than", "underneath"],
+    "left of": ["on the left side of", "leftward of"], "right of": ["on the right side of", "rightward of"],
+    "dark gray": ["graphite", "slate gray"], "navy": ["dark blue", "indigo"], "dark green": ["pine green", "hunter green"],
+    "dark brown": ["coffee brown", "mahogany"], "dark purple": ["eggplant", "aubergine"],
+    "light gray": ["pale gray", "ash gray"], "beige": ["tan", "khaki"], "light blue": ["baby blue", "powder blue"],
+    "light green": ["pale green", "pistachio"], "light pink": ["pale pink", "peach"],
+    "lavender": ["pale purple", "wisteria"],
+    "on a": ["in front of a", "set on a"], "background": ["surface", "canvas", "field"], "and": ["along with", "together with"],
+}
+_PARAPHRASE_RE = re.compile(r"\b(" + "|".join(sorted(map(re.escape, PARAPHRASES), key=len, reverse=True)) + r")\b")
+
+
+def paraphrase(caption: str, rng: np.random.Generator, p: float = 0.5) -> str:
+    """The caption with each word (or phrase) of PARAPHRASES replaced, with probability p, by one of its other
+    words: 'a large red circle on a navy background' -> 'a huge scarlet circle in front of a navy canvas'."""
+    def swap(match):
+        options = PARAPHRASES[match.group(1)]
+        return options[int(rng.integers(len(options)))] if rng.random() < p else match.group(1)
+
+    text = _PARAPHRASE_RE.sub(swap, caption)
+    return re.sub(r"\ban? (?=\w)", lambda m: "an " if text[m.end()] in "aeiou" else "a ", text)
+
+
+def caption_variants(captions: list[str], count: int, seed: int = 0) -> list[list[str]]:
+    """Per caption, itself and `count` paraphrases of it; those of caption i depend only on (seed, i, caption)."""
+    out = []
+    for i, caption in enumerate(captions):
+        rng = np.random.default_rng([seed, i, 11])
+        out.append([caption] + [paraphrase(caption, rng) for _ in range(count)])
+    return out

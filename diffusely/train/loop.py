@@ -24,6 +24,7 @@ from ..checkpoint import (CHECKPOINT, RunError, autoencoder_dir, build_denoiser,
 from ..config import AutoencoderRunConfig, RunConfig
 from .._files import atomic_write_text
 from ..data import DataError, Dataset, load_dataset, to_tensor
+from ..data.shapes import caption_variants
 from ..layout import box_direction, flip_boxes, has_lines, layout_channels, pack_boxes, render_layout
 from ..loss import denoising_loss, discrete_sigmas, lognormal_sigmas, weighting
 from ..nets import UNet
@@ -80,6 +81,9 @@ def prepare_data(config: RunConfig) -> Dataset:
                             f"(with data.yaml), a COCO .json, or the built-in defects or shapes")
         config.model.layout_channels = layout_channels(len(data.class_names), lines=True)
         config.data.class_names = tuple(data.class_names)
+    if config.data.paraphrases and not (config.text.enabled and config.data.source == "shapes"):
+        raise DataError("paraphrases are drawn for the captions of the built-in shapes (a text run on shapes); "
+                        f"{config.data.source} {'has its own captions' if config.text.enabled else 'is not a text run'}")
     if config.text.enabled:
         if data.captions is None:
             raise DataError(f"{config.data.source} has no captions; put a .txt beside each image or a metadata.jsonl")
@@ -90,7 +94,8 @@ def prepare_data(config: RunConfig) -> Dataset:
 @dataclass
 class Captions:
     """Every distinct training caption encoded once: `table` (U + 1, L[, D]) and `mask` (U + 1, L), the last
-    row the null caption; `index` (N,) is each image's row."""
+    row the null caption; `index` (N, V) holds the rows of each image's V captions (its own, then its
+    paraphrases; V = 1 without them)."""
 
     table: torch.Tensor
     mask: torch.Tensor
@@ -108,13 +113,16 @@ class Captions:
 def encode_captions(config: RunConfig, captions: list[str], run_dir: Path, device, *, save: bool, resume: bool,
                     progress: bool) -> Captions:
     """Build (or, resuming, reload) the run's text encoder and encode each distinct caption once, so a frozen
-    encoder never runs inside the training loop."""
-    encoder = build_text_encoder(config.text, captions, run_dir, device, save=save, reuse=resume)
-    unique = list(dict.fromkeys(captions))
+    encoder never runs inside the training loop. With data.paraphrases, each image's paraphrases too."""
+    variants = (caption_variants(captions, config.data.paraphrases, config.train.seed) if config.data.paraphrases
+                else [[c] for c in captions])
+    every = [c for image in variants for c in image]
+    unique = list(dict.fromkeys(every))
+    encoder = build_text_encoder(config.text, every, run_dir, device, save=save, reuse=resume)
     row = {c: i for i, c in enumerate(unique)}
     texts = unique + [None]
     table, mask = encoder.encode(texts, progress=progress) if config.text.pretrained else encoder.encode(texts)
-    index = torch.tensor([row[c] for c in captions], dtype=torch.long)
+    index = torch.tensor([[row[c] for c in image] for image in variants], dtype=torch.long)
     return Captions(table.to(device), mask.to(device), index.to(device))
 
 
@@ -237,7 +245,11 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, progr
             cond["class_labels"] = torch.where(drop, config.model.num_classes, labels[idx])
         if captions is not None:
             drop = per_sample(lambda g: torch.rand(1, generator=g, device=device)) < CAPTION_DROPOUT
-            cond.update(captions.cond(torch.where(drop, captions.null, captions.index[idx])))
+            rows = captions.index[idx, 0]
+            if captions.index.shape[1] > 1:  # a caption or one of its paraphrases
+                pick = per_sample(lambda g: torch.randint(captions.index.shape[1], (1,), generator=g, device=device))
+                rows = captions.index[idx, pick]
+            cond.update(captions.cond(torch.where(drop, captions.null, rows)))
         if boxes is not None:
             b = boxes[idx]
             if config.data.flip:  # the boxes mirror with their image
@@ -290,7 +302,7 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, progr
         # after the checkpoint, so a failing grid never costs the steps before it
         if d.main and (done % tc.sample_every == 0 or done == tc.steps):
             sample_grid(ema_denoiser, config, run_dir / "samples" / f"step-{done:07d}.png",
-                        text=captions.cond(captions.index[torch.arange(16) % len(captions.index)])
+                        text=captions.cond(captions.index[torch.arange(16) % len(captions.index), 0])
                         if captions is not None else None, decode=latents.space.decode if latents is not None else None,
                         boxes=boxes[torch.arange(16, device=device) % len(boxes)] if boxes is not None else None)
     bar.close()
