@@ -62,7 +62,7 @@ def run_config(args, encoder: str) -> RunConfig:
         data=DataConfig(source="shapes", image_size=32, max_shapes=2, flip=False, paraphrases=args.paraphrases),
         train=TrainConfig(steps=args.steps, batch_size=args.batch_size, checkpoint_every=math.gcd(*args.evals),
                           sample_every=args.steps),
-        text=TextConfig(encoder=encoder.split("-para")[0]))
+        text=TextConfig(encoder=encoder.removesuffix(f"-para{args.paraphrases}") if args.paraphrases else encoder))
 
 
 def snapshot_dir(out: Path, encoder: str, step: int) -> Path:

@@ -55,7 +55,8 @@ def main():
     # cached under names that hold what they depend on: the run, its step, n and the guidance
     from diffusely.checkpoint import load_run
 
-    tag = f"{run_dir.resolve().name}-step{load_run(run_dir).step}-n{args.n}"
+    run = load_run(run_dir)  # the layout channels name the layout format (with or without directions)
+    tag = f"{run_dir.resolve().name}-step{run.step}-c{run.config.model.layout_channels}-n{args.n}"
     images, layouts = synthesize_images(run_dir, args.n, seed=1, guidance=args.guidance,
                                         cache=args.out / f"synth-{tag}-g{args.guidance}.npz")
     found = detect(net, images)

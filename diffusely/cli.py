@@ -355,7 +355,8 @@ def sample(run_dir, count, steps, nfe, sampler, seed, out_dir, fmt, grid, batch_
 @click.option("--classes", help="Only boxes of these classes, comma-separated (e.g. scratch,crack).")
 @click.option("--balance", is_flag=True, help="Draw every class equally often (oversamples the rare ones).")
 @click.option("--layouts", "layouts_file", type=click.Path(dir_okay=False),
-              help='Your own layouts: JSON (lines) of [{"class": "crack", "box": [x0, y0, x1, y1]}], corners 0..1.')
+              help='Your own layouts: JSON (lines) of [{"class": "crack", "box": [x0, y0, x1, y1]}], corners 0..1, '
+                   'optionally with "direction": 1 or -1 (see the README).')
 @click.option("--val-fraction", type=float, default=0.1, show_default=True, help="Share of images in images/val.")
 @click.option("--coco", is_flag=True, help="Also write annotations/instances_{train,val}.json (COCO).")
 @click.option("--guidance", type=float, help="Guidance towards the layout (default 2; 1: none).")

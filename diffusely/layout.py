@@ -104,14 +104,20 @@ def _cover(lo: torch.Tensor, hi: torch.Tensor, cells: int, cell: float) -> torch
 
 
 def _line_cover(boxes: torch.Tensor, grid: Sequence[int], image_size: float) -> torch.Tensor:
-    """(B, M, 6) boxes -> (B, M, H, W): the fraction of each cell within LINE_WIDTH / 2 of the diagonal that
-    a box's direction names (corner to corner, inset by half the width so the line stays in its box); 0 for
-    boxes without a direction."""
+    """(B, M, 6) boxes -> (B, H, W): per cell, the largest fraction of it within LINE_WIDTH / 2 of the diagonal
+    that a box's direction names (corner to corner, inset by half the width so the line stays in its box).
+    Only directed boxes are drawn, so padding rows and plain boxes cost nothing."""
     height, width = grid
+    b = boxes.shape[0]
+    out = boxes.new_zeros(b, height, width)
+    directed = (boxes[..., 5] != 0) & (boxes[..., 0] >= 0)
+    if not directed.any():
+        return out
+    which, _ = directed.nonzero(as_tuple=True)
     s = max(1, math.ceil(LINE_SUBSAMPLES * image_size / min(height, width) - 1e-9))  # per cell and axis
     ys = (torch.arange(height * s, device=boxes.device, dtype=boxes.dtype) + 0.5) * (image_size / (height * s))
     xs = (torch.arange(width * s, device=boxes.device, dtype=boxes.dtype) + 0.5) * (image_size / (width * s))
-    cls, x0, y0, x1, y1, direction = (v[..., None, None] for v in boxes.unbind(-1))
+    _, x0, y0, x1, y1, direction = (v[:, None, None] for v in boxes[directed].unbind(-1))  # (D, 1, 1) each
     half = LINE_WIDTH / 2
     inset_x = torch.clamp((x1 - x0) / 2, max=half)
     inset_y = torch.clamp((y1 - y0) / 2, max=half)
@@ -119,12 +125,11 @@ def _line_cover(boxes: torch.Tensor, grid: Sequence[int], image_size: float) -> 
     top, bottom = y0 + inset_y, y1 - inset_y
     ay, by = torch.where(direction > 0, top, bottom), torch.where(direction > 0, bottom, top)
     vx, vy = bx - ax, by - ay
-    px, py = xs.view(1, 1, 1, -1) - ax, ys.view(1, 1, -1, 1) - ay
+    px, py = xs.view(1, 1, -1) - ax, ys.view(1, -1, 1) - ay
     t = ((px * vx + py * vy) / (vx * vx + vy * vy).clamp(min=1e-12)).clamp(0, 1)
-    on = ((px - t * vx) ** 2 + (py - t * vy) ** 2 <= half * half) & (direction != 0) & (cls >= 0)
-    b, m = boxes.shape[:2]
-    cover = on.to(boxes.dtype).view(b * m, 1, height * s, width * s)
-    return torch.nn.functional.avg_pool2d(cover, s).view(b, m, height, width)
+    on = (px - t * vx) ** 2 + (py - t * vy) ** 2 <= half * half  # (D, H s, W s)
+    cover = torch.nn.functional.avg_pool2d(on.to(boxes.dtype)[:, None], s)[:, 0]  # (D, H, W)
+    return out.index_reduce_(0, which, cover, "amax")
 
 
 def render_layout(boxes: torch.Tensor, num_classes: int, grid: Sequence[int], image_size: float,
@@ -145,9 +150,7 @@ def render_layout(boxes: torch.Tensor, num_classes: int, grid: Sequence[int], im
     flag = torch.ones(b, 1, height, width, dtype=cover.dtype, device=cover.device)
     out = torch.cat([masks, flag], dim=1)
     if lines:
-        line = _line_cover(boxes, grid, image_size).amax(dim=1, keepdim=True) if boxes.shape[1] else \
-            cover.new_zeros(b, 1, height, width)
-        out = torch.cat([out, line], dim=1)
+        out = torch.cat([out, _line_cover(boxes, grid, image_size)[:, None].to(out.dtype)], dim=1)
     if given is not None:
         out = out * given.to(out.dtype).view(b, 1, 1, 1)
     return out

@@ -64,9 +64,12 @@ def test_directed_scratches_run_along_the_diagonal_their_direction_names():
         clean, _ = _surface(np.random.default_rng([4, i, 7]), 64)
         changed = np.abs(data.images[i].astype(np.int16) - np.clip(np.rint(clean), 0, 255)).max(-1) > 4
         corner = lambda y, x: changed[max(y - 1, 0):y + 2, max(x - 1, 0):x + 2].any()  # noqa: E731
-        main = corner(y0, x0) and corner(y1 - 1, x1 - 1)
-        anti = corner(y0, x1 - 1) or corner(y1 - 1, x0)
-        assert main and not anti if direction == 1 else anti and not main, f"image {i}: direction {direction}"
+        main_both, main_any = corner(y0, x0) and corner(y1 - 1, x1 - 1), corner(y0, x0) or corner(y1 - 1, x1 - 1)
+        anti_both, anti_any = corner(y0, x1 - 1) and corner(y1 - 1, x0), corner(y0, x1 - 1) or corner(y1 - 1, x0)
+        if direction == 1:
+            assert main_both and not anti_any, f"image {i}: direction 1"
+        else:
+            assert anti_both and not main_any, f"image {i}: direction -1"
     assert seen[1] > 5 and seen[-1] > 5  # both directions occur
 
 
@@ -283,3 +286,44 @@ def test_line_channel_draws_the_named_diagonal():
     assert down[:8].abs().sum() == 0 and down[24:].abs().sum() == 0  # the line stays in its box
     # a 1.5-pixel line about 16 * sqrt(2) pixels long covers about 34 pixels, on either grid
     assert 30 < down.sum() < 38 and abs(line(1, grid=8).sum() * 16 - down.sum()) < 2
+
+
+def test_plain_boxes_make_a_run_without_the_line_channel_that_resumes_and_samples(tmp_path):
+    """A YOLO folder of plain boxes has no directions: its run reads K + 1 channels (as runs made before
+    directions did), resumes, and samples layouts whether or not they carry a direction."""
+    from click.testing import CliRunner
+
+    from diffusely.checkpoint import load_run
+    from diffusely.cli import main
+    from diffusely.pipelines import generate
+
+    data = render_defects(8, size=32, seed=2)
+    _yolo_dataset(tmp_path / "parts", data.images, data.boxes, CLASS_NAMES)
+    args = ["--image-size", "32", "--channels", "16,32", "--blocks-per-level", "1", "--attention-levels", "1",
+            "--batch-size", "4", "--quiet", "--checkpoint-every", "2", "--sample-every", "100"]
+    run_dir = tmp_path / "run"
+    r = CliRunner().invoke(main, ["train", str(tmp_path / "parts"), "--layout", "--out", str(run_dir), "--steps", "2", *args])
+    assert r.exit_code == 0, r.output
+    assert load_run(run_dir).config.model.layout_channels == 5
+    r = CliRunner().invoke(main, ["train", "--out", str(run_dir), "--resume", "--steps", "3", "--quiet"])
+    assert r.exit_code == 0, r.output
+    run = load_run(run_dir)
+    assert run.step == 3 and run.config.model.layout_channels == 5
+    info = CliRunner().invoke(main, ["info", str(run_dir)])
+    assert "as masks (diffusely synth)" in info.output and "directions" not in info.output
+    layouts = [[(0, 2.0, 2.0, 20.0, 12.0, 1)], [(1, 4.0, 4.0, 9.0, 30.0)]]
+    images = torch.cat(list(generate(run, 2, layouts=layouts, steps=2, progress=False)))
+    assert images.shape == (2, 3, 32, 32) and torch.isfinite(images).all()
+
+
+def test_layout_channels_that_do_not_fit_the_classes_are_refused(tmp_path):
+    from diffusely.config import DataConfig, RunConfig
+    from diffusely.train.loop import prepare_data
+
+    config = RunConfig(data=DataConfig(source="defects", image_size=32, layout=True))
+    config.model.layout_channels = 5  # a run made before directions: kept as it is
+    prepare_data(config)
+    assert config.model.layout_channels == 5
+    config.model.layout_channels = 9
+    with pytest.raises(DataError, match="reads 9 layout channels, which does not fit the 4 classes of defects"):
+        prepare_data(config)

@@ -44,7 +44,7 @@ def test_layout_run_records_its_classes_and_layouts(layout_run):
 
 def test_layout_model_follows_the_training_statistics():
     rng = np.random.default_rng(0)
-    train_layouts = [[(0, 1.0, 1.0, 11.0, 3.0, 1)], [], [(1, 20.0, 20.0, 24.0, 30.0), (0, 2.0, 2.0, 12.0, 4.0, -1)], []] * 50
+    train_layouts = [[(0, 1.0, 1.0, 11.0, 3.0, 1)], [], [(1, 20.0, 20.0, 24.0, 30.0), (0, 2.0, 2.0, 22.0, 4.0, -1)], []] * 50
     model = LayoutModel.fit(train_layouts, ["scratch", "crack"], 32)
     drawn = [model.draw(rng) for _ in range(2000)]
     counts = np.bincount([len(d) for d in drawn], minlength=3) / 2000
@@ -55,7 +55,9 @@ def test_layout_model_follows_the_training_statistics():
     assert np.allclose(np.median(crack[:, 3] - crack[:, 1]), 4, atol=0.4)  # widths of that class's boxes
     assert abs(len(crack) / len(boxes) - 1 / 3) < 0.04
     scratch = boxes[boxes[:, 0] == 0]
-    assert set(crack[:, 5]) == {0} and abs(np.mean(scratch[:, 5] == 1) - 0.5) < 0.05  # each box's own direction
+    assert set(crack[:, 5]) == {0} and abs(np.mean(scratch[:, 5] == 1) - 0.5) < 0.05
+    wide = scratch[:, 3] - scratch[:, 1] > 15  # the 20-pixel-wide training box is the one running -1
+    assert np.array_equal(scratch[:, 5], np.where(wide, -1, 1))  # each box's direction comes with its size
     balanced = [b for _ in range(1000) for b in model.draw(rng, balance=True)]
     assert abs(np.mean([b[0] for b in balanced]) - 0.5) < 0.05  # the rare class drawn as often as the common
     only = [model.draw(rng, classes=[1]) for _ in range(200)]

@@ -297,18 +297,18 @@ PARAPHRASES = {
     "cyan": ["aqua", "aquamarine", "light teal"], "blue": ["cobalt", "sapphire", "royal blue"],
     "purple": ["amethyst", "mauve", "grape purple"], "pink": ["fuchsia", "hot pink", "bubblegum pink"],
     "white": ["snow white", "pearl", "chalk white"], "black": ["jet black", "onyx", "coal black"],
-    "circle": ["round dot", "ring-shaped dot", "round shape"], "circles": ["round dots", "round shapes"],
+    "circle": ["round dot", "orb", "round shape"], "circles": ["round dots", "round shapes"],
     "square": ["box shape", "tile", "four-sided shape"], "squares": ["tiles", "box shapes"],
     "triangle": ["wedge", "three-sided shape", "arrowhead"], "triangles": ["wedges", "arrowheads"],
-    "cross": ["crossed-bar mark", "x-shaped mark"], "crosses": ["crossed-bar marks", "x-shaped marks"],
+    "cross": ["crossed-bar mark", "two-bar mark"], "crosses": ["crossed-bar marks", "two-bar marks"],
     "above": ["on top of", "higher than"], "below": ["under", "lower than", "underneath"],
-    "left of": ["on the left side of", "leftward of"], "right of": ["on the right side of", "rightward of"],
+    "left of": ["leftward of", "west of"], "right of": ["rightward of", "east of"],
     "dark gray": ["graphite", "slate gray"], "navy": ["dark blue", "indigo"], "dark green": ["pine green", "hunter green"],
     "dark brown": ["coffee brown", "mahogany"], "dark purple": ["eggplant", "aubergine"],
     "light gray": ["pale gray", "ash gray"], "beige": ["tan", "khaki"], "light blue": ["baby blue", "powder blue"],
     "light green": ["pale green", "pistachio"], "light pink": ["pale pink", "peach"],
     "lavender": ["pale purple", "wisteria"],
-    "on a": ["in front of a", "set on a"], "background": ["surface", "canvas", "field"], "and": ["along with", "together with"],
+    "on a": ["in front of a", "set on a"], "background": ["surface", "canvas", "field"], "and": ["and also"],
 }
 _PARAPHRASE_RE = re.compile(r"\b(" + "|".join(sorted(map(re.escape, PARAPHRASES), key=len, reverse=True)) + r")\b")
 

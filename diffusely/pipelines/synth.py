@@ -143,7 +143,7 @@ def read_layouts(path, class_names: list[str], image_size: int) -> list[list[tup
             cls = box_class(class_names, name)
             if cls is None:
                 raise DataError(f"{path}, layout {i + 1}: unknown class {name!r}; this run's classes: {', '.join(class_names)}")
-            direction = box.get("direction", 0)
+            direction = box.get("direction") or 0  # null: unknown
             if direction not in (-1, 0, 1) or isinstance(direction, bool):
                 raise DataError(f"{path}, layout {i + 1}: direction must be 1 (top-left to bottom-right), -1 "
                                 f"(bottom-left to top-right) or 0, got {direction!r}")

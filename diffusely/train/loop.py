@@ -79,7 +79,12 @@ def prepare_data(config: RunConfig) -> Dataset:
         if data.boxes is None:
             raise DataError(f"{config.data.source} has no boxes to condition on; a layout run needs a YOLO folder "
                             f"(with data.yaml), a COCO .json, or the built-in defects or shapes")
-        config.model.layout_channels = layout_channels(len(data.class_names), lines=True)
+        k = len(data.class_names)
+        if not config.model.layout_channels:  # a new run: the line channel when some box has a direction
+            config.model.layout_channels = layout_channels(k, lines=any(box_direction(b) for image in data.boxes for b in image))
+        elif config.model.layout_channels not in (layout_channels(k, False), layout_channels(k, True)):
+            raise DataError(f"this run reads {config.model.layout_channels} layout channels, which does not fit the "
+                            f"{k} classes of {config.data.source}: train a new run on it")
         config.data.class_names = tuple(data.class_names)
     if config.data.paraphrases and not (config.text.enabled and config.data.source == "shapes"):
         raise DataError("paraphrases are drawn for the captions of the built-in shapes (a text run on shapes); "
