@@ -129,7 +129,9 @@ def _line_cover(boxes: torch.Tensor, grid: Sequence[int], image_size: float) -> 
     t = ((px * vx + py * vy) / (vx * vx + vy * vy).clamp(min=1e-12)).clamp(0, 1)
     on = (px - t * vx) ** 2 + (py - t * vy) ** 2 <= half * half  # (D, H s, W s)
     cover = torch.nn.functional.avg_pool2d(on.to(boxes.dtype)[:, None], s)[:, 0]  # (D, H, W)
-    return out.index_reduce_(0, which, cover, "amax")
+    flat = out.view(b, -1)
+    flat.scatter_reduce_(0, which[:, None].expand(-1, flat.shape[1]), cover.reshape(len(which), -1), "amax")
+    return out
 
 
 def render_layout(boxes: torch.Tensor, num_classes: int, grid: Sequence[int], image_size: float,
