@@ -40,7 +40,7 @@ def write_yolo(root: Path, images, boxes) -> None:
     for i, (image, image_boxes) in enumerate(zip(images, boxes)):
         Image.fromarray(image).save(root / "images/train" / f"{i:04d}.png")
         (root / "labels/train" / f"{i:04d}.txt").write_text(
-            "".join(yolo_line(b[0], b[1:5], SIZE, SIZE) + "\n" for b in image_boxes))
+            "".join(yolo_line(b[0], b[1:5], SIZE, SIZE, b[5]) + "\n" for b in image_boxes))
 
 
 def mean_results(results: list[dict]) -> dict:

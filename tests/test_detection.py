@@ -101,8 +101,9 @@ def test_defects_builtin_loads_with_boxes_and_captions():
 
 # ---------------------------------------------------------------------------------------------- YOLO
 
-def _yolo_dataset(root, images, boxes, names, split="train"):
-    """Write images (N, S, S, 3) and pixel boxes as an Ultralytics dataset with our writers."""
+def _yolo_dataset(root, images, boxes, names, split="train", directions=True):
+    """Write images (N, S, S, 3) and pixel boxes as an Ultralytics dataset with our writers (directed boxes
+    as segment lines, unless not `directions`)."""
     (root / "images" / split).mkdir(parents=True, exist_ok=True)
     (root / "labels" / split).mkdir(parents=True, exist_ok=True)
     (root / "data.yaml").write_text(data_yaml_text(root, names))
@@ -110,7 +111,8 @@ def _yolo_dataset(root, images, boxes, names, split="train"):
     for i, (image, image_boxes) in enumerate(zip(images, boxes)):
         Image.fromarray(image).save(root / "images" / split / f"{i:03d}.png")
         (root / "labels" / split / f"{i:03d}.txt").write_text(
-            "".join(yolo_line(b[0], b[1:], size, size) + "\n" for b in image_boxes))
+            "".join(yolo_line(b[0], b[1:5], size, size, b[5] if directions and len(b) > 5 else 0) + "\n"
+                    for b in image_boxes))
 
 
 def test_yolo_round_trip_within_a_pixel(tmp_path):
@@ -122,6 +124,9 @@ def test_yolo_round_trip_within_a_pixel(tmp_path):
     for got, want in zip(loaded.boxes, data.boxes):
         assert [b[0] for b in got] == [b[0] for b in want]
         assert np.allclose([b[1:5] for b in got], [b[1:5] for b in want], atol=1.0) if want else not got
+        # directed boxes travel as segment lines and come back with their direction; the others as boxes
+        assert [b[5] if len(b) > 5 else 0 for b in got] == [b[5] for b in want]
+    assert any(b[5] for boxes in data.boxes for b in boxes)
 
 
 def test_yolo_boxes_move_with_resize_and_center_crop(tmp_path):
@@ -216,6 +221,7 @@ def test_coco_round_trip_within_a_pixel(tmp_path):
         assert [b[0] for b in got] == [b[0] for b in want]
         if want:
             assert np.allclose([b[1:5] for b in got], [b[1:5] for b in want], atol=1.0)
+            assert [b[5] if len(b) > 5 else 0 for b in got] == [b[5] for b in want]  # via the segmentation
 
 
 def test_coco_category_ids_map_in_order_and_errors_name_the_annotation(tmp_path):
@@ -298,7 +304,7 @@ def test_plain_boxes_make_a_run_without_the_line_channel_that_resumes_and_sample
     from diffusely.pipelines import generate
 
     data = render_defects(8, size=32, seed=2)
-    _yolo_dataset(tmp_path / "parts", data.images, data.boxes, CLASS_NAMES)
+    _yolo_dataset(tmp_path / "parts", data.images, data.boxes, CLASS_NAMES, directions=False)
     args = ["--image-size", "32", "--channels", "16,32", "--blocks-per-level", "1", "--attention-levels", "1",
             "--batch-size", "4", "--quiet", "--checkpoint-every", "2", "--sample-every", "100"]
     run_dir = tmp_path / "run"

@@ -13,6 +13,7 @@ from diffusely.cli import main
 from diffusely.config import DataConfig, RunConfig, TrainConfig
 from diffusely.data import DataError
 from diffusely.data.detection import read_coco, read_yolo
+from diffusely.layout import box_direction
 from diffusely.nets import UNetConfig
 from diffusely.pipelines import synth as synth_module
 from diffusely.pipelines.synth import LayoutModel, is_val, read_layouts, synthesize
@@ -104,7 +105,10 @@ def test_synth_writes_a_yolo_dataset_whose_every_image_has_its_label(layout_run,
     assert sorted(p.path.name for p in labelled.images) == sorted(p.path.name for p in coco.images)
     for a, b in zip(sorted(labelled.images, key=lambda p: p.path.name), sorted(coco.images, key=lambda p: p.path.name)):
         assert [x[0] for x in a.boxes] == [x[0] for x in b.boxes]
-        assert np.allclose([x[1:] for x in a.boxes], [x[1:] for x in b.boxes], atol=1 / 32) if a.boxes else not b.boxes
+        assert np.allclose([x[1:5] for x in a.boxes], [x[1:5] for x in b.boxes], atol=1 / 32) if a.boxes else not b.boxes
+        assert [box_direction(x) for x in a.boxes] == [box_direction(x) for x in b.boxes]
+    # directed boxes are written as segment lines, so the dataset keeps its directions
+    assert any(box_direction(x) for p in labelled.images for x in p.boxes)
     assert (out / "contact_sheet.png").is_file()
 
 

@@ -233,9 +233,24 @@ def _clip(box, width: float, height: float, where: str, notes: Notes):
     return box
 
 
-def yolo_line(cls: int, box, width: float, height: float) -> str:
-    """'class cx cy w h' normalised, for a box (x0, y0, x1, y1) in pixels of a width x height image."""
+def diagonal_polygon(box, direction: int) -> list[tuple[float, float]]:
+    """A thin quadrilateral along the diagonal of box (x0, y0, x1, y1) that `direction` names (+1: top-left to
+    bottom-right, -1: bottom-left to top-right): its bounding box is the box, and its points give the
+    direction back (diffusely.layout.direction_of). How a directed box is written as a polygon label."""
     x0, y0, x1, y1 = box[:4]
+    d = 0.02 * (x1 - x0)
+    start, end = (y0, y1) if direction > 0 else (y1, y0)
+    return [(x0, start), (x0 + d, start), (x1, end), (x1 - d, end)]
+
+
+def yolo_line(cls: int, box, width: float, height: float, direction: int = 0) -> str:
+    """A label line for a box (x0, y0, x1, y1) in pixels of a width x height image, normalised: 'class cx cy w h',
+    or with a direction, the segment line 'class x1 y1 x2 y2 ...' of its diagonal_polygon (Ultralytics reads
+    a segment as its bounding box, which is the box)."""
+    x0, y0, x1, y1 = box[:4]
+    if direction:
+        points = diagonal_polygon(box, direction)
+        return f"{int(cls)} " + " ".join(f"{x / width:.6f} {y / height:.6f}" for x, y in points)
     return (f"{int(cls)} {(x0 + x1) / 2 / width:.6f} {(y0 + y1) / 2 / height:.6f} "
             f"{(x1 - x0) / width:.6f} {(y1 - y0) / height:.6f}")
 
@@ -336,14 +351,18 @@ def _coco_direction(segmentation) -> tuple:
 
 
 def coco_dict(entries, names: list[str]) -> dict:
-    """A COCO detection dict from entries (file_name, width, height, boxes in pixels); category ids 1..K."""
+    """A COCO detection dict from entries (file_name, width, height, boxes in pixels); category ids 1..K. A box
+    with a direction gets its diagonal_polygon as `segmentation`."""
     images, annotations = [], []
     for image_id, (file_name, width, height, boxes) in enumerate(entries, 1):
         images.append({"id": image_id, "file_name": file_name, "width": width, "height": height})
-        for cls, x0, y0, x1, y1, *_ in boxes:
+        for cls, x0, y0, x1, y1, *rest in boxes:
             annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": int(cls) + 1,
                                 "bbox": [round(x0, 3), round(y0, 3), round(x1 - x0, 3), round(y1 - y0, 3)],
                                 "area": round((x1 - x0) * (y1 - y0), 3), "iscrowd": 0})
+            if rest and rest[0]:
+                polygon = diagonal_polygon((x0, y0, x1, y1), int(rest[0]))
+                annotations[-1]["segmentation"] = [[round(v, 3) for point in polygon for v in point]]
     return {"images": images, "annotations": annotations,
             "categories": [{"id": i + 1, "name": n} for i, n in enumerate(names)]}
 

@@ -226,7 +226,7 @@ def synthesize(run: LoadedRun, out, n: int, *, classes: Optional[Sequence[str]] 
             for image in to_uint8(batch):
                 i = todo[done]
                 done += 1
-                text = "".join(yolo_line(b[0], b[1:5], size, size) + "\n" for b in layouts[i])
+                text = "".join(yolo_line(b[0], b[1:5], size, size, box_direction(b)) + "\n" for b in layouts[i])
                 atomic_write_text(out / "labels" / splits[i] / f"{_name(i)}.txt", text)
                 pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
                 atomic_write(image_path(i), lambda tmp: pil.save(tmp, format="PNG"))
