@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _synth import HELDOUT_START, SIZE, fit_and_score, layout_run, per_class_table, real, synthesize_images  # noqa: E402
 
 from diffusely.data.defects import CLASS_NAMES  # noqa: E402
-from diffusely.data.detection import data_yaml_text, yolo_line  # noqa: E402
+from diffusely.data.detection import data_yaml_text, yolo_label_text  # noqa: E402
 
 RARE = ("crack", "spot")
 
@@ -39,8 +39,7 @@ def write_yolo(root: Path, images, boxes) -> None:
     (root / "data.yaml").write_text(data_yaml_text(root, CLASS_NAMES, splits=("train",)))
     for i, (image, image_boxes) in enumerate(zip(images, boxes)):
         Image.fromarray(image).save(root / "images/train" / f"{i:04d}.png")
-        (root / "labels/train" / f"{i:04d}.txt").write_text(
-            "".join(yolo_line(b[0], b[1:5], SIZE, SIZE, b[5]) + "\n" for b in image_boxes))
+        (root / "labels/train" / f"{i:04d}.txt").write_text(yolo_label_text(image_boxes, SIZE, SIZE))
 
 
 def mean_results(results: list[dict]) -> dict:

@@ -10,7 +10,7 @@ from PIL import Image
 
 from diffusely.data import DataError, load_dataset
 from diffusely.data.defects import CLASS_FREQUENCIES, CLASS_NAMES, render_defects
-from diffusely.data.detection import coco_dict, data_yaml_text, read_coco, read_detection, read_yolo, yolo_line
+from diffusely.data.detection import coco_dict, data_yaml_text, read_coco, read_detection, read_yolo, yolo_label_text
 from diffusely.layout import direction_of, flip_boxes, pack_boxes, render_layout
 
 
@@ -111,8 +111,7 @@ def _yolo_dataset(root, images, boxes, names, split="train", directions=True):
     for i, (image, image_boxes) in enumerate(zip(images, boxes)):
         Image.fromarray(image).save(root / "images" / split / f"{i:03d}.png")
         (root / "labels" / split / f"{i:03d}.txt").write_text(
-            "".join(yolo_line(b[0], b[1:5], size, size, b[5] if directions and len(b) > 5 else 0) + "\n"
-                    for b in image_boxes))
+            yolo_label_text(image_boxes if directions else [b[:5] for b in image_boxes], size, size))
 
 
 def test_yolo_round_trip_within_a_pixel(tmp_path):
@@ -275,6 +274,14 @@ def test_flipped_boxes_follow_the_flipped_image():
     assert a[0, 3].sum() > 1 and torch.allclose(a, b, atol=1 / 16)  # up to a subsample on the line's edge
 
 
+def test_lines_land_in_their_own_image_of_a_batch():
+    boxes = [[], [(0, 2.0, 2.0, 12.0, 9.0, 1), (1, 1.0, 11.0, 6.0, 15.0)], [(1, 3.0, 3.0, 14.0, 14.0, -1)]]
+    batch = render_layout(pack_boxes(boxes), 2, (16, 16), 16, lines=True)
+    for i, image in enumerate(boxes):
+        assert torch.equal(batch[i], render_layout(pack_boxes([image]), 2, (16, 16), 16, lines=True)[0])
+    assert batch[0, 3].sum() == 0 and batch[1, 3].sum() > 0 and batch[2, 3].sum() > 0
+
+
 def test_line_channel_draws_the_named_diagonal():
     """A 16 x 16 box at (8, 8) in a 32-pixel image: direction +1 covers the cells on its main diagonal,
     -1 those on the other, 0 none; a coarser grid keeps the line's covered fraction."""
@@ -320,6 +327,14 @@ def test_plain_boxes_make_a_run_without_the_line_channel_that_resumes_and_sample
     layouts = [[(0, 2.0, 2.0, 20.0, 12.0, 1)], [(1, 4.0, 4.0, 9.0, 30.0)]]
     images = torch.cat(list(generate(run, 2, layouts=layouts, steps=2, progress=False)))
     assert images.shape == (2, 3, 32, 32) and torch.isfinite(images).all()
+    # synth from such a run writes no direction it was asked for, and says so
+    from diffusely.pipelines.synth import synthesize
+
+    (tmp_path / "l.json").write_text('[{"class": "scratch", "box": [0.1, 0.1, 0.6, 0.4], "direction": -1}]')
+    with pytest.warns(UserWarning, match="trained without directions, so the layouts' directions are ignored"):
+        synthesize(run, tmp_path / "ds", 2, layouts_file=tmp_path / "l.json", steps=2, progress=False, val_fraction=0.5)
+    labels = sorted((tmp_path / "ds" / "labels").glob("*/*.txt"))
+    assert len(labels) == 2 and all(len(f.read_text().split()) == 5 for f in labels)
 
 
 def test_layout_channels_that_do_not_fit_the_classes_are_refused(tmp_path):

@@ -107,7 +107,14 @@ def test_synth_writes_a_yolo_dataset_whose_every_image_has_its_label(layout_run,
         assert [x[0] for x in a.boxes] == [x[0] for x in b.boxes]
         assert np.allclose([x[1:5] for x in a.boxes], [x[1:5] for x in b.boxes], atol=1 / 32) if a.boxes else not b.boxes
         assert [box_direction(x) for x in a.boxes] == [box_direction(x) for x in b.boxes]
-    # directed boxes are written as segment lines, so the dataset keeps its directions
+    # directed boxes are written as segment lines, so the dataset keeps the directions it was asked for; a file
+    # holds segment lines only or box lines only, since Ultralytics decides per file how to read its lines
+    model = LayoutModel.from_run(layout_run)
+    for p in labelled.images:
+        asked = model.draw(np.random.default_rng([0, int(p.path.stem)]))
+        assert [box_direction(x) for x in p.boxes] == [box_direction(b) for b in asked]
+        lines = (out / "labels" / p.path.parent.name / f"{p.path.stem}.txt").read_text().splitlines()
+        assert all(len(line.split()) == 5 for line in lines) or all(len(line.split()) == 9 for line in lines)
     assert any(box_direction(x) for p in labelled.images for x in p.boxes)
     assert (out / "contact_sheet.png").is_file()
 

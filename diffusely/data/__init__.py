@@ -72,7 +72,7 @@ class Dataset:
     labels: np.ndarray | None
     class_names: list[str] | None
     captions: list[str] | None
-    boxes: list[tuple] | None  # per image: (class, x0, y0, x1, y1[, direction]) in pixels (diffusely.layout)
+    boxes: list[list[tuple]] | None  # per image: (class, x0, y0, x1, y1[, direction]) in pixels (diffusely.layout)
     source: str
 
     def __len__(self) -> int:

@@ -243,16 +243,31 @@ def diagonal_polygon(box, direction: int) -> list[tuple[float, float]]:
     return [(x0, start), (x0 + d, start), (x1, end), (x1 - d, end)]
 
 
-def yolo_line(cls: int, box, width: float, height: float, direction: int = 0) -> str:
-    """A label line for a box (x0, y0, x1, y1) in pixels of a width x height image, normalised: 'class cx cy w h',
-    or with a direction, the segment line 'class x1 y1 x2 y2 ...' of its diagonal_polygon (Ultralytics reads
-    a segment as its bounding box, which is the box)."""
+def box_polygon(box) -> list[tuple[float, float]]:
+    """The polygon label of a box (x0, y0, x1, y1[, direction]): its diagonal_polygon when it has a direction,
+    else its four corners (whose direction reads as 0)."""
     x0, y0, x1, y1 = box[:4]
-    if direction:
-        points = diagonal_polygon(box, direction)
-        return f"{int(cls)} " + " ".join(f"{x / width:.6f} {y / height:.6f}" for x, y in points)
+    direction = int(box[4]) if len(box) > 4 else 0
+    return diagonal_polygon(box, direction) if direction else [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]
+
+
+def yolo_line(cls: int, box, width: float, height: float, polygon: bool = False) -> str:
+    """A label line for a box (x0, y0, x1, y1[, direction]) in pixels of a width x height image, normalised:
+    'class cx cy w h', or with `polygon` the segment line 'class x1 y1 x2 y2 ...' of its box_polygon (whose
+    bounding box is the box)."""
+    x0, y0, x1, y1 = box[:4]
+    if polygon:
+        return f"{int(cls)} " + " ".join(f"{x / width:.6f} {y / height:.6f}" for x, y in box_polygon(box))
     return (f"{int(cls)} {(x0 + x1) / 2 / width:.6f} {(y0 + y1) / 2 / height:.6f} "
             f"{(x1 - x0) / width:.6f} {(y1 - y0) / height:.6f}")
+
+
+def yolo_label_text(boxes, width: float, height: float) -> str:
+    """One image's label file for boxes (class, x0, y0, x1, y1[, direction]) in pixels. When some box has a
+    direction, every box is written as a segment line: Ultralytics decides per file whether its lines are
+    boxes or segments, so a file mixing both would be misread. Otherwise every box is 'class cx cy w h'."""
+    polygon = any(len(b) > 5 and b[5] for b in boxes)
+    return "".join(yolo_line(b[0], b[1:], width, height, polygon) + "\n" for b in boxes)
 
 
 def data_yaml_text(root: Path, names: list[str], splits=("train", "val")) -> str:
@@ -351,8 +366,9 @@ def _coco_direction(segmentation) -> tuple:
 
 
 def coco_dict(entries, names: list[str]) -> dict:
-    """A COCO detection dict from entries (file_name, width, height, boxes in pixels); category ids 1..K. A box
-    with a direction gets its diagonal_polygon as `segmentation`."""
+    """A COCO detection dict from entries (file_name, width, height, boxes in pixels); category ids 1..K. Every
+    annotation has a `segmentation`, its box_polygon (tools that pair segments with boxes by position need all
+    or none), from which a directed box's direction reads back."""
     images, annotations = [], []
     for image_id, (file_name, width, height, boxes) in enumerate(entries, 1):
         images.append({"id": image_id, "file_name": file_name, "width": width, "height": height})
@@ -360,9 +376,8 @@ def coco_dict(entries, names: list[str]) -> dict:
             annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": int(cls) + 1,
                                 "bbox": [round(x0, 3), round(y0, 3), round(x1 - x0, 3), round(y1 - y0, 3)],
                                 "area": round((x1 - x0) * (y1 - y0), 3), "iscrowd": 0})
-            if rest and rest[0]:
-                polygon = diagonal_polygon((x0, y0, x1, y1), int(rest[0]))
-                annotations[-1]["segmentation"] = [[round(v, 3) for point in polygon for v in point]]
+            polygon = box_polygon((x0, y0, x1, y1, *rest[:1]))
+            annotations[-1]["segmentation"] = [[round(v, 3) for point in polygon for v in point]]
     return {"images": images, "annotations": annotations,
             "categories": [{"id": i + 1, "name": n} for i, n in enumerate(names)]}
 

@@ -58,7 +58,7 @@ class Thresholded:
 @dataclass
 class Conditioning:
     """Per-sample class labels, prompts and layouts (None: none asked; a layout is a list of boxes (class, x0,
-    y0, x1, y1, direction) in pixels of the run's images), the guidance scale (1: no guidance), and the data range that
+    y0, x1, y1[, direction]) in pixels of the run's images), the guidance scale (1: no guidance), and the data range that
     guided estimates are clipped to (None: no clipping)."""
 
     run: LoadedRun

@@ -28,8 +28,8 @@ from .. import viz
 from .._files import atomic_write, atomic_write_text
 from ..checkpoint import LoadedRun, RunError
 from ..data import DataError, to_uint8
-from ..data.detection import coco_dict, data_yaml_text, yolo_line
-from ..layout import box_class, box_direction
+from ..data.detection import coco_dict, data_yaml_text, yolo_label_text
+from ..layout import box_class, box_direction, has_lines
 from .generate import generate
 
 MANIFEST = "synth.json"
@@ -143,7 +143,8 @@ def read_layouts(path, class_names: list[str], image_size: int) -> list[list[tup
             cls = box_class(class_names, name)
             if cls is None:
                 raise DataError(f"{path}, layout {i + 1}: unknown class {name!r}; this run's classes: {', '.join(class_names)}")
-            direction = box.get("direction") or 0  # null: unknown
+            direction = box.get("direction")
+            direction = 0 if direction is None else direction  # null: unknown
             if direction not in (-1, 0, 1) or isinstance(direction, bool):
                 raise DataError(f"{path}, layout {i + 1}: direction must be 1 (top-left to bottom-right), -1 "
                                 f"(bottom-left to top-right) or 0, got {direction!r}")
@@ -199,6 +200,11 @@ def synthesize(run: LoadedRun, out, n: int, *, classes: Optional[Sequence[str]] 
     else:
         model = LayoutModel.from_run(run.run_dir)
         layouts = [model.draw(np.random.default_rng([seed, i]), wanted, balance) for i in range(n)]
+    if not has_lines(config.model.layout_channels, len(names)):  # a run without the line channel draws no direction
+        if any(box_direction(b) for layout in layouts for b in layout) and given is not None:
+            warnings.warn("this run was trained without directions, so the layouts' directions are ignored",
+                          UserWarning, stacklevel=2)
+        layouts = [[(*b[:5], 0) for b in layout] for layout in layouts]
     splits = ["val" if is_val(i, val_fraction) else "train" for i in range(n)]
     out = Path(out)
     image_path = lambda i: out / "images" / splits[i] / f"{_name(i)}.png"  # noqa: E731
@@ -226,7 +232,7 @@ def synthesize(run: LoadedRun, out, n: int, *, classes: Optional[Sequence[str]] 
             for image in to_uint8(batch):
                 i = todo[done]
                 done += 1
-                text = "".join(yolo_line(b[0], b[1:5], size, size, box_direction(b)) + "\n" for b in layouts[i])
+                text = yolo_label_text(layouts[i], size, size)
                 atomic_write_text(out / "labels" / splits[i] / f"{_name(i)}.txt", text)
                 pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
                 atomic_write(image_path(i), lambda tmp: pil.save(tmp, format="PNG"))

@@ -177,6 +177,8 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, progr
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
 
     config = run_config(config, run_dir, resume)
+    if not resume:  # derived from the data (a config taken from another run may hold that run's)
+        config.model.layout_channels = 0
     data = prepare_data(config)
     captions = None
     if config.text.enabled:  # before the model: the encoder fixes the vocabulary and token counts in the config
