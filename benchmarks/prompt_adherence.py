@@ -37,7 +37,8 @@ import torch
 from diffusely.checkpoint import CHECKPOINT, CONFIG, load_checkpoint, load_run
 from diffusely.config import DataConfig, RunConfig, TextConfig, TrainConfig
 from diffusely.data import render_shapes, to_uint8
-from diffusely.metrics.adherence import ATTRIBUTES, fit_adherence_checker, load_checker, parse_caption, reword, save_checker
+from diffusely.metrics.adherence import (ATTRIBUTES, SYNONYMS, fit_adherence_checker, load_checker, parse_caption, reword,
+                                         save_checker)
 from diffusely.nets import UNetConfig
 from diffusely.pipelines import generate
 from diffusely.text import TOKENIZER
@@ -157,6 +158,26 @@ def encoder_ceiling(prompts: list[str], reworded: list[str], count: int = 10_000
         agree = lambda f: sum(f(a) == f(b) for a, b in pairs) / len(pairs)  # noqa: E731
         print(f"{wording:<12}{agree(lambda s: s.shapes[0].shape):8.2f}{agree(lambda s: s.shapes[0].color):8.2f}"
               f"{agree(lambda s: s.background):12.2f}")
+    word_ceiling(model)
+
+
+def word_ceiling(model) -> None:
+    """Word by word: for each color (background, shape) the sentence with its reworded word, and the nearest by
+    MiniLM's cosine similarity of the same sentence with each training word (the captions' and the
+    paraphrases' of diffusely.data.shapes.PARAPHRASES): is that word one of the right color?"""
+    from diffusely.data.shapes import BACKGROUNDS, CLASS_NAMES, COLORS, PARAPHRASES
+
+    print("\nword by word: reworded words whose nearest training word (captions' and paraphrases') means the same")
+    for kind, names, template in (("color", list(COLORS), "a small {} circle on a gray background"),
+                                  ("background", list(BACKGROUNDS), "a small red circle on a {} background"),
+                                  ("shape", list(CLASS_NAMES), "a small red {} on a gray background")):
+        bank = [(template.format(w), name) for name in names for w in [name, *PARAPHRASES.get(name, [])]]
+        keys = model.encode([t for t, _ in bank], normalize_embeddings=True, convert_to_tensor=True)
+        queries = model.encode([template.format(SYNONYMS[n]) for n in names], normalize_embeddings=True,
+                               convert_to_tensor=True)
+        nearest = [bank[j][1] for j in (queries @ keys.T).argmax(1).tolist()]
+        print(f"  {kind}: {sum(a == b for a, b in zip(names, nearest))} of {len(names)}  ("
+              + ", ".join(f"{SYNONYMS[n]} -> {m}" for n, m in zip(names, nearest)) + ")")
 
 
 def main():
