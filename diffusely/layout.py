@@ -156,3 +156,11 @@ def render_layout(boxes: torch.Tensor, num_classes: int, grid: Sequence[int], im
     if given is not None:
         out = out * given.to(out.dtype).view(b, 1, 1, 1)
     return out
+
+
+def render_run_layout(boxes: torch.Tensor, config, grid: Sequence[int], given: torch.Tensor | None = None) -> torch.Tensor:
+    """render_layout as a run's model reads it: the run config's classes and image size, with the line channel
+    when its model has one."""
+    k = len(config.data.class_names)
+    return render_layout(boxes, k, grid, config.data.image_size, given,
+                         lines=has_lines(config.model.layout_channels, k))

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 from . import DataError
-from ..layout import direction_of
+from ..layout import box_direction, direction_of
 from .folder import DECODE_ERRORS, EXTENSIONS, find_images, load_with_geometry, strict_decoding
 
 Box = tuple  # (class_index, x0, y0, x1, y1[, direction]): a polygon's box carries its direction (diffusely.layout)
@@ -266,7 +266,7 @@ def yolo_label_text(boxes, width: float, height: float) -> str:
     """One image's label file for boxes (class, x0, y0, x1, y1[, direction]) in pixels. When some box has a
     direction, every box is written as a segment line: Ultralytics decides per file whether its lines are
     boxes or segments, so a file mixing both would be misread. Otherwise every box is 'class cx cy w h'."""
-    polygon = any(len(b) > 5 and b[5] for b in boxes)
+    polygon = any(box_direction(b) for b in boxes)
     return "".join(yolo_line(b[0], b[1:], width, height, polygon) + "\n" for b in boxes)
 
 

@@ -19,7 +19,7 @@ import torch
 
 from ..checkpoint import LoadedRun
 from ..denoisers import ClassifierFreeGuidance
-from ..layout import box_class, has_lines, pack_boxes, render_layout
+from ..layout import box_class, pack_boxes, render_run_layout
 from ..text import check_prompt
 
 CLASS_GUIDANCE = 2.0  # default scale when sampling a class
@@ -86,12 +86,9 @@ class Conditioning:
                 uncond.update(run.text.cond(negatives, device))
         if run.config.model.layout_channels:
             # a layout model always reads a layout: the one asked for, or the null layout
-            data = run.config.data
             boxes = pack_boxes([self.layouts[i % len(self.layouts)] for i in indices] if self.layouts else [[]] * b)
-            grid = run.config.sample_shape[1:]
-            k = len(data.class_names)
-            cond["layout"] = render_layout(boxes, k, grid, data.image_size, given=torch.full((b,), bool(self.layouts)),
-                                           lines=has_lines(run.config.model.layout_channels, k)).to(device)
+            cond["layout"] = render_run_layout(boxes, run.config, run.config.sample_shape[1:],
+                                               given=torch.full((b,), bool(self.layouts))).to(device)
             if self.layouts:
                 uncond["layout"] = torch.zeros_like(cond["layout"])
         if not uncond or self.guidance == 1:

@@ -25,7 +25,7 @@ from ..config import AutoencoderRunConfig, RunConfig
 from .._files import atomic_write_text
 from ..data import DataError, Dataset, load_dataset, to_tensor
 from ..data.shapes import caption_variants
-from ..layout import box_direction, flip_boxes, has_lines, layout_channels, pack_boxes, render_layout
+from ..layout import box_direction, flip_boxes, layout_channels, pack_boxes, render_run_layout
 from ..loss import denoising_loss, discrete_sigmas, lognormal_sigmas, weighting
 from ..nets import UNet
 from ..samplers import sample
@@ -146,9 +146,7 @@ def sample_grid(denoiser, config: RunConfig, path: Path, n: int = 16, seed: int 
     if text is not None:
         cond.update(text)
     if boxes is not None:
-        k = len(config.data.class_names)
-        cond["layout"] = render_layout(boxes.to(device), k, config.sample_shape[1:], config.data.image_size,
-                                       lines=has_lines(config.model.layout_channels, k))
+        cond["layout"] = render_run_layout(boxes.to(device), config, config.sample_shape[1:])
     d = config.diffusion
     with torch.inference_mode():
         x = sample(denoiser, noise, method=d.sampler, steps=d.sample_steps, sigma_min=d.sigma_min,
@@ -262,9 +260,7 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, progr
             if config.data.flip:  # the boxes mirror with their image
                 b = torch.where(flip.view(-1, 1, 1), flip_boxes(b, config.data.image_size), b)
             drop = per_sample(lambda g: torch.rand(1, generator=g, device=device)) < LAYOUT_DROPOUT
-            k = len(config.data.class_names)
-            cond["layout"] = render_layout(b, k, x0.shape[2:], config.data.image_size, given=~drop,
-                                           lines=has_lines(config.model.layout_channels, k))
+            cond["layout"] = render_run_layout(b, config, x0.shape[2:], given=~drop)
         noise = randn_like(x0, gens)
         with mixed_precision:
             loss = denoising_loss(denoiser, x0, sigma, weight_fn(sigma, config.diffusion.sigma_data), noise, **cond).mean()
