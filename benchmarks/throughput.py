@@ -34,6 +34,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from diffusely.nets import UNet, UNetConfig
+from diffusely.nets.fast import FastNet
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _diffusers import parameters, require_diffusers, unet2d  # noqa: E402
@@ -115,6 +116,24 @@ def sample_step_fn(name, net, batch, size, precision, device):
     return step
 
 
+class _Tensor(torch.nn.Module):
+    """diffusers' UNet2DModel returning a tensor, as FastNet expects of the network it wraps."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x, t):
+        return self.net(x, t).sample
+
+
+def graphed_sample_step_fn(name, net, batch, size, precision, device):
+    """Sampling forward passes replayed from a CUDA graph (diffusely.nets.fast.FastNet), for both networks."""
+    graphed = FastNet(net if name == "ours" else _Tensor(net), torch.bfloat16 if precision == "bf16" else None,
+                      cuda_graphs=True)
+    return sample_step_fn("ours", graphed, batch, size, "fp32", device)  # FastNet does the autocast
+
+
 def timed(fn, iters: int, device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -163,17 +182,23 @@ def measure(size: int, precision: str, args, device: torch.device) -> dict:
     params = {k: parameters(n) for k, n in nets.items()}
     if abs(params["ours"] / params["diffusers"] - 1) > 0.05:
         raise SystemExit(f"parameter counts differ by more than 5%: {params}")
-    batch = args.batch or (32 if size == 32 else 8)
-    sbatch = args.sample_batch or (64 if size == 32 else 16)
+    gpu = device.type == "cuda"  # a GPU needs larger batches to be busy: a 32x32 forward pass is 3 GFLOP an image
+    batch = args.batch or {(32, False): 32, (64, False): 8, (32, True): 256, (64, True): 64}[size, gpu]
+    sbatch = args.sample_batch or 2 * batch
     fns = {("train", k): train_step_fn(k, n, batch, size, precision, device) for k, n in nets.items()}
     fns |= {("sample", k): sample_step_fn(k, n, sbatch, size, precision, device) for k, n in nets.items()}
     flops = {key: step_flops(fn) for key, fn in fns.items()}  # before compiling: the counter sees eager ops
+    if args.cuda_graphs:
+        for name, net in nets.items():
+            fns["graphs", name] = graphed_sample_step_fn(name, net, sbatch, size, precision, device)
+            flops["graphs", name] = flops["sample", name]
     if args.compile:
         for name, net in nets.items():
             compiled = torch.compile(net)
             fns["train", name] = train_step_fn(name, compiled, batch, size, precision, device)
             fns["sample", name] = sample_step_fn(name, compiled, sbatch, size, precision, device)
-    iters = {"train": args.iters, "sample": args.iters}
+    kinds = ("train", "sample", "graphs") if args.cuda_graphs else ("train", "sample")
+    iters = {kind: args.iters for kind in kinds}
     for fn in fns.values():  # warm-up: allocator, oneDNN primitive caches
         timed(fn, 2, device)
     rates = {key: [] for key in fns}
@@ -183,7 +208,7 @@ def measure(size: int, precision: str, args, device: torch.device) -> dict:
             rates[kind, name].append(iters[kind] * per_item / timed(fn, iters[kind], device))
     row = {"size": size, "precision": precision, "compile": args.compile, "params": params, "batch": batch,
            "sample_batch": sbatch}
-    for kind in ("train", "sample"):
+    for kind in kinds:
         ratios = [a / b for a, b in zip(rates[kind, "ours"], rates[kind, "diffusers"])]
         row[kind] = {"ours": statistics.median(rates[kind, "ours"]), "diffusers": statistics.median(rates[kind, "diffusers"]),
                      "ratio": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios)}
@@ -201,11 +226,13 @@ def main() -> None:
     p.add_argument("--precision", default="fp32,bf16", help="comma-separated: fp32, bf16")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--iters", type=int, default=3, help="steps per timed round")
-    p.add_argument("--batch", type=int, default=0, help="training batch (default 32 at 32x32, 8 at 64x64)")
-    p.add_argument("--sample-batch", type=int, default=0, help="sampling batch (default 64 at 32x32, 16 at 64x64)")
+    p.add_argument("--batch", type=int, default=0, help="training batch (default 32 at 32x32, 8 at 64x64; on a GPU 256 and 64)")
+    p.add_argument("--sample-batch", type=int, default=0, help="sampling batch (default twice the training batch)")
     p.add_argument("--per-image", action="store_true", help="report training in images/s instead of steps/s")
     p.add_argument("--no-memory", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile both networks (after a warm-up compile)")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="also time sampling passes replayed from CUDA graphs (the 'graphs' row; both networks)")
     p.add_argument("--peak-tflops", type=float, default=0.0, help="the device's bf16 matrix peak, for the achieved fraction")
     p.add_argument("--json", help="also write the rows to this file")
     p.add_argument("--memory-probe", help=argparse.SUPPRESS)
@@ -215,6 +242,8 @@ def main() -> None:
         return
     require_diffusers()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if args.cuda_graphs and device.type != "cuda":
+        raise SystemExit("--cuda-graphs needs a CUDA GPU")
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     peak = peak_tflops(device, args.peak_tflops)
@@ -228,7 +257,9 @@ def main() -> None:
             rows.append(r)
             print(f"\n{size}x{size} {precision}: params ours {r['params']['ours']:,} diffusers {r['params']['diffusers']:,}; "
                   f"batch {r['batch']} train, {r['sample_batch']} sample")
-            for kind, unit in (("train", "img/s" if args.per_image else "steps/s"), ("sample", "img/s")):
+            for kind, unit in (("train", "img/s" if args.per_image else "steps/s"), ("sample", "img/s"), ("graphs", "img/s")):
+                if kind not in r:
+                    continue
                 k = r[kind]
                 rate = "  ".join(f"{n} {k['tflops'][n]:.3g} TFLOP/s" + (f" ({k['tflops'][n] / peak:.1%} of the bf16 peak)" if peak else "")
                                  for n in ("ours", "diffusers"))

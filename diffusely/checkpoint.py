@@ -31,6 +31,7 @@ from .config import AutoencoderRunConfig, ConfigError, JsonConfig, RunConfig
 from .denoisers import Denoiser
 from .nets import ScratchTextEncoder, TextUNet, TokenProjection, UNet
 from .nets.autoencoder import Autoencoder, LatentSpace
+from .nets.fast import fast_net
 from .text import TextEncoder, load_text_encoder
 
 CONFIG = "config.json"
@@ -244,8 +245,11 @@ class LoadedRun:
         return next(self.denoiser.parameters()).device
 
 
-def load_run(run_dir: str | Path, device="cpu", weights: str = "ema") -> LoadedRun:
-    """Rebuild a run's network from config.json and load its EMA (or raw) weights, ready for sampling."""
+def load_run(run_dir: str | Path, device="cpu", weights: str = "ema", precision: str = "fp32",
+             cuda_graphs: Optional[bool] = False) -> LoadedRun:
+    """Rebuild a run's network from config.json and load its EMA (or raw) weights, ready for sampling.
+    precision ('auto', 'fp32', 'bf16') and cuda_graphs (None: where the device is CUDA) choose how the
+    network runs when sampling (nets.fast); the defaults run it as trained, in float32."""
     config = read_config(run_dir)
     latent = load_latent_space(config, device, run_dir) if config.latent else None
     ckpt = load_checkpoint(run_dir, device)
@@ -256,7 +260,7 @@ def load_run(run_dir: str | Path, device="cpu", weights: str = "ema") -> LoadedR
         raise RunError(f"the weights in {run_dir} do not fit the model that config.json describes "
                        f"(was config.json edited?): {str(e).splitlines()[0]}") from None
     net.eval().requires_grad_(False)
-    return LoadedRun(config, build_denoiser(config, net), ckpt.step, read_schedules(run_dir), run_dir=str(run_dir),
+    return LoadedRun(config, build_denoiser(config, fast_net(net, precision, cuda_graphs)), ckpt.step, read_schedules(run_dir), run_dir=str(run_dir),
                      latent=latent)
 
 

@@ -50,6 +50,15 @@ SAMPLER_OPTION = click.option("-o", "--option", "options", multiple=True, callba
                               help="A sampler option, repeatable: -o S_churn=30 -o S_tmax=10 (heun, euler), -o eta=0.5 (ddim).")
 
 
+def _inference_options(fn):
+    """--precision and --cuda-graphs, for commands that sample many images (nets.fast)."""
+    fn = click.option("--cuda-graphs/--no-cuda-graphs", "cuda_graphs", default=None,
+                      help="Replay the network from CUDA graphs, one per batch shape (default: on with a CUDA GPU).")(fn)
+    return click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
+                        help="The network's arithmetic when sampling. auto: bf16 autocast on CUDA GPUs with native "
+                             "bf16, float32 on CPUs (where bf16 gains little).")(fn)
+
+
 def _condition_options(fn):
     """--class, --prompt, --prompts, --negative-prompt and --guidance, for commands that sample."""
     options = [
@@ -294,11 +303,12 @@ def train_autoencoder(data, run_dir, steps, batch_size, image_size, factor, late
 @click.option("--grid", type=click.Path(dir_okay=False), help="Also save all samples as one grid PNG.")
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Samples per batch (bounds memory).")
 @_condition_options
+@_inference_options
 @SAMPLER_OPTION
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @user_errors
 def sample(run_dir, count, steps, nfe, sampler, seed, out_dir, fmt, grid, batch_size, classes, prompt, prompts_file,
-           negative_prompt, guidance, options, quiet):
+           negative_prompt, guidance, precision, cuda_graphs, options, quiet):
     """Draw N samples from a trained run, of a class or a prompt where it was trained on them.
 
     With prompts or classes, OUT/metadata.jsonl records which sample got which.
@@ -317,7 +327,7 @@ def sample(run_dir, count, steps, nfe, sampler, seed, out_dir, fmt, grid, batch_
     from . import viz
     from .pipelines import generate
 
-    run = load_run(run_dir, _device())
+    run = load_run(run_dir, _device(), precision=precision, cuda_graphs=cuda_graphs)
     out = Path(out_dir) if out_dir else Path(run_dir) / "generated"
     out.mkdir(parents=True, exist_ok=True)
     everything = []
@@ -366,11 +376,12 @@ def sample(run_dir, count, steps, nfe, sampler, seed, out_dir, fmt, grid, batch_
 @click.option("--seed", type=int, default=0, show_default=True, help="Image i uses layout (seed, i) and noise seed + i.")
 @click.option("--batch-size", type=int, default=16, show_default=True, help="Images per batch (bounds memory).")
 @click.option("--resume", is_flag=True, help="Finish a stopped job in --out (same settings).")
+@_inference_options
 @SAMPLER_OPTION
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @user_errors
 def synth(run_dir, out_dir, count, classes, balance, layouts_file, val_fraction, coco, guidance, steps, nfe, sampler,
-          seed, batch_size, resume, options, quiet):
+          seed, batch_size, resume, precision, cuda_graphs, options, quiet):
     """Generate a labelled detection dataset (Ultralytics YOLO layout) from a layout run.
 
     Layouts are drawn from the training layouts' statistics (box counts, sizes, positions, class
@@ -385,7 +396,7 @@ def synth(run_dir, out_dir, count, classes, balance, layouts_file, val_fraction,
     """
     from .pipelines.synth import synthesize
 
-    run = load_run(run_dir, _device())
+    run = load_run(run_dir, _device(), precision=precision, cuda_graphs=cuda_graphs)
     wanted = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
     result = synthesize(run, out_dir, count, classes=wanted, balance=balance, layouts_file=layouts_file, seed=seed,
                         val_fraction=val_fraction, coco=coco, resume=resume, batch_size=batch_size, guidance=guidance,

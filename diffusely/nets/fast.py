@@ -1,0 +1,101 @@
+"""Fast inference for a trained network: bf16 autocast and CUDA graphs for fixed-shape sampling.
+
+A sampler calls the network tens of times on tensors of the same shapes. On a GPU a small U-Net's
+forward pass is hundreds of short kernels, and launching them from Python can take longer than running
+them; a CUDA graph records the launches once per input shape and replays them in one call.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def inference_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
+    """The dtype to autocast sampling to, or None for float32. 'auto' is bf16 on a CUDA GPU with native bf16
+    (Ampere and newer) and float32 elsewhere: on CPUs bf16 sampling gained only 1.04-1.06x (benchmarks/NOTES.md),
+    not worth changing every CPU user's samples for."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False):
+        return torch.bfloat16
+    return None
+
+
+class FastNet(nn.Module):
+    """net(x, noise_label, **cond) for sampling: under bf16 autocast when `dtype` is bfloat16 (the output
+    comes back in x's dtype), and replayed from a CUDA graph per input signature when `cuda_graphs`.
+
+    Graphs are for inference only: gradients are refused, and the weights must stay where they are (an
+    in-place update, as the EMA does, is seen by the next replay; replacing a parameter tensor is not).
+    Each distinct set of input shapes captures one graph (a batch, the last smaller batch, the doubled batch of
+    classifier-free guidance), with its own memory pool; outputs are copies, so a sampler may keep them.
+    """
+
+    def __init__(self, net: nn.Module, dtype: Optional[torch.dtype] = None, cuda_graphs: bool = False):
+        super().__init__()
+        device = next(net.parameters()).device
+        if cuda_graphs and device.type != "cuda":
+            raise ValueError(f"CUDA graphs need the network on a CUDA device; it is on {device.type}")
+        self.net = net
+        self.dtype = dtype
+        self.cuda_graphs = cuda_graphs
+        self._graphs: dict = {}
+
+    def _eager(self, x: torch.Tensor, noise_label: torch.Tensor, cond: dict) -> torch.Tensor:
+        if self.dtype is None:
+            return self.net(x, noise_label, **cond)
+        with torch.autocast(x.device.type, dtype=self.dtype):
+            return self.net(x, noise_label, **cond).to(x.dtype)
+
+    def forward(self, x: torch.Tensor, noise_label: torch.Tensor, **cond) -> torch.Tensor:
+        if not self.cuda_graphs:
+            return self._eager(x, noise_label, cond)
+        if torch.is_grad_enabled():
+            raise RuntimeError("CUDA graphs are for sampling: call under torch.no_grad() or torch.inference_mode()")
+        inputs = {"x": x, "noise_label": noise_label, **{k: v for k, v in cond.items() if v is not None}}
+        if not all(isinstance(v, torch.Tensor) for v in inputs.values()):
+            return self._eager(x, noise_label, cond)  # a non-tensor argument cannot be a static graph input
+        key = tuple((k, tuple(v.shape), v.dtype, v.device) for k, v in sorted(inputs.items()))
+        if key not in self._graphs:
+            self._graphs[key] = self._capture(inputs)
+        graph, static_inputs, static_output = self._graphs[key]
+        for k, v in inputs.items():
+            static_inputs[k].copy_(v)
+        graph.replay()
+        return static_output.clone()  # the next replay overwrites static_output
+
+    def _capture(self, inputs: dict):
+        static = {k: v.clone() for k, v in inputs.items()}
+
+        def run():
+            s = dict(static)
+            return self._eager(s.pop("x"), s.pop("noise_label"), s)
+
+        side = torch.cuda.Stream()  # warm-up off the default stream: cuDNN and cuBLAS set up outside the capture
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                run()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            output = run()
+        return graph, static, output
+
+
+def fast_net(net: nn.Module, precision: str = "fp32", cuda_graphs: Optional[bool] = None) -> nn.Module:
+    """net wrapped for sampling (FastNet), or net itself when there is nothing to do. precision: one of
+    PRECISIONS (see inference_dtype); cuda_graphs: None for on where the network is on a CUDA device."""
+    if isinstance(net, FastNet):
+        net = net.net
+    device = next(net.parameters()).device
+    dtype = inference_dtype(precision, device)
+    graphs = device.type == "cuda" if cuda_graphs is None else cuda_graphs
+    return FastNet(net, dtype, graphs) if dtype is not None or graphs else net

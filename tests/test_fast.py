@@ -1,0 +1,141 @@
+"""Fast sampling (nets.fast): bf16 autocast on any device; CUDA graphs where a GPU is present (skipped otherwise)."""
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from diffusely.checkpoint import load_run
+from diffusely.cli import main
+from diffusely.nets import UNet, UNetConfig
+from diffusely.nets.fast import FastNet, fast_net, inference_dtype
+from diffusely.pipelines import generate
+
+from helpers import TINY_ARGS
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def _net(device="cpu", **kw):
+    torch.manual_seed(0)
+    net = UNet(UNetConfig(channels=(16, 32), blocks_per_level=1, attention_levels=(1,), head_channels=16, groups=4, **kw))
+    for m in net.modules():  # zero-initialised output layers would make every output 0 and every check pass
+        if isinstance(m, torch.nn.Conv2d) and not m.weight.any():
+            torch.nn.init.normal_(m.weight, std=0.1)
+    return net.to(device).eval().requires_grad_(False)
+
+
+def _relative_error(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+def test_precision_selection(monkeypatch):
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert inference_dtype("auto", cpu) is None and inference_dtype("fp32", cpu) is None  # CPU results stay float32
+    assert inference_dtype("bf16", cpu) is torch.bfloat16
+    for native, expected in ((True, torch.bfloat16), (False, None)):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True, n=native: n)
+        assert inference_dtype("auto", gpu) is expected and inference_dtype("fp32", gpu) is None
+    with pytest.raises(ValueError, match="choose one of: auto, fp32, bf16"):
+        inference_dtype("fp16", cpu)
+
+
+def test_nothing_to_do_leaves_the_network_alone():
+    net = _net()
+    assert fast_net(net, "fp32") is net and fast_net(net, "auto", None) is net  # CPU: no autocast, no graphs
+    wrapped = fast_net(net, "bf16")
+    assert isinstance(wrapped, FastNet) and wrapped.net is net
+    assert fast_net(wrapped, "fp32") is net  # unwrapped again, not wrapped twice
+    with pytest.raises(ValueError, match="CUDA graphs need the network on a CUDA device; it is on cpu"):
+        FastNet(net, cuda_graphs=True)
+
+
+def test_bf16_autocast_runs_the_network_in_bf16():
+    net = _net()
+    x, t = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(1)), torch.tensor([0.1, -0.4, 0.7])
+    with torch.inference_mode():
+        full, half = net(x, t), FastNet(net, torch.bfloat16)(x, t)
+    assert half.dtype is torch.float32  # back in the input's dtype for the sampler's arithmetic
+    err = _relative_error(half, full)
+    assert 1e-4 < err < 3e-2, err  # bf16's 8-bit mantissa: near, and not identical (the autocast really ran)
+
+
+def test_sample_precision_option(tmp_path, tiny_folder):
+    out = tmp_path / "run"
+    r = CliRunner().invoke(main, ["train", str(tiny_folder), "--out", str(out), "--steps", "4", *TINY_ARGS],
+                           catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    samples = {}
+    for precision in ("auto", "fp32", "bf16"):
+        r = CliRunner().invoke(main, ["sample", str(out), "-n", "2", "--steps", "3", "--format", "npy", "--quiet",
+                                      "--precision", precision, "--out", str(tmp_path / precision)], catch_exceptions=False)
+        assert r.exit_code == 0, r.output
+        samples[precision] = np.stack([np.load(tmp_path / precision / f"{i:06d}.npy") for i in range(2)]).astype(int)
+    assert np.array_equal(samples["auto"], samples["fp32"])  # auto is float32 on a CPU
+    assert np.abs(samples["bf16"] - samples["fp32"]).mean() < 3  # of 255 levels
+    r = CliRunner().invoke(main, ["sample", str(out), "--precision", "fp16"])
+    assert r.exit_code != 0 and "'fp16' is not one of 'auto', 'fp32', 'bf16'" in r.output
+    if not torch.cuda.is_available():
+        r = CliRunner().invoke(main, ["sample", str(out), "-n", "1", "--cuda-graphs", "--quiet"])
+        assert r.exit_code != 0 and "CUDA graphs need the network on a CUDA device" in r.output
+        assert "Traceback" not in r.output
+
+
+# ----------------------------------------------------------------------------------------- CUDA graphs
+
+
+@cuda
+def test_graph_replay_equals_the_eager_network():
+    net = _net("cuda", context_dim=8)
+    graphed = FastNet(net, cuda_graphs=True)
+    g = torch.Generator("cuda").manual_seed(0)
+    outputs = []
+    with torch.inference_mode():
+        for batch in (4, 4, 3, 4):  # a shape, the same shape again, the last smaller batch, the first shape again
+            x = torch.randn(batch, 3, 16, 16, device="cuda", generator=g)
+            t = torch.randn(batch, device="cuda", generator=g)
+            context = torch.randn(batch, 5, 8, device="cuda", generator=g)
+            mask = torch.rand(batch, 5, device="cuda", generator=g) > 0.3
+            mask[:, 0] = True
+            eager = net(x, t, context=context, context_mask=mask)
+            replayed = graphed(x, t, context=context, context_mask=mask)
+            torch.testing.assert_close(replayed, eager, rtol=1e-5, atol=1e-6)
+            outputs.append((replayed, eager))
+    assert len(graphed._graphs) == 2  # one graph per input signature
+    for replayed, eager in outputs:  # each output is its own copy: later replays did not overwrite it
+        torch.testing.assert_close(replayed, eager, rtol=1e-5, atol=1e-6)
+    with torch.inference_mode():  # weights updated in place (as the EMA does) are seen by the next replay
+        for p in net.parameters():
+            p.mul_(0.5)
+        x, t = torch.randn(4, 3, 16, 16, device="cuda", generator=g), torch.zeros(4, device="cuda")
+        context, mask = torch.randn(4, 5, 8, device="cuda", generator=g), torch.ones(4, 5, dtype=torch.bool, device="cuda")
+        torch.testing.assert_close(graphed(x, t, context=context, context_mask=mask),
+                                   net(x, t, context=context, context_mask=mask), rtol=1e-5, atol=1e-6)
+    with pytest.raises(RuntimeError, match="CUDA graphs are for sampling"):
+        graphed(x, t, context=context, context_mask=mask)
+
+
+@cuda
+def test_graphed_bf16_sampling_matches_eager(tmp_path, tiny_folder):
+    """End to end on the GPU: a run's samples with graphs equal those without, and bf16 stays near float32."""
+    out = tmp_path / "run"
+    r = CliRunner().invoke(main, ["train", str(tiny_folder), "--out", str(out), "--steps", "4", *TINY_ARGS],
+                           catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    samples = {}
+    for precision, graphs in (("fp32", False), ("fp32", True), ("bf16", False), ("bf16", True)):
+        run = load_run(out, "cuda", precision=precision, cuda_graphs=graphs)
+        samples[precision, graphs] = torch.cat(list(generate(run, 5, steps=4, batch_size=2, progress=False)))
+    torch.testing.assert_close(samples["fp32", True], samples["fp32", False], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(samples["bf16", True], samples["bf16", False], rtol=1e-5, atol=1e-5)
+    err = _relative_error(samples["bf16", False], samples["fp32", False])
+    assert 1e-5 < err < 5e-2, err
+
+
+@cuda
+def test_cuda_training_step_with_bf16_and_fused_adamw(tmp_path, tiny_folder):
+    out = tmp_path / "run"
+    r = CliRunner().invoke(main, ["train", str(tiny_folder), "--out", str(out), "--steps", "3", *TINY_ARGS],
+                           catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert "trained 3 steps" in r.output
