@@ -124,11 +124,13 @@ class Attention(nn.Module):
 
     def forward(self, x):
         b, c = x.shape[:2]
-        # contiguous (b, heads, positions, head_channels) q, k, v: strided ones send SDPA to its unfused math
-        # path on CPU; contiguous ones reach the flash kernel (1.5x the attention's forward and backward here)
-        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, -1).transpose(-1, -2).contiguous().unbind(1)
-        h = F.scaled_dot_product_attention(q, k, v)  # (b, heads, positions, head_channels)
-        return x + self.proj(h.transpose(-1, -2).reshape(x.shape))
+        # positions as tokens (b, positions, c) and the 1x1 convs as matrix products on them, as diffusers does:
+        # q, k, v then have unit stride along head_channels, which SDPA's fused kernels need (a channel-major
+        # layout sends CPU SDPA to its unfused math path), and torch.compile fuses around them better on GPUs
+        qkv = _pointwise(self.qkv, self.norm(x).flatten(2).transpose(1, 2))  # (b, positions, 3c)
+        q, k, v = qkv.reshape(b, -1, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)  # (b, heads, positions, hc)
+        h = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, -1, c)
+        return x + _pointwise(self.proj, h).transpose(1, 2).reshape(x.shape)
 
 
 class CrossAttention(nn.Module):
@@ -151,11 +153,17 @@ class CrossAttention(nn.Module):
 
     def forward(self, x, context, mask=None):
         b, c = x.shape[:2]
-        q = self.q(self.norm(x)).reshape(b, self.heads, c // self.heads, -1).transpose(-1, -2).contiguous()  # see Attention
-        k, v = self.kv(context).reshape(b, context.shape[1], 2, self.heads, c // self.heads).permute(2, 0, 3, 1, 4).contiguous()
+        q = _pointwise(self.q, self.norm(x).flatten(2).transpose(1, 2))  # (b, positions, c): see Attention
+        q = q.reshape(b, -1, self.heads, c // self.heads).transpose(1, 2)  # (b, heads, positions, hc)
+        k, v = self.kv(context).reshape(b, context.shape[1], 2, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
         attn_mask = None if mask is None else mask[:, None, None, :]  # broadcast over heads and query positions
         h = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=attn_mask)
-        return x + self.proj(h.transpose(-1, -2).reshape(x.shape))
+        return x + _pointwise(self.proj, h.transpose(1, 2).reshape(b, -1, c)).transpose(1, 2).reshape(x.shape)
+
+
+def _pointwise(conv: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """A 1x1 convolution applied to (B, positions, in) tokens as the matrix product it is -> (B, positions, out)."""
+    return F.linear(tokens, conv.weight.flatten(1), conv.bias)
 
 
 def masked_mean(tokens: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
