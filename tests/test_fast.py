@@ -25,6 +25,16 @@ def _net(device="cpu", **kw):
     return net.to(device).eval().requires_grad_(False)
 
 
+@pytest.fixture
+def trained(tmp_path, tiny_folder):
+    """A 4-step run, trained on the GPU where there is one (bf16 autocast, fused AdamW, TF32)."""
+    out = tmp_path / "run"
+    r = CliRunner().invoke(main, ["train", str(tiny_folder), "--out", str(out), "--steps", "4", *TINY_ARGS],
+                           catch_exceptions=False)
+    assert r.exit_code == 0 and "trained 4 steps" in r.output, r.output
+    return out
+
+
 def _relative_error(a, b):
     return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
@@ -60,18 +70,16 @@ def test_bf16_autocast_runs_the_network_in_bf16():
     assert 1e-4 < err < 3e-2, err  # bf16's 8-bit mantissa: near, and not identical (the autocast really ran)
 
 
-def test_sample_precision_option(tmp_path, tiny_folder):
-    out = tmp_path / "run"
-    r = CliRunner().invoke(main, ["train", str(tiny_folder), "--out", str(out), "--steps", "4", *TINY_ARGS],
-                           catch_exceptions=False)
-    assert r.exit_code == 0, r.output
+def test_sample_precision_option(tmp_path, trained):
+    out = trained
     samples = {}
     for precision in ("auto", "fp32", "bf16"):
         r = CliRunner().invoke(main, ["sample", str(out), "-n", "2", "--steps", "3", "--format", "npy", "--quiet",
                                       "--precision", precision, "--out", str(tmp_path / precision)], catch_exceptions=False)
         assert r.exit_code == 0, r.output
         samples[precision] = np.stack([np.load(tmp_path / precision / f"{i:06d}.npy") for i in range(2)]).astype(int)
-    assert np.array_equal(samples["auto"], samples["fp32"])  # auto is float32 on a CPU
+    native_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+    assert np.array_equal(samples["auto"], samples["bf16" if native_bf16 else "fp32"])  # float32 on a CPU
     assert np.abs(samples["bf16"] - samples["fp32"]).mean() < 3  # of 255 levels
     r = CliRunner().invoke(main, ["sample", str(out), "--precision", "fp16"])
     assert r.exit_code != 0 and "'fp16' is not one of 'auto', 'fp32', 'bf16'" in r.output
@@ -116,12 +124,12 @@ def test_graph_replay_equals_the_eager_network():
 
 
 @cuda
-def test_graphed_bf16_sampling_matches_eager(tmp_path, tiny_folder):
-    """End to end on the GPU: a run's samples with graphs equal those without, and bf16 stays near float32."""
-    out = tmp_path / "run"
-    r = CliRunner().invoke(main, ["train", str(tiny_folder), "--out", str(out), "--steps", "4", *TINY_ARGS],
-                           catch_exceptions=False)
-    assert r.exit_code == 0, r.output
+def test_graphed_bf16_sampling_matches_eager(trained):
+    """End to end on the GPU, from a run trained there: samples with graphs equal those without, and bf16 stays
+    near float32."""
+    out = trained
+    loss = float((out / "log.csv").read_text().splitlines()[-1].split(",")[1])
+    assert 0 < loss < 10  # the GPU training step (bf16 autocast, fused AdamW) gave a finite loss
     samples = {}
     for precision, graphs in (("fp32", False), ("fp32", True), ("bf16", False), ("bf16", True)):
         run = load_run(out, "cuda", precision=precision, cuda_graphs=graphs)
@@ -129,13 +137,5 @@ def test_graphed_bf16_sampling_matches_eager(tmp_path, tiny_folder):
     torch.testing.assert_close(samples["fp32", True], samples["fp32", False], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(samples["bf16", True], samples["bf16", False], rtol=1e-5, atol=1e-5)
     err = _relative_error(samples["bf16", False], samples["fp32", False])
-    assert 1e-5 < err < 5e-2, err
+    assert 0 < err < 5e-2, err  # a run of 4 steps is still near its zero-initialised output layer: small, not 0
 
-
-@cuda
-def test_cuda_training_step_with_bf16_and_fused_adamw(tmp_path, tiny_folder):
-    out = tmp_path / "run"
-    r = CliRunner().invoke(main, ["train", str(tiny_folder), "--out", str(out), "--steps", "3", *TINY_ARGS],
-                           catch_exceptions=False)
-    assert r.exit_code == 0, r.output
-    assert "trained 3 steps" in r.output
