@@ -5,7 +5,7 @@
 #   2. the throughput table against diffusers, fp32 (TF32) and bf16, with sampling from CUDA graphs as a third row
 #   3. a short `diffusely train` on the built-in shapes (bf16 autocast, fused AdamW), then its sampler's
 #      images/s in fp32 and bf16, eager and from CUDA graphs (benchmarks/sampling_speed.py)
-#   4. the throughput table under torch.compile (bf16)
+#   4. the throughput table under torch.compile (bf16, 32x32)
 #   5. `diffusely train --compile`
 # plus the GPU's measured bf16 matrix rate, to set the achieved fractions against.
 #
@@ -53,14 +53,14 @@ timeout "$(cap 170)" $py benchmarks/throughput.py --sizes 32,64 --precision fp32
 
 step "3. diffusely train shapes (bf16 autocast, fused AdamW), then its sampler"
 timeout "$(cap 60)" $py -m diffusely.cli train shapes --out "$runs/eager" --steps 300 --batch-size 128 \
-  --sample-every 300 --checkpoint-every 300 --quiet && tail -n 2 "$out/eager/log.csv"
+  --sample-every 300 --checkpoint-every 300 --quiet && tail -n 2 "$runs/eager/log.csv"
 timeout "$(cap 90)" $py benchmarks/sampling_speed.py "$runs/eager" -n 1024 --batch-size 512 --repeats 3
 
-step "4. throughput under torch.compile (bf16)"
-timeout "$(cap 200)" $py benchmarks/throughput.py --sizes 32,64 --precision bf16 --repeats 3 --iters 10 --compile \
+step "4. throughput under torch.compile (bf16, 32x32: compiling two networks for training and sampling takes minutes)"
+timeout "$(cap 200)" $py benchmarks/throughput.py --sizes 32 --precision bf16 --repeats 3 --iters 10 --compile \
   --no-memory --json "$out/throughput-compiled.json"
 
 step "5. diffusely train --compile"
 timeout "$(cap 120)" $py -m diffusely.cli train shapes --out "$runs/compiled" --steps 300 --batch-size 128 \
-  --sample-every 300 --checkpoint-every 300 --quiet --compile && tail -n 2 "$out/compiled/log.csv"
+  --sample-every 300 --checkpoint-every 300 --quiet --compile && tail -n 2 "$runs/compiled/log.csv"
 echo "done at ${SECONDS}s"

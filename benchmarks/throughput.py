@@ -10,7 +10,9 @@ alike, it measures:
 and prints ours/diffusers with the spread (min..max) over --repeats rounds, and the achieved matrix rate
 (FLOPs of a step counted by torch.utils.flop_counter, times steps per second), as a fraction of the
 device's peak where it is known (--peak-tflops, or the dense bf16 rate of a known GPU). --compile runs
-both networks through torch.compile; on CUDA, fp32 rows use TF32 matmuls (as `diffusely train` does).
+both networks through torch.compile; on CUDA, fp32 rows use TF32 matmuls (as `diffusely train` does), and
+--cuda-graphs adds a row of sampling passes replayed from CUDA graphs (diffusely.nets.fast, for both networks).
+On a GPU the default batches are 256 (training) and 512 (sampling) at 32x32, 64 and 128 at 64x64.
 Needs the `bench` extra (pip install -e .[bench]).
 
     python benchmarks/throughput.py                      # both sizes, fp32 and bf16; ~15 minutes on 2 cores
@@ -193,10 +195,12 @@ def measure(size: int, precision: str, args, device: torch.device) -> dict:
             fns["graphs", name] = graphed_sample_step_fn(name, net, sbatch, size, precision, device)
             flops["graphs", name] = flops["sample", name]
     if args.compile:
+        # one compiled module for training and one for sampling, static shapes: a module compiled for one batch
+        # and then called with another recompiles with a dynamic batch dimension, and dynamic-shape graphs lose
+        # inductor's layout optimisation (seen on an H200: sampling 0.64x diffusers that way, 1.01x this way)
         for name, net in nets.items():
-            compiled = torch.compile(net)
-            fns["train", name] = train_step_fn(name, compiled, batch, size, precision, device)
-            fns["sample", name] = sample_step_fn(name, compiled, sbatch, size, precision, device)
+            fns["train", name] = train_step_fn(name, torch.compile(net, dynamic=False), batch, size, precision, device)
+            fns["sample", name] = sample_step_fn(name, torch.compile(net, dynamic=False), sbatch, size, precision, device)
     kinds = ("train", "sample", "graphs") if args.cuda_graphs else ("train", "sample")
     iters = {kind: args.iters for kind in kinds}
     for fn in fns.values():  # warm-up: allocator, oneDNN primitive caches
