@@ -6,7 +6,8 @@ must agree within 5%. In one process, alternating between the two so that a nois
 alike, it measures:
   train   training steps per second: forward, MSE loss, backward, AdamW step (batch --batch)
   sample  images per second of sampling: forward passes under torch.inference_mode (batch --sample-batch)
-  memory  peak resident memory of a training step (CPU, each in a fresh process) or peak CUDA memory
+  memory  peak memory of a training step: on CPU the heap in use (and the resident-memory growth), each in a
+          fresh process; on CUDA the allocator's peak
 and prints ours/diffusers with the spread (min..max) over --repeats rounds, and the achieved matrix rate
 (FLOPs of a step counted by torch.utils.flop_counter, times steps per second), as a fraction of the
 device's peak where it is known (--peak-tflops, or the dense bf16 rate of a known GPU). --compile runs
@@ -23,6 +24,7 @@ Needs the `bench` extra (pip install -e .[bench]).
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import resource
@@ -33,6 +35,7 @@ import time
 from contextlib import nullcontext
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from diffusely.nets import UNet, UNetConfig
@@ -147,9 +150,12 @@ def timed(fn, iters: int, device: torch.device) -> float:
     return time.perf_counter() - t0
 
 
-def peak_memory_mb(name: str, size: int, batch: int, precision: str, device: torch.device) -> float:
-    """Peak memory of training steps. On CPU each measurement runs in a fresh process (peak RSS
-    after the steps minus RSS with the model built), since the allocator never gives the peak back."""
+def peak_memory_mb(name: str, size: int, batch: int, precision: str, device: torch.device) -> dict:
+    """Peak memory of a training step. CUDA: the allocator's peak over a step (weights and optimizer state
+    included). CPU, in a fresh process for each network: "heap", the most heap memory in use at any op of a step
+    (glibc's mallinfo2, read after every op) above what was in use before it, after two warm-up steps (so the
+    optimizer state and oneDNN's caches exist); and "rss", the growth of peak resident memory over the three
+    steps, which also counts memory the allocator holds on to and the first step's one-time allocations."""
     if device.type == "cuda":
         net = (ours(size) if name == "ours" else theirs(size)).to(device)
         step = train_step_fn(name, net, batch, size, precision, device)
@@ -157,20 +163,52 @@ def peak_memory_mb(name: str, size: int, batch: int, precision: str, device: tor
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         step()
-        return torch.cuda.max_memory_allocated() / 2**20
+        return {"heap": torch.cuda.max_memory_allocated() / 2**20}
     out = subprocess.run([sys.executable, __file__, "--memory-probe", json.dumps([name, size, batch, precision])],
                          capture_output=True, text=True, check=True)
-    return float(out.stdout.strip().splitlines()[-1])
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def memory_probe(name: str, size: int, batch: int, precision: str) -> None:
+    torch.set_num_threads(1)  # mallinfo2 sees the main thread's arena (and every mmapped block): allocate there
     torch.manual_seed(0)
     net = ours(size) if name == "ours" else theirs(size)
     step = train_step_fn(name, net, batch, size, precision, torch.device("cpu"))
     base = _rss_kb()  # resident now, with the model built: ru_maxrss may still hold an import-time peak
     step()
     step()
-    print(max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)
+    heap = _HeapPeak()
+    with heap:
+        step()
+    rss = max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
+    print(json.dumps({"heap": heap.peak / 2**20 if heap.peak is not None else None, "rss": rss}))
+
+
+class _HeapPeak(TorchDispatchMode):
+    """The most heap memory in use (glibc mallinfo2: small blocks plus mmapped ones) after any op run inside it,
+    above what was in use on entry; None where the C library has no mallinfo2."""
+
+    def __enter__(self):
+        try:
+            libc = ctypes.CDLL("libc.so.6")
+            libc.mallinfo2.restype = _MallInfo2
+            self._in_use = lambda: (lambda m: m.uordblks + m.hblkhd)(libc.mallinfo2())
+        except (OSError, AttributeError):
+            self._in_use = None
+        self._base = self._in_use() if self._in_use else 0
+        self.peak = 0 if self._in_use else None
+        return super().__enter__()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if self._in_use:
+            self.peak = max(self.peak, self._in_use() - self._base)
+        return out
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(f, ctypes.c_size_t) for f in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+                                               "uordblks", "fordblks", "keepcost")]
 
 
 def _rss_kb() -> int:
@@ -270,8 +308,11 @@ def main() -> None:
                 print(f"  {kind:6s} ours {k['ours']:8.2f} {unit}  diffusers {k['diffusers']:8.2f} {unit}  "
                       f"ratio {k['ratio']:.2f} (spread {k['ratio_min']:.2f}..{k['ratio_max']:.2f});  {rate}")
             if "memory_mb" in r:
-                m = r["memory_mb"]
-                print(f"  memory ours {m['ours']:.0f} MB  diffusers {m['diffusers']:.0f} MB  ratio {m['ours'] / max(m['diffusers'], 1e-9):.2f}")
+                for kind, what in (("heap", "peak memory of a step"), ("rss", "resident memory growth")):
+                    m = {k: v.get(kind) for k, v in r["memory_mb"].items()}
+                    if None not in m.values():
+                        print(f"  {what}: ours {m['ours']:.0f} MB  diffusers {m['diffusers']:.0f} MB  "
+                              f"ratio {m['ours'] / max(m['diffusers'], 1e-9):.2f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
