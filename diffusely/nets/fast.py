@@ -35,7 +35,7 @@ class FastNet(nn.Module):
     Graphs are for inference only: gradients are refused, and the weights must stay where they are (an
     in-place update, as the EMA does, is seen by the next replay; replacing a parameter tensor is not).
     Each distinct set of input shapes captures one graph (a batch, the last smaller batch, the doubled batch of
-    classifier-free guidance), with its own memory pool; outputs are copies, so a sampler may keep them.
+    classifier-free guidance); they share one memory pool. Outputs are copies, so a sampler may keep them.
     """
 
     def __init__(self, net: nn.Module, dtype: Optional[torch.dtype] = None, cuda_graphs: bool = False):
@@ -47,6 +47,7 @@ class FastNet(nn.Module):
         self.dtype = dtype
         self.cuda_graphs = cuda_graphs
         self._graphs: dict = {}
+        self._pool = None
 
     def _eager(self, x: torch.Tensor, noise_label: torch.Tensor, cond: dict) -> torch.Tensor:
         if self.dtype is None:
@@ -66,13 +67,16 @@ class FastNet(nn.Module):
         if key not in self._graphs:
             self._graphs[key] = self._capture(inputs)
         graph, static_inputs, static_output = self._graphs[key]
-        for k, v in inputs.items():
-            static_inputs[k].copy_(v)
-        graph.replay()
-        return static_output.clone()  # the next replay overwrites static_output
+        with torch.inference_mode():  # the static tensors are inference tensors, whatever mode the caller is in
+            for k, v in inputs.items():
+                static_inputs[k].copy_(v)
+            graph.replay()
+        # a copy, now: the next replay of this graph, or of another in the shared pool, overwrites static_output
+        return static_output.clone()
 
+    @torch.inference_mode()
     def _capture(self, inputs: dict):
-        static = {k: v.clone() for k, v in inputs.items()}
+        static = {k: v.clone() for k, v in inputs.items()}  # outside the graph pool: no capture writes over them
 
         def run():
             s = dict(static)
@@ -84,10 +88,20 @@ class FastNet(nn.Module):
             for _ in range(2):
                 run()
         torch.cuda.current_stream().wait_stream(side)
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        # one memory pool for all of this network's graphs: safe because they never run at the same time and each
+        # output is copied out before the next replay, whose intermediates may then reuse that memory
+        with torch.cuda.graph(graph, pool=self._pool):
             output = run()
         return graph, static, output
+
+
+def sampling_precision(net: nn.Module) -> str:
+    """'bf16' for a network that fast_net runs under bf16 autocast, else 'fp32' (what changes the samples;
+    CUDA graphs replay the same kernels and do not)."""
+    return "bf16" if isinstance(net, FastNet) and net.dtype == torch.bfloat16 else "fp32"
 
 
 def fast_net(net: nn.Module, precision: str = "fp32", cuda_graphs: Optional[bool] = None) -> nn.Module:
