@@ -142,6 +142,13 @@ def test_synth_resume_adds_no_duplicates_and_loses_nothing(layout_run, tmp_path,
         synthesize(run, part, 10, steps=2, batch_size=3, progress=False)
     with pytest.raises(Exception, match="other settings.*seed"):
         synthesize(run, part, 10, steps=2, batch_size=3, progress=False, resume=True, seed=1)
+    # the network's precision changes the images, so a resume must keep it (CUDA graphs do not, and are not asked)
+    with pytest.raises(Exception, match="other settings.*precision: 'fp32' now 'bf16'"):
+        synthesize(load_run(layout_run, precision="bf16"), part, 10, steps=2, batch_size=3, progress=False, resume=True)
+    manifest = part / "synth.json"  # a dataset begun before the precision was recorded was made in float32
+    settings = json.loads(manifest.read_text())
+    assert settings.pop("precision") == "fp32"
+    manifest.write_text(json.dumps(settings))
     result = synthesize(run, part, 10, steps=2, batch_size=3, progress=False, resume=True)
     assert result["made"] == 4
     for path in sorted(whole.rglob("*")):

@@ -30,6 +30,7 @@ from ..checkpoint import LoadedRun, RunError
 from ..data import DataError, to_uint8
 from ..data.detection import coco_dict, data_yaml_text, yolo_label_text
 from ..layout import box_class, box_direction, has_lines
+from ..nets.fast import sampling_precision
 from .generate import generate
 
 MANIFEST = "synth.json"
@@ -216,7 +217,8 @@ def synthesize(run: LoadedRun, out, n: int, *, classes: Optional[Sequence[str]] 
     settings = {"run": str(Path(run.run_dir).resolve()) if run.run_dir else None, "run_step": run.step, "n": n,
                 "seed": seed, "classes": list(classes or []), "balance": balance, "val_fraction": val_fraction,
                 "layouts_sha256": hashlib.sha256(Path(layouts_file).read_bytes()).hexdigest() if layouts_file else None,
-                "guidance": guidance, "sampler": sampler, "steps": steps, "nfe": nfe, "options": options or {}}
+                "guidance": guidance, "sampler": sampler, "steps": steps, "nfe": nfe, "options": options or {},
+                "precision": sampling_precision(run.denoiser.net)}
     _check_out(out, settings, resume)
     for split in ("train", "val"):
         for kind in ("images", "labels"):
@@ -247,12 +249,15 @@ def synthesize(run: LoadedRun, out, n: int, *, classes: Optional[Sequence[str]] 
             "per_class": {name: sum(b[0] == k for layout in layouts for b in layout) for k, name in enumerate(names)}}
 
 
+SETTINGS_ADDED = {"precision": "fp32"}  # settings that datasets made before they were recorded had, as then
+
+
 def _check_out(out: Path, settings: dict, resume: bool) -> None:
     manifest = out / MANIFEST
     if manifest.is_file():
         if not resume:
             raise RunError(f"{out} already holds a synthetic dataset; pass --resume to finish it, or choose another --out")
-        old = json.loads(manifest.read_text())
+        old = {**SETTINGS_ADDED, **json.loads(manifest.read_text())}
         changed = [k for k in settings if old.get(k) != settings[k]]
         if changed:
             raise RunError(f"{out} was made with other settings ({', '.join(f'{k}: {old.get(k)!r} now {settings[k]!r}' for k in changed)}); "
