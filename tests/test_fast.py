@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from diffusely.checkpoint import load_run
 from diffusely.cli import main
 from diffusely.nets import UNet, UNetConfig
-from diffusely.nets.fast import FastNet, fast_net, inference_dtype
+from diffusely.nets.fast import FastNet, fast_net, inference_dtype, sampling_precision
 from diffusely.pipelines import generate
 
 from helpers import TINY_ARGS
@@ -48,6 +48,13 @@ def test_precision_selection(monkeypatch):
         assert inference_dtype("auto", gpu) is expected and inference_dtype("fp32", gpu) is None
     with pytest.raises(ValueError, match="choose one of: auto, fp32, bf16"):
         inference_dtype("fp16", cpu)
+
+
+def test_load_run_wraps_the_network_as_asked(trained):
+    assert isinstance(load_run(trained).denoiser.net, UNet)  # the default: float32, as trained
+    net = load_run(trained, precision="bf16").denoiser.net
+    assert isinstance(net, FastNet) and net.dtype is torch.bfloat16 and not net.cuda_graphs
+    assert sampling_precision(net) == "bf16" and sampling_precision(load_run(trained).denoiser.net) == "fp32"
 
 
 def test_nothing_to_do_leaves_the_network_alone():
@@ -121,6 +128,23 @@ def test_graph_replay_equals_the_eager_network():
                                    net(x, t, context=context, context_mask=mask), rtol=1e-5, atol=1e-6)
     with pytest.raises(RuntimeError, match="CUDA graphs are for sampling"):
         graphed(x, t, context=context, context_mask=mask)
+
+
+@cuda
+def test_graphs_under_no_grad_and_inference_mode_with_class_labels():
+    """A graph captured under one of torch.no_grad and torch.inference_mode replays under the other; class
+    labels are static inputs too (a guided batch: each label and the null label)."""
+    net = _net("cuda", num_classes=3)
+    graphed = FastNet(net, torch.bfloat16, cuda_graphs=True)
+    g = torch.Generator("cuda").manual_seed(0)
+    for mode in (torch.no_grad, torch.inference_mode, torch.no_grad):
+        with mode():
+            x, t = torch.randn(6, 3, 16, 16, device="cuda", generator=g), torch.randn(6, device="cuda", generator=g)
+            labels = torch.randint(0, 4, (6,), device="cuda", generator=g)  # 3: the null label
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                eager = net(x, t, class_labels=labels).float()
+            torch.testing.assert_close(graphed(x, t, class_labels=labels), eager, rtol=1e-5, atol=1e-5)
+    assert len(graphed._graphs) == 1
 
 
 @cuda
