@@ -6,8 +6,8 @@ must agree within 5%. In one process, alternating between the two so that a nois
 alike, it measures:
   train   training steps per second: forward, MSE loss, backward, AdamW step (batch --batch)
   sample  images per second of sampling: forward passes under torch.inference_mode (batch --sample-batch)
-  memory  peak memory of a training step: on CPU the heap in use (and the resident-memory growth), each in a
-          fresh process; on CUDA the allocator's peak
+  memory  the peak memory a training step takes beyond the weights and optimizer state (CPU: each network in
+          a fresh process; see peak_memory_mb)
 and prints ours/diffusers with the spread (min..max) over --repeats rounds, and the achieved matrix rate
 (FLOPs of a step counted by torch.utils.flop_counter, times steps per second), as a fraction of the
 device's peak where it is known (--peak-tflops, or the dense bf16 rate of a known GPU). --compile runs
@@ -24,10 +24,8 @@ Needs the `bench` extra (pip install -e .[bench]).
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -35,7 +33,6 @@ import time
 from contextlib import nullcontext
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from diffusely.nets import UNet, UNetConfig
@@ -150,70 +147,43 @@ def timed(fn, iters: int, device: torch.device) -> float:
     return time.perf_counter() - t0
 
 
-def peak_memory_mb(name: str, size: int, batch: int, precision: str, device: torch.device) -> dict:
-    """Peak memory of a training step. CUDA: the allocator's peak over a step (weights and optimizer state
-    included). CPU, in a fresh process for each network: "heap", the most heap memory in use at any op of a step
-    (glibc's mallinfo2, read after every op) above what was in use before it, after two warm-up steps (so the
-    optimizer state and oneDNN's caches exist); and "rss", the growth of peak resident memory over the three
-    steps, which also counts memory the allocator holds on to and the first step's one-time allocations."""
+def peak_memory_mb(name: str, size: int, batch: int, precision: str, device: torch.device) -> float:
+    """The memory a training step takes beyond what is held before it (weights, optimizer state, caches), at its
+    peak. CUDA: the allocator's peak over a step minus what was allocated before it. CPU: in a fresh process whose
+    malloc returns every block of 64 KiB or more to the system when it is freed (MALLOC_MMAP_THRESHOLD_, one
+    arena), so that resident memory follows the live tensors; its high-water mark (reset through
+    /proc/self/clear_refs) over a step, within ops included, minus the resident memory before the step."""
     if device.type == "cuda":
         net = (ours(size) if name == "ours" else theirs(size)).to(device)
         step = train_step_fn(name, net, batch, size, precision, device)
         step()
         torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
         step()
-        return {"heap": torch.cuda.max_memory_allocated() / 2**20}
+        return (torch.cuda.max_memory_allocated() - before) / 2**20
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_ARENA_MAX": "1"}
     out = subprocess.run([sys.executable, __file__, "--memory-probe", json.dumps([name, size, batch, precision])],
-                         capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+                         capture_output=True, text=True, check=True, env=env)
+    return float(out.stdout.strip().splitlines()[-1])
 
 
 def memory_probe(name: str, size: int, batch: int, precision: str) -> None:
-    torch.set_num_threads(1)  # mallinfo2 sees the main thread's arena (and every mmapped block): allocate there
     torch.manual_seed(0)
     net = ours(size) if name == "ours" else theirs(size)
     step = train_step_fn(name, net, batch, size, precision, torch.device("cpu"))
-    base = _rss_kb()  # resident now, with the model built: ru_maxrss may still hold an import-time peak
     step()
+    step()  # the optimizer state and oneDNN's caches now exist
+    before = _status_kb("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the high-water mark VmHWM to the resident memory now (Linux 4.0 and later)
     step()
-    heap = _HeapPeak()
-    with heap:
-        step()
-    rss = max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
-    print(json.dumps({"heap": heap.peak / 2**20 if heap.peak is not None else None, "rss": rss}))
+    print((_status_kb("VmHWM") - before) / 1024)
 
 
-class _HeapPeak(TorchDispatchMode):
-    """The most heap memory in use (glibc mallinfo2: small blocks plus mmapped ones) after any op run inside it,
-    above what was in use on entry; None where the C library has no mallinfo2."""
-
-    def __enter__(self):
-        try:
-            libc = ctypes.CDLL("libc.so.6")
-            libc.mallinfo2.restype = _MallInfo2
-            self._in_use = lambda: (lambda m: m.uordblks + m.hblkhd)(libc.mallinfo2())
-        except (OSError, AttributeError):
-            self._in_use = None
-        self._base = self._in_use() if self._in_use else 0
-        self.peak = 0 if self._in_use else None
-        return super().__enter__()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        if self._in_use:
-            self.peak = max(self.peak, self._in_use() - self._base)
-        return out
-
-
-class _MallInfo2(ctypes.Structure):
-    _fields_ = [(f, ctypes.c_size_t) for f in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
-                                               "uordblks", "fordblks", "keepcost")]
-
-
-def _rss_kb() -> int:
+def _status_kb(field: str) -> int:
     with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
 
 
 def measure(size: int, precision: str, args, device: torch.device) -> dict:
@@ -233,9 +203,12 @@ def measure(size: int, precision: str, args, device: torch.device) -> dict:
             fns["graphs", name] = graphed_sample_step_fn(name, net, sbatch, size, precision, device)
             flops["graphs", name] = flops["sample", name]
     if args.compile:
-        # one compiled module for training and one for sampling, static shapes: a module compiled for one batch
-        # and then called with another recompiles with a dynamic batch dimension, and dynamic-shape graphs lose
-        # inductor's layout optimisation (seen on an H200: sampling 0.64x diffusers that way, 1.01x this way)
+        # static shapes: called with a second batch size (training's, then sampling's), a compiled forward is
+        # recompiled with a dynamic batch dimension, and dynamic-shape graphs lose inductor's layout optimisation
+        # (on an H200, sampling compiled that way ran at 0.64x diffusers; compiled for sampling alone, 1.01x).
+        # A fresh cache for each row: each size and precision adds compiled graphs of the same forward code,
+        # and past dynamo's recompile limit it would silently fall back to eager
+        torch._dynamo.reset()
         for name, net in nets.items():
             fns["train", name] = train_step_fn(name, torch.compile(net, dynamic=False), batch, size, precision, device)
             fns["sample", name] = sample_step_fn(name, torch.compile(net, dynamic=False), sbatch, size, precision, device)
@@ -308,11 +281,8 @@ def main() -> None:
                 print(f"  {kind:6s} ours {k['ours']:8.2f} {unit}  diffusers {k['diffusers']:8.2f} {unit}  "
                       f"ratio {k['ratio']:.2f} (spread {k['ratio_min']:.2f}..{k['ratio_max']:.2f});  {rate}")
             if "memory_mb" in r:
-                for kind, what in (("heap", "peak memory of a step"), ("rss", "resident memory growth")):
-                    m = {k: v.get(kind) for k, v in r["memory_mb"].items()}
-                    if None not in m.values():
-                        print(f"  {what}: ours {m['ours']:.0f} MB  diffusers {m['diffusers']:.0f} MB  "
-                              f"ratio {m['ours'] / max(m['diffusers'], 1e-9):.2f}")
+                m = r["memory_mb"]
+                print(f"  memory ours {m['ours']:.0f} MB  diffusers {m['diffusers']:.0f} MB  ratio {m['ours'] / max(m['diffusers'], 1e-9):.2f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
