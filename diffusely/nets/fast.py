@@ -52,7 +52,8 @@ class FastNet(nn.Module):
     def _eager(self, x: torch.Tensor, noise_label: torch.Tensor, cond: dict) -> torch.Tensor:
         if self.dtype is None:
             return self.net(x, noise_label, **cond)
-        with torch.autocast(x.device.type, dtype=self.dtype):
+        # no weight-cast cache under graphs: a graph would read cached copies that the autocast frees on exit
+        with torch.autocast(x.device.type, dtype=self.dtype, cache_enabled=not self.cuda_graphs):
             return self.net(x, noise_label, **cond).to(x.dtype)
 
     def forward(self, x: torch.Tensor, noise_label: torch.Tensor, **cond) -> torch.Tensor:
@@ -76,6 +77,10 @@ class FastNet(nn.Module):
 
     @torch.inference_mode()
     def _capture(self, inputs: dict):
+        with torch.cuda.device(inputs["x"].device):  # the network's GPU, which need not be the current one
+            return self._capture_here(inputs)
+
+    def _capture_here(self, inputs: dict):
         static = {k: v.clone() for k, v in inputs.items()}  # outside the graph pool: no capture writes over them
 
         def run():
