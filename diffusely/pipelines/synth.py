@@ -249,7 +249,7 @@ def synthesize(run: LoadedRun, out, n: int, *, classes: Optional[Sequence[str]] 
             "per_class": {name: sum(b[0] == k for layout in layouts for b in layout) for k, name in enumerate(names)}}
 
 
-SETTINGS_ADDED = {"precision": "fp32"}  # settings that datasets made before they were recorded had, as then
+SETTINGS_ADDED = {"precision": "fp32"}  # settings added since, as datasets made before them had them (float32)
 
 
 def _check_out(out: Path, settings: dict, resume: bool) -> None:
@@ -260,8 +260,9 @@ def _check_out(out: Path, settings: dict, resume: bool) -> None:
         old = {**SETTINGS_ADDED, **json.loads(manifest.read_text())}
         changed = [k for k in settings if old.get(k) != settings[k]]
         if changed:
+            hint = f" (--precision {old['precision']})" if "precision" in changed else ""
             raise RunError(f"{out} was made with other settings ({', '.join(f'{k}: {old.get(k)!r} now {settings[k]!r}' for k in changed)}); "
-                           "resume with the same ones, or choose another --out")
+                           f"resume with the same ones{hint}, or choose another --out")
         return
     if resume:
         raise RunError(f"nothing to resume in {out}: it has no {MANIFEST}; drop --resume to start")
