@@ -230,7 +230,7 @@ def measure(size: int, precision: str, args, device: torch.device) -> dict:
         items = (batch if args.per_image else 1) if kind == "train" else sbatch  # what one unit of the rate is
         per_call = {name: flops[kind, name] / items for name in nets}
         row[kind]["tflops"] = {name: per_call[name] * row[kind][name] / 1e12 for name in nets}
-    if not args.no_memory:
+    if not args.no_memory and not args.compile:  # the probe builds eager networks: no memory row under --compile
         row["memory_mb"] = {k: peak_memory_mb(k, size, batch, precision, device) for k in nets}
     return row
 
