@@ -67,6 +67,25 @@ def test_nothing_to_do_leaves_the_network_alone():
         FastNet(net, cuda_graphs=True)
 
 
+def test_a_failed_capture_falls_back_to_the_eager_network(monkeypatch):
+    """Where a capture fails (an op that waits on the GPU), sampling goes on without graphs, with a warning."""
+    net = _net()
+    wrapped = FastNet(net)
+    wrapped.cuda_graphs = True  # as on a GPU; the capture itself is made to fail as CUDA would
+
+    def fail(inputs):
+        raise RuntimeError("operation not permitted when stream is capturing\nmore detail")
+
+    monkeypatch.setattr(wrapped, "_capture", fail)
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([0.1, -0.4])
+    with torch.inference_mode():
+        with pytest.warns(RuntimeWarning, match="capture failed, so the network runs without graphs: operation not"):
+            out = wrapped(x, t)
+        torch.testing.assert_close(out, net(x, t))
+        assert not wrapped.cuda_graphs and not wrapped._graphs
+        wrapped(x, t)  # no second attempt, no second warning
+
+
 def test_bf16_autocast_runs_the_network_in_bf16():
     net = _net()
     x, t = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(1)), torch.tensor([0.1, -0.4, 0.7])

@@ -7,6 +7,7 @@ them; a CUDA graph records the launches once per input shape and replays them in
 
 from __future__ import annotations
 
+import warnings
 from typing import Optional
 
 import torch
@@ -66,7 +67,13 @@ class FastNet(nn.Module):
             return self._eager(x, noise_label, cond)  # a non-tensor argument cannot be a static graph input
         key = tuple((k, tuple(v.shape), v.dtype, v.device) for k, v in sorted(inputs.items()))
         if key not in self._graphs:
-            self._graphs[key] = self._capture(inputs)
+            try:
+                self._graphs[key] = self._capture(inputs)
+            except RuntimeError as e:  # e.g. an op that waits on the GPU, which a capture cannot hold
+                warnings.warn(f"CUDA graph capture failed, so the network runs without graphs: {str(e).splitlines()[0]}",
+                              RuntimeWarning, stacklevel=2)
+                self.cuda_graphs = False
+                return self._eager(x, noise_label, cond)
         graph, static_inputs, static_output = self._graphs[key]
         with torch.inference_mode():  # the static tensors are inference tensors, whatever mode the caller is in
             for k, v in inputs.items():
