@@ -54,9 +54,10 @@ def _inference_options(fn):
     """--precision and --cuda-graphs, for commands that sample many images (nets.fast)."""
     fn = click.option("--cuda-graphs/--no-cuda-graphs", "cuda_graphs", default=None,
                       help="Replay the network from CUDA graphs, one per batch shape (default: on with a CUDA GPU).")(fn)
-    return click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
-                        help="The network's arithmetic when sampling. auto: bf16 autocast on CUDA GPUs with native "
-                             "bf16, float32 on CPUs (where bf16 gains little).")(fn)
+    return click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]),
+                        help="The network's arithmetic when sampling. auto (default; on --resume, the job's own): "
+                             "bf16 autocast where bf16 is fast (CUDA GPUs from Ampere on, CPUs with native bf16), "
+                             "else float32.")(fn)
 
 
 def _condition_options(fn):
@@ -327,7 +328,7 @@ def sample(run_dir, count, steps, nfe, sampler, seed, out_dir, fmt, grid, batch_
     from . import viz
     from .pipelines import generate
 
-    run = load_run(run_dir, _device(), precision=precision, cuda_graphs=cuda_graphs)
+    run = load_run(run_dir, _device(), precision=precision or "auto", cuda_graphs=cuda_graphs)
     out = Path(out_dir) if out_dir else Path(run_dir) / "generated"
     out.mkdir(parents=True, exist_ok=True)
     everything = []
@@ -394,8 +395,10 @@ def synth(run_dir, out_dir, count, classes, balance, layouts_file, val_fraction,
     diffusely synth runs/defects --out datasets/synth -n 1000 --resume      # after a stop
     yolo train data=datasets/synth/data.yaml model=yolo11n.yaml
     """
-    from .pipelines.synth import synthesize
+    from .pipelines.synth import job_settings, synthesize
 
+    if precision is None:  # a resumed job keeps the precision it was begun in: it changes the images
+        precision = (job_settings(out_dir).get("precision") if resume else None) or "auto"
     run = load_run(run_dir, _device(), precision=precision, cuda_graphs=cuda_graphs)
     wanted = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
     result = synthesize(run, out_dir, count, classes=wanted, balance=balance, layouts_file=layouts_file, seed=seed,

@@ -158,6 +158,19 @@ def test_synth_resume_adds_no_duplicates_and_loses_nothing(layout_run, tmp_path,
     assert len(list(part.rglob("*.png"))) == len(list(whole.rglob("*.png")))
 
 
+def test_cli_resume_keeps_the_precision_the_job_began_in(layout_run, tmp_path):
+    out = tmp_path / "ds"
+    args = ["synth", str(layout_run), "--out", str(out), "-n", "4", "--steps", "2", "--quiet"]
+    r = CliRunner().invoke(main, [*args, "--precision", "fp32"])
+    assert r.exit_code == 0, r.output
+    (out / "images" / "train" / "000000.png").unlink()  # as if the job had stopped before image 0
+    r = CliRunner().invoke(main, [*args, "--resume", "--precision", "bf16"])
+    assert r.exit_code != 0 and "precision: 'fp32' now 'bf16'" in r.output and "(--precision fp32)" in r.output
+    r = CliRunner().invoke(main, [*args, "--resume"])  # no --precision: the job's own, whatever auto would pick
+    assert r.exit_code == 0, r.output
+    assert "4 images (1 made now" in r.output
+
+
 def test_synth_from_given_layouts_and_bad_requests(layout_run, tmp_path):
     run = load_run(layout_run)
     layouts = tmp_path / "l.json"

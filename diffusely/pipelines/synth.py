@@ -252,12 +252,24 @@ def synthesize(run: LoadedRun, out, n: int, *, classes: Optional[Sequence[str]] 
 SETTINGS_ADDED = {"precision": "fp32"}  # settings added since, as datasets made before them had them (float32)
 
 
+def job_settings(out) -> dict:
+    """The settings a synthetic dataset in `out` was begun with (synth.json), {} if it has none."""
+    manifest = Path(out) / MANIFEST
+    if not manifest.is_file():
+        return {}
+    try:
+        return {**SETTINGS_ADDED, **json.loads(manifest.read_text())}
+    except ValueError as e:
+        raise RunError(f"{manifest} is not valid JSON ({e}); it records how the dataset was made: restore it, "
+                       "or start the dataset again in another --out") from None
+
+
 def _check_out(out: Path, settings: dict, resume: bool) -> None:
     manifest = out / MANIFEST
     if manifest.is_file():
         if not resume:
             raise RunError(f"{out} already holds a synthetic dataset; pass --resume to finish it, or choose another --out")
-        old = {**SETTINGS_ADDED, **json.loads(manifest.read_text())}
+        old = job_settings(out)
         changed = [k for k in settings if old.get(k) != settings[k]]
         if changed:
             hint = f" (--precision {old['precision']})" if "precision" in changed else ""

@@ -15,6 +15,7 @@ import torch.distributed as dist
 
 from ..checkpoint import CHECKPOINT, CONFIG, RunError, read_config, write_config
 from ..config import JsonConfig
+from ..nets.fast import bf16_is_fast  # noqa: F401  (also where the benchmarks import it from)
 
 LOG = "log.csv"
 RESUMABLE = ("compile", "activation_checkpointing")  # train settings a resumed run may change
@@ -76,17 +77,6 @@ class Batches:
 
     def generators(self, positions: list[int], device) -> list[torch.Generator]:
         return [seeded_generator(device, self.seed, p, 11) for p in positions]
-
-
-def bf16_is_fast(device: torch.device) -> bool:
-    """bf16 autocast pays on CUDA and on CPUs with native bf16 (AVX512-BF16, AMX): 1.6x a training step
-    on a 2-core AMD EPYC. On other CPUs it is emulated and slower, so float32 stays."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported(including_emulation=False)  # Ampere and newer
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
