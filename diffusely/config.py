@@ -150,7 +150,7 @@ class TextConfig:
 
 
 def _check_training(cfg, more_positive: tuple[str, ...] = ()) -> None:
-    """The checks TrainConfig and AutoencoderTrainConfig share: precision, counts >= 1, lr and its decay."""
+    """The checks of TrainingSchedule's fields: precision, counts >= 1, lr and its decay."""
     _choice("train.precision", cfg.precision, ("auto", "bf16", "fp32"))
     for name in ("steps", "batch_size", "checkpoint_every", "sample_every", "log_every", *more_positive):
         if getattr(cfg, name) < 1:
@@ -162,7 +162,12 @@ def _check_training(cfg, more_positive: tuple[str, ...] = ()) -> None:
 
 
 @dataclass
-class TrainConfig:
+class TrainingSchedule:
+    """What every training run has, a diffusion model's or an autoencoder's: steps of batch_size images, AdamW
+    (lr, weight_decay, betas) with gradients clipped to grad_clip, a linear lr warm-up over warmup_steps then a
+    linear fall to 0 from decay_from x steps on (1: constant), how often checkpoints, pictures and log rows are
+    written, the seed, and the autocast precision."""
+
     steps: int = 4000
     batch_size: int = 32
     lr: float = 1e-3
@@ -170,22 +175,26 @@ class TrainConfig:
     # the lr falls linearly to 0 over the last 40% of the run, and the EMA spans up to 10% of the images
     # seen: on the demo (3200 steps) this took the shapes-feature Fréchet distance from 21.5 to 18.1
     # against constant lr and EDM's 5% ramp-up (benchmarks/quality.py's metric, Heun 18 steps)
-    decay_from: float = 0.6  # fraction of the run after which the lr falls linearly to 0 (1: constant)
+    decay_from: float = 0.6
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.99)
     grad_clip: float = 1.0
-    ema_halflife_images: float = 500_000.0
-    ema_rampup: float = 0.1  # EMA half-life at most this fraction of the images seen so far (EDM: 0.05)
     checkpoint_every: int = 500
     sample_every: int = 500
     log_every: int = 10
     seed: int = 0
     precision: str = "auto"  # auto: bf16 autocast on CUDA and on CPUs with native bf16, else float32
-    compile: bool = False  # torch.compile the network for training steps (pays on GPUs; see benchmarks/NOTES.md)
-    activation_checkpointing: bool = False  # recompute block activations in the backward pass: less memory
 
     def __post_init__(self):
         _check_training(self)
+
+
+@dataclass
+class TrainConfig(TrainingSchedule):
+    ema_halflife_images: float = 500_000.0
+    ema_rampup: float = 0.1  # EMA half-life at most this fraction of the images seen so far (EDM: 0.05)
+    compile: bool = False  # torch.compile the network for training steps (pays on GPUs; see benchmarks/NOTES.md)
+    activation_checkpointing: bool = False  # recompute block activations in the backward pass: less memory
 
 
 @dataclass
@@ -269,24 +278,18 @@ class RunConfig(JsonConfig):
 
 
 @dataclass
-class AutoencoderTrainConfig:
+class AutoencoderTrainConfig(TrainingSchedule):
     """How an autoencoder is trained: AdamW on L1 + frequency_weight x frequency L1 + kl_weight x KL
     (KL summed over the latent and, like the reconstruction terms, divided by the image's element count:
     LDM's 1e-6 relative weight), plus, from step disc_start on and when disc_weight > 0, a patch
-    discriminator's hinge loss weighted by disc_weight x LDM's adaptive weight. The lr warms up and decays as
-    TrainConfig's. crop_size: 0 to train on whole images, else on a random square crop of each (as LDM,
-    which trains on 256-pixel crops): the networks are convolutional, so a crop a quarter of the image's
-    area costs a quarter as much and still teaches the edges and flat regions that make up an image.
-    sample_every: steps between reconstruction pictures."""
+    discriminator's hinge loss weighted by disc_weight x LDM's adaptive weight. The schedule is TrainingSchedule's,
+    with a smaller batch and a shorter warm-up by default. crop_size: 0 to train on whole images, else on a random
+    square crop of each (as LDM, which trains on 256-pixel crops): the networks are convolutional, so a crop a
+    quarter of the image's area costs a quarter as much and still teaches the edges and flat regions that make up
+    an image. sample_every: steps between reconstruction pictures."""
 
-    steps: int = 4000
     batch_size: int = 16
-    lr: float = 1e-3
     warmup_steps: int = 100
-    decay_from: float = 0.6
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.99)
-    grad_clip: float = 1.0
     kl_weight: float = 1e-6
     frequency_weight: float = 1.0
     crop_size: int = 0
@@ -294,11 +297,6 @@ class AutoencoderTrainConfig:
     disc_start: int = 2000
     disc_layers: int = 3
     disc_channels: int = 64
-    checkpoint_every: int = 500
-    sample_every: int = 500
-    log_every: int = 10
-    seed: int = 0
-    precision: str = "auto"
 
     def __post_init__(self):
         _check_training(self, ("disc_layers", "disc_channels"))
