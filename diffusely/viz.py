@@ -101,8 +101,10 @@ BOX_COLORS = [(255, 40, 40), (255, 220, 0), (0, 220, 255), (255, 0, 255), (60, 2
 
 def save_contact_sheet(images: np.ndarray, boxes: list[list[tuple]], class_names: list[str], path,
                        ncol: int = 8, scale: int = 2, padding: int = 4) -> Path:
-    """Images (N, H, W, C) uint8 enlarged `scale` times, each with its boxes (class, x0, y0, x1, y1 in pixels)
-    drawn in its class's color, and a legend of the colors on top."""
+    """Images (N, H, W, C) uint8 enlarged `scale` times, each with its boxes (class, x0, y0, x1, y1[, direction]
+    in pixels) drawn in its class's color, and a legend of the colors on top. A directed box (diffusely.layout)
+    also gets a filled mark inside each of the two corners its diagonal joins, so the line asked for can be read
+    without covering the defect drawn along it."""
     tiles = _as_uint8(images)
     n, h, w, _ = tiles.shape
     th, tw = h * scale, w * scale
@@ -122,9 +124,17 @@ def save_contact_sheet(images: np.ndarray, boxes: list[list[tuple]], class_names
         left = padding + (i % ncol) * (tw + padding)
         top = legend + padding + (i // ncol) * (th + padding)
         sheet.paste(_to_pil(tile).convert("RGB").resize((tw, th), Image.NEAREST), (left, top))
-        for cls, x0, y0, x1, y1, *_ in image_boxes:
-            draw.rectangle((left + x0 * scale, top + y0 * scale, left + x1 * scale - 1, top + y1 * scale - 1),
-                           outline=BOX_COLORS[int(cls) % len(BOX_COLORS)], width=1)
+        for cls, x0, y0, x1, y1, *direction in image_boxes:
+            color = BOX_COLORS[int(cls) % len(BOX_COLORS)]
+            box = (left + x0 * scale, top + y0 * scale, left + x1 * scale - 1, top + y1 * scale - 1)
+            draw.rectangle(box, outline=color, width=1)
+            if direction and direction[0]:
+                ends = ((box[0], box[1]), (box[2], box[3])) if direction[0] > 0 else ((box[0], box[3]), (box[2], box[1]))
+                mark = min(3, (box[2] - box[0]) / 2, (box[3] - box[1]) / 2)  # inside the corner, small boxes too
+                for cx, cy in ends:
+                    sx, sy = (1 if cx == box[0] else -1), (1 if cy == box[1] else -1)
+                    draw.rectangle((min(cx, cx + sx * mark), min(cy, cy + sy * mark),
+                                    max(cx, cx + sx * mark), max(cy, cy + sy * mark)), fill=color)
     return _save_png(sheet, path)
 
 

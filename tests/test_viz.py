@@ -4,7 +4,7 @@ import torch
 from PIL import Image
 
 from diffusely.data import to_uint8
-from diffusely.viz import plot_loss, save_grid, save_strip
+from diffusely.viz import BOX_COLORS, plot_loss, save_contact_sheet, save_grid, save_strip
 
 
 def _images(n, channels=3, size=8, seed=0):
@@ -84,3 +84,21 @@ def test_plot_loss_needs_the_columns(tmp_path):
     csv_path.write_text("step,lr\n1,0.1\n")
     with pytest.raises(ValueError, match="step and loss"):
         plot_loss(csv_path, tmp_path / "loss.png")
+
+
+def test_contact_sheet_marks_the_corners_a_direction_joins(tmp_path):
+    images = np.zeros((3, 32, 32, 3), np.uint8)
+    boxes = [[(1, 4, 4, 28, 20, 1)], [(1, 4, 4, 28, 20, -1)], [(1, 4, 4, 28, 20)]]  # +1, -1, and no direction
+    sheet = np.asarray(Image.open(save_contact_sheet(images, boxes, ["a", "b"], tmp_path / "s.png", scale=2)))
+    color = np.array(BOX_COLORS[1])
+    legend, padding = 20, 4
+
+    def marked(i, corner):  # is the pixel 2 px inside this corner of image i's box painted in the class color?
+        left = padding + i * (64 + padding)
+        x = left + (4 * 2 + 2 if corner[0] == "l" else 28 * 2 - 3)
+        y = legend + padding + (4 * 2 + 2 if corner[1] == "t" else 20 * 2 - 3)
+        return np.array_equal(sheet[y, x], color)
+
+    assert [marked(0, c) for c in ("lt", "rb", "lb", "rt")] == [True, True, False, False]
+    assert [marked(1, c) for c in ("lt", "rb", "lb", "rt")] == [False, False, True, True]
+    assert not any(marked(2, c) for c in ("lt", "rb", "lb", "rt"))
