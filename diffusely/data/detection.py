@@ -376,6 +376,8 @@ def coco_dict(entries, names: list[str]) -> dict:
             annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": int(cls) + 1,
                                 "bbox": [round(x0, 3), round(y0, 3), round(x1 - x0, 3), round(y1 - y0, 3)],
                                 "area": round((x1 - x0) * (y1 - y0), 3), "iscrowd": 0})
+            # area stays the box's: the polygon only carries the direction (a thin sliver), and COCO evaluation
+            # sorts annotations into small, medium and large by this area
             polygon = box_polygon((x0, y0, x1, y1, *rest[:1]))
             annotations[-1]["segmentation"] = [[round(v, 3) for point in polygon for v in point]]
     return {"images": images, "annotations": annotations,
