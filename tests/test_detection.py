@@ -10,8 +10,9 @@ from PIL import Image
 
 from diffusely.data import DataError, load_dataset
 from diffusely.data.defects import CLASS_FREQUENCIES, CLASS_NAMES, render_defects
-from diffusely.data.detection import coco_dict, data_yaml_text, read_coco, read_detection, read_yolo, yolo_label_text
-from diffusely.layout import direction_of, flip_boxes, pack_boxes, render_layout
+from diffusely.data.detection import (coco_dict, data_yaml_text, estimate_direction, read_coco, read_detection, read_yolo,
+                                      yolo_label_text)
+from diffusely.layout import box_direction, direction_of, flip_boxes, pack_boxes, render_layout
 
 
 # ---------------------------------------------------------------------------------------------- defects
@@ -302,8 +303,9 @@ def test_line_channel_draws_the_named_diagonal():
 
 
 def test_plain_boxes_make_a_run_without_the_line_channel_that_resumes_and_samples(tmp_path):
-    """A YOLO folder of plain boxes has no directions: its run reads K + 1 channels (as runs made before
-    directions did), resumes, and samples layouts whether or not they carry a direction."""
+    """A YOLO folder of plain boxes around round objects (spots and stains) has no directions, given or seen in
+    its pixels: its run reads K + 1 channels (as runs made before directions did), resumes, and samples layouts
+    whether or not they carry a direction."""
     from click.testing import CliRunner
 
     from diffusely.checkpoint import load_run
@@ -311,7 +313,9 @@ def test_plain_boxes_make_a_run_without_the_line_channel_that_resumes_and_sample
     from diffusely.pipelines import generate
 
     data = render_defects(8, size=32, seed=2)
-    _yolo_dataset(tmp_path / "parts", data.images, data.boxes, CLASS_NAMES, directions=False)
+    round_boxes = [[b for b in boxes if CLASS_NAMES[b[0]] in ("spot", "stain")] for boxes in data.boxes]
+    assert sum(map(len, round_boxes)) >= 4
+    _yolo_dataset(tmp_path / "parts", data.images, round_boxes, CLASS_NAMES, directions=False)
     args = ["--image-size", "32", "--channels", "16,32", "--blocks-per-level", "1", "--attention-levels", "1",
             "--batch-size", "4", "--quiet", "--checkpoint-every", "2", "--sample-every", "100"]
     run_dir = tmp_path / "run"
@@ -348,3 +352,43 @@ def test_layout_channels_that_do_not_fit_the_classes_are_refused(tmp_path):
     config.model.layout_channels = 9
     with pytest.raises(DataError, match="reads 9 layout channels, which does not fit the 4 classes of defects"):
         prepare_data(config)
+
+
+def test_estimate_direction_reads_a_line_off_the_pixels():
+    rng = np.random.default_rng(0)
+    image = (120 + 8 * rng.standard_normal((48, 48, 3))).clip(0, 255).astype(np.uint8)
+    down, up, disc, bar = image.copy(), image.copy(), image.copy(), image.copy()
+    for t in np.linspace(0, 1, 200):  # lines from corner to corner of the box (8, 10)-(40, 30)
+        x, y = int(8 + 32 * t), int(10 + 20 * t)
+        down[y, x] = 250
+        up[40 - y, x] = 250
+    yy, xx = np.mgrid[:48, :48]
+    disc[(yy - 20) ** 2 + (xx - 24) ** 2 <= 36] = 30
+    bar[18:22, 8:40] = 30
+    box = (8, 10, 41, 31)
+    assert estimate_direction(down, box) == 1 and estimate_direction(up, (8, 10, 41, 39)) == -1
+    assert estimate_direction(disc, (17, 13, 32, 28)) == 0 and estimate_direction(bar, (8, 18, 40, 22)) == 0
+    assert estimate_direction(down[..., 0], box) == 1  # grayscale
+    full = image.copy()
+    full[np.arange(48), np.arange(48)] = 250  # corner to corner of the image, whose box has no ring outside it:
+    assert estimate_direction(full, (0, 0, 48, 48)) == 1  # the box's own pixels stand in for the background
+    assert estimate_direction(down, (8, 10, 9, 30)) == 0  # under two pixels wide: nothing to tell
+
+
+def test_plain_boxes_get_the_direction_their_pixels_show(tmp_path):
+    """Against the built-in defects' own directions (from their pixel masks), through a plain-box YOLO folder."""
+    data = render_defects(150, size=64, seed=7)
+    _yolo_dataset(tmp_path, data.images, data.boxes, CLASS_NAMES, directions=False)
+    loaded = load_dataset(str(tmp_path), 64)
+    found = {name: [0, 0, 0, 0] for name in CLASS_NAMES}  # directed found, directed in all, wrong way, made up
+    for got, want in zip(loaded.boxes, data.boxes):
+        for g, w in zip(got, want):
+            counts, estimated, truth = found[CLASS_NAMES[w[0]]], box_direction(g), w[5]
+            counts[0] += bool(truth) and estimated == truth
+            counts[1] += bool(truth)
+            counts[2] += bool(truth) and estimated == -truth
+            counts[3] += not truth and bool(estimated)
+    scratch, spot, stain = found["scratch"], found["spot"], found["stain"]
+    assert scratch[1] > 50 and scratch[0] >= 0.9 * scratch[1], scratch
+    assert all(counts[2] == 0 for counts in found.values()), found
+    assert spot[3] + stain[3] <= 0.05 * (sum(map(len, data.boxes)) - scratch[1] - found["crack"][1]), found
