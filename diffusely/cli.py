@@ -148,6 +148,9 @@ def main():
               help="A text run on the built-in shapes: K paraphrases of each caption, one of the K + 1 read each step.")
 @click.option("--layout", is_flag=True, default=None,
               help="Condition on the boxes of a YOLO or COCO dataset (or the built-in defects), for `diffusely synth`.")
+@click.option("--directions", type=click.Choice(["auto", "labels"]),
+              help="Diagonal directions of plain boxes in a layout run. auto (default): read off each box's pixels, "
+                   "unless polygon labels give them; labels: only what the labels say.")
 @click.option("--no-flip", is_flag=True, default=None, help="Do not mirror images at random (text runs never do).")
 @click.option("--sample-every", type=int, help="Steps between sample grids.")
 @click.option("--autoencoder", type=click.Path(file_okay=False),
@@ -162,7 +165,7 @@ def main():
 @_training_options
 @user_errors
 def train(data, run_dir, steps, batch_size, image_size, channels, blocks_per_level, attention_levels, patch_size, lr,
-          recipe, classes, text, text_encoder, paraphrases, layout, max_shapes, grayscale, no_flip, checkpoint_every, sample_every, log_every, seed,
+          recipe, classes, text, text_encoder, paraphrases, layout, directions, max_shapes, grayscale, no_flip, checkpoint_every, sample_every, log_every, seed,
           precision, compile_, activation_checkpointing, autoencoder, config_file, resume, quiet):
     """Train on DATA (a folder of images, a YOLO or COCO dataset, or a built-in one: shapes, defects) into a run directory.
 
@@ -191,7 +194,8 @@ def train(data, run_dir, steps, batch_size, image_size, channels, blocks_per_lev
             config.diffusion = RECIPES[recipe]()
         config.data = DataConfig(**{**config.data.__dict__, "source": data})
         _set(config.data, image_size=image_size, classes=classes, channels=1 if grayscale else None,
-             flip=False if no_flip else None, max_shapes=max_shapes, layout=layout, paraphrases=paraphrases)
+             flip=False if no_flip else None, max_shapes=max_shapes, layout=layout, paraphrases=paraphrases,
+             directions=directions)
         config.data.__post_init__()
         if text or text_encoder:
             config.text = TextConfig(**{**config.text.__dict__, "encoder": text_encoder or "scratch"})

@@ -89,6 +89,8 @@ class DataConfig:
     built-in shapes (captions relate them). layout: condition on the images' boxes (see diffusely.layout).
     paraphrases: a text run on the built-in shapes reads each image's caption or one of this many
     paraphrases of it, one drawn at each step (caption augmentation; see diffusely.data.shapes.PARAPHRASES).
+    directions: for a layout run on plain box labels, "auto" reads each box's diagonal direction off its pixels
+    (diffusely.data.detection.estimate_direction) unless polygon labels state them; "labels" never does.
     """
 
     source: str = "shapes"
@@ -100,9 +102,11 @@ class DataConfig:
     max_shapes: int = 1
     layout: bool = False
     paraphrases: int = 0
+    directions: str = "auto"
 
     def __post_init__(self):
         self.class_names = tuple(self.class_names)
+        _choice("data.directions", self.directions, ("auto", "labels"))
         if self.max_shapes < 1:
             raise ConfigError(f"data.max_shapes must be >= 1, got {self.max_shapes}")
         if self.paraphrases < 0:
@@ -172,8 +176,8 @@ class TrainingSchedule:
     batch_size: int = 32
     lr: float = 1e-3
     warmup_steps: int = 200
-    # the lr falls linearly to 0 over the last 40% of the run, and the EMA spans up to 10% of the images
-    # seen: on the demo (3200 steps) this took the shapes-feature Fréchet distance from 21.5 to 18.1
+    # the lr falls linearly to 0 over the last 40% of the run (and TrainConfig's EMA spans up to 10% of the images
+    # seen): on the demo (3200 steps) the two took the shapes-feature Fréchet distance from 21.5 to 18.1
     # against constant lr and EDM's 5% ramp-up (benchmarks/quality.py's metric, Heun 18 steps)
     decay_from: float = 0.6
     weight_decay: float = 0.0

@@ -303,9 +303,9 @@ def test_line_channel_draws_the_named_diagonal():
 
 
 def test_plain_boxes_make_a_run_without_the_line_channel_that_resumes_and_samples(tmp_path):
-    """A YOLO folder of plain boxes around round objects (spots and stains) has no directions, given or seen in
-    its pixels: its run reads K + 1 channels (as runs made before directions did), resumes, and samples layouts
-    whether or not they carry a direction."""
+    """A YOLO folder of plain boxes trained with --directions labels has no directions: its run reads K + 1
+    channels (as runs made before directions did), resumes, and samples layouts whether or not they carry a
+    direction."""
     from click.testing import CliRunner
 
     from diffusely.checkpoint import load_run
@@ -313,13 +313,13 @@ def test_plain_boxes_make_a_run_without_the_line_channel_that_resumes_and_sample
     from diffusely.pipelines import generate
 
     data = render_defects(8, size=32, seed=2)
-    round_boxes = [[b for b in boxes if CLASS_NAMES[b[0]] in ("spot", "stain")] for boxes in data.boxes]
-    assert sum(map(len, round_boxes)) >= 4
-    _yolo_dataset(tmp_path / "parts", data.images, round_boxes, CLASS_NAMES, directions=False)
+    assert any(CLASS_NAMES[b[0]] == "scratch" and b[5] for boxes in data.boxes for b in boxes)  # lines to read
+    _yolo_dataset(tmp_path / "parts", data.images, data.boxes, CLASS_NAMES, directions=False)
     args = ["--image-size", "32", "--channels", "16,32", "--blocks-per-level", "1", "--attention-levels", "1",
             "--batch-size", "4", "--quiet", "--checkpoint-every", "2", "--sample-every", "100"]
     run_dir = tmp_path / "run"
-    r = CliRunner().invoke(main, ["train", str(tmp_path / "parts"), "--layout", "--out", str(run_dir), "--steps", "2", *args])
+    r = CliRunner().invoke(main, ["train", str(tmp_path / "parts"), "--layout", "--directions", "labels",
+                                  "--out", str(run_dir), "--steps", "2", *args])
     assert r.exit_code == 0, r.output
     assert load_run(run_dir).config.model.layout_channels == 5
     r = CliRunner().invoke(main, ["train", "--out", str(run_dir), "--resume", "--steps", "3", "--quiet"])
@@ -366,23 +366,29 @@ def test_estimate_direction_reads_a_line_off_the_pixels():
     disc[(yy - 20) ** 2 + (xx - 24) ** 2 <= 36] = 30
     bar[18:22, 8:40] = 30
     box = (8, 10, 41, 31)
-    assert estimate_direction(down, box) == 1 and estimate_direction(up, (8, 10, 41, 39)) == -1
+    assert estimate_direction(down, box) == 1 and estimate_direction(up, box) == -1
     assert estimate_direction(disc, (17, 13, 32, 28)) == 0 and estimate_direction(bar, (8, 18, 40, 22)) == 0
     assert estimate_direction(down[..., 0], box) == 1  # grayscale
     full = image.copy()
     full[np.arange(48), np.arange(48)] = 250  # corner to corner of the image, whose box has no ring outside it:
     assert estimate_direction(full, (0, 0, 48, 48)) == 1  # the box's own pixels stand in for the background
-    assert estimate_direction(down, (8, 10, 9, 30)) == 0  # under two pixels wide: nothing to tell
+    assert estimate_direction(down, (8, 10, 11, 30)) == 0  # under 4 pixels wide: nothing to tell
+    # a pixel-sized spot in a tight little box: its few most distinct pixels would correlate perfectly by chance
+    for seed in range(20):
+        noisy = (120 + 20 * np.random.default_rng(seed).standard_normal((16, 16, 3))).clip(0, 255).astype(np.uint8)
+        noisy[6:9, 6:9] = 40
+        assert estimate_direction(noisy, (5, 5, 10, 10)) == 0, seed
 
 
 def test_plain_boxes_get_the_direction_their_pixels_show(tmp_path):
     """Against the built-in defects' own directions (from their pixel masks), through a plain-box YOLO folder."""
     data = render_defects(150, size=64, seed=7)
     _yolo_dataset(tmp_path, data.images, data.boxes, CLASS_NAMES, directions=False)
-    loaded = load_dataset(str(tmp_path), 64)
+    with pytest.warns(UserWarning, match=r"\d+ of \d+ plain boxes .* given the diagonal direction .* --directions labels"):
+        loaded = load_dataset(str(tmp_path), 64)
     found = {name: [0, 0, 0, 0] for name in CLASS_NAMES}  # directed found, directed in all, wrong way, made up
-    for got, want in zip(loaded.boxes, data.boxes):
-        for g, w in zip(got, want):
+    for got, want in zip(loaded.boxes, data.boxes, strict=True):
+        for g, w in zip(got, want, strict=True):
             counts, estimated, truth = found[CLASS_NAMES[w[0]]], box_direction(g), w[5]
             counts[0] += bool(truth) and estimated == truth
             counts[1] += bool(truth)
@@ -392,3 +398,11 @@ def test_plain_boxes_get_the_direction_their_pixels_show(tmp_path):
     assert scratch[1] > 50 and scratch[0] >= 0.9 * scratch[1], scratch
     assert all(counts[2] == 0 for counts in found.values()), found
     assert spot[3] + stain[3] <= 0.05 * (sum(map(len, data.boxes)) - scratch[1] - found["crack"][1]), found
+    with warnings.catch_warnings():  # "labels": none read off the pixels, and nothing to warn about
+        warnings.simplefilter("error")
+        plain = load_dataset(str(tmp_path), 64, directions="labels")
+    assert not any(box_direction(b) for boxes in plain.boxes for b in boxes)
+    # a dataset with polygon labels states its directions: its plain boxes are not read (as synth writes them)
+    _yolo_dataset(tmp_path / "stated", data.images, data.boxes, CLASS_NAMES)
+    stated = load_dataset(str(tmp_path / "stated"), 64)
+    assert [[box_direction(b) for b in boxes] for boxes in stated.boxes] == [[b[5] for b in boxes] for boxes in data.boxes]

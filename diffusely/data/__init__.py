@@ -80,14 +80,14 @@ class Dataset:
 
 
 def load_dataset(source: str, size: int, channels: int = 3, classes: bool = False, seed: int = 0, *,
-                 captions: bool = False, max_shapes: int = 1) -> Dataset:
+                 captions: bool = False, max_shapes: int = 1, directions: str = "auto") -> Dataset:
     """Load a built-in dataset by name (see BUILTIN), a detection dataset (a YOLO folder with data.yaml, or
     COCO JSON: images with their boxes) or every image under a folder, as size x size images.
 
     A built-in name wins over a folder of the same name; write "./shapes" to mean the folder.
     `classes` asks a folder for labels from its subfolders, `captions` for a caption per image (see
     data.captions); built-in datasets always carry both. `seed` and `max_shapes` (shapes per image)
-    only affect built-in datasets.
+    only affect built-in datasets; `directions` only detection datasets (see load_detection).
     """
     if channels not in (1, 3):
         raise DataError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels}")
@@ -109,7 +109,7 @@ def load_dataset(source: str, size: int, channels: int = 3, classes: bool = Fals
         if classes:
             raise DataError(f"{source} is a detection dataset: its classes are those of the boxes; train with "
                             f"--layout to condition on them, not --classes")
-        images, boxes, paths = load_detection(labelled, size, channels)
+        images, boxes, paths = load_detection(labelled, size, channels, directions)
         texts = read_captions(Path(source) if Path(source).is_dir() else Path(source).parent, paths) if captions else None
         return Dataset(images, None, labelled.class_names, texts, boxes, source)
     folder = load_image_folder(source, size, channels=channels, classes=classes)

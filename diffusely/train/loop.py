@@ -67,7 +67,8 @@ def prepare_data(config: RunConfig) -> Dataset:
         config.latent.factor, config.latent.latent_channels = ae.factor, ae.latent_channels
     check_image_size(config)
     data = load_dataset(config.data.source, config.data.image_size, config.data.channels, config.data.classes,
-                        seed=config.train.seed, captions=config.text.enabled, max_shapes=config.data.max_shapes)
+                        seed=config.train.seed, captions=config.text.enabled, max_shapes=config.data.max_shapes,
+                        directions=config.data.directions if config.data.layout else "labels")  # only layouts use them
     config.model.in_channels = config.model.out_channels = (
         config.latent.latent_channels if config.latent else data.images.shape[-1])
     if config.data.classes:
