@@ -9,7 +9,7 @@ from diffusely.checkpoint import load_run
 from diffusely.cli import main
 from diffusely.nets import UNet, UNetConfig
 from diffusely.nets import fast
-from diffusely.nets.fast import FastNet, fast_net, inference_dtype, sampling_precision
+from diffusely.nets.fast import FastNet, autocast_dtype, fast_net, sampling_precision
 from diffusely.pipelines import generate
 
 from helpers import TINY_ARGS
@@ -42,17 +42,17 @@ def _relative_error(a, b):
 
 def test_precision_selection(monkeypatch):
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
-    assert inference_dtype("bf16", cpu) is torch.bfloat16 and inference_dtype("fp32", cpu) is None
+    assert autocast_dtype("bf16", cpu) is torch.bfloat16 and autocast_dtype("fp32", cpu) is None
     for native, expected in ((True, torch.bfloat16), (False, None)):
         # a GPU from Ampere on has native bf16; older ones emulate it, and auto keeps float32 there
         monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True, n=native: n)
-        assert inference_dtype("auto", gpu) is expected and inference_dtype("fp32", gpu) is None
+        assert autocast_dtype("auto", gpu) is expected and autocast_dtype("fp32", gpu) is None
     for native, expected in ((True, torch.bfloat16), (False, None)):
         # a CPU with AVX512-BF16 or AMX likewise (this machine's own answer is whatever it is: here it is decided)
         monkeypatch.setattr(fast, "bf16_is_fast", lambda device, n=native: n)
-        assert inference_dtype("auto", cpu) is expected
+        assert autocast_dtype("auto", cpu) is expected
     with pytest.raises(ValueError, match="choose one of: auto, fp32, bf16"):
-        inference_dtype("fp16", cpu)
+        autocast_dtype("fp16", cpu)
 
 
 def test_load_run_wraps_the_network_as_asked(trained):

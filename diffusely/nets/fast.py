@@ -27,10 +27,11 @@ def bf16_is_fast(device: torch.device) -> bool:
         return False
 
 
-def inference_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
-    """The dtype to autocast sampling to, or None for float32: 'bf16' always, 'auto' where bf16 is fast
-    (bf16_is_fast), 'fp32' never. bf16 moves samples by about a quarter of one 8-bit level on average
-    (0.22 on a CPU, 0.28 on an H200; benchmarks/NOTES.md)."""
+def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
+    """The dtype to autocast training or sampling to, or None for float32: 'bf16' always, 'auto' where bf16 is
+    fast (bf16_is_fast), 'fp32' never. bf16 keeps float32's range, so training needs no loss scaling (unlike
+    fp16); it moves samples by about a quarter of one 8-bit level on average (0.22 on a CPU, 0.28 on an H200;
+    benchmarks/NOTES.md)."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
     if precision == "bf16" or (precision == "auto" and bf16_is_fast(device)):
@@ -127,10 +128,10 @@ def sampling_precision(net: nn.Module) -> str:
 
 def fast_net(net: nn.Module, precision: str = "fp32", cuda_graphs: Optional[bool] = None) -> nn.Module:
     """net wrapped for sampling (FastNet), or net itself when there is nothing to do. precision: one of
-    PRECISIONS (see inference_dtype); cuda_graphs: None for on where the network is on a CUDA device."""
+    PRECISIONS (see autocast_dtype); cuda_graphs: None for on where the network is on a CUDA device."""
     if isinstance(net, FastNet):
         net = net.net
     device = next(net.parameters()).device
-    dtype = inference_dtype(precision, device)
+    dtype = autocast_dtype(precision, device)
     graphs = device.type == "cuda" if cuda_graphs is None else cuda_graphs
     return FastNet(net, dtype, graphs) if dtype is not None or graphs else net

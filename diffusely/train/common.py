@@ -15,7 +15,7 @@ import torch.distributed as dist
 
 from ..checkpoint import CHECKPOINT, CONFIG, RunError, read_config, write_config
 from ..config import JsonConfig
-from ..nets.fast import bf16_is_fast  # noqa: F401  (also where the benchmarks import it from)
+from ..nets.fast import autocast_dtype, bf16_is_fast  # noqa: F401  (bf16_is_fast: the benchmarks import it from here)
 
 LOG = "log.csv"
 RESUMABLE = ("compile", "activation_checkpointing")  # train settings a resumed run may change
@@ -77,14 +77,6 @@ class Batches:
 
     def generators(self, positions: list[int], device) -> list[torch.Generator]:
         return [seeded_generator(device, self.seed, p, 11) for p in positions]
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The dtype to autocast training to, or None for float32: 'bf16' always, 'auto' where bf16 is fast
-    (bf16_is_fast), 'fp32' never. bf16 keeps float32's range, so no loss scaling is needed (unlike fp16)."""
-    if precision == "bf16" or (precision == "auto" and bf16_is_fast(device)):
-        return torch.bfloat16
-    return None
 
 
 def autocast(precision: str, device: torch.device):
