@@ -13,7 +13,8 @@ import numpy as np
 from .checkpoint import CONFIG, RunError, load_run, read_config
 from .config import RECIPES, AutoencoderRunConfig, ConfigError, DataConfig, RunConfig, TextConfig
 from .data import DataError, to_tensor, to_uint8
-from .layout import has_lines
+from .layout import DIRECTIONS, has_lines
+from .nets.fast import PRECISIONS
 from .samplers import SAMPLERS
 
 USER_ERRORS = (DataError, RunError, ConfigError, ValueError, FileNotFoundError)
@@ -54,7 +55,7 @@ def _inference_options(fn):
     """--precision and --cuda-graphs, for commands that sample many images (nets.fast)."""
     fn = click.option("--cuda-graphs/--no-cuda-graphs", "cuda_graphs", default=None,
                       help="Replay the network from CUDA graphs, one per batch shape (default: on with a CUDA GPU).")(fn)
-    return click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]),
+    return click.option("--precision", type=click.Choice(PRECISIONS),
                         help="The network's arithmetic when sampling. auto (default; on --resume, the job's own): "
                              "bf16 autocast where bf16 is fast (CUDA GPUs from Ampere on, CPUs with native bf16), "
                              "else float32.")(fn)
@@ -88,7 +89,7 @@ def _training_options(fn):
         click.option("--checkpoint-every", type=int, help="Steps between checkpoints."),
         click.option("--log-every", type=int, help="Steps between rows of log.csv (default 10)."),
         click.option("--seed", type=int, help="Seed of weights, batches and noise."),
-        click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]),
+        click.option("--precision", type=click.Choice(PRECISIONS),
                      help="auto (default): bf16 autocast on CUDA and on CPUs with native bf16, else fp32."),
         click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint."),
         click.option("--quiet", is_flag=True, help="No progress bar."),
@@ -148,7 +149,7 @@ def main():
               help="A text run on the built-in shapes: K paraphrases of each caption, one of the K + 1 read each step.")
 @click.option("--layout", is_flag=True, default=None,
               help="Condition on the boxes of a YOLO or COCO dataset (or the built-in defects), for `diffusely synth`.")
-@click.option("--directions", type=click.Choice(["auto", "labels"]),
+@click.option("--directions", type=click.Choice(DIRECTIONS),
               help="Diagonal directions of plain boxes in a layout run. auto (default): read off each box's pixels, "
                    "unless polygon labels give them; labels: only what the labels say.")
 @click.option("--no-flip", is_flag=True, default=None, help="Do not mirror images at random (text runs never do).")

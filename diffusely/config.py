@@ -12,7 +12,9 @@ from pathlib import Path
 
 from .denoisers import PARAMETERIZATIONS
 from .loss import WEIGHTINGS
+from .layout import DIRECTIONS
 from .nets.autoencoder import AutoencoderConfig
+from .nets.fast import PRECISIONS
 from .nets.unet import UNetConfig
 from .samplers import SAMPLERS
 from .schedules import VP_SCHEDULES, DiscreteSchedule
@@ -106,7 +108,7 @@ class DataConfig:
 
     def __post_init__(self):
         self.class_names = tuple(self.class_names)
-        _choice("data.directions", self.directions, ("auto", "labels"))
+        _choice("data.directions", self.directions, DIRECTIONS)
         if self.max_shapes < 1:
             raise ConfigError(f"data.max_shapes must be >= 1, got {self.max_shapes}")
         if self.paraphrases < 0:
@@ -155,7 +157,7 @@ class TextConfig:
 
 def _check_training(cfg, more_positive: tuple[str, ...] = ()) -> None:
     """The checks of TrainingSchedule's fields: precision, counts >= 1, lr and its decay."""
-    _choice("train.precision", cfg.precision, ("auto", "bf16", "fp32"))
+    _choice("train.precision", cfg.precision, PRECISIONS)
     for name in ("steps", "batch_size", "checkpoint_every", "sample_every", "log_every", *more_positive):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"train.{name} must be >= 1, got {getattr(cfg, name)}")

@@ -32,6 +32,9 @@ LINE_SUBSAMPLES = 4  # per image pixel and axis: the line channel's coverage is 
 DIRECTED = 0.6
 
 
+DIRECTIONS = ("auto", "labels")  # where plain boxes' directions come from (data.detection.load_detection)
+
+
 def direction_of(xs, ys, weights=None) -> int:
     """+1, -1 or 0: the direction of an object given by points (xs, ys) in image coordinates (y down) and
     their weights (a coverage; default equal): the sign of the correlation of x and y when it is at least

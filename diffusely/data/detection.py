@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 from . import DataError
-from ..layout import box_direction, direction_of
+from ..layout import DIRECTIONS, box_direction, direction_of
 from .folder import DECODE_ERRORS, EXTENSIONS, find_images, load_with_geometry, strict_decoding
 
 Box = tuple  # (class_index, x0, y0, x1, y1[, direction]): a polygon's box carries its direction (diffusely.layout)
@@ -417,9 +417,6 @@ def estimate_direction(image: np.ndarray, box) -> int:
         return 0
     ys, xs = np.mgrid[y0:y1, x0:x1]
     return direction_of(xs + 0.5, ys + 0.5, weights)
-
-
-DIRECTIONS = ("auto", "labels")
 
 
 def load_detection(labelled: DetectionSet, size: int, channels: int = 3,
