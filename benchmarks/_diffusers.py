@@ -35,5 +35,17 @@ def unet2d(config: UNetConfig, size: int) -> torch.nn.Module:
                        dropout=config.dropout)
 
 
+class TensorOutput(torch.nn.Module):
+    """A UNet2DModel as a network F(x, noise_label) -> tensor (it returns an output object), for diffusely's
+    Denoiser and FastNet."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x, noise_label):
+        return self.net(x, noise_label).sample
+
+
 def parameters(net: torch.nn.Module) -> int:
     return sum(p.numel() for p in net.parameters())

@@ -60,7 +60,7 @@ from diffusely.train.common import bf16_is_fast, lr_at
 from diffusely.train.ema import ema_beta, make_ema, update_ema
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _diffusers import parameters, require_diffusers, unet2d  # noqa: E402
+from _diffusers import TensorOutput, parameters, require_diffusers, unet2d  # noqa: E402
 
 COLUMNS = ["fd", "kid", "precision", "recall", "density", "coverage"]
 NETWORK = UNetConfig(channels=(32, 64, 64), blocks_per_level=1, attention_levels=(2,))
@@ -93,17 +93,6 @@ def train_ours(recipe: str, args, evals: list[int]) -> dict[int, tuple[torch.Ten
     return out
 
 
-class _Tensor(torch.nn.Module):
-    """A UNet2DModel as a network F(x, noise_label) -> tensor, for diffusely's Denoiser."""
-
-    def __init__(self, net):
-        super().__init__()
-        self.net = net
-
-    def forward(self, x, noise_label):
-        return self.net(x, noise_label).sample
-
-
 def train_diffusers(args, images, evals: list[int], device) -> tuple[dict, int]:
     """UNet2DModel + DDPMScheduler, trained with diffusely's optimiser settings (peak lr --diffusers-lr), then at each
     eval step sampled by its DDIMScheduler and by diffusely's sampler, both at the NFE of the ddpm row."""
@@ -118,7 +107,7 @@ def train_diffusers(args, images, evals: list[int], device) -> tuple[dict, int]:
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16_is_fast(device) else nullcontext()
     data, b, g = torch.from_numpy(images).to(device), tc.batch_size, torch.Generator().manual_seed(0)
     ddpm = RECIPES["ddpm"]()
-    denoiser = Denoiser(_Tensor(ema), "eps", schedule=ddpm.discrete_schedule())
+    denoiser = Denoiser(TensorOutput(ema), "eps", schedule=ddpm.discrete_schedule())
     out, started, train_seconds = {}, time.perf_counter(), 0.0
     for step in range(tc.steps):
         x = to_tensor(data[torch.randint(len(data), (b,), generator=g).to(device)])

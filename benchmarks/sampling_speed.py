@@ -12,13 +12,17 @@ difference in 8-bit levels). CUDA graphs are timed only on a CUDA GPU.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
-import time
+import sys
 
 import torch
 
 from diffusely.checkpoint import load_run
 from diffusely.pipelines import generate
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from throughput import timed  # noqa: E402
 
 
 def main() -> None:
@@ -30,11 +34,11 @@ def main() -> None:
     p.add_argument("--sampler", help="default: the run's")
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    graphs = (False, True) if device == "cuda" else (False,)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    graphs = (False, True) if device.type == "cuda" else (False,)
     variants = {f"{precision}{' graphs' if g else ''}": load_run(args.run_dir, device, precision=precision, cuda_graphs=g)
                 for g in graphs for precision in ("fp32", "bf16")}
-    name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
+    name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     run = next(iter(variants.values()))
     print(f"device {name}, torch {torch.__version__}; run at step {run.step}, {run.config.diffusion.sampler} sampler, "
           f"{args.n} samples a round in batches of {args.batch_size}")
@@ -43,19 +47,11 @@ def main() -> None:
         return torch.cat(list(generate(run, args.n, steps=args.steps, sampler=args.sampler, batch_size=args.batch_size,
                                        progress=False)))
 
-    def sync():
-        if device == "cuda":
-            torch.cuda.synchronize()
-
     images = {k: draw(r) for k, r in variants.items()}  # warm-up: graph capture, cuDNN's choices
     rates = {k: [] for k in variants}
     for _ in range(args.repeats):
         for k, r in variants.items():
-            sync()
-            t0 = time.perf_counter()
-            draw(r)
-            sync()
-            rates[k].append(args.n / (time.perf_counter() - t0))
+            rates[k].append(args.n / timed(lambda: draw(r), 1, device))
     base = "fp32"
     levels = {k: ((x - images[base]).abs() * 127.5).mean().item() for k, x in images.items()}
     print(f"{'variant':12s} {'img/s':>9s} {'vs fp32':>8s} {'spread':>12s} {'mean |diff| (8-bit levels)':>28s}")

@@ -39,7 +39,7 @@ from diffusely.nets import UNet, UNetConfig
 from diffusely.nets.fast import FastNet
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _diffusers import parameters, require_diffusers, unet2d  # noqa: E402
+from _diffusers import TensorOutput, parameters, require_diffusers, unet2d  # noqa: E402
 
 SHAPES = {  # size: (channels per level, levels with attention) -- attention at 16x16 in both
     32: ((64, 128, 128), (1,)),
@@ -118,20 +118,9 @@ def sample_step_fn(name, net, batch, size, precision, device):
     return step
 
 
-class _Tensor(torch.nn.Module):
-    """diffusers' UNet2DModel returning a tensor, as FastNet expects of the network it wraps."""
-
-    def __init__(self, net):
-        super().__init__()
-        self.net = net
-
-    def forward(self, x, t):
-        return self.net(x, t).sample
-
-
 def graphed_sample_step_fn(name, net, batch, size, precision, device):
     """Sampling forward passes replayed from a CUDA graph (diffusely.nets.fast.FastNet), for both networks."""
-    graphed = FastNet(net if name == "ours" else _Tensor(net), torch.bfloat16 if precision == "bf16" else None,
+    graphed = FastNet(net if name == "ours" else TensorOutput(net), torch.bfloat16 if precision == "bf16" else None,
                       cuda_graphs=True)
     return sample_step_fn("ours", graphed, batch, size, "fp32", device)  # FastNet does the autocast
 
