@@ -120,3 +120,28 @@ def test_layout_channels_are_read_and_required():
         net(x, torch.zeros(2))
     with pytest.raises(ValueError, match="trained without layouts"):
         UNet(UNetConfig(channels=(8, 16), groups=4, attention_levels=()))(x, torch.zeros(2), layout=empty)
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3])
+def test_upsample_equals_nearest_doubling_then_its_conv(dims):
+    """The transposed-conv form computes nearest x2 then the 3x3 conv, forward and backward (float64, so any
+    wrong tap or edge shows far above rounding), on an odd size where the padding edges matter."""
+    import torch.nn.functional as F
+    from diffusely.nets.layers import Upsample
+
+    torch.manual_seed(0)
+    up = Upsample(dims, 6).double()
+    torch.nn.init.normal_(up.conv.weight)
+    torch.nn.init.normal_(up.conv.bias)
+    x = torch.randn(2, 6, *[5] * dims, dtype=torch.float64, requires_grad=True)
+    out = up(x)
+    ref = up.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+    assert out.shape == ref.shape == (2, 6, *[10] * dims)
+    assert (out - ref).abs().max() < 1e-12 * ref.abs().max()
+    g = torch.randn_like(ref)
+    grads = torch.autograd.grad(out, [x, up.conv.weight, up.conv.bias], g)
+    refs = torch.autograd.grad(ref, [x, up.conv.weight, up.conv.bias], g)
+    for a, b in zip(grads, refs):
+        assert (a - b).abs().max() < 1e-10 * b.abs().max()
+    assert list(up.state_dict()) == ["conv.weight", "conv.bias"]  # checkpoints as before
+
