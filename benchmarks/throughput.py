@@ -4,7 +4,10 @@ Both networks get the same channels per level, blocks per level, attention resol
 groups, head size and FiLM (scale-shift) noise conditioning; their parameter counts are printed and
 must agree within 5%. In one process, alternating between the two so that a noisy machine slows both
 alike, it measures:
-  train   training steps per second: forward, MSE loss, backward, AdamW step (batch --batch)
+  train   training steps per second: forward, MSE loss, backward, AdamW step (batch --batch). Each network
+          steps the AdamW its library trains with: ours as `diffusely train` builds it (fused, on CUDA and on
+          CPUs from torch 2.4), diffusers' as its train_unconditional example does (torch.optim.AdamW's
+          defaults); --same-optimizer gives diffusers ours, to compare the networks alone
   sample  images per second of sampling: forward passes under torch.inference_mode (batch --sample-batch)
   memory  the peak memory a training step takes beyond the weights and optimizer state (CPU: each network in
           a fresh process; see peak_memory_mb)
@@ -37,6 +40,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from diffusely.nets import UNet, UNetConfig
 from diffusely.nets.fast import FastNet
+from diffusely.train.common import fused_adamw
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _diffusers import TensorOutput, parameters, require_diffusers, unet2d  # noqa: E402
@@ -91,8 +95,9 @@ def autocast(precision: str, device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
 
 
-def train_step_fn(name, net, batch, size, precision, device):
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-4, **({"fused": True} if device.type == "cuda" else {}))
+def train_step_fn(name, net, batch, size, precision, device, same_optimizer=False):
+    fused = fused_adamw(device) and (name == "ours" or same_optimizer)  # see the module's docstring
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-4, **({"fused": True} if fused else {}))
     g = torch.Generator(device).manual_seed(0)
     x = torch.randn(batch, 3, size, size, generator=g, device=device)
     target = torch.randn(batch, 3, size, size, generator=g, device=device)
@@ -136,7 +141,8 @@ def timed(fn, iters: int, device: torch.device) -> float:
     return time.perf_counter() - t0
 
 
-def peak_memory_mb(name: str, size: int, batch: int, precision: str, device: torch.device) -> float:
+def peak_memory_mb(name: str, size: int, batch: int, precision: str, device: torch.device,
+                   same_optimizer: bool = False) -> float:
     """The memory a training step takes beyond what is held before it (weights, optimizer state, caches), at its
     peak. CUDA: the allocator's peak over a step minus what was allocated before it. CPU: in a fresh process whose
     malloc returns every block of 64 KiB or more to the system when it is freed (MALLOC_MMAP_THRESHOLD_, one
@@ -144,7 +150,7 @@ def peak_memory_mb(name: str, size: int, batch: int, precision: str, device: tor
     /proc/self/clear_refs) over a step, within ops included, minus the resident memory before the step."""
     if device.type == "cuda":
         net = (ours(size) if name == "ours" else theirs(size)).to(device)
-        step = train_step_fn(name, net, batch, size, precision, device)
+        step = train_step_fn(name, net, batch, size, precision, device, same_optimizer)
         step()
         torch.cuda.synchronize()
         before = torch.cuda.memory_allocated()
@@ -152,15 +158,16 @@ def peak_memory_mb(name: str, size: int, batch: int, precision: str, device: tor
         step()
         return (torch.cuda.max_memory_allocated() - before) / 2**20
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_ARENA_MAX": "1"}
-    out = subprocess.run([sys.executable, __file__, "--memory-probe", json.dumps([name, size, batch, precision])],
+    probe = json.dumps([name, size, batch, precision, same_optimizer])
+    out = subprocess.run([sys.executable, __file__, "--memory-probe", probe],
                          capture_output=True, text=True, check=True, env=env)
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def memory_probe(name: str, size: int, batch: int, precision: str) -> None:
+def memory_probe(name: str, size: int, batch: int, precision: str, same_optimizer: bool) -> None:
     torch.manual_seed(0)
     net = ours(size) if name == "ours" else theirs(size)
-    step = train_step_fn(name, net, batch, size, precision, torch.device("cpu"))
+    step = train_step_fn(name, net, batch, size, precision, torch.device("cpu"), same_optimizer)
     step()
     step()  # the optimizer state and oneDNN's caches now exist
     before = _status_kb("VmRSS")
@@ -184,7 +191,8 @@ def measure(size: int, precision: str, args, device: torch.device) -> dict:
     gpu = device.type == "cuda"  # a GPU needs larger batches to be busy: a 32x32 forward pass is 3 GFLOP an image
     batch = args.batch or {(32, False): 32, (64, False): 8, (32, True): 256, (64, True): 64}[size, gpu]
     sbatch = args.sample_batch or 2 * batch
-    fns = {("train", k): train_step_fn(k, n, batch, size, precision, device) for k, n in nets.items()}
+    fns = {("train", k): train_step_fn(k, n, batch, size, precision, device, args.same_optimizer)
+           for k, n in nets.items()}
     fns |= {("sample", k): sample_step_fn(k, n, sbatch, size, precision, device) for k, n in nets.items()}
     flops = {key: step_flops(fn) for key, fn in fns.items()}  # before compiling: the counter sees eager ops
     if args.cuda_graphs:
@@ -199,7 +207,8 @@ def measure(size: int, precision: str, args, device: torch.device) -> dict:
         # and past dynamo's recompile limit it would silently fall back to eager
         torch._dynamo.reset()
         for name, net in nets.items():
-            fns["train", name] = train_step_fn(name, torch.compile(net, dynamic=False), batch, size, precision, device)
+            fns["train", name] = train_step_fn(name, torch.compile(net, dynamic=False), batch, size, precision, device,
+                                               args.same_optimizer)
             fns["sample", name] = sample_step_fn(name, torch.compile(net, dynamic=False), sbatch, size, precision, device)
     kinds = ("train", "sample", "graphs") if args.cuda_graphs else ("train", "sample")
     iters = {kind: args.iters for kind in kinds}
@@ -220,7 +229,7 @@ def measure(size: int, precision: str, args, device: torch.device) -> dict:
         per_call = {name: flops[kind, name] / items for name in nets}
         row[kind]["tflops"] = {name: per_call[name] * row[kind][name] / 1e12 for name in nets}
     if not args.no_memory and not args.compile:  # the probe builds eager networks: no memory row under --compile
-        row["memory_mb"] = {k: peak_memory_mb(k, size, batch, precision, device) for k in nets}
+        row["memory_mb"] = {k: peak_memory_mb(k, size, batch, precision, device, args.same_optimizer) for k in nets}
     return row
 
 
@@ -232,6 +241,8 @@ def main() -> None:
     p.add_argument("--iters", type=int, default=3, help="steps per timed round")
     p.add_argument("--batch", type=int, default=0, help="training batch (default 32 at 32x32, 8 at 64x64; on a GPU 256 and 64)")
     p.add_argument("--sample-batch", type=int, default=0, help="sampling batch (default twice the training batch)")
+    p.add_argument("--same-optimizer", action="store_true",
+                   help="diffusers steps our AdamW too (fused where torch has it), to compare the networks alone")
     p.add_argument("--per-image", action="store_true", help="report training in images/s instead of steps/s")
     p.add_argument("--no-memory", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile both networks (after a warm-up compile)")
@@ -254,6 +265,9 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"device {name}, torch {torch.__version__}, threads {torch.get_num_threads()}, compile {args.compile}, "
           f"bf16 peak {f'{peak:g} TFLOP/s' if peak else 'unknown'}")
+    theirs_fused = fused_adamw(device) and args.same_optimizer
+    print(f"AdamW: ours {'fused' if fused_adamw(device) else 'default'}, "
+          f"diffusers {'fused' if theirs_fused else 'default'}{' (--same-optimizer)' if args.same_optimizer else ''}")
     rows = []
     for size in map(int, args.sizes.split(",")):
         for precision in args.precision.split(","):

@@ -6,6 +6,7 @@ from safetensors.torch import load_file
 
 import diffusely.nets.unet as unet
 from diffusely.cli import main
+from diffusely.config import TrainConfig
 from diffusely.nets import UNet, UNetConfig
 from diffusely.train import common
 
@@ -32,6 +33,31 @@ def _spy_checkpoint(monkeypatch) -> list:
     real = torch.utils.checkpoint.checkpoint
     monkeypatch.setattr(unet, "checkpoint", lambda f, *a, **k: calls.append(type(f).__name__) or real(f, *a, **k))
     return calls
+
+
+def test_fused_adamw_where_torch_has_it(monkeypatch):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    for version, on_cpu in (("2.3.1+cpu", False), ("2.4.0", True), ("2.13.0+cpu", True), ("3.0.0", True)):
+        monkeypatch.setattr(torch, "__version__", version)
+        assert common.fused_adamw(cpu) is on_cpu
+        assert common.fused_adamw(cuda)
+    monkeypatch.undo()
+    torch.manual_seed(0)
+    nets = [torch.nn.Linear(3, 2) for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    start = nets[0].weight.detach().clone()
+    fused = common.adamw(nets[0], TrainConfig(betas=(0.8, 0.95), weight_decay=0.5), 1e-2, cpu)
+    assert fused.defaults["fused"] and fused.defaults["betas"] == (0.8, 0.95) and fused.defaults["weight_decay"] == 0.5
+    loop = torch.optim.AdamW(nets[1].parameters(), lr=1e-2, betas=(0.8, 0.95), weight_decay=0.5)
+    x = torch.randn(5, 3)
+    for net, opt in zip(nets, (fused, loop)):  # the fused kernel takes the per-tensor loop's steps
+        for _ in range(3):
+            opt.zero_grad()
+            net(x).square().sum().backward()
+            opt.step()
+    for a, b in zip(nets[0].parameters(), nets[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    assert (nets[0].weight - start).abs().max() > 1e-3  # it moved
 
 
 def test_activation_checkpointing_gives_the_same_gradients(monkeypatch):

@@ -23,7 +23,7 @@ from ..config import AutoencoderRunConfig
 from ..data import DataError, load_dataset, to_tensor
 from ..nets.autoencoder import (Autoencoder, PatchDiscriminator, adaptive_gan_weight, frequency_loss, hinge_d_loss,
                                 kl_divergence, l1_loss, psnr)
-from .common import LOG, Batches, Dist, append_log, autocast, lr_at, run_config, seed_from, start_log
+from .common import LOG, Batches, Dist, adamw, append_log, autocast, lr_at, run_config, seed_from, start_log
 
 LOG_FIELDS = ["step", "loss", "l1", "psnr", "kl", "disc_loss", "lr", "images_per_second", "seconds"]
 RECONSTRUCTIONS = "reconstructions"
@@ -51,14 +51,14 @@ def train_autoencoder(config: AutoencoderRunConfig, run_dir: str | Path, *, resu
 
     torch.manual_seed(tc.seed)  # the initial weights
     ae = Autoencoder(mc).to(device)
-    modules, optimizers = {"model": ae}, {"optim": _adamw(ae, tc, tc.lr, device)}
+    modules, optimizers = {"model": ae}, {"optim": adamw(ae, tc, tc.lr, device)}
     disc = None
     if tc.disc_weight > 0:
         disc = PatchDiscriminator(mc.dims, mc.in_channels, tc.disc_channels, tc.disc_layers).to(device)
         if size < disc.min_size():
             raise DataError(f"a {tc.disc_layers}-layer discriminator needs images (or crops) of at least "
                             f"{disc.min_size()} pixels, got {size}; use fewer disc_layers")
-        modules["disc"], optimizers["disc_optim"] = disc, _adamw(disc, tc, tc.lr, device)
+        modules["disc"], optimizers["disc_optim"] = disc, adamw(disc, tc, tc.lr, device)
     start = 0
     if resume and (run_dir / CHECKPOINT).exists():
         state = load_state(run_dir / CHECKPOINT, device)
@@ -155,11 +155,6 @@ def random_crops(x: torch.Tensor, size: int, generators: list[torch.Generator]) 
         corner = [int(torch.randint(0, s - size + 1, (1,), generator=g, device=g.device)) for s in image.shape[1:]]
         crops.append(image[(slice(None), *[slice(c, c + size) for c in corner])])
     return torch.stack(crops)
-
-
-def _adamw(module: torch.nn.Module, tc, lr: float, device) -> torch.optim.AdamW:
-    return torch.optim.AdamW(module.parameters(), lr=lr, betas=tc.betas, weight_decay=tc.weight_decay,
-                             **({"fused": True} if device.type == "cuda" else {}))
 
 
 def _step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, module: torch.nn.Module, grad_clip: float) -> None:

@@ -30,7 +30,7 @@ from ..loss import denoising_loss, discrete_sigmas, lognormal_sigmas, weighting
 from ..nets import UNet
 from ..samplers import sample
 from ..text import build_text_encoder
-from .common import (LOG, Batches, append_log, autocast, lr_at, run_config, seed_from, seeded_generator,
+from .common import (LOG, Batches, adamw, append_log, autocast, lr_at, run_config, seed_from, seeded_generator,
                      setup_distributed, start_log)
 from .ema import ema_beta, make_ema, update_ema
 from .latents import prepare_latents
@@ -191,8 +191,7 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, progr
     torch.manual_seed(tc.seed)  # the initial weights
     model = build_model(config).to(device)
     ema = make_ema(model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay,
-                                  **({"fused": True} if device.type == "cuda" else {}))
+    optimizer = adamw(model, tc, tc.lr, device)
     start = 0
     if resume and (run_dir / CHECKPOINT).exists():
         ckpt = load_checkpoint(run_dir, device)
