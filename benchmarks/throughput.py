@@ -19,7 +19,7 @@ both networks through torch.compile; on CUDA, fp32 rows use TF32 matmuls (as `di
 On a GPU the default batches are 256 (training) and 512 (sampling) at 32x32, 64 and 128 at 64x64.
 Needs the `bench` extra (pip install -e .[bench]).
 
-    python benchmarks/throughput.py                      # both sizes, fp32 and bf16; ~15 minutes on 2 cores
+    python benchmarks/throughput.py                      # both sizes, fp32 and bf16; ~20 minutes on 2 cores
     python benchmarks/throughput.py --sizes 32 --precision fp32 --repeats 3
     bash benchmarks/gpu.sh                               # on a GPU: the table with and without compile
 """
