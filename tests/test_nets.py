@@ -144,4 +144,3 @@ def test_upsample_equals_nearest_doubling_then_its_conv(dims):
     for a, b in zip(grads, refs):
         assert (a - b).abs().max() < 1e-10 * b.abs().max()
     assert list(up.state_dict()) == ["conv.weight", "conv.bias"]  # checkpoints as before
-

@@ -1,5 +1,6 @@
 """The speed and memory options a CPU can check: autocast selection, activation checkpointing, torch.compile."""
 
+import pytest
 import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
@@ -42,6 +43,8 @@ def test_fused_adamw_where_torch_has_it(monkeypatch):
         assert common.fused_adamw(cpu) is on_cpu
         assert common.fused_adamw(cuda)
     monkeypatch.undo()
+    if not common.fused_adamw(cpu):
+        pytest.skip(f"torch {torch.__version__} has no fused AdamW for CPUs")
     torch.manual_seed(0)
     nets = [torch.nn.Linear(3, 2) for _ in range(2)]
     nets[1].load_state_dict(nets[0].state_dict())
@@ -58,6 +61,27 @@ def test_fused_adamw_where_torch_has_it(monkeypatch):
     for a, b in zip(nets[0].parameters(), nets[1].parameters()):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
     assert (nets[0].weight - start).abs().max() > 1e-3  # it moved
+
+
+def test_resume_keeps_this_optimizers_kernel():
+    """A state saved by the per-tensor AdamW (runs from before fused CPU AdamW) resumes fused, and a fused one
+    resumes on the loop where the loop is what this optimizer runs; the moments and step counts carry over."""
+    cpu = torch.device("cpu")
+    if not common.fused_adamw(cpu):
+        pytest.skip(f"torch {torch.__version__} has no fused AdamW for CPUs")
+    net = torch.nn.Linear(3, 2)
+    loop = torch.optim.AdamW(net.parameters(), lr=1e-2)
+    net(torch.randn(4, 3)).sum().backward()
+    loop.step()
+    fused = common.adamw(net, TrainConfig(), 1e-2, cpu)
+    common.load_optimizer(fused, loop.state_dict())
+    assert fused.param_groups[0]["fused"] is True and not fused.param_groups[0]["foreach"]
+    assert torch.equal(fused.state[net.weight]["exp_avg"], loop.state[net.weight]["exp_avg"])
+    fused.step()  # the fused kernel takes the loaded state
+    assert float(fused.state[net.weight]["step"]) == 2
+    again = torch.optim.AdamW(net.parameters(), lr=1e-2)
+    common.load_optimizer(again, fused.state_dict())
+    assert not again.param_groups[0]["fused"]
 
 
 def test_activation_checkpointing_gives_the_same_gradients(monkeypatch):

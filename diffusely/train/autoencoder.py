@@ -23,7 +23,8 @@ from ..config import AutoencoderRunConfig
 from ..data import DataError, load_dataset, to_tensor
 from ..nets.autoencoder import (Autoencoder, PatchDiscriminator, adaptive_gan_weight, frequency_loss, hinge_d_loss,
                                 kl_divergence, l1_loss, psnr)
-from .common import LOG, Batches, Dist, adamw, append_log, autocast, lr_at, run_config, seed_from, start_log
+from .common import (LOG, Batches, Dist, adamw, append_log, autocast, load_optimizer, lr_at, run_config, seed_from,
+                     start_log)
 
 LOG_FIELDS = ["step", "loss", "l1", "psnr", "kl", "disc_loss", "lr", "images_per_second", "seconds"]
 RECONSTRUCTIONS = "reconstructions"
@@ -66,7 +67,7 @@ def train_autoencoder(config: AutoencoderRunConfig, run_dir: str | Path, *, resu
             for name, module in modules.items():
                 module.load_state_dict(state.modules[name])
             for name, optimizer in optimizers.items():
-                optimizer.load_state_dict(state.optimizers[name])
+                load_optimizer(optimizer, state.optimizers[name])
         except (RuntimeError, ValueError, KeyError) as e:
             raise RunError(f"the checkpoint in {run_dir} does not fit the autoencoder that config.json describes "
                            f"(was config.json edited?): {str(e).splitlines()[0]}") from None

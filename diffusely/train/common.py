@@ -92,6 +92,15 @@ def adamw(module: torch.nn.Module, tc, lr: float, device: torch.device) -> torch
                              **({"fused": True} if fused_adamw(device) else {}))
 
 
+def load_optimizer(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Load a saved optimizer state but keep this optimizer's kernel (fused, foreach): load_state_dict would put
+    back the saver's, so a run saved before AdamW was fused on CPUs would resume on the slow loop, and one saved
+    fused would fail to step under a torch without the fused kernel. Set before loading, because the saved
+    groups' settings decide where the step counters are put."""
+    kernel = {k: optimizer.defaults.get(k) for k in ("fused", "foreach")}
+    optimizer.load_state_dict({**state, "param_groups": [{**g, **kernel} for g in state["param_groups"]]})
+
+
 def fused_adamw(device: torch.device) -> bool:
     """Whether this torch has a fused AdamW kernel for the device."""
     version = tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2])

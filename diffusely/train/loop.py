@@ -30,8 +30,8 @@ from ..loss import denoising_loss, discrete_sigmas, lognormal_sigmas, weighting
 from ..nets import UNet
 from ..samplers import sample
 from ..text import build_text_encoder
-from .common import (LOG, Batches, adamw, append_log, autocast, lr_at, run_config, seed_from, seeded_generator,
-                     setup_distributed, start_log)
+from .common import (LOG, Batches, adamw, append_log, autocast, load_optimizer, lr_at, run_config, seed_from,
+                     seeded_generator, setup_distributed, start_log)
 from .ema import ema_beta, make_ema, update_ema
 from .latents import prepare_latents
 
@@ -198,7 +198,7 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, progr
         try:
             model.load_state_dict(ckpt.model)
             ema.load_state_dict(ckpt.ema)
-            optimizer.load_state_dict(ckpt.optimizer)
+            load_optimizer(optimizer, ckpt.optimizer)
         except (RuntimeError, ValueError, KeyError) as e:
             raise RunError(f"the checkpoint in {run_dir} does not fit the model that config.json describes "
                            f"(was config.json edited?): {str(e).splitlines()[0]}") from None
