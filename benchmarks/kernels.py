@@ -85,16 +85,23 @@ def transposed(x, w, bias):
 
 
 def upsample(dtype) -> None:
-    print("upsample (batch, channels, input size): ms of nearest x2 + conv, of the transposed conv, and the ratio")
+    print("upsample (batch, channels, input size): ms of nearest x2 + conv, of the transposed conv, and the ratio;\n"
+          "  each one's largest error against float64, relative to the largest output (as a network runs them: "
+          "float32 weights, bf16 under autocast)")
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype is torch.bfloat16)
     for b, c, s in ((32, 128, 8), (32, 128, 16), (8, 256, 8), (8, 256, 16), (8, 256, 32)):
-        x, bias = torch.randn(b, c, s, s, dtype=dtype), torch.randn(c, dtype=dtype)
-        w = torch.randn(c, c, 3, 3, dtype=dtype) * 0.05
-        diff = (nearest_then_conv(x, w, bias).float() - transposed(x, w, bias).float()).abs().max().item()
+        x, w, bias = torch.randn(b, c, s, s), torch.randn(c, c, 3, 3) * 0.05, torch.randn(c)
+        exact = nearest_then_conv(x.double(), w.double(), bias.double())
+        with autocast:
+            errors = [((f(x, w, bias).double() - exact).abs().max() / exact.abs().max()).item()
+                      for f in (nearest_then_conv, transposed)]
         row = []
         for wrap in (no_grad, forward_backward):
-            t = [ms(wrap(f, x, w, bias)) for f in (nearest_then_conv, transposed)]
+            with autocast:
+                t = [ms(wrap(f, x, w, bias)) for f in (nearest_then_conv, transposed)]
             row.append(f"{t[0]:7.2f} {t[1]:7.2f} {t[0] / t[1]:5.2f}x")
-        print(f"  {b:3d} {c:4d} {s:3d}   forward {row[0]}   forward+backward {row[1]}   max |diff| {diff:.1e}")
+        print(f"  {b:3d} {c:4d} {s:3d}   forward {row[0]}   forward+backward {row[1]}   "
+              f"error {errors[0]:.1e} and {errors[1]:.1e}")
 
 
 def adamw(_dtype) -> None:
@@ -129,8 +136,10 @@ def attention(dtype) -> None:
         print(f"  {b:3d} {h:2d} {n:4d} {d:3d}   " + "   ".join(row))
 
 
-KINDS = {"convolution": ("convolution",), "attention": ("scaled_dot_product",),
-         "matmul": ("aten::mm", "aten::addmm", "aten::bmm"), "adamw": ("adamw",)}  # matched in this order
+# lower-case name fragments, matched in this order; autograd's backward nodes (ConvolutionBackward0, MmBackward0,
+# ...) hold little self time but are counted with their kind
+KINDS = {"convolution": ("conv",), "attention": ("scaled_dot_product", "scaleddotproduct"),
+         "matmul": ("aten::mm", "aten::addmm", "aten::bmm", "mmbackward"), "adamw": ("_fused_adamw", "adamw.step")}
 
 
 def profile(dtype) -> None:

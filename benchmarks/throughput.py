@@ -12,8 +12,9 @@ alike, it measures:
   memory  the peak memory a training step takes beyond the weights and optimizer state (CPU: each network in
           a fresh process; see peak_memory_mb)
 and prints ours/diffusers with the spread (min..max) over --repeats rounds, and the achieved matrix rate
-(FLOPs of a step counted by torch.utils.flop_counter, times steps per second), as a fraction of the
-device's peak where it is known (--peak-tflops, or the dense bf16 rate of a known GPU). --compile runs
+(FLOPs of a step counted by torch.utils.flop_counter, times steps per second; each network's own FLOPs, and
+ours does fewer: its upsampling is a 4-tap transposed conv where diffusers' is a 9-tap conv over a doubled input),
+as a fraction of the device's peak where it is known (--peak-tflops, or the dense bf16 rate of a known GPU). --compile runs
 both networks through torch.compile; on CUDA, fp32 rows use TF32 matmuls (as `diffusely train` does), and
 --cuda-graphs adds a row of sampling passes replayed from CUDA graphs (diffusely.nets.fast, for both networks).
 On a GPU the default batches are 256 (training) and 512 (sampling) at 32x32, 64 and 128 at 64x64.
@@ -220,7 +221,7 @@ def measure(size: int, precision: str, args, device: torch.device) -> dict:
             per_item = batch if kind == "train" and args.per_image else (1 if kind == "train" else sbatch)
             rates[kind, name].append(iters[kind] * per_item / timed(fn, iters[kind], device))
     row = {"size": size, "precision": precision, "compile": args.compile, "params": params, "batch": batch,
-           "sample_batch": sbatch}
+           "sample_batch": sbatch, "same_optimizer": args.same_optimizer}
     for kind in kinds:
         ratios = [a / b for a, b in zip(rates[kind, "ours"], rates[kind, "diffusers"])]
         row[kind] = {"ours": statistics.median(rates[kind, "ours"]), "diffusers": statistics.median(rates[kind, "diffusers"]),
