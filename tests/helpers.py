@@ -17,3 +17,14 @@ def write_captions(folder, size=16, seed=1):
             for i, (label, caption) in enumerate(zip(data.labels, data.captions))]
     (folder / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return data.captions
+
+
+def wake_zero_layers(net, std: float = 0.1):
+    """Give the zero-initialised output convs random weights: at zero, every output of a fresh network is 0 and
+    most parameters get zero gradients, so equality checks would pass whatever the code did."""
+    import torch
+
+    for m in net.modules():
+        if isinstance(m, torch.nn.Conv2d) and not m.weight.any():
+            torch.nn.init.normal_(m.weight, std=std)
+    return net

@@ -12,7 +12,7 @@ from diffusely.nets import fast
 from diffusely.nets.fast import FastNet, autocast_dtype, fast_net, sampling_precision
 from diffusely.pipelines import generate
 
-from helpers import TINY_ARGS
+from helpers import TINY_ARGS, wake_zero_layers
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -20,10 +20,7 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GP
 def _net(device="cpu", **kw):
     torch.manual_seed(0)
     net = UNet(UNetConfig(channels=(16, 32), blocks_per_level=1, attention_levels=(1,), head_channels=16, groups=4, **kw))
-    for m in net.modules():  # zero-initialised output layers would make every output 0 and every check pass
-        if isinstance(m, torch.nn.Conv2d) and not m.weight.any():
-            torch.nn.init.normal_(m.weight, std=0.1)
-    return net.to(device).eval().requires_grad_(False)
+    return wake_zero_layers(net).to(device).eval().requires_grad_(False)
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from diffusely.config import TrainConfig
 from diffusely.nets import UNet, UNetConfig
 from diffusely.train import common
 
-from helpers import TINY_ARGS, write_captions
+from helpers import TINY_ARGS, wake_zero_layers, write_captions
 
 
 def test_autocast_selection(monkeypatch):
@@ -89,9 +89,7 @@ def test_activation_checkpointing_gives_the_same_gradients(monkeypatch):
     torch.manual_seed(0)
     net = UNet(UNetConfig(channels=(8, 16), blocks_per_level=1, attention_levels=(1,), head_channels=8, groups=4,
                           dropout=0.2, context_dim=6))
-    for m in net.modules():  # zero-initialised output layers would give most parameters zero gradients
-        if isinstance(m, torch.nn.Conv2d) and not m.weight.any():
-            torch.nn.init.normal_(m.weight, std=0.1)
+    wake_zero_layers(net)
     g = torch.Generator().manual_seed(1)
     x, t = torch.randn(2, 3, 8, 8, generator=g), torch.tensor([0.3, -0.5])
     context, mask = torch.randn(2, 4, 6, generator=g), torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]], dtype=torch.bool)
