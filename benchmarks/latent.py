@@ -39,10 +39,10 @@ from diffusely.metrics import (feature_statistics, fit_domain_features, frechet_
                                save_domain_features)
 from diffusely.nets import UNet, UNetConfig
 from diffusely.nets.autoencoder import AutoencoderConfig, psnr
+from diffusely.nets.fast import bf16_is_fast
 from diffusely.pipelines import generate
 from diffusely.train import train
 from diffusely.train.autoencoder import reconstruct, train_autoencoder
-from diffusely.train.common import bf16_is_fast
 from diffusely.viz import save_strip
 
 HELDOUT_SEED = 20_260_000  # held-out images: drawn with another seed than the training set (seed 0)

@@ -54,9 +54,10 @@ from diffusely.data import load_dataset, to_tensor
 from diffusely.denoisers import Denoiser
 from diffusely.metrics import DomainFeatures, FeatureStats, fit_domain_features, quality_metrics
 from diffusely.nets import UNet, UNetConfig
+from diffusely.nets.fast import bf16_is_fast
 from diffusely.pipelines import generate
 from diffusely.train import train
-from diffusely.train.common import bf16_is_fast, lr_at
+from diffusely.train.common import lr_at
 from diffusely.train.ema import ema_beta, make_ema, update_ema
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))

@@ -9,6 +9,7 @@ import diffusely.nets.unet as unet
 from diffusely.cli import main
 from diffusely.config import TrainConfig
 from diffusely.nets import UNet, UNetConfig
+from diffusely.nets import fast as fast_module
 from diffusely.train import common
 
 from helpers import TINY_ARGS, wake_zero_layers, write_captions
@@ -20,7 +21,7 @@ def test_autocast_selection(monkeypatch):
     assert common.autocast_dtype("fp32", cpu) is None
     for fast, expected in ((True, torch.bfloat16), (False, None)):
         monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True, fast=fast: fast)
-        assert common.bf16_is_fast(cuda) is fast  # Ampere and newer have native bf16; older GPUs emulate it
+        assert fast_module.bf16_is_fast(cuda) is fast  # Ampere and newer have native bf16; older GPUs emulate it
         assert common.autocast_dtype("auto", cuda) is expected
         assert common.autocast_dtype("fp32", cuda) is None
     with common.autocast("bf16", cpu):  # the context the loop enters: a matmul comes out in bf16

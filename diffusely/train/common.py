@@ -15,7 +15,7 @@ import torch.distributed as dist
 
 from ..checkpoint import CHECKPOINT, CONFIG, RunError, read_config, write_config
 from ..config import JsonConfig
-from ..nets.fast import autocast_dtype, bf16_is_fast  # noqa: F401  (bf16_is_fast: the benchmarks import it from here)
+from ..nets.fast import autocast_dtype
 
 LOG = "log.csv"
 RESUMABLE = ("compile", "activation_checkpointing")  # train settings a resumed run may change
