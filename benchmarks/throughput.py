@@ -96,9 +96,15 @@ def autocast(precision: str, device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
 
 
+def fused_for(name: str, device: torch.device, same_optimizer: bool) -> bool:
+    """Whether a network steps the fused AdamW: ours wherever torch has it, diffusers' only with --same-optimizer
+    (see the module's docstring)."""
+    return fused_adamw(device) and (name == "ours" or same_optimizer)
+
+
 def train_step_fn(name, net, batch, size, precision, device, same_optimizer=False):
-    fused = fused_adamw(device) and (name == "ours" or same_optimizer)  # see the module's docstring
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-4, **({"fused": True} if fused else {}))
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-4,
+                            **({"fused": True} if fused_for(name, device, same_optimizer) else {}))
     g = torch.Generator(device).manual_seed(0)
     x = torch.randn(batch, 3, size, size, generator=g, device=device)
     target = torch.randn(batch, 3, size, size, generator=g, device=device)
@@ -266,9 +272,9 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"device {name}, torch {torch.__version__}, threads {torch.get_num_threads()}, compile {args.compile}, "
           f"bf16 peak {f'{peak:g} TFLOP/s' if peak else 'unknown'}")
-    theirs_fused = fused_adamw(device) and args.same_optimizer
-    print(f"AdamW: ours {'fused' if fused_adamw(device) else 'default'}, "
-          f"diffusers {'fused' if theirs_fused else 'default'}{' (--same-optimizer)' if args.same_optimizer else ''}")
+    kernels = {n: "fused" if fused_for(n, device, args.same_optimizer) else "default" for n in ("ours", "diffusers")}
+    print(f"AdamW: ours {kernels['ours']}, diffusers {kernels['diffusers']}"
+          f"{' (--same-optimizer)' if args.same_optimizer else ''}")
     rows = []
     for size in map(int, args.sizes.split(",")):
         for precision in args.precision.split(","):
