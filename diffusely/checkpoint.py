@@ -260,8 +260,8 @@ def load_run(run_dir: str | Path, device="cpu", weights: str = "ema", precision:
         raise RunError(f"the weights in {run_dir} do not fit the model that config.json describes "
                        f"(was config.json edited?): {str(e).splitlines()[0]}") from None
     net.eval().requires_grad_(False)
-    return LoadedRun(config, build_denoiser(config, fast_net(net, precision, cuda_graphs)), ckpt.step, read_schedules(run_dir), run_dir=str(run_dir),
-                     latent=latent)
+    denoiser = build_denoiser(config, fast_net(net, precision, cuda_graphs))
+    return LoadedRun(config, denoiser, ckpt.step, read_schedules(run_dir), run_dir=str(run_dir), latent=latent)
 
 
 # ---------------------------------------------------------------------------------------------- autoencoders

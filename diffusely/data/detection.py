@@ -457,8 +457,9 @@ def load_detection(labelled: DetectionSet, size: int, channels: int = 3,
                 if (x1 - x0) * (y1 - y0) < 0.999 * (box[2] - box[0]) * (box[3] - box[1]):
                     notes.add("cut", str(item.path))
                 if estimate and not direction:  # a plain box: read its direction off the image, where it shows one
-                    direction = [d for d in [estimate_direction(array, (x0, y0, x1, y1))] if d]
-                    plain, estimated = plain + 1, estimated + bool(direction)
+                    found = estimate_direction(array, (x0, y0, x1, y1))
+                    direction = [found] if found else []
+                    plain, estimated = plain + 1, estimated + bool(found)
                 moved.append((cls, x0, y0, x1, y1, *direction))
             images.append(array if channels == 3 else array[..., None])
             boxes.append(moved)
