@@ -1,0 +1,60 @@
+"""Runs written before the package was reshaped (tests/fixtures/v0, made by its make_expected.py) still
+load, sample bit for bit as they did then, and resume training."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from diffusely.checkpoint import load_run
+from diffusely.pipelines import generate
+
+V0 = Path(__file__).parent / "fixtures" / "v0"
+CASES = {
+    "uncond": {},
+    "ddpm": {},
+    "classes": {"classes": [0, 1]},
+    "text": {"prompts": ["a red circle"], "guidance": 2.0},
+    "layout": {"layouts": [[(0, 4.0, 4.0, 20.0, 20.0)], [(1, 2.0, 10.0, 30.0, 14.0, 1)]]},
+    "latent": {},
+}
+
+
+def copy_run(name: str, tmp_path: Path) -> Path:
+    """A copy of a fixture run, a latent run's autoencoder path set to the fixture's (it was absolute)."""
+    shutil.copytree(V0 / "ae", tmp_path / "ae", dirs_exist_ok=True)
+    run_dir = tmp_path / name
+    shutil.copytree(V0 / name, run_dir)
+    if name == "latent":
+        config = json.loads((run_dir / "config.json").read_text())
+        config["latent"]["autoencoder"] = str(tmp_path / "ae")
+        (run_dir / "config.json").write_text(json.dumps(config))
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def expected():
+    return load_file(V0 / "expected.safetensors")
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_old_runs_sample_bit_for_bit(name, expected, tmp_path):
+    run = load_run(copy_run(name, tmp_path))
+    for sampler in ("heun", "euler_ancestral"):
+        x = torch.cat(list(generate(run, 2, steps=3, sampler=sampler, seed=0, progress=False, **CASES[name])))
+        assert torch.equal(x, expected[f"{name}.{sampler}"]), f"{name} with {sampler} changed"
+
+
+def test_old_run_resumes(tmp_path):
+    from diffusely.checkpoint import read_config
+    from diffusely.train import train
+
+    run_dir = copy_run("classes", tmp_path)
+    config = read_config(run_dir)
+    config.train.steps = 4
+    result = train(config, run_dir, resume=True, progress=False)
+    assert result["step"] == 4
+    assert load_run(run_dir).step == 4
