@@ -1,10 +1,128 @@
-"""Atomic file writes: readers see the old file or the new one, never half of one."""
+"""Files a run is made of: atomic writes, one lock per run directory, a check that a directory can be written.
+
+Readers see the old file or the new one, never half of one; a write that fails (disk full, read-only,
+permission) leaves the old file as it was and says so in one line.
+"""
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
+import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+
+LOCK = ".lock"
+
+
+class Busy(ValueError):
+    """Another process holds the directory's lock; the message names its PID and command."""
+
+
+class NotWritable(ValueError):
+    """A directory or file that cannot be written (read-only, no permission, disk full); the message says which."""
+
+
+# ------------------------------------------------------------------------------------------------------ locks
+
+_held: dict[Path, int] = {}  # directory -> how many times this process entered run_lock on it
+
+
+def _holder(path: Path) -> str:
+    try:
+        text = path.read_text(errors="replace").strip()
+    except OSError:
+        text = ""
+    pid, _, command = text.partition(" ")
+    return f"process {pid} ({command or 'unknown command'})" if pid else "another process"
+
+
+@contextmanager
+def run_lock(directory: str | Path, command: str):
+    """Hold an OS lock (flock on directory/.lock) on a run or dataset directory for the life of the work.
+
+    The directory is created if needed. A second process gets Busy naming the holder's PID and command. The
+    kernel drops the lock when the holder exits, even on kill -9, so a dead job never leaves a stale lock;
+    the PID and command written in the file only feed the message. Re-entering in the same process is allowed.
+    """
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise NotWritable(_why(directory, e)) from None
+    key = directory.resolve()
+    if key in _held:
+        _held[key] += 1
+        try:
+            yield
+        finally:
+            _held[key] -= 1
+        return
+    path = directory / LOCK
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise NotWritable(_why(path, e)) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise Busy(f"{directory} is in use by {_holder(path)}: wait for it to finish (or stop it), "
+                   f"or choose another directory") from None
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()} {' '.join(command.split())}\n".encode())
+        _held[key] = 1
+        yield
+    finally:
+        _held.pop(key, None)
+        os.close(fd)  # closing the descriptor releases the flock
+
+
+# ---------------------------------------------------------------------------------------- writable, or why not
+
+_REASONS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+            errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+            errno.EPERM: "permission denied"}
+
+
+def _why(path: Path, e: OSError) -> str:
+    """One line: which file, why it cannot be written, what to do."""
+    reason = _REASONS.get(e.errno, e.strerror or str(e))
+    fix = ("free some space or write elsewhere" if e.errno in (errno.ENOSPC, errno.EDQUOT)
+           else "choose a directory you can write, or fix its permissions")
+    return f"cannot write {path}: {reason}; {fix}"
+
+
+def _existing(directory: Path) -> Path:
+    """The directory itself or, when it is still to be made, its nearest existing ancestor."""
+    while not directory.exists() and directory != directory.parent:
+        directory = directory.parent
+    return directory
+
+
+def check_writable(directory: str | Path, need_bytes: int = 0) -> None:
+    """Raise NotWritable (one line) unless files can be written in `directory` (or, where it does not exist yet,
+    in the ancestor it would be made in) with at least `need_bytes` free. Run it before work that ends in a write."""
+    directory = Path(directory)
+    where = _existing(directory)
+    if not where.is_dir():
+        raise NotWritable(f"cannot write in {directory}: {where} is a file, not a directory; choose another path")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".writable.", dir=where)  # os.access lies for root and read-only mounts
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise NotWritable(_why(directory, e)) from None
+    free = shutil.disk_usage(where).free
+    if free < need_bytes:
+        raise NotWritable(f"cannot write in {directory}: it needs {need_bytes / 1e6:.1f} MB and the disk has "
+                          f"{free / 1e6:.1f} MB free; free some space or write elsewhere")
+
+
+# ------------------------------------------------------------------------------------------------ atomic writes
 
 
 def _umask() -> int:
@@ -13,11 +131,44 @@ def _umask() -> int:
     return mask
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+_swept: set[Path] = set()
+
+
+def sweep_stale(directory: str | Path) -> None:
+    """Remove the temporary files that writers killed mid-write left in `directory` ("NAME.PID.XXXX.tmp" whose
+    PID is gone). Done once per directory per process, by its first atomic write."""
+    directory = Path(directory)
+    for tmp in directory.glob("*.tmp"):
+        parts = tmp.name.split(".")
+        if len(parts) >= 4 and parts[-3].isdigit() and not _alive(int(parts[-3])):
+            tmp.unlink(missing_ok=True)
+    _swept.add(directory)
+
+
 def atomic_write(path: str | Path, write) -> None:
-    """Call write(tmp_path), flush it to disk, then rename over `path`: readers see the old file or the new, never half."""
+    """Call write(tmp_path), flush it to disk, then rename over `path`: readers see the old file or the new, never half.
+
+    A failure removes the temporary file and leaves `path` as it was; disk full, read-only and permission errors
+    become NotWritable with a one-line message naming the file.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.parent not in _swept:
+            sweep_stale(path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f"{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise NotWritable(_why(path, e)) from None
     os.close(fd)
     try:
         write(tmp)
@@ -25,8 +176,10 @@ def atomic_write(path: str | Path, write) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno in _REASONS:
+            raise NotWritable(_why(path, e)) from None
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
