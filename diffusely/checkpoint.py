@@ -29,10 +29,10 @@ from safetensors.torch import load_file, save_file
 from ._files import atomic_write, atomic_write_text, file_digest
 from .config import AutoencoderRunConfig, ConfigError, JsonConfig, RunConfig
 from .denoisers import Denoiser
-from .nets import ScratchTextEncoder, TextUNet, TokenProjection, UNet
+from .nets import UNet
 from .nets.autoencoder import Autoencoder, LatentSpace
 from .nets.fast import fast_net
-from .text import TextEncoder, load_text_encoder
+from .text import ScratchTextEncoder, TextEncoder, TextUNet, TokenProjection, load_text_encoder
 
 CONFIG = "config.json"
 CHECKPOINT = "checkpoint.safetensors"

@@ -13,7 +13,8 @@ from diffusely.checkpoint import load_run
 from diffusely.cli import main
 from diffusely.config import DataConfig, RunConfig, TextConfig, TrainConfig
 from diffusely.denoisers import ClassifierFreeGuidance, Denoiser
-from diffusely.nets import ScratchTextEncoder, TextUNet, UNet, UNetConfig
+from diffusely.nets import UNet, UNetConfig
+from diffusely.text import ScratchTextEncoder, TextUNet
 from diffusely.train import loop, train
 
 from helpers import TINY_ARGS, write_captions

@@ -10,11 +10,12 @@ from click.testing import CliRunner
 
 from diffusely.checkpoint import load_checkpoint, load_run
 from diffusely.cli import main
-from diffusely.data import DataError, load_dataset, read_captions
+from diffusely.data import DataError, load_dataset
 from diffusely.data.folder import find_images
 from diffusely.data.shapes import render_shapes
-from diffusely.nets import ScratchTextEncoder, TextUNet, UNet, UNetConfig
-from diffusely.text import NULL, TOKENIZER, WordTokenizer, load_sentence_transformer, check_prompt, load_pretrained_encoder
+from diffusely.nets import UNet, UNetConfig
+from diffusely.text import (NULL, TOKENIZER, ScratchTextEncoder, TextUNet, WordTokenizer, check_prompt, load_pretrained_encoder,
+                            load_sentence_transformer, read_captions)
 
 from helpers import TINY_ARGS, write_captions
 

@@ -21,7 +21,6 @@ class DataError(ValueError):
 
 
 # DataError is defined before these imports because folder.py imports it from here
-from .captions import read_captions  # noqa: E402
 from .folder import FolderData, load_image_folder  # noqa: E402
 from .defects import DefectsData, render_defects  # noqa: E402
 from .detection import DetectionSet, load_detection, read_coco, read_detection, read_yolo  # noqa: E402
@@ -86,7 +85,7 @@ def load_dataset(source: str, size: int, channels: int = 3, classes: bool = Fals
 
     A built-in name wins over a folder of the same name; write "./shapes" to mean the folder.
     `classes` asks a folder for labels from its subfolders, `captions` for a caption per image (see
-    data.captions); built-in datasets always carry both. `seed` and `max_shapes` (shapes per image)
+    diffusely.text.captions); built-in datasets always carry both. `seed` and `max_shapes` (shapes per image)
     only affect built-in datasets; `directions` only detection datasets (see load_detection).
     """
     if channels not in (1, 3):
@@ -104,6 +103,9 @@ def load_dataset(source: str, size: int, channels: int = 3, classes: bool = Fals
     # load_image_folder's error for a missing path lists the built-in names too
     if max_shapes != 1:
         raise DataError(f"max_shapes sets the built-in shapes data, not a folder like {source}")
+    # captions live in diffusely.text, which imports this package: imported here, where they are read
+    from ..text.captions import read_captions
+
     labelled = read_detection(source)
     if labelled is not None:  # a YOLO or COCO dataset: its images, and their boxes moved with the crop
         if classes:
@@ -160,7 +162,6 @@ __all__ = [
     "builtin_shapes",
     "load_dataset",
     "load_image_folder",
-    "read_captions",
     "render_defects",
     "render_shapes",
     "to_grayscale",

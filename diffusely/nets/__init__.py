@@ -1,6 +1,5 @@
 from .autoencoder import Autoencoder, AutoencoderConfig, LatentSpace
-from .text import ScratchTextEncoder, TextUNet, TokenProjection
 from .unet import UNet, UNetConfig
 
-__all__ = ["UNet", "UNetConfig", "TextUNet", "ScratchTextEncoder", "TokenProjection", "Autoencoder",
-           "AutoencoderConfig", "LatentSpace"]
+# the text networks (TextUNet and its encoders) live in diffusely.text, with the tokenizers and captions
+__all__ = ["UNet", "UNetConfig", "Autoencoder", "AutoencoderConfig", "LatentSpace"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .unet import UNet
+from ..nets.unet import UNet
 
 
 class ScratchTextEncoder(nn.Module):

@@ -14,7 +14,7 @@ import csv
 import json
 from pathlib import Path
 
-from . import DataError
+from ..data import DataError
 
 TABLES = ("metadata.jsonl", "metadata.csv", "captions.jsonl", "captions.csv")
 TEXT_KEYS = ("text", "caption")

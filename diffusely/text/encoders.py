@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 import torch
 from tqdm import tqdm
 
-from ._files import atomic_write_text
+from .._files import atomic_write_text
 
 TOKENIZER = "tokenizer.json"
 PAD, UNK, NULL = "<pad>", "<unk>", "<null>"
