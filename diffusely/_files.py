@@ -8,13 +8,24 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
 LOCK = ".lock"
+META = "meta"  # the safetensors metadata key that holds a file's JSON metadata
+
+
+class RunError(ValueError):
+    """A run directory that cannot be read or written as asked; the message says what to fix."""
 
 
 class Busy(ValueError):
@@ -23,6 +34,10 @@ class Busy(ValueError):
 
 class NotWritable(ValueError):
     """A directory or file that cannot be written (read-only, no permission, disk full); the message says which."""
+
+
+class Unreadable(ValueError):
+    """A tensors file that is missing, damaged or not safetensors; the message names it. Callers add what to do."""
 
 
 # ------------------------------------------------------------------------------------------------------ locks
@@ -201,3 +216,66 @@ def file_digest(path: str | Path, chars: int = 16) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()[:chars]
+
+
+# ------------------------------------------------------------------------------------ tensors plus JSON metadata
+
+
+def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    """Write `tensors` (name -> tensor, saved from the CPU, contiguous) and `meta` (anything JSON can hold, kept as
+    one JSON string under the safetensors metadata key "meta") into one safetensors file, atomically."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    metadata = {META: json.dumps(meta)}
+
+    def write(tmp):
+        try:
+            save_file(tensors, tmp, metadata=metadata)
+        except SafetensorError as e:  # its I/O errors arrive as text: give atomic_write the errno back
+            code = re.search(r"os error (\d+)", str(e))
+            if code is None:
+                raise
+            raise OSError(int(code.group(1)), os.strerror(int(code.group(1)))) from None
+
+    atomic_write(path, write)
+
+
+def _parse_meta(raw: dict[str, str]) -> dict:
+    if META in raw:
+        return json.loads(raw[META])
+    # files written before save_tensors kept one string per key, JSON for the structured ones
+    return {k: json.loads(v) if v[:1] in ("{", "[") else v for k, v in raw.items()}
+
+
+def _open(path: Path, device="cpu"):
+    if not path.is_file():  # regular files only: a FIFO or a device would block or never end
+        raise Unreadable(f"{path} does not exist" if not path.exists() else f"{path} is not a regular file")
+    return safe_open(str(path), "pt", device=str(device))
+
+
+def read_meta(path: str | Path) -> dict:
+    """The JSON metadata of a file save_tensors wrote, read from its header alone (no tensors loaded)."""
+    path = Path(path)
+    try:
+        with _open(path) as f:
+            return _parse_meta(f.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as e:
+        raise Unreadable(_damaged(path, e)) from None
+
+
+def load_tensors(path: str | Path, device="cpu") -> tuple[dict[str, torch.Tensor], dict]:
+    """(tensors on `device`, JSON metadata) of a file save_tensors wrote; Unreadable, naming the file, if it is
+    missing, damaged or not safetensors. Nothing is unpickled: safetensors holds raw tensor bytes only."""
+    path = Path(path)
+    try:
+        with _open(path, device) as f:
+            meta = _parse_meta(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise Unreadable(_damaged(path, e)) from None
+    return tensors, meta
+
+
+def _damaged(path: Path, e: Exception) -> str:
+    if isinstance(e, Unreadable):
+        return str(e)
+    return f"{path} is damaged or not a safetensors file ({type(e).__name__}: {' '.join(str(e).split())[:160]})"

@@ -1,46 +1,49 @@
-"""Run directories: config.json, one safetensors checkpoint (model, EMA, optimizer, step), atomic writes.
+"""Run directories: config.json, the training checkpoint and the weights to sample with, read back into a model.
 
 A run directory holds
     config.json              RunConfig: everything needed to rebuild the model and resume
     tokenizer.json           the word tokenizer of a text run whose encoder was trained from scratch
-    checkpoint.safetensors   tensors "model.*", "ema.*", "optim.*"; metadata: step, optimizer groups
+    checkpoint.safetensors   tensors "model.*", "ema.*", "optim.*"; metadata: step, optimizer groups (for resume)
+    checkpoint-STEP.safetensors  the `keep - 1` checkpoints before it, to roll back to (diffusely.state)
+    model.safetensors        the EMA weights alone and their step: what `load_run` samples with
+    .lock                    the lock a process writing the run holds (its PID and command inside)
     log.csv, loss.png        the training curve
     samples/                 sample grids written during training
     schedules.json           sigma schedules optimised for this model (`diffusely optimize-schedule`)
     latents.safetensors      a latent run's training set, encoded once (see train/latents.py)
 An autoencoder run (`diffusely train-autoencoder`) is a directory of the same kind: config.json
 (AutoencoderRunConfig, "kind": "autoencoder"), checkpoint.safetensors ("model.*", the discriminator's
-"disc.*", "optim.*", "disc_optim.*"), log.csv, loss.png and reconstructions/.
-Nothing here unpickles: safetensors holds tensors only, and the rest is JSON.
+"disc.*", "optim.*", "disc_optim.*") and its kept checkpoint-STEP.safetensors, log.csv, loss.png and
+reconstructions/. Nothing here unpickles: safetensors holds tensors only, and the rest is JSON. No checkpoint
+or weights file is ever written holding NaN or inf, and none is sampled from.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
-from ._files import atomic_write, atomic_write_text, file_digest
+from ._files import (RunError, Unreadable, atomic_write_text, check_writable, file_digest, load_tensors, read_meta,
+                     save_tensors)
 from .config import AutoencoderRunConfig, ConfigError, JsonConfig, RunConfig
 from .denoisers import Denoiser
 from .nets import UNet
 from .nets.autoencoder import Autoencoder, LatentSpace
 from .nets.fast import fast_net
 from .text import ScratchTextEncoder, TextEncoder, TextUNet, TokenProjection, load_text_encoder
+from .state import (CHECKPOINT, NonFiniteError, State, count_nonfinite, kept_steps, load_state, roll_back,  # noqa: F401
+                    save_run_state, save_state, step_of)
 
 CONFIG = "config.json"
-CHECKPOINT = "checkpoint.safetensors"
+MODEL = "model.safetensors"
 SCHEDULES = "schedules.json"
-
-
-class RunError(ValueError):
-    """A run directory that cannot be read; the message says what to fix."""
+SIGMA_FLOOR = 1e-5  # below this a sigma underflows float32 arithmetic (sigma², log sigma) into black images
 
 
 def write_config(run_dir: str | Path, config: JsonConfig) -> None:
@@ -72,91 +75,16 @@ def read_config(run_dir: str | Path, cls: type[JsonConfig] = RunConfig):
         raise RunError(f"{path} cannot be used: {e}. Fix the file or train the run again.") from None
 
 
-def _flatten_optimizer(state: dict, name: str = "optim") -> tuple[dict[str, torch.Tensor], dict]:
-    tensors, scalars = {}, {}
-    for idx, s in state["state"].items():
-        for k, v in s.items():
-            if torch.is_tensor(v):
-                tensors[f"{name}.{idx}.{k}"] = v
-            else:
-                scalars[f"{idx}.{k}"] = v
-    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
-
-
-def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
-    state: dict[int, dict] = {}
-    for key, v in tensors.items():
-        _, idx, k = key.split(".", 2)
-        state.setdefault(int(idx), {})[k] = v
-    for key, v in meta["scalars"].items():
-        idx, k = key.split(".", 1)
-        state.setdefault(int(idx), {})[k] = v
-    # JSON turned tuples (AdamW's betas) into lists; give them back as the optimizer made them
-    groups = [{k: tuple(v) if isinstance(v, list) and k != "params" else v for k, v in g.items()}
-              for g in meta["param_groups"]]
-    return {"state": state, "param_groups": groups}
-
-
-def _optimizer_key(name: str) -> str:
-    """Where an optimizer's JSON state lives in the metadata: optim -> optimizer, disc_optim -> disc_optimizer."""
-    if not name.endswith("optim"):
-        raise ValueError(f"optimizer names end in 'optim' (optim, disc_optim), got {name!r}")
-    return name + "izer"
-
-
-def save_state(path: str | Path, *, step: int, modules: dict[str, torch.nn.Module],
-               optimizers: dict[str, torch.optim.Optimizer]) -> Path:
-    """Write modules, optimizers and the step into one safetensors file, atomically: tensors
-    "<module>.<key>" and "<optimizer>.<param index>.<key>", the optimizers' groups and scalars as JSON metadata."""
-    tensors = {f"{name}.{k}": v for name, module in modules.items() for k, v in module.state_dict().items()}
-    metadata = {"step": str(step), "format": "diffusely-checkpoint-1"}
-    for name, optimizer in optimizers.items():
-        optim_tensors, optim_meta = _flatten_optimizer(optimizer.state_dict(), name)
-        tensors |= optim_tensors
-        metadata[_optimizer_key(name)] = json.dumps(optim_meta)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
-    return Path(path)
-
-
-@dataclass
-class State:
-    """A file save_state wrote: its step, module state dicts by name, optimizer state dicts by name."""
-
-    step: int
-    modules: dict[str, dict[str, torch.Tensor]]
-    optimizers: dict[str, dict]
-
-
-def load_state(path: str | Path, device="cpu") -> State:
-    """Read a file save_state wrote (a RunError names it if it is damaged)."""
-    path = Path(path)
-    try:
-        from safetensors import safe_open
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-        tensors = load_file(str(path), device=str(device))
-        step = int(meta["step"])
-        names = {k for k in meta if k.endswith("optimizer")}
-        optim_meta = {k[:-len("izer")]: json.loads(meta[k]) for k in names}
-    except (SafetensorError, OSError, KeyError, ValueError) as e:
-        raise RunError(f"{path} is damaged or not a diffusely checkpoint ({e}); train the run again") from None
-    modules: dict[str, dict[str, torch.Tensor]] = {}
-    optim_tensors: dict[str, dict[str, torch.Tensor]] = {name: {} for name in optim_meta}
-    for k, v in tensors.items():
-        prefix, rest = k.split(".", 1)
-        if prefix in optim_tensors:
-            optim_tensors[prefix][k] = v
-        else:
-            modules.setdefault(prefix, {})[rest] = v
-    return State(step, modules, {name: _unflatten_optimizer(optim_tensors[name], m) for name, m in optim_meta.items()})
-
-
 def save_checkpoint(run_dir: str | Path, *, model: torch.nn.Module, ema: torch.nn.Module,
-                    optimizer: torch.optim.Optimizer, step: int) -> Path:
-    """Write model, EMA and optimizer state and the step into one safetensors file, atomically."""
-    return save_state(Path(run_dir) / CHECKPOINT, step=step, modules={"model": model, "ema": ema},
-                      optimizers={"optim": optimizer})
+                    optimizer: torch.optim.Optimizer, step: int, keep: int = 2) -> Path:
+    """Write model, EMA and optimizer state and the step into checkpoint.safetensors (keeping the last `keep`,
+    older ones as checkpoint-STEP.safetensors; see diffusely.state), then the EMA weights alone into
+    model.safetensors for sampling, each atomically. NonFiniteError, writing nothing, if any tensor is NaN or inf."""
+    run_dir = Path(run_dir)
+    path = save_run_state(run_dir, step=step, modules={"model": model, "ema": ema}, optimizers={"optim": optimizer},
+                          keep=keep)
+    save_tensors(run_dir / MODEL, ema.state_dict(), {"step": step, "format": "diffusely-weights-1", "weights": "ema"})
+    return path
 
 
 @dataclass
@@ -197,23 +125,89 @@ def build_denoiser(config: RunConfig, net: torch.nn.Module) -> Denoiser:
 
 
 def read_schedules(run_dir: str | Path) -> dict[str, dict[str, list[float]]]:
-    """The run's optimised sigma schedules, {sampler: {steps: [sigma_max, ..., sigma_min, 0]}}; {} if none."""
+    """The run's optimised sigma schedules, {sampler: {steps: [sigma_max, ..., sigma_min, 0]}}; {} if none.
+    A file of the wrong shape, or a sequence no sampler can use, is a RunError naming the entry."""
     path = Path(run_dir) / SCHEDULES
     if not path.is_file():
         return {}
+    fix = "delete it or run `diffusely optimize-schedule` again"
     try:
-        return json.loads(path.read_text())
-    except ValueError as e:
-        raise RunError(f"{path} is not valid JSON ({e}); delete it or run `diffusely optimize-schedule` again") from None
+        schedules = json.loads(path.read_text())
+    except (ValueError, RecursionError) as e:
+        raise RunError(f"{path} is not valid JSON ({type(e).__name__}: {str(e)[:120]}); {fix}") from None
+    if not isinstance(schedules, dict):
+        raise RunError(f"{path} must hold an object {{sampler: {{steps: [sigmas]}}}}, not "
+                       f"{type(schedules).__name__}; {fix}")
+    for sampler, by_steps in schedules.items():
+        if not isinstance(by_steps, dict):
+            raise RunError(f"{path}: {sampler!r} must be an object {{steps: [sigmas]}}, not "
+                           f"{type(by_steps).__name__}; {fix}")
+        for steps, sigmas in by_steps.items():
+            problem = _sigmas_problem(steps, sigmas)
+            if problem:
+                raise RunError(f"{path}: {sampler!r} {steps!r} {problem}; {fix}")
+    return schedules
+
+
+def _sigmas_problem(steps: str, sigmas) -> Optional[str]:
+    """What is wrong with one stored sequence (steps + 1 sigmas, finite, strictly decreasing, ending in 0), or None."""
+    if not steps.isdigit() or int(steps) < 1:
+        return "is not a step count: the keys under a sampler are whole numbers >= 1"
+    if not isinstance(sigmas, list) or not all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in sigmas):
+        return "must be a list of numbers (sigmas)"
+    if len(sigmas) != int(steps) + 1:
+        return f"must hold steps + 1 = {int(steps) + 1} sigmas, not {len(sigmas)}"
+    if not all(math.isfinite(s) for s in sigmas):
+        return "holds a sigma that is not finite (NaN or Infinity)"
+    if sigmas[-1] != 0:
+        return f"must end in 0, not {sigmas[-1]}"
+    if min(sigmas[:-1]) < SIGMA_FLOOR:
+        return f"holds sigma {min(sigmas[:-1]):g}: before the final 0 every sigma must be at least {SIGMA_FLOOR:g}"
+    if any(a <= b for a, b in zip(sigmas, sigmas[1:])):
+        return "must be strictly decreasing"
+    return None
 
 
 def write_schedule(run_dir: str | Path, sampler: str, steps: int, sigmas) -> Path:
     """Store (or replace) the schedule for (sampler, steps) in the run's schedules.json, atomically."""
+    check_writable(run_dir)
     schedules = read_schedules(run_dir)
     schedules.setdefault(sampler, {})[str(steps)] = [float(s) for s in sigmas]
     path = Path(run_dir) / SCHEDULES
     atomic_write_text(path, json.dumps(schedules, indent=2) + "\n")
     return path
+
+
+def refuse_nonfinite(weights: dict[str, torch.Tensor], source: Path) -> None:
+    """NonFiniteError if any weight holds NaN or inf: sampling from them gives black images."""
+    bad = count_nonfinite(weights)
+    if bad:
+        raise NonFiniteError(f"{source} holds non-finite weights ({bad} of {len(weights)} tensors hold NaN or inf), "
+                             f"from a run that diverged: roll back to a kept checkpoint (rename checkpoint-STEP."
+                             f"safetensors to {CHECKPOINT}) or train again with a lower learning rate")
+
+
+def sampling_weights(run_dir: str | Path, device="cpu", weights: str = "ema") -> tuple[dict[str, torch.Tensor], int]:
+    """The weights to sample with and their step: model.safetensors where it is the EMA of the training
+    checkpoint's step (or stands alone), else the training checkpoint's EMA (or raw, weights='model') weights:
+    runs from before model.safetensors, or rolled back. Refuses non-finite weights."""
+    run_dir = Path(run_dir)
+    model_path, ckpt_path = run_dir / MODEL, run_dir / CHECKPOINT
+    if weights == "ema" and model_path.is_file():
+        try:
+            step = int(read_meta(model_path)["step"])
+            if not ckpt_path.is_file() or step_of(ckpt_path) == step:
+                state = load_tensors(model_path, device)[0]
+                refuse_nonfinite(state, model_path)
+                return state, step
+        except (Unreadable, KeyError, TypeError, ValueError) as e:
+            if isinstance(e, NonFiniteError):
+                raise
+            raise RunError(f"{model_path} cannot be read ({e}); delete it to sample from {CHECKPOINT}") from None
+    ckpt = load_checkpoint(run_dir, device)
+    state = ckpt.ema if weights == "ema" else ckpt.model
+    refuse_nonfinite(state, ckpt_path)
+    return state, ckpt.step
 
 
 @dataclass
@@ -252,16 +246,16 @@ def load_run(run_dir: str | Path, device="cpu", weights: str = "ema", precision:
     network runs when sampling (nets.fast); the defaults run it as trained, in float32."""
     config = read_config(run_dir)
     latent = load_latent_space(config, device, run_dir) if config.latent else None
-    ckpt = load_checkpoint(run_dir, device)
+    state, step = sampling_weights(run_dir, device, weights)
     net = build_model(config).to(device)
     try:
-        net.load_state_dict(ckpt.ema if weights == "ema" else ckpt.model)
+        net.load_state_dict(state)
     except RuntimeError as e:
         raise RunError(f"the weights in {run_dir} do not fit the model that config.json describes "
                        f"(was config.json edited?): {str(e).splitlines()[0]}") from None
     net.eval().requires_grad_(False)
     denoiser = build_denoiser(config, fast_net(net, precision, cuda_graphs))
-    return LoadedRun(config, denoiser, ckpt.step, read_schedules(run_dir), run_dir=str(run_dir), latent=latent)
+    return LoadedRun(config, denoiser, step, read_schedules(run_dir), run_dir=str(run_dir), latent=latent)
 
 
 # ---------------------------------------------------------------------------------------------- autoencoders
@@ -282,6 +276,7 @@ def load_autoencoder(ae_dir: str | Path, device="cpu") -> LoadedAutoencoder:
     if not path.is_file():
         raise RunError(f"{ae_dir} has no {CHECKPOINT} yet: train it (or let training reach its first checkpoint)")
     state = load_state(path, device)
+    refuse_nonfinite(state.modules.get("model", {}), path)
     autoencoder = Autoencoder(config.model).to(device)
     try:
         autoencoder.load_state_dict(state.modules.get("model", {}))

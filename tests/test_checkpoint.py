@@ -3,6 +3,7 @@ import json
 import pytest
 import torch
 
+from diffusely import _files as files
 from diffusely import checkpoint as ck
 from diffusely.config import RunConfig, TrainConfig
 from diffusely.nets import UNetConfig
@@ -63,7 +64,7 @@ def test_checkpoint_loading_never_unpickles(tmp_path, monkeypatch):
     # a safetensors file: an 8-byte header length, then a JSON header, then raw tensor bytes
     raw = (tmp_path / ck.CHECKPOINT).read_bytes()
     header = json.loads(raw[8:8 + int.from_bytes(raw[:8], "little")])
-    assert header["__metadata__"]["step"] == "1"
+    assert json.loads(header["__metadata__"]["meta"])["step"] == 1
 
 
 def test_crash_while_writing_keeps_previous_checkpoint(tmp_path, monkeypatch):
@@ -76,7 +77,7 @@ def test_crash_while_writing_keeps_previous_checkpoint(tmp_path, monkeypatch):
             f.write(b"\x00" * 1000)  # half a file on disk, then the process "dies"
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(ck, "save_file", dies_halfway)
+    monkeypatch.setattr(files, "save_file", dies_halfway)
     with torch.no_grad():
         model.out[-1].weight.add_(1.0)
     with pytest.raises(KeyboardInterrupt):
