@@ -205,6 +205,23 @@ def _check_range(sigma_min: float, sigma_max: float) -> None:
         raise ValueError(f"sigma_min must be > 0, got {sigma_min}")
     if not sigma_min < sigma_max:
         raise ValueError(f"sigma_min must be < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
+    if not math.isfinite(sigma_max):
+        raise ValueError(f"sigma_max must be finite, got {sigma_max}")
+
+
+def check_sigmas(sigmas: torch.Tensor, steps: int, sigma_min: float, sigma_max: float) -> None:
+    """Refuse a sigma sequence a sampler cannot run: it must hold steps + 1 finite sigmas, strictly decreasing
+    from at most sigma_max to at least sigma_min, then 0. (A sigma far below sigma_min, 1e-300 say, is 0 in
+    a float32 network: its noise label log(sigma) is -inf and every sample comes out NaN.)"""
+    got = f"got {[round(float(s), 6) for s in sigmas[:8]]}{' ...' if len(sigmas) > 8 else ''}"
+    if sigmas.shape != (steps + 1,):
+        raise ValueError(f"a sigma sequence for {steps} steps holds {steps + 1} sigmas (the last 0), {got}")
+    if not sigmas.isfinite().all() or sigmas[-1] != 0 or not (sigmas.diff() < 0).all():
+        raise ValueError(f"sigmas must be finite and strictly decreasing, ending in 0, {got}")
+    # a relative slack of 1e-6 for sequences written out as text and read back
+    if sigmas[0] > sigma_max * (1 + 1e-6) or sigmas[-2] < sigma_min * (1 - 1e-6):
+        raise ValueError(f"sigmas must lie in [sigma_min, sigma_max] = [{sigma_min:.6g}, {sigma_max:.6g}] "
+                         f"before the final 0, {got}")
 
 
 def _append_zero(sigmas: torch.Tensor) -> torch.Tensor:
@@ -269,8 +286,7 @@ def get_sigmas(steps: int, sigma_min: float, sigma_max: float, spacing: Spacing 
             raise ValueError(f"unknown spacing {spacing!r}; choose one of: {', '.join(SPACINGS)}")
         spacing = SPACINGS[spacing]
     sigmas = torch.as_tensor(spacing(steps, sigma_min, sigma_max), dtype=torch.float64)
-    if sigmas.shape != (steps + 1,) or sigmas[-1] != 0 or not (sigmas[:-1] > 0).all() or not (sigmas.diff() < 0).all():
-        raise ValueError(f"a spacing must return {steps + 1} strictly decreasing sigmas ending in 0")
+    check_sigmas(sigmas, steps, sigma_min, sigma_max)
     return sigmas
 
 
