@@ -74,7 +74,7 @@ class GaussianMixture:
         An adaptive solve down to sigma_end = 1e-3 min(stds), then the exact denoiser there: the
         denoise misses x(0) by O((sigma_end / std)^2) = 1e-6 relative.
         """
-        from .samplers import sample_adaptive
+        from .samplers.adaptive import sample_adaptive
 
         sigma_end = 1e-3 * float(self.stds.min())
         sigmas = torch.tensor([sigma, sigma_end, 0.0], dtype=torch.float64)

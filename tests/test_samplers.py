@@ -11,7 +11,8 @@ import torch
 
 import diffusely
 from diffusely import SAMPLERS, nfe, sample
-from diffusely.samplers import ancestral_step, sample_ddpm, sample_euler_ancestral, steps_for_nfe
+from diffusely.samplers import ancestral_step, steps_for_nfe
+from diffusely.samplers.ancestral import sample_ddpm, sample_euler_ancestral
 from diffusely.samplers.multistep import dpmpp_update
 
 MU, S = 0.3, 0.7
@@ -203,8 +204,8 @@ def test_callback_sees_every_step():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(method="dpm++"), "unknown sampler 'dpm\\+\\+'; choose one of: euler, heun, ddim, euler_ancestral, ddpm, "
-                           "dpmpp_2m, dpmpp_3m, dpmpp_2s, dpmpp_2m_sde, dpmpp_3m_sde, unipc, deis, lms, adaptive"),
+    (dict(method="dpm++"), "unknown sampler 'dpm\\+\\+'; choose one of: euler, heun, euler_ancestral, ddim, ddpm, "
+                           "dpmpp_2m, dpmpp_3m, dpmpp_2s, unipc, deis, lms, dpmpp_2m_sde, dpmpp_3m_sde, adaptive"),
     (dict(steps=0), "steps must be an integer >= 1"),
     (dict(nfe=10), "give exactly one of steps and nfe"),
     (dict(steps=None), "give exactly one of steps and nfe"),

@@ -11,6 +11,7 @@ import math
 
 from .._util import randn_like
 from ._common import denoise, report
+from .registry import register
 
 
 def ancestral_step(sigma: float, sigma_next: float, eta: float = 1.0) -> tuple[float, float]:
@@ -25,6 +26,7 @@ def ancestral_step(sigma: float, sigma_next: float, eta: float = 1.0) -> tuple[f
     return math.sqrt(sigma_next**2 - sigma_up**2), sigma_up
 
 
+@register("euler_ancestral", calls_per_step=1)
 def sample_euler_ancestral(denoiser, x, sigmas, *, generator=None, callback=None, cond=None, eta=1.0):
     """Euler-ancestral: an Euler step down to sigma_down, then noise sigma_up (eta = 1: DDPM's variance).
 
@@ -42,6 +44,7 @@ def sample_euler_ancestral(denoiser, x, sigmas, *, generator=None, callback=None
     return x
 
 
+@register("ddim", calls_per_step=1)
 def sample_ddim(denoiser, x, sigmas, *, generator=None, callback=None, cond=None, eta=0.0):
     """DDIM (Song et al. 2021, eq. 12) in sigma space: x_next = x0_hat + sqrt(sigma_next^2 - sigma_up^2) eps_hat + sigma_up z.
 
@@ -51,6 +54,7 @@ def sample_ddim(denoiser, x, sigmas, *, generator=None, callback=None, cond=None
     return sample_euler_ancestral(denoiser, x, sigmas, generator=generator, callback=callback, cond=cond, eta=eta)
 
 
+@register("ddpm", calls_per_step=1)
 def sample_ddpm(denoiser, x, sigmas, *, generator=None, callback=None, cond=None):
     """DDPM's ancestral sampler (Ho et al. 2020, eqs. 6-7): draw x_next from the posterior q(x_next | x, x0_hat).
 

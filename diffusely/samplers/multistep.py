@@ -22,6 +22,7 @@ import numpy as np
 
 from .._util import randn_like
 from ._common import denoise, report
+from .registry import register
 
 
 def _lambda(sigma: float) -> float:
@@ -113,6 +114,7 @@ def dpmpp_multistep(denoiser, x, sigmas, *, order, eta=0.0, s_noise=1.0, generat
     return x
 
 
+@register("dpmpp_2m", calls_per_step=1)
 def sample_dpmpp_2m(denoiser, x, sigmas, *, generator=None, callback=None, cond=None, lower_order_final=True):
     """DPM-Solver++(2M) (Lu et al. 2022b, alg. 2): second order, one evaluation per step.
 
@@ -125,6 +127,7 @@ def sample_dpmpp_2m(denoiser, x, sigmas, *, generator=None, callback=None, cond=
                            lower_order_final=lower_order_final)
 
 
+@register("dpmpp_3m", calls_per_step=1)
 def sample_dpmpp_3m(denoiser, x, sigmas, *, generator=None, callback=None, cond=None, lower_order_final=True):
     """DPM-Solver++(3M): third order from the last three denoiser outputs, one evaluation per step.
 
@@ -135,6 +138,7 @@ def sample_dpmpp_3m(denoiser, x, sigmas, *, generator=None, callback=None, cond=
                            lower_order_final=lower_order_final)
 
 
+@register("dpmpp_2s", calls_per_step=2)
 def sample_dpmpp_2s(denoiser, x, sigmas, *, generator=None, callback=None, cond=None):
     """DPM-Solver++(2S) (Lu et al. 2022b, alg. 1, r = 1/2): single-step second order.
 
@@ -196,6 +200,7 @@ def unipc_update(x, lams, ds, lam_next, order, d_next=None):
     return x
 
 
+@register("unipc", calls_per_step=1)
 def sample_unipc(denoiser, x, sigmas, *, generator=None, callback=None, cond=None, order=2, lower_order_final=True):
     """UniPC (Zhao et al. 2023): UniP-`order` predictor with the UniC corrector, orders 1 to 3.
 
@@ -259,6 +264,7 @@ def _adams_bashforth(denoiser, x, sigmas, order, to_time, weight, lower_order_fi
     return x
 
 
+@register("deis", calls_per_step=1)
 def sample_deis(denoiser, x, sigmas, *, generator=None, callback=None, cond=None, order=3, lower_order_final=True):
     """DEIS (Zhang & Chen 2023, tAB-DEIS) with time log(sigma), as diffusers' "logrho" variant.
 
@@ -271,6 +277,7 @@ def sample_deis(denoiser, x, sigmas, *, generator=None, callback=None, cond=None
     return _adams_bashforth(denoiser, x, sigmas, order, math.log, np.exp, lower_order_final, callback, cond)
 
 
+@register("lms", calls_per_step=1)
 def sample_lms(denoiser, x, sigmas, *, generator=None, callback=None, cond=None, order=4, lower_order_final=True):
     """Linear multistep (Adams-Bashforth) on dx/dsigma = eps, as in k-diffusion's LMS (order 4).
 

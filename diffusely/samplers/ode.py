@@ -10,6 +10,7 @@ import math
 
 from .._util import randn_like
 from ._common import denoise, report
+from .registry import register
 
 
 def _churn(x, sigma, steps, generator, S_churn, S_tmin, S_tmax, S_noise):
@@ -27,6 +28,7 @@ def _d(denoiser, x, sigma, cond):
     return (x - denoised) / sigma, denoised
 
 
+@register("euler", calls_per_step=1)
 def sample_euler(denoiser, x, sigmas, *, generator=None, callback=None, cond=None,
                  S_churn=0.0, S_tmin=0.0, S_tmax=float("inf"), S_noise=1.0):
     """Euler's method on the probability-flow ODE (= deterministic DDIM, Song et al. 2021, in sigma space).
@@ -44,6 +46,7 @@ def sample_euler(denoiser, x, sigmas, *, generator=None, callback=None, cond=Non
     return x
 
 
+@register("heun", calls_per_step=2)
 def sample_heun(denoiser, x, sigmas, *, generator=None, callback=None, cond=None,
                 S_churn=0.0, S_tmin=0.0, S_tmax=float("inf"), S_noise=1.0):
     """Heun's second-order method (EDM alg. 1, or alg. 2 with S_churn > 0).

@@ -16,7 +16,8 @@ from typing import Optional
 import torch
 
 from ..schedules import get_sigmas
-from . import get_sampler, sample  # this module is not imported by the package: no cycle
+from . import sample  # this module is not imported by the package: no cycle
+from .registry import check_options, get_sampler
 
 
 @dataclass
@@ -66,6 +67,7 @@ def optimize_sigmas(denoiser, noise: torch.Tensor, steps: int, method: str, *, s
     and halves the step when a sweep finds none, down to min_step_size. Deterministic methods only
     make sense here (the error of a stochastic one is mostly its noise). `options` go to the sampler.
     """
+    check_options(method, options)  # before the reference solve, which is the costly part
     if reference is None:
         reference = ode_reference(denoiser, noise, sigma_min=sigma_min, sigma_max=sigma_max, rtol=reference_rtol)
     evaluations = 0

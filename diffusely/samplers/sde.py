@@ -13,8 +13,10 @@ Per-sample generators make each sample depend on its own seed only.
 from __future__ import annotations
 
 from .multistep import dpmpp_multistep
+from .registry import register
 
 
+@register("dpmpp_2m_sde", calls_per_step=1)
 def sample_dpmpp_2m_sde(denoiser, x, sigmas, *, generator=None, callback=None, cond=None, eta=1.0, s_noise=1.0):
     """DPM-Solver++(2M) SDE: the 2M step on the reverse SDE (eta = 1) with fresh noise after every step.
 
@@ -26,6 +28,7 @@ def sample_dpmpp_2m_sde(denoiser, x, sigmas, *, generator=None, callback=None, c
                            callback=callback, cond=cond)
 
 
+@register("dpmpp_3m_sde", calls_per_step=1)
 def sample_dpmpp_3m_sde(denoiser, x, sigmas, *, generator=None, callback=None, cond=None, eta=1.0, s_noise=1.0):
     """DPM-Solver++(3M) SDE: the 3M step on the reverse SDE (eta = 1) with fresh noise after every step.
 
