@@ -1,4 +1,4 @@
-"""Network parameterizations in sigma space, and classifier-free guidance as a denoiser wrapper.
+"""Network parameterizations in sigma space, and the denoiser wrappers: classifier-free guidance, thresholding.
 
 A raw network F(input, noise_label, **cond) becomes a denoiser D(x, sigma, **cond) -> x0_hat through
 D = c_skip(sigma) * x + c_out(sigma) * F(c_in(sigma) * x, c_noise(sigma))   (EDM eq. 7).
@@ -7,6 +7,7 @@ Each parameterization is just its coefficients; the training target of F follows
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -130,6 +131,16 @@ class ClassifierFreeGuidance:
     rescale: float = 0.0
     interval: tuple[float, float] = (0.0, float("inf"))
 
+    def __post_init__(self):
+        # an infinite or NaN scale turns every estimate into inf or NaN: black images and exit 0
+        if not math.isfinite(self.scale):
+            raise ValueError(f"the guidance scale must be a finite number (1: none, 0: unconditional), got {self.scale}")
+        if not 0 <= self.rescale <= 1:
+            raise ValueError(f"the guidance rescale (phi) must lie in [0, 1], got {self.rescale}")
+        low, high = self.interval
+        if not 0 <= low < high:
+            raise ValueError(f"the guidance interval (sigma_lo, sigma_hi) needs 0 <= sigma_lo < sigma_hi, got {self.interval}")
+
     def __call__(self, x: torch.Tensor, sigma, **cond) -> torch.Tensor:
         missing = set(self.uncond) - set(cond)
         if missing:
@@ -159,3 +170,17 @@ class ClassifierFreeGuidance:
             factor = d_cond.std(dims, keepdim=True) / d.std(dims, keepdim=True)
             d = d * (self.rescale * factor + 1 - self.rescale)
         return d
+
+
+@dataclass
+class Thresholded:
+    """Static thresholding (Saharia et al. 2022, "Imagen", sec. 2.3): clip the guided x0 estimate to the data's
+    range. Guidance extrapolates past the data (3 D_cond - 2 D_uncond can be far outside [-1, 1]); an ODE
+    that follows such estimates leaves the range the network was trained on, and its later estimates fail."""
+
+    denoiser: Callable[..., torch.Tensor]
+    low: float = -1.0
+    high: float = 1.0
+
+    def __call__(self, x: torch.Tensor, sigma, **cond) -> torch.Tensor:
+        return self.denoiser(x, sigma, **cond).clamp(self.low, self.high)

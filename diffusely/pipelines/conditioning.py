@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 import torch
 
 from ..checkpoint import LoadedRun
-from ..denoisers import ClassifierFreeGuidance
+from ..denoisers import ClassifierFreeGuidance, Thresholded
 from ..layout import box_class, pack_boxes, render_run_layout
 from ..text import check_prompt
 
@@ -39,20 +39,6 @@ def class_index(run: LoadedRun, value) -> int:
     if text.isdigit() and int(text) < k:
         return int(text)
     raise ValueError(f"unknown class {text!r}; this run's classes: {', '.join(names)} (or an index 0..{k - 1})")
-
-
-@dataclass
-class Thresholded:
-    """Static thresholding (Saharia et al. 2022, "Imagen", sec. 2.3): clip the guided x0 estimate to the data's
-    range. Guidance extrapolates past the data (3 D_cond - 2 D_uncond can be far outside [-1, 1]); an ODE
-    that follows such estimates leaves the range the network was trained on, and its later estimates fail."""
-
-    denoiser: object
-    low: float = -1.0
-    high: float = 1.0
-
-    def __call__(self, x: torch.Tensor, sigma, **cond) -> torch.Tensor:
-        return self.denoiser(x, sigma, **cond).clamp(self.low, self.high)
 
 
 @dataclass
