@@ -6,15 +6,19 @@
 
 A table's file_name is relative to the folder the table is in, and a table may sit in any subfolder.
 The caption column is `text` (or `caption`). A table's caption wins over a .txt beside the image.
+Every file is UTF-8 (a byte order mark, as Excel writes, is fine) and a regular file: a FIFO or device
+named like a caption is refused, never opened.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 
 from ..data import DataError
+from ..data.reading import read_text
 
 TABLES = ("metadata.jsonl", "metadata.csv", "captions.jsonl", "captions.csv")
 TEXT_KEYS = ("text", "caption")
@@ -31,8 +35,8 @@ def read_captions(root, image_paths) -> list[str]:
     captions, missing = [], []
     for path in map(Path, image_paths):
         text = from_tables.get(path.resolve().as_posix())
-        if text is None and path.with_suffix(".txt").is_file():
-            text = path.with_suffix(".txt").read_text(encoding="utf-8")
+        if text is None and path.with_suffix(".txt").exists():  # read_text refuses a folder, FIFO or device
+            text = read_text(path.with_suffix(".txt"), "caption file")
         text = " ".join(text.split()) if text is not None else ""
         if not text:
             missing.append(path)
@@ -52,22 +56,17 @@ def _hidden(path: Path, root: Path) -> bool:
 def _read_table(path: Path) -> list[tuple[str, str]]:
     """(file_name, caption) rows of a metadata.jsonl or .csv file."""
     rows = []
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            if path.suffix == ".csv":
-                records = list(csv.DictReader(f))
-                where = lambda i: f"{path}, row {i + 2}"  # noqa: E731  (row 1 is the header)
-            else:
-                records = []
-                for i, line in enumerate(f):
-                    if line.strip():
-                        try:
-                            records.append(json.loads(line))
-                        except json.JSONDecodeError as e:
-                            raise DataError(f"{path}, line {i + 1} is not JSON: {e}") from None
-                where = lambda i: f"{path}, record {i + 1}"  # noqa: E731
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise DataError(f"cannot read the caption table {path}: {e}") from None
+    text = read_text(path, "caption table")  # as utf-8-sig: a BOM would otherwise rename the first column
+    if path.suffix == ".csv":
+        try:
+            records = list(csv.DictReader(io.StringIO(text, newline="")))
+        except csv.Error as e:
+            raise DataError(f"cannot read the caption table {path}: {e}") from None
+        where = lambda i: f"{path}, row {i + 2}"  # noqa: E731  (row 1 is the header)
+    else:
+        # split("\n"), not splitlines(): a JSON string may hold U+2028, which splitlines() breaks at
+        records = [_json_line(path, i, line) for i, line in enumerate(text.split("\n")) if line.strip()]
+        where = lambda i: f"{path}, record {i + 1}"  # noqa: E731
     for i, record in enumerate(records):
         if not isinstance(record, dict) or "file_name" not in record:
             raise DataError(f"{where(i)} has no file_name; a caption table needs the columns file_name and text")
@@ -76,3 +75,12 @@ def _read_table(path: Path) -> list[tuple[str, str]]:
             raise DataError(f"{where(i)} has no caption: it needs a text column, has {', '.join(map(str, record))}")
         rows.append((str(record["file_name"]), str(record[key] or "")))
     return rows
+
+
+def _json_line(path: Path, i: int, line: str):
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}, line {i + 1} is not JSON: {e}") from None
+    except RecursionError:  # python's parser recurses once a nesting level
+        raise DataError(f"{path}, line {i + 1} nests its JSON too deep to read; a record is one flat object") from None
