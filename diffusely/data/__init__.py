@@ -79,14 +79,15 @@ class Dataset:
 
 
 def load_dataset(source: str, size: int, channels: int = 3, classes: bool = False, seed: int = 0, *,
-                 captions: bool = False, max_shapes: int = 1, directions: str = "auto") -> Dataset:
+                 captions: bool = False, max_shapes: int = 1, directions: str = "auto", outside: bool = False) -> Dataset:
     """Load a built-in dataset by name (see BUILTIN), a detection dataset (a YOLO folder with data.yaml, or
     COCO JSON: images with their boxes) or every image under a folder, as size x size images.
 
     A built-in name wins over a folder of the same name; write "./shapes" to mean the folder.
     `classes` asks a folder for labels from its subfolders, `captions` for a caption per image (see
     diffusely.text.captions); built-in datasets always carry both. `seed` and `max_shapes` (shapes per image)
-    only affect built-in datasets; `directions` only detection datasets (see load_detection).
+    only affect built-in datasets; `directions` only detection datasets (see load_detection); `outside` lets a
+    COCO file name images outside its dataset folder (see data.coco.read_coco).
     """
     if channels not in (1, 3):
         raise DataError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels}")
@@ -106,7 +107,7 @@ def load_dataset(source: str, size: int, channels: int = 3, classes: bool = Fals
     # captions live in diffusely.text, which imports this package: imported here, where they are read
     from ..text.captions import read_captions
 
-    labelled = read_detection(source)
+    labelled = read_detection(source, outside=outside)
     if labelled is not None:  # a YOLO or COCO dataset: its images, and their boxes moved with the crop
         if classes:
             raise DataError(f"{source} is a detection dataset: its classes are those of the boxes; train with "
