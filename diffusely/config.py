@@ -1,16 +1,14 @@
-"""Dataclass configs for a run, their JSON round trip and readable validation errors."""
+"""Dataclass configs for a run (their JSON round trip and the checks that name a field: jsonconfig.py)."""
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .denoisers import PARAMETERIZATIONS
+from .jsonconfig import ConfigError, JsonConfig, check_choice, check_count, check_number
 from .loss import WEIGHTINGS
 from .layout import DIRECTIONS
 from .nets.autoencoder import AutoencoderConfig
@@ -20,10 +18,8 @@ from .samplers import SAMPLERS
 from .schedules import VP_SCHEDULES, DiscreteSchedule
 
 CONFIG_VERSION = 1
-
-
-class ConfigError(ValueError):
-    """A config that cannot be used; the message says which field and what is allowed."""
+MAX_IMAGE_SIZE = 4096  # pixels a side: past this a batch cannot fit in memory, and 100000 is a typo, not a wish
+MAX_SEED = 2**63 - 1  # seeds feed numpy's SeedSequence and torch generators, which take 0..2**63 - 1
 
 
 @dataclass
@@ -50,14 +46,18 @@ class DiffusionConfig:
     sample_steps: int = 18
 
     def __post_init__(self):
-        _choice("diffusion.parameterization", self.parameterization, PARAMETERIZATIONS)
-        _choice("diffusion.weighting", self.weighting, WEIGHTINGS)
-        _choice("diffusion.sampler", self.sampler, SAMPLERS)
-        _choice("diffusion.train_sigmas", self.train_sigmas, ("lognormal", "discrete"))
+        check_choice("diffusion.parameterization", self.parameterization, PARAMETERIZATIONS)
+        check_choice("diffusion.weighting", self.weighting, WEIGHTINGS)
+        check_choice("diffusion.sampler", self.sampler, SAMPLERS)
+        check_choice("diffusion.train_sigmas", self.train_sigmas, ("lognormal", "discrete"))
         if self.schedule is not None:
-            _choice("diffusion.schedule", self.schedule, VP_SCHEDULES)
+            check_choice("diffusion.schedule", self.schedule, VP_SCHEDULES)
         elif self.train_sigmas == "discrete":
             raise ConfigError("diffusion.train_sigmas 'discrete' needs a diffusion.schedule (linear, cosine or sigmoid)")
+        for name in ("sigma_data", "sigma_min", "sigma_max", "P_std"):
+            check_number(f"diffusion.{name}", getattr(self, name), open_low=True)
+        check_number("diffusion.P_mean", self.P_mean, -math.inf)
+        check_count("diffusion.timesteps", self.timesteps, 2)
         if not 0 < self.sigma_min < self.sigma_max:
             raise ConfigError(f"diffusion needs 0 < sigma_min < sigma_max, got {self.sigma_min}, {self.sigma_max}")
         if self.sample_steps < 1:
@@ -108,7 +108,9 @@ class DataConfig:
 
     def __post_init__(self):
         self.class_names = tuple(self.class_names)
-        _choice("data.directions", self.directions, DIRECTIONS)
+        check_choice("data.directions", self.directions, DIRECTIONS)
+        check_count("data.image_size", self.image_size, 1, MAX_IMAGE_SIZE)
+        check_count("data.channels", self.channels)
         if self.max_shapes < 1:
             raise ConfigError(f"data.max_shapes must be >= 1, got {self.max_shapes}")
         if self.paraphrases < 0:
@@ -156,15 +158,18 @@ class TextConfig:
 
 
 def _check_training(cfg, more_positive: tuple[str, ...] = ()) -> None:
-    """The checks of TrainingSchedule's fields: precision, counts >= 1, lr and its decay."""
-    _choice("train.precision", cfg.precision, PRECISIONS)
-    for name in ("steps", "batch_size", "checkpoint_every", "sample_every", "log_every", *more_positive):
-        if getattr(cfg, name) < 1:
-            raise ConfigError(f"train.{name} must be >= 1, got {getattr(cfg, name)}")
-    if not cfg.lr > 0:
-        raise ConfigError(f"train.lr must be > 0, got {cfg.lr}")
-    if not 0 <= cfg.decay_from <= 1:
-        raise ConfigError(f"train.decay_from must lie in [0, 1], got {cfg.decay_from}")
+    """The checks of TrainingSchedule's fields: precision, counts >= 1, finite lr, decay, clipping and betas."""
+    check_choice("train.precision", cfg.precision, PRECISIONS)
+    for name in ("steps", "batch_size", "checkpoint_every", "sample_every", "log_every", "keep", *more_positive):
+        check_count(f"train.{name}", getattr(cfg, name))
+    check_count("train.warmup_steps", cfg.warmup_steps, 0)
+    check_count("train.seed", cfg.seed, 0, MAX_SEED)
+    check_number("train.lr", cfg.lr, open_low=True)
+    check_number("train.decay_from", cfg.decay_from, 0, 1)
+    check_number("train.weight_decay", cfg.weight_decay)
+    check_number("train.grad_clip", cfg.grad_clip)
+    for i, beta in enumerate(cfg.betas):
+        check_number(f"train.betas[{i}]", beta, 0, 0.999999)
 
 
 @dataclass
@@ -190,6 +195,7 @@ class TrainingSchedule:
     log_every: int = 10
     seed: int = 0
     precision: str = "auto"  # auto: bf16 autocast on CUDA and on CPUs with native bf16, else float32
+    keep: int = 2  # training checkpoints kept, the newest first, so a late divergence can be rolled back
 
     def __post_init__(self):
         _check_training(self)
@@ -201,6 +207,12 @@ class TrainConfig(TrainingSchedule):
     ema_rampup: float = 0.1  # EMA half-life at most this fraction of the images seen so far (EDM: 0.05)
     compile: bool = False  # torch.compile the network for training steps (pays on GPUs; see benchmarks/NOTES.md)
     activation_checkpointing: bool = False  # recompute block activations in the backward pass: less memory
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_number("train.ema_halflife_images", self.ema_halflife_images)
+        if self.ema_rampup is not None:
+            check_number("train.ema_rampup", self.ema_rampup, open_low=True)
 
 
 @dataclass
@@ -224,35 +236,6 @@ class LatentConfig:
     autoencoder_digest: str = ""
 
 
-class JsonConfig:
-    """The JSON round trip of a dataclass config (config.json), with readable errors."""
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
-
-    @classmethod
-    def from_dict(cls, d: dict):
-        return _from_dict(cls, d, "")
-
-    @classmethod
-    def from_json(cls, text: str, source: str = "config"):
-        try:
-            d = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{source} is not valid JSON: {e}") from None
-        return cls.from_dict(d)
-
-    @classmethod
-    def load(cls, path: str | Path):
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"no config file at {path}")
-        return cls.from_json(path.read_text(), str(path))
-
-
 @dataclass
 class RunConfig(JsonConfig):
     """Everything needed to rebuild a run's model and resume its training (config.json).
@@ -265,6 +248,16 @@ class RunConfig(JsonConfig):
     text: TextConfig = field(default_factory=TextConfig)
     latent: typing.Optional[LatentConfig] = None
     version: int = CONFIG_VERSION
+
+    def __post_init__(self):
+        _check_network(self.model, ("num_classes", "context_dim", "layout_channels", "emb_dim"))
+        check_number("model.dropout", self.model.dropout, 0, 0.999)
+
+    @property
+    def conditions(self) -> tuple[str, ...]:
+        """What the model reads besides x and sigma, in the order training draws them (see diffusely.conditions)."""
+        used = {"class": self.model.num_classes > 0, "text": self.text.enabled, "layout": self.model.layout_channels > 0}
+        return tuple(name for name, on in used.items() if on)
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -306,9 +299,10 @@ class AutoencoderTrainConfig(TrainingSchedule):
 
     def __post_init__(self):
         _check_training(self, ("disc_layers", "disc_channels"))
-        for name in ("kl_weight", "frequency_weight", "crop_size", "disc_weight", "disc_start"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("kl_weight", "frequency_weight", "disc_weight"):
+            check_number(f"train.{name}", getattr(self, name))
+        for name in ("crop_size", "disc_start"):
+            check_count(f"train.{name}", getattr(self, name), 0)
 
 
 @dataclass
@@ -322,65 +316,19 @@ class AutoencoderRunConfig(JsonConfig):
     version: int = CONFIG_VERSION
 
     def __post_init__(self):
-        _choice("kind", self.kind, ("autoencoder",))
+        check_choice("kind", self.kind, ("autoencoder",))
+        _check_network(self.model)
 
 
-def _choice(name: str, value, allowed) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{name} is {value!r}; choose one of: {', '.join(allowed)}")
+def _check_network(model, zero_or_more: tuple[str, ...] = ()) -> None:
+    """The checks of a network config's sizes: positive widths, block counts, head width, groups (and latent
+    channels, where the network has them); `zero_or_more` names fields that must be >= 0."""
+    for i, c in enumerate(model.channels):
+        check_count(f"model.channels[{i}]", c)
+    for name in ("in_channels", "blocks_per_level", "head_channels", "groups", "latent_channels"):
+        if hasattr(model, name):
+            check_count(f"model.{name}", getattr(model, name))
+    for name in zero_or_more:
+        check_count(f"model.{name}", getattr(model, name), 0)
 
 
-def _from_dict(cls, d, path: str):
-    """Build dataclass `cls` from a dict, checking keys and types, naming the field on any error."""
-    if not isinstance(d, dict):
-        raise ConfigError(f"{path or 'config'} must be a JSON object, got {type(d).__name__}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(d) - fields
-    if unknown:
-        raise ConfigError(f"unknown key(s) {', '.join(sorted(unknown))} in {path or 'config'}; "
-                          f"valid keys: {', '.join(sorted(fields))}")
-    kwargs = {k: _convert(hints[k], v, f"{path}.{k}" if path else k) for k, v in d.items()}
-    try:
-        return cls(**kwargs)
-    except ConfigError:
-        raise
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"{path or 'config'}: {e}") from None
-
-
-def _convert(tp, v, path: str):
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        return _from_dict(tp, v, path)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if v is None and type(None) in args:
-            return None
-        return _convert(next(a for a in args if a is not type(None)), v, path)
-    if origin is tuple:
-        if not isinstance(v, (list, tuple)):
-            raise ConfigError(f"{path} must be a list, got {v!r}")
-        args = typing.get_args(tp)
-        item = args[0]
-        if len(args) == 2 and args[1] is not Ellipsis:
-            if len(v) != 2:
-                raise ConfigError(f"{path} must have 2 items, got {v!r}")
-        return tuple(_convert(item, x, f"{path}[{i}]") for i, x in enumerate(v))
-    if tp is bool:
-        if not isinstance(v, bool):
-            raise ConfigError(f"{path} must be true or false, got {v!r}")
-        return v
-    if tp is int:
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise ConfigError(f"{path} must be an integer, got {v!r}")
-        return v
-    if tp is float:
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise ConfigError(f"{path} must be a number, got {v!r}")
-        return float(v)
-    if tp is str:
-        if not isinstance(v, str):
-            raise ConfigError(f"{path} must be a string, got {v!r}")
-        return v
-    return v
