@@ -17,7 +17,7 @@ from diffusely.data.defects import CLASS_NAMES
 from diffusely.metrics.detection import CenterNet, detect, layout_fidelity, mean_average_precision, train_detector
 from diffusely.nets import UNetConfig
 from diffusely.pipelines import generate
-from diffusely.pipelines.synth import LayoutModel
+from diffusely.layout.model import LayoutModel
 from diffusely.train import train
 
 HELDOUT_START = 100_000  # held-out real images: indices far past any training set's

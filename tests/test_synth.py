@@ -16,7 +16,8 @@ from diffusely.data.detection import read_coco, read_yolo
 from diffusely.layout import box_direction
 from diffusely.nets import UNetConfig
 from diffusely.pipelines import synth as synth_module
-from diffusely.pipelines.synth import LayoutModel, is_val, read_layouts, synthesize
+from diffusely.layout.model import LayoutModel, read_layouts
+from diffusely.pipelines.synth import is_val, synthesize
 from diffusely.train import train
 
 
