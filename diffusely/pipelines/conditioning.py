@@ -1,10 +1,11 @@
-"""What a sample is conditioned on (a class, a prompt), and classifier-free guidance towards it.
+"""What a sample is conditioned on (a class, a prompt, a layout), and classifier-free guidance towards it.
 
     c = conditioning(run, prompts=["a large red circle"], negative_prompts=["a blue square"], guidance=3)
     denoiser, cond = c.batch(range(0, 16), device)    # per-sample conditioning of samples 0..15
     x = sample(denoiser, noise, ..., cond=cond)
 
-Classes and prompts cycle over the samples (sample i gets classes[i % len(classes)]). A negative prompt
+Each condition the run's model reads (diffusely.conditions) builds its inputs; classes, prompts and layouts
+cycle over the samples (sample i gets classes[i % len(classes)]). A negative prompt
 replaces the null caption in the unconditional half of guidance: D = D(neg) + w (D(prompt) - D(neg)).
 Guided estimates are clipped to the data's range (Imagen's static thresholding).
 """
@@ -12,14 +13,13 @@ Guided estimates are clipped to the data's range (Imagen's static thresholding).
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
-import torch
-
 from ..checkpoint import LoadedRun
+from ..conditions import conditions
 from ..denoisers import ClassifierFreeGuidance, Thresholded
-from ..layout import box_class, pack_boxes, render_run_layout
+from ..layout import box_class
 from ..text import check_prompt
 
 CLASS_GUIDANCE = 2.0  # default scale when sampling a class
@@ -43,40 +43,33 @@ def class_index(run: LoadedRun, value) -> int:
 
 @dataclass
 class Conditioning:
-    """Per-sample class labels, prompts and layouts (None: none asked; a layout is a list of boxes (class, x0,
-    y0, x1, y1[, direction]) in pixels of the run's images), the guidance scale (1: no guidance), and the data range that
-    guided estimates are clipped to (None: no clipping)."""
+    """What samples are asked for, per condition of the run (diffusely.conditions) by name: `asked` holds the values
+    ("class": label indices, "text": prompts, "layout": lists of boxes (class, x0, y0, x1, y1[, direction]) in
+    pixels of the run's images), cycled over the samples; `negatives` the values that replace a condition's null
+    value in guidance's unconditional half (negative prompts). The guidance scale (1: no guidance), and the data
+    range that guided estimates are clipped to (None: no clipping)."""
 
     run: LoadedRun
-    classes: Optional[list[int]]
-    prompts: Optional[list[str]]
-    negative_prompts: Optional[list[str]]
+    asked: dict[str, list]
     guidance: float
     clip: Optional[tuple[float, float]] = (-1.0, 1.0)
-    layouts: Optional[list[list[tuple]]] = None
+    negatives: dict[str, list] = field(default_factory=dict)
+
+    @property
+    def layouts(self) -> Optional[list[list[tuple]]]:
+        return self.asked.get("layout")
 
     def batch(self, indices: Sequence[int], device) -> tuple[object, dict]:
-        """The denoiser (guided where asked) and the conditioning of samples `indices`."""
+        """The denoiser (guided where asked) and the conditioning of samples `indices`: every condition the model
+        reads gets the values asked for, or its null value to sample unconditionally."""
         run, b = self.run, len(indices)
+        cycle = lambda values: [values[i % len(values)] for i in indices]  # noqa: E731
         cond, uncond = {}, {}
-        if self.classes is not None:
-            cond["class_labels"] = torch.tensor([self.classes[i % len(self.classes)] for i in indices], device=device)
-            uncond["class_labels"] = torch.full((b,), run.config.model.num_classes, device=device)
-        if run.config.text.enabled:
-            # a text model always reads a text: the prompts, or the null caption to sample unconditionally
-            prompts = [self.prompts[i % len(self.prompts)] for i in indices] if self.prompts else [None] * b
-            cond.update(run.text.cond(prompts, device))
-            if self.prompts:
-                negatives = ([self.negative_prompts[i % len(self.negative_prompts)] for i in indices]
-                             if self.negative_prompts else [None] * b)
-                uncond.update(run.text.cond(negatives, device))
-        if run.config.model.layout_channels:
-            # a layout model always reads a layout: the one asked for, or the null layout
-            boxes = pack_boxes([self.layouts[i % len(self.layouts)] for i in indices] if self.layouts else [[]] * b)
-            cond["layout"] = render_run_layout(boxes, run.config, run.config.sample_shape[1:],
-                                               given=torch.full((b,), bool(self.layouts))).to(device)
-            if self.layouts:
-                uncond["layout"] = torch.zeros_like(cond["layout"])
+        for condition in conditions(run.config, {"text": run.text}):
+            asked, negatives = self.asked.get(condition.name), self.negatives.get(condition.name)
+            cond.update(condition.given(cycle(asked), device) if asked else condition.null(b, device))
+            if asked:
+                uncond.update(condition.given(cycle(negatives), device) if negatives else condition.null(b, device))
         if not uncond or self.guidance == 1:
             return run.denoiser, cond
         guided = ClassifierFreeGuidance(run.denoiser, self.guidance, uncond)
@@ -91,13 +84,13 @@ def conditioning(run: LoadedRun, *, classes: Optional[Sequence] = None, prompts:
     unconditionally (the null label, caption or layout) and guidance is refused."""
     classes = [class_index(run, c) for c in classes] if classes else None
     if layouts:
-        if not run.config.model.layout_channels:
+        if "layout" not in run.config.conditions:
             raise ValueError("this run was trained without layouts; train with --layout to sample from boxes")
         layouts = [[_layout_box(run, box) for box in layout] for layout in layouts]
     else:
         layouts = None
     if prompts:
-        if not run.config.text.enabled:
+        if "text" not in run.config.conditions:
             raise ValueError("this run was trained without text; train with --text to sample from prompts")
         prompts = [check_prompt(p) for p in prompts]
         _warn_about_prompts(run, prompts)
@@ -120,7 +113,8 @@ def conditioning(run: LoadedRun, *, classes: Optional[Sequence] = None, prompts:
         raise ValueError(f"guidance must be >= 0 (1: none, 0: unconditional), got {guidance}")
     # pixels lie in [-1, 1]; a latent run's latents have no such bound, so its estimates are not clipped
     clip = None if getattr(run, "latent", None) is not None else (-1.0, 1.0)
-    return Conditioning(run, classes, prompts, negative_prompts, float(guidance), clip, layouts)
+    asked = {name: values for name, values in (("class", classes), ("text", prompts), ("layout", layouts)) if values}
+    return Conditioning(run, asked, float(guidance), clip, {"text": negative_prompts} if negative_prompts else {})
 
 
 def _layout_box(run: LoadedRun, box) -> tuple:

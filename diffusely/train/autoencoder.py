@@ -9,22 +9,20 @@ drawn from per-sample generators seeded by (seed, position in the run).
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 from typing import Callable, Optional
 
 import torch
-from tqdm import tqdm
 
 from .. import viz
 from .._util import randn_like
-from ..checkpoint import CHECKPOINT, RunError, load_state, save_state
+from ..checkpoint import RunError, save_run_state
 from ..config import AutoencoderRunConfig
-from ..data import DataError, load_dataset, to_tensor
+from ..data import DataError, apply_flips, draw_flips, load_dataset, random_crops, to_tensor
 from ..nets.autoencoder import (Autoencoder, PatchDiscriminator, adaptive_gan_weight, frequency_loss, hinge_d_loss,
                                 kl_divergence, l1_loss, psnr)
-from .common import (LOG, Batches, Dist, adamw, append_log, autocast, load_optimizer, lr_at, run_config, seed_from,
-                     start_log)
+from .common import (Batches, Dist, Tracker, adamw, autocast, check_room, locked, lr_at, optimize, resume_state,
+                     run_config, seed_from, set_lr, start_log)
 
 LOG_FIELDS = ["step", "loss", "l1", "psnr", "kl", "disc_loss", "lr", "images_per_second", "seconds"]
 RECONSTRUCTIONS = "reconstructions"
@@ -33,12 +31,47 @@ SHOWN = 8  # images in each reconstruction picture
 
 def train_autoencoder(config: AutoencoderRunConfig, run_dir: str | Path, *, resume: bool = False,
                       progress: bool = True, on_checkpoint: Optional[Callable[[int], None]] = None) -> dict:
-    """Train `config` into `run_dir`; with resume=True continue the run saved there. Returns final stats."""
+    """Train `config` into `run_dir`; with resume=True continue the run saved there. Returns final stats. The run
+    directory is locked for the whole job; a non-finite loss stops the run with a RunError, its last good
+    checkpoint kept."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise RunError("train-autoencoder runs in one process; start it without torchrun")
-    run_dir = Path(run_dir)
+    run_dir, d = Path(run_dir), Dist()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    config = run_config(config, run_dir, resume)
+    with locked(run_dir, "train-autoencoder", d):
+        config = run_config(config, run_dir, resume)
+        tc, mc = config.train, config.model
+        images = load_images(config, device)
+        torch.manual_seed(tc.seed)  # the initial weights
+        ae = Autoencoder(mc).to(device)
+        modules, optimizers = {"model": ae}, {"optim": adamw(ae, tc, tc.lr, device)}
+        disc = add_discriminator(config, modules, optimizers, device)
+        start = resume_state(run_dir, modules, optimizers, device, "autoencoder") if resume else 0
+        check_room(run_dir, modules, tc.keep)
+        start_log(run_dir, config, start, LOG_FIELDS)
+        shown = to_tensor(images[:SHOWN])
+        batches = Batches(len(images), tc.batch_size, tc.seed, d)
+        mixed_precision = autocast(tc.precision, device)
+        save = lambda step: save_run_state(run_dir, step=step, modules=modules, optimizers=optimizers,  # noqa: E731
+                                           keep=tc.keep)
+        tracker = Tracker(run_dir, LOG_FIELDS, tc, start, d, save, desc="training autoencoder", progress=progress,
+                          shown=("loss", "psnr"), on_checkpoint=on_checkpoint)
+        for step in range(start, tc.steps):
+            x, gens = draw_batch(images, batches, step, config)
+            lr = lr_at(step, tc)
+            set_lr(optimizers.values(), lr)
+            gan = disc is not None and step >= tc.disc_start  # LDM switches the discriminator on after a warm-up
+            values = autoencoder_step(ae, disc if gan else None, optimizers, x, gens, tc, mixed_precision)
+            done = tracker.after(step, values, lr)
+            if done % tc.sample_every == 0 or done == tc.steps:
+                save_reconstructions(ae, shown, run_dir / RECONSTRUCTIONS / f"step-{done:07d}.png")
+        last = tracker.close()
+    return {"step": tc.steps, "run_dir": str(run_dir), "images": len(images), "factor": mc.factor,
+            "latent_channels": mc.latent_channels, **last}
+
+
+def load_images(config: AutoencoderRunConfig, device) -> torch.Tensor:
+    """The run's training images on the device, uint8 channels last, decoded once; fits model.in_channels to them."""
     tc, mc = config.train, config.model
     data = load_dataset(config.data.source, config.data.image_size, config.data.channels, seed=tc.seed,
                         max_shapes=config.data.max_shapes)
@@ -49,121 +82,66 @@ def train_autoencoder(config: AutoencoderRunConfig, run_dir: str | Path, *, resu
     if size > config.data.image_size:
         raise DataError(f"crop size {size} exceeds the image size {config.data.image_size}")
     mc.in_channels = data.images.shape[-1]
+    return torch.from_numpy(data.images).to(device)
 
-    torch.manual_seed(tc.seed)  # the initial weights
-    ae = Autoencoder(mc).to(device)
-    modules, optimizers = {"model": ae}, {"optim": adamw(ae, tc, tc.lr, device)}
-    disc = None
-    if tc.disc_weight > 0:
-        disc = PatchDiscriminator(mc.dims, mc.in_channels, tc.disc_channels, tc.disc_layers).to(device)
-        if size < disc.min_size():
-            raise DataError(f"a {tc.disc_layers}-layer discriminator needs images (or crops) of at least "
-                            f"{disc.min_size()} pixels, got {size}; use fewer disc_layers")
-        modules["disc"], optimizers["disc_optim"] = disc, adamw(disc, tc, tc.lr, device)
-    start = 0
-    if resume and (run_dir / CHECKPOINT).exists():
-        state = load_state(run_dir / CHECKPOINT, device)
-        try:
-            for name, module in modules.items():
-                module.load_state_dict(state.modules[name])
-            for name, optimizer in optimizers.items():
-                load_optimizer(optimizer, state.optimizers[name])
-        except (RuntimeError, ValueError, KeyError) as e:
-            raise RunError(f"the checkpoint in {run_dir} does not fit the autoencoder that config.json describes "
-                           f"(was config.json edited?): {str(e).splitlines()[0]}") from None
-        start = state.step
-    start_log(run_dir, config, start, LOG_FIELDS)
 
-    images = torch.from_numpy(data.images).to(device)  # uint8, NHWC, decoded once
-    shown = to_tensor(images[:SHOWN])
-    batches = Batches(len(images), tc.batch_size, tc.seed, Dist())
-    mixed_precision = autocast(tc.precision, device)
+def add_discriminator(config: AutoencoderRunConfig, modules: dict, optimizers: dict,
+                      device) -> Optional[PatchDiscriminator]:
+    """With train.disc_weight > 0, a patch discriminator and its AdamW, added to `modules` and `optimizers`."""
+    tc, mc = config.train, config.model
+    if tc.disc_weight <= 0:
+        return None
+    disc = PatchDiscriminator(mc.dims, mc.in_channels, tc.disc_channels, tc.disc_layers).to(device)
+    size = tc.crop_size or config.data.image_size
+    if size < disc.min_size():
+        raise DataError(f"a {tc.disc_layers}-layer discriminator needs images (or crops) of at least "
+                        f"{disc.min_size()} pixels, got {size}; use fewer disc_layers")
+    modules["disc"], optimizers["disc_optim"] = disc, adamw(disc, tc, tc.lr, device)
+    return disc
 
-    bar = tqdm(total=tc.steps, initial=start, desc="training autoencoder", unit="step", disable=not progress,
-               dynamic_ncols=True)
-    rows: list[dict[str, float]] = []
-    t_last, t0 = time.perf_counter(), time.perf_counter()
-    last: dict[str, float] = {}
-    for step in range(start, tc.steps):
-        torch.manual_seed(seed_from(tc.seed, step, 0, 1))
-        positions = batches.positions(step)
-        gens = batches.generators(positions, device)
-        x = to_tensor(images[batches.indices(positions).to(device)])
-        if config.data.flip:
-            flip = torch.cat([torch.rand(1, generator=g, device=device) for g in gens]) < 0.5
-            x = torch.where(flip.view(-1, *[1] * (x.ndim - 1)), x.flip(-1), x)
-        if tc.crop_size:
-            x = random_crops(x, tc.crop_size, gens)
-        gan = disc is not None and step >= tc.disc_start  # LDM switches the discriminator on after a warm-up
-        lr = lr_at(step, tc)
-        for optimizer in optimizers.values():
-            for group in optimizer.param_groups:
-                group["lr"] = lr
 
-        ae.train()
+def draw_batch(images: torch.Tensor, batches: Batches, step: int,
+               config: AutoencoderRunConfig) -> tuple[torch.Tensor, list[torch.Generator]]:
+    """Step `step`'s images (B, C, *spatial), flipped and cropped as each one's generator draws, and the
+    generators (which draw the posterior noise next)."""
+    tc = config.train
+    torch.manual_seed(seed_from(tc.seed, step, 0, 1))  # the network's dropout
+    positions = batches.positions(step)
+    gens = batches.generators(positions, images.device)
+    x = to_tensor(images[batches.indices(positions).to(images.device)])
+    if config.data.flip:
+        x = apply_flips(x, draw_flips(gens))
+    if tc.crop_size:
+        x = random_crops(x, tc.crop_size, gens)
+    return x, gens
+
+
+def autoencoder_step(ae: Autoencoder, disc: Optional[PatchDiscriminator], optimizers: dict, x: torch.Tensor,
+                     generators: list[torch.Generator], tc, mixed_precision) -> dict[str, float]:
+    """One AdamW step of the autoencoder on images x (B, C, *spatial) (and of the discriminator, when given): L1 +
+    frequency L1 + KL, plus the adversarial term; returns the step's values for the log."""
+    ae.train()
+    with mixed_precision:
+        mean, logvar = ae.encode(x)
+        z = mean + (0.5 * logvar).exp() * randn_like(mean, generators)  # the reparameterisation trick
+        x_hat = ae.decode(z)
+        l1 = l1_loss(x_hat, x)
+        rec = (l1 + tc.frequency_weight * frequency_loss(x_hat, x)).mean()
+        kl = kl_divergence(mean, logvar).mean() / x[0].numel()
+        loss = rec + tc.kl_weight * kl
+        if disc is not None:
+            disc.requires_grad_(False)
+            g_loss = -disc(x_hat).float().mean()
+            loss = loss + tc.disc_weight * adaptive_gan_weight(rec, g_loss, ae.decoder.last_layer) * g_loss
+    optimize(optimizers["optim"], loss, ae, tc.grad_clip)
+    d_loss = torch.zeros(())
+    if disc is not None:
+        disc.requires_grad_(True)
         with mixed_precision:
-            mean, logvar = ae.encode(x)
-            z = mean + (0.5 * logvar).exp() * randn_like(mean, gens)  # the reparameterisation trick
-            x_hat = ae.decode(z)
-            l1 = l1_loss(x_hat, x)
-            rec = (l1 + tc.frequency_weight * frequency_loss(x_hat, x)).mean()
-            kl = kl_divergence(mean, logvar).mean() / x[0].numel()
-            loss = rec + tc.kl_weight * kl
-            if gan:
-                disc.requires_grad_(False)
-                g_loss = -disc(x_hat).float().mean()
-                loss = loss + tc.disc_weight * adaptive_gan_weight(rec, g_loss, ae.decoder.last_layer) * g_loss
-        _step(optimizers["optim"], loss, ae, tc.grad_clip)
-        d_loss = torch.zeros(())
-        if gan:
-            disc.requires_grad_(True)
-            with mixed_precision:
-                d_loss = hinge_d_loss(disc(x).float(), disc(x_hat.detach()).float()).mean()
-            _step(optimizers["disc_optim"], d_loss, disc, tc.grad_clip)
-
-        rows.append({"loss": loss.item(), "l1": l1.mean().item(), "psnr": psnr(x_hat.detach(), x).mean().item(),
-                     "kl": kl.item(), "disc_loss": d_loss.item()})
-        done = step + 1
-        bar.update(1)
-        at_checkpoint = done % tc.checkpoint_every == 0 or done == tc.steps
-        if done % tc.log_every == 0 or at_checkpoint:
-            last = {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
-            now = time.perf_counter()
-            rate = len(rows) * tc.batch_size / (now - t_last)
-            bar.set_postfix(loss=f"{last['loss']:.4f}", psnr=f"{last['psnr']:.1f}", img_s=f"{rate:.0f}")
-            append_log(run_dir, LOG_FIELDS, {"step": done, **{k: f"{v:.6g}" for k, v in last.items()}, "lr": f"{lr:.3g}",
-                                             "images_per_second": f"{rate:.1f}", "seconds": f"{now - t0:.1f}"})
-            rows, t_last = [], now
-        if at_checkpoint:
-            save_state(run_dir / CHECKPOINT, step=done, modules=modules, optimizers=optimizers)
-            try:
-                viz.plot_loss(run_dir / LOG, run_dir / "loss.png")
-            except ValueError:
-                pass  # nothing plottable: log.csv shows it, the checkpoint matters more
-            if on_checkpoint is not None:
-                on_checkpoint(done)
-        if done % tc.sample_every == 0 or done == tc.steps:
-            save_reconstructions(ae, shown, run_dir / RECONSTRUCTIONS / f"step-{done:07d}.png")
-    bar.close()
-    return {"step": tc.steps, "run_dir": str(run_dir), "images": len(images), "factor": mc.factor,
-            "latent_channels": mc.latent_channels, **last}
-
-
-def random_crops(x: torch.Tensor, size: int, generators: list[torch.Generator]) -> torch.Tensor:
-    """A size x size (x ...) window of each image of x (B, C, *spatial), its corner drawn from the image's generator."""
-    crops = []
-    for image, g in zip(x, generators):
-        corner = [int(torch.randint(0, s - size + 1, (1,), generator=g, device=g.device)) for s in image.shape[1:]]
-        crops.append(image[(slice(None), *[slice(c, c + size) for c in corner])])
-    return torch.stack(crops)
-
-
-def _step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, module: torch.nn.Module, grad_clip: float) -> None:
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(module.parameters(), grad_clip)
-    optimizer.step()
+            d_loss = hinge_d_loss(disc(x).float(), disc(x_hat.detach()).float()).mean()
+        optimize(optimizers["disc_optim"], d_loss, disc, tc.grad_clip)
+    return {"loss": loss.item(), "l1": l1.mean().item(), "psnr": psnr(x_hat.detach(), x).mean().item(),
+            "kl": kl.item(), "disc_loss": d_loss.item()}
 
 
 @torch.no_grad()
@@ -176,7 +154,9 @@ def reconstruct(ae: Autoencoder, x: torch.Tensor) -> torch.Tensor:
 
 
 def save_reconstructions(ae: Autoencoder, x: torch.Tensor, path: Path) -> None:
-    """Originals above their reconstructions, with each image's PSNR, as one PNG."""
+    """Originals above their reconstructions, with each image's PSNR, as one PNG (of 2-D data only)."""
+    if x.ndim != 4:
+        return
     x_hat = reconstruct(ae, x)
     size = x.shape[-1]
     viz.save_strip([x.cpu(), x_hat.cpu()], path, labels=[f"{p:.1f} dB" for p in psnr(x_hat, x).tolist()],

@@ -1,24 +1,33 @@
 """What the diffusion and autoencoder training loops share: seeds, the batches of every step, DDP set-up,
-the lr schedule, the bf16 choice, and the run directory's config and log.csv."""
+the lr schedule, the bf16 choice, the run directory (its lock, config, resume and log.csv), and what happens
+after each step (the non-finite check, log rows, checkpoints)."""
 
 from __future__ import annotations
 
 import csv
+import math
 import os
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Optional
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from tqdm import tqdm
 
-from ..checkpoint import CHECKPOINT, CONFIG, RunError, read_config, write_config
+from .. import viz
+from .._files import check_writable, run_lock
+from ..checkpoint import CHECKPOINT, CONFIG, RunError, load_state, read_config, write_config
 from ..config import JsonConfig
 from ..nets.fast import autocast_dtype
 
 LOG = "log.csv"
-RESUMABLE = ("compile", "activation_checkpointing")  # train settings a resumed run may change
+# train settings a resumed run may change: how long it runs, how fast a step runs and how often it writes, never
+# what a step computes
+RESUMABLE = ("compile", "activation_checkpointing", "checkpoint_every", "sample_every", "log_every", "keep")
 
 
 def seed_from(*parts: int) -> int:
@@ -123,10 +132,17 @@ def read_log(path: Path, up_to_step: int) -> list[dict]:
         return [row for row in csv.DictReader(f) if int(row["step"]) <= up_to_step]
 
 
+def locked(run_dir: Path, command: str, d: Dist):
+    """The run directory's lock (see _files.run_lock), held by the main process for the whole job: a second job
+    into the directory is refused with the holder's PID instead of mixing two runs in it."""
+    return run_lock(run_dir, f"{command} --out {run_dir}") if d.main else nullcontext()
+
+
 def run_config(config: JsonConfig, run_dir: Path, resume: bool) -> JsonConfig:
-    """The config to train: `config` for a new run (refusing a directory that holds one), or, resuming,
-    the saved config with `config`'s step count (resuming may extend a run) and its RESUMABLE speed settings,
-    which change how fast a step runs, not what it computes; all else comes from the run."""
+    """The config to train, checked (a ConfigError naming a field): `config` for a new run (refusing a directory
+    that holds one), or, resuming, the saved config with `config`'s step count (resuming may extend a run) and its
+    RESUMABLE settings; all else comes from the run. Call it holding the run's lock."""
+    config.check()
     if resume:
         if not (run_dir / CONFIG).is_file():
             raise RunError(f"nothing to resume in {run_dir}: it has no {CONFIG}")
@@ -154,3 +170,126 @@ def start_log(run_dir: Path, config: JsonConfig, start: int, fields: list[str]) 
 def append_log(run_dir: Path, fields: list[str], row: dict) -> None:
     with open(run_dir / LOG, "a", newline="") as f:
         csv.DictWriter(f, fields).writerow(row)
+
+
+def resume_state(run_dir: Path, modules: dict[str, torch.nn.Module], optimizers: dict[str, torch.optim.Optimizer],
+                 device, network: str = "model") -> int:
+    """Load the run's checkpoint into `modules` and `optimizers` (by their names in the file) and return its step;
+    0 when the run stopped before its first checkpoint."""
+    if not (run_dir / CHECKPOINT).exists():
+        return 0
+    state = load_state(run_dir / CHECKPOINT, device)
+    try:
+        for name, module in modules.items():
+            module.load_state_dict(state.modules[name])
+        for name, optimizer in optimizers.items():
+            load_optimizer(optimizer, state.optimizers[name])
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise RunError(f"the checkpoint in {run_dir} does not fit the {network} that config.json describes "
+                       f"(was config.json edited?): {str(e).splitlines()[0]}") from None
+    return state.step
+
+
+def check_room(run_dir: Path, modules: dict[str, torch.nn.Module], keep: int) -> None:
+    """Before the first step: refuse a run directory that cannot be written or lacks room for its checkpoints (the
+    newest `keep` training states of the modules' parameters and AdamW's two moments, one being written, and the
+    sampling weights), so a read-only or full disk is found before the training, not after it."""
+    params = sum(p.numel() * p.element_size() for m in modules.values() for p in m.parameters())
+    check_writable(run_dir, need_bytes=3 * params * (keep + 1) + params)
+
+
+def set_lr(optimizers, lr: float) -> None:
+    for optimizer in optimizers:
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+
+def optimize(optimizer: torch.optim.Optimizer, loss: torch.Tensor, module: torch.nn.Module, grad_clip: float) -> None:
+    """One AdamW step on `loss`, the gradients clipped to norm `grad_clip` (0: not clipped)."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(module.parameters(), grad_clip)
+    optimizer.step()
+
+
+class Tracker:
+    """What both trainers do after each step: stop at the first non-finite loss (keeping the last good checkpoint),
+    average the step's values over log_every steps into log.csv (over all ranks under DDP) and the progress bar,
+    and at checkpoint steps `save(step)` (the main process), plot loss.png and call on_checkpoint(step)."""
+
+    def __init__(self, run_dir: Path, fields: list[str], tc, start: int, d: Dist, save: Callable[[int], None], *,
+                 desc: str, progress: bool, shown: tuple[str, ...] = ("loss",),
+                 on_checkpoint: Optional[Callable[[int], None]] = None, number: str = "{:.6g}"):
+        self.run_dir, self.fields, self.tc, self.d, self.save = run_dir, fields, tc, d, save
+        self.shown, self.on_checkpoint, self.number = shown, on_checkpoint, number
+        self.saved = start if (run_dir / CHECKPOINT).exists() else None  # the step of the last good checkpoint
+        self.bar = tqdm(total=tc.steps, initial=start, desc=desc, unit="step", disable=not (progress and d.main),
+                        dynamic_ncols=True)
+        self.rows: list[dict[str, float]] = []
+        self.last: dict[str, float] = {}
+        self.t_last = self.t0 = time.perf_counter()
+
+    def after(self, step: int, values: dict[str, float], lr: float) -> int:
+        """Record step `step`'s values (their "loss" checked finite); returns the steps done (step + 1)."""
+        self._check_finite(step, values["loss"], lr)
+        self.rows.append(values)
+        done = step + 1
+        self.bar.update(1)
+        at_checkpoint = done % self.tc.checkpoint_every == 0 or done == self.tc.steps
+        if done % self.tc.log_every == 0 or at_checkpoint:
+            self._log(done, lr)
+        if at_checkpoint:
+            self._checkpoint(done)
+        return done
+
+    def _check_finite(self, step: int, loss: float, lr: float) -> None:
+        bad = not math.isfinite(loss)
+        if self.d.world > 1:  # every rank stops together, or the others would wait for it forever
+            flag = torch.tensor([float(bad)], device=self.device)
+            dist.all_reduce(flag)
+            bad = flag.item() > 0
+        if not bad:
+            return
+        self.bar.close()
+        kept = (f"the last good checkpoint, of step {self.saved}, is kept in {self.run_dir}" if self.saved is not None
+                else f"no checkpoint was written to {self.run_dir}")
+        raise RunError(f"the training loss is not finite ({loss}) at step {step + 1}: the run diverged and stopped; "
+                       f"{kept}. Train again with a lower --lr (this run's is {self.tc.lr:g}, at step {step + 1} {lr:.3g})")
+
+    @property
+    def device(self):
+        return torch.device(f"cuda:{self.d.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+
+    def _log(self, done: int, lr: float) -> None:
+        self.last = {k: sum(r[k] for r in self.rows) / len(self.rows) for k in self.rows[0]}
+        if self.d.world > 1:  # the values of the whole (global) batch, not this rank's share
+            mean = torch.tensor(list(self.last.values()), dtype=torch.float64, device=self.device)
+            dist.all_reduce(mean)
+            self.last = {k: v / self.d.world for k, v in zip(self.last, mean.tolist())}
+        now = time.perf_counter()
+        rate = len(self.rows) * self.tc.batch_size * self.d.world / (now - self.t_last)
+        self.bar.set_postfix(**{k: f"{self.last[k]:.4f}" for k in self.shown}, img_s=f"{rate:.0f}")
+        if self.d.main:
+            append_log(self.run_dir, self.fields, {"step": done, **{k: self.number.format(v) for k, v in self.last.items()},
+                                                   "lr": f"{lr:.3g}", "images_per_second": f"{rate:.1f}",
+                                                   "seconds": f"{now - self.t0:.1f}"})
+        self.rows, self.t_last = [], now
+
+    def _checkpoint(self, done: int) -> None:
+        if self.d.main:
+            self.save(done)
+            self.saved = done
+            try:
+                viz.plot_loss(self.run_dir / LOG, self.run_dir / "loss.png")
+            except ValueError:
+                pass  # nothing plottable: log.csv shows it, the checkpoint matters more
+            if self.on_checkpoint is not None:
+                self.on_checkpoint(done)
+        if self.d.world > 1:
+            dist.barrier()
+
+    def close(self) -> dict[str, float]:
+        """The values last logged."""
+        self.bar.close()
+        return self.last

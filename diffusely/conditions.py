@@ -1,0 +1,189 @@
+"""What reaches the network besides x and sigma: one Condition per kind, listed by the run's config.
+
+Three kinds cover every use (DESIGN.md): a label (`ClassLabel`: class_labels), a token sequence (`Text`: text and
+text_mask, read through cross-attention) and channels concatenated to the input (`Channels`: `Layout` renders a
+layout's masks; a low-resolution image, an inpainting mask with its known pixels, the first frames of a clip come
+next). Each kind knows
+
+- `train(rows, generators, flip)`: the inputs for training samples `rows`, each replaced by the null value with
+  probability `dropout` (so one model also samples unconditionally, for classifier-free guidance), drawn from
+  the samples' own generators: a resumed or distributed run draws exactly what one uninterrupted process does;
+- `given(values, device)`: the inputs for sampling, from the values asked per sample (labels, prompts, layouts);
+- `null(batch, device)`: the null inputs (the unconditional model, and guidance's other half);
+- `examples(n, device)`: the inputs of n training examples, for the sample grids training writes;
+
+and a channel kind renders training's values and sampling's through one `render`, so both see the same maps.
+
+    conds = conditions(config, {"class": labels, "text": captions, "layout": boxes})   # training: the data
+    conds = conditions(run.config, {"text": run.text})                                   # sampling
+
+To add a kind: a subclass with those four methods, its name in `RunConfig.conditions` (read off the config field
+that says the model takes it) and in KINDS. The training loop and the pipelines go through the list and need no
+change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+
+from ._util import append_dims
+from .data.transforms import uniform
+from .layout import flip_boxes, pack_boxes, render_run_layout
+
+DROPOUT = 0.1  # fraction of training inputs replaced by the null value, for classifier-free guidance
+
+
+class Condition:
+    """A kind of conditioning; see the module's docstring for what each method gives."""
+
+    name: str = ""
+    dropout: float = DROPOUT
+
+    def dropped(self, generators: Sequence[torch.Generator]) -> torch.Tensor:
+        """(B,) bool: which samples train on the null value, one draw from each sample's generator."""
+        return uniform(generators) < self.dropout
+
+    def train(self, rows: torch.Tensor, generators, flip: Optional[torch.Tensor]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def given(self, values: Sequence, device) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def null(self, batch: int, device) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def examples(self, n: int, device) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+
+class ClassLabel(Condition):
+    """A class label per sample; label num_classes is the null label. source: the training labels (N,) int64."""
+
+    name = "class"
+
+    def __init__(self, config, labels: Optional[torch.Tensor] = None):
+        self.num_classes, self.labels = config.model.num_classes, labels
+
+    def train(self, rows, generators, flip):
+        return {"class_labels": torch.where(self.dropped(generators), self.num_classes, self.labels[rows])}
+
+    def given(self, values, device):
+        return {"class_labels": torch.tensor(list(values), device=device)}
+
+    def null(self, batch, device):
+        return {"class_labels": torch.full((batch,), self.num_classes, device=device)}
+
+    def examples(self, n, device):  # the grid cycles through the classes
+        return {"class_labels": torch.arange(n, device=device) % self.num_classes}
+
+
+@dataclass
+class Captions:
+    """Every distinct training caption encoded once: `table` (U + 1, L[, D]) and `mask` (U + 1, L), the last
+    row the null caption; `index` (N, V) holds the rows of each sample's V captions (its own, then its
+    paraphrases; V = 1 without them)."""
+
+    table: torch.Tensor
+    mask: torch.Tensor
+    index: torch.Tensor
+
+    @property
+    def null(self) -> int:
+        return len(self.table) - 1
+
+    def cond(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        text = self.table[rows]
+        return {"text": text.float() if text.is_floating_point() else text, "text_mask": self.mask[rows]}
+
+
+class Text(Condition):
+    """A caption per sample, as tokens the network cross-attends to; the null caption is the empty one.
+    source: the run's Captions in training (encoded once), its TextEncoder in sampling (encodes prompts)."""
+
+    name = "text"
+
+    def __init__(self, config, source=None):
+        self.source = source
+
+    def train(self, rows, generators, flip):
+        captions = self.source
+        drop = self.dropped(generators)
+        picked = captions.index[rows, 0]
+        if captions.index.shape[1] > 1:  # a caption or one of its paraphrases
+            pick = torch.cat([torch.randint(captions.index.shape[1], (1,), generator=g, device=g.device)
+                              for g in generators])
+            picked = captions.index[rows, pick]
+        return captions.cond(torch.where(drop, captions.null, picked))
+
+    def given(self, values, device):  # None: the null caption
+        return self.source.cond(list(values), device)
+
+    def null(self, batch, device):
+        return self.source.cond([None] * batch, device)
+
+    def examples(self, n, device):
+        return self.source.cond(self.source.index[torch.arange(n) % len(self.source.index), 0])
+
+
+class Channels(Condition):
+    """Channels concatenated to the network's input, (B, channels, *grid) on the grid of what it denoises; the
+    null value is all zeros. A subclass says how its values render (`render`), once for training and sampling."""
+
+    key: str = ""  # the network's keyword for these channels
+
+    def __init__(self, config, channels: int):
+        self.channels, self.grid = channels, tuple(config.sample_shape[1:])
+
+    def render(self, values: torch.Tensor, given: Optional[torch.Tensor] = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def null(self, batch, device):
+        return {self.key: torch.zeros(batch, self.channels, *self.grid, device=device)}
+
+
+class Layout(Channels):
+    """A layout per sample: boxes (class, x0, y0, x1, y1, direction) in pixels, rendered as a mask per class, the
+    "layout given" flag and (runs with directions) the line channel (see diffusely.layout). source: the training
+    boxes packed (N, M, 6)."""
+
+    name, key = "layout", "layout"
+
+    def __init__(self, config, boxes: Optional[torch.Tensor] = None):
+        super().__init__(config, config.model.layout_channels)
+        self.config, self.boxes = config, boxes
+
+    def render(self, values, given=None):
+        return render_run_layout(values, self.config, self.grid, given)
+
+    def train(self, rows, generators, flip):
+        boxes = self.boxes[rows]
+        if flip is not None:  # the boxes mirror with their image
+            boxes = torch.where(append_dims(flip, boxes.ndim), flip_boxes(boxes, self.config.data.image_size), boxes)
+        return {self.key: self.render(boxes, given=~self.dropped(generators))}
+
+    def given(self, values, device):  # rendered on the CPU, as the run's samples always were
+        return {self.key: self.render(pack_boxes(values), torch.ones(len(values), dtype=torch.bool)).to(device)}
+
+    def examples(self, n, device):
+        return {self.key: self.render(self.boxes[torch.arange(n, device=self.boxes.device) % len(self.boxes)])}
+
+
+KINDS: dict[str, type[Condition]] = {"class": ClassLabel, "text": Text, "layout": Layout}
+
+
+def conditions(config, sources: Optional[dict] = None) -> list[Condition]:
+    """The conditions `config`'s model reads (config.conditions, in the order training draws them), each built on
+    its source in `sources` (by name: training's data, or sampling's text encoder)."""
+    sources = sources or {}
+    return [KINDS[name](config, sources.get(name)) for name in config.conditions]
+
+
+def merged(parts) -> dict[str, torch.Tensor]:
+    """The network keywords of several conditions' inputs, as one dict."""
+    out: dict[str, torch.Tensor] = {}
+    for part in parts:
+        out.update(part)
+    return out
