@@ -1,5 +1,8 @@
 """Shared test settings."""
 
+import contextlib
+import signal
+
 # a U-Net small enough that a training step takes milliseconds
 TINY_ARGS = ["--image-size", "16", "--channels", "16,32", "--blocks-per-level", "1", "--attention-levels", "1",
              "--batch-size", "4", "--quiet"]
@@ -28,3 +31,19 @@ def wake_zero_layers(net, std: float = 0.1):
         if isinstance(m, torch.nn.Conv2d) and not m.weight.any():
             torch.nn.init.normal_(m.weight, std=std)
     return net
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float):
+    """Raise TimeoutError in the block if it runs longer than `seconds`, so a hang fails its test instead of
+    stopping the suite (SIGALRM: Unix, main thread)."""
+    def expire(signum, frame):
+        raise TimeoutError(f"still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from diffusely.denoisers import ClassifierFreeGuidance, Denoiser
+from diffusely.denoisers import ClassifierFreeGuidance, Denoiser, Thresholded
 from diffusely.loss import (denoising_loss, discrete_sigmas, edm_weight, eps_weight, lognormal_sigmas,
                             min_snr_weight, weighting)
 from diffusely.schedules import DiscreteSchedule, add_noise
@@ -203,3 +203,21 @@ def test_guidance_rescale_matches_the_conditional_std():
     assert plain.std(1) == pytest.approx([3.0, 3.0])  # 0.5 + 5 (1 - 0.5)
     assert full.std(1) == pytest.approx([1.0, 1.0])
     assert torch.allclose(half, 0.5 * full + 0.5 * plain)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(scale=float("inf")), "the guidance scale must be a finite number"),
+    (dict(scale=float("nan")), "the guidance scale must be a finite number"),
+    (dict(scale=3.0, rescale=1.5), r"the guidance rescale \(phi\) must lie in \[0, 1\], got 1.5"),
+    (dict(scale=3.0, rescale=float("nan")), r"the guidance rescale \(phi\) must lie in \[0, 1\], got nan"),
+    (dict(scale=3.0, interval=(2.0, 1.0)), r"the guidance interval \(sigma_lo, sigma_hi\) needs 0 <= sigma_lo < sigma_hi"),
+])
+def test_guidance_refuses_values_that_give_garbage(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ClassifierFreeGuidance(lambda x, sigma, **cond: x, uncond={"class_labels": torch.zeros(2)}, **kwargs)
+
+
+def test_thresholding_clips_the_estimate_to_the_data_range():
+    D = Thresholded(lambda x, sigma, **cond: 3 * x + cond["shift"], low=-1.0, high=0.5)
+    out = D(torch.tensor([[-2.0, 0.0, 0.1, 1.0]]), 1.0, shift=0.2)
+    assert torch.equal(out, torch.tensor([[-1.0, 0.2, 0.5, 0.5]]))
