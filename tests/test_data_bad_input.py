@@ -128,7 +128,8 @@ def test_float_image_in_0_1_is_scaled_to_0_255(tmp_path):
 
 def test_float_image_out_of_range_is_refused_naming_the_file(tmp_path):
     Image.fromarray(np.full((8, 8), -3.0, np.float32), "F").save(tmp_path / "f.tiff")
-    with pytest.raises(DataError, match=r"f\.tiff.*float values -3\.\.-3; a float image must hold 0\.\.1 or 0\.\.255"):
+    with pytest.raises(DataError, match=r"f\.tiff as an image \(float values -3\.\.-3\); a float image must hold "
+                                        r"0\.\.1 or 0\.\.255"):
         load_image(tmp_path / "f.tiff", 8)
 
 
@@ -222,7 +223,7 @@ def test_fifo_given_to_forward_is_refused(tmp_path):
         load_image(tmp_path / "a.png", 8)
 
 
-# ---------------------------------------------------------------------------------------------- inputs that reach outside
+# ------------------------------------------------------------------------------------------ inputs that reach outside
 
 @pytest.mark.parametrize("outside_name", ["../outside.png", "ABSOLUTE"])
 def test_coco_file_name_outside_the_dataset_is_refused_unless_allowed(tmp_path, outside_name):
@@ -236,7 +237,8 @@ def test_coco_file_name_outside_the_dataset_is_refused_unless_allowed(tmp_path, 
         read_detection(tmp_path / "ds")
     allowed = read_coco(tmp_path / "ds" / "annotations.json", outside=True)
     assert [item.path.name for item in allowed.images] == ["in.png", "outside.png"]
-    assert load_dataset(str(tmp_path / "ds"), 8, outside=True, directions="labels").images[1, 0, 0].tolist() == [200, 0, 0]
+    data = load_dataset(str(tmp_path / "ds"), 8, outside=True, directions="labels")
+    assert data.images[1, 0, 0].tolist() == [200, 0, 0]
 
 
 def test_duplicate_coco_image_ids_are_an_error_naming_them(tmp_path):

@@ -60,8 +60,10 @@ def _read_json(json_path: Path) -> dict:
     except RecursionError:  # python's parser recurses once a level: a few thousand levels exhaust the stack
         raise DataError(f"{json_path} nests its JSON too deep to read (a COCO file is a few levels deep); "
                         f"check that it is the dataset's annotation file") from None
-    if not isinstance(spec, dict) or not all(isinstance(spec.get(k), list) for k in ("images", "annotations", "categories")):
-        raise DataError(f"{json_path} is not a COCO detection file: it needs the lists 'images', 'annotations' and 'categories'")
+    if not isinstance(spec, dict) or not all(isinstance(spec.get(k), list) for k in ("images", "annotations",
+                                                                                      "categories")):
+        raise DataError(f"{json_path} is not a COCO detection file: it needs the lists 'images', 'annotations' and "
+                        f"'categories'")
     return spec
 
 

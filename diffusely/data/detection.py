@@ -88,8 +88,8 @@ def load_detection(labelled: DetectionSet, size: int, channels: int = 3,
                    directions: str = "auto") -> tuple[np.ndarray, list[list[Box]], list[str]]:
     """Decode every image as the folder loader does (upright, converted to 8 bits as diffusely.data.images says,
     resized so the shorter side is `size`, center cropped) and move its boxes with it, in pixels. Returns images
-    (N, S, S, C) uint8, boxes per image and the paths read. Unreadable files are skipped with one warning; boxes the crop cuts are clipped, and those it
-    removes are left out, each counted in a warning.
+    (N, S, S, C) uint8, boxes per image and the paths read. Unreadable files are skipped with one warning; boxes
+    the crop cuts are clipped, and those it removes are left out, each counted in a warning.
 
     directions: "auto" gives plain boxes (YOLO box lines, COCO boxes without a polygon) the direction their
     pixels show (estimate_direction, at this size), with a warning that counts them, unless some label of the

@@ -40,8 +40,8 @@ CONVERSIONS = {"16-bit": "16-bit, scaled to 8 bits", "float": "floating point, s
 class UnreadableImage(DataError):
     """An image file that cannot be decoded: a dataset loader skips it with a warning; alone, it is the error."""
 
-    def __init__(self, path, reason):
-        super().__init__(f"cannot read {path} as an image ({reason}); pass a PNG, JPEG, BMP or WebP file")
+    def __init__(self, path, reason, fix: str = "pass a PNG, JPEG, BMP or WebP file"):
+        super().__init__(f"cannot read {path} as an image ({reason}); {fix}")
         self.path, self.reason = path, str(reason)
 
 
@@ -79,8 +79,8 @@ def decode(path, mode: str, draft_size: tuple[int, int] | None = None, notes: No
     except DataError:
         raise
     except BOMBS as e:
-        raise UnreadableImage(path, f"{e} Shrink the image, or raise PIL.Image.MAX_IMAGE_PIXELS for images you "
-                                    f"trust") from None
+        raise UnreadableImage(path, str(e).rstrip("."), "shrink the image, or raise PIL.Image.MAX_IMAGE_PIXELS for "
+                                                        "images you trust") from None
     except DECODE_ERRORS as e:
         raise UnreadableImage(path, e) from None
     return to_8bit(image, path, notes, deep).convert(mode)
@@ -111,15 +111,15 @@ def _scaled(values: np.ndarray, mode: str, path) -> np.ndarray:
     """(H, W) 16-bit, 32-bit integer or float values -> uint8: 0..65535 (integers), 0..1 or 0..255 (floats)."""
     values = values.astype(np.float64)
     if values.size and not np.isfinite(values).all():
-        raise UnreadableImage(path, "a float image with NaN or infinite values")
+        raise UnreadableImage(path, "NaN or infinite values", "an image must hold finite values")
     low, high = (values.min(), values.max()) if values.size else (0.0, 0.0)
     if mode == "F":
         if low < 0 or high > 255:
-            raise UnreadableImage(path, f"float values {low:g}..{high:g}; a float image must hold 0..1 or 0..255")
+            raise UnreadableImage(path, f"float values {low:g}..{high:g}", "a float image must hold 0..1 or 0..255")
         scale = 255.0 if high <= 1 else 1.0
     else:
         if low < 0 or high > 65535:
-            raise UnreadableImage(path, f"integer values {low:g}..{high:g}; a 16-bit image holds 0..65535")
+            raise UnreadableImage(path, f"integer values {low:g}..{high:g}", "a 16-bit image holds 0..65535")
         scale = 255.0 / 65535.0
     return np.rint(values * scale).astype(np.uint8)
 

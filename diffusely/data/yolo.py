@@ -83,7 +83,8 @@ def _split_images(data_yaml: Path, spec: dict, split: str) -> list[Path]:
             lines = [line.strip() for line in read_text(p, f"'{split}' image list").splitlines() if line.strip()]
             paths += [Path(line) if Path(line).is_absolute() else (root / line).resolve() for line in lines]
         else:
-            raise DataError(f"{data_yaml}: {split} entry {entry!r} is neither a folder of images nor a .txt list ({p})")
+            raise DataError(f"{data_yaml}: {split} entry {entry!r} is neither a folder of images nor a .txt list "
+                            f"({p})")
     if not paths:
         raise DataError(f"no images in the '{split}' split of {data_yaml} (accepted extensions: {', '.join(EXTENSIONS)})")
     return paths

@@ -11,8 +11,8 @@ that read those tokens.
 
 from .captions import read_captions
 from .encoders import (INSTALL_HINT, MAX_TOKENS, NULL, PAD, TOKENIZER, UNK, PretrainedTextEncoder, TextEncoder,
-                       WordTokenizer, build_text_encoder, check_prompt, load_pretrained_encoder, load_sentence_transformer,
-                       load_text_encoder, words)
+                       WordTokenizer, build_text_encoder, check_prompt, load_pretrained_encoder,
+                       load_sentence_transformer, load_text_encoder, words)
 from .networks import ScratchTextEncoder, TextUNet, TokenProjection
 
 __all__ = [
