@@ -10,8 +10,9 @@ from PIL import Image
 
 from diffusely.data import DataError, load_dataset
 from diffusely.data.defects import CLASS_FREQUENCIES, CLASS_NAMES, render_defects
-from diffusely.data.detection import (coco_dict, data_yaml_text, estimate_direction, read_coco, read_detection, read_yolo,
-                                      yolo_label_text)
+from diffusely.data.coco import coco_dict, read_coco
+from diffusely.data.detection import estimate_direction, read_detection
+from diffusely.data.yolo import data_yaml_text, read_yolo, yolo_label_text
 from diffusely.layout import box_direction, direction_of, flip_boxes, pack_boxes, render_layout
 
 
