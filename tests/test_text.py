@@ -20,6 +20,22 @@ from diffusely.text import (NULL, TOKENIZER, ScratchTextEncoder, TextUNet, WordT
 from helpers import TINY_ARGS, write_captions
 
 
+def test_text_is_one_package_with_every_name_its_callers_import():
+    """Captions, encoders and networks live in diffusely.text; each name the training loop, the checkpoints, the
+    pipelines and the benchmarks import is there, defined in the module of its kind."""
+    import diffusely.text as text
+
+    homes = {"captions": ["read_captions"],
+             "encoders": ["build_text_encoder", "check_prompt", "load_text_encoder", "load_pretrained_encoder",
+                          "load_sentence_transformer", "words", "TextEncoder", "WordTokenizer", "TOKENIZER", "NULL"],
+             "networks": ["ScratchTextEncoder", "TextUNet", "TokenProjection"]}
+    for module, names in homes.items():
+        for name in names:
+            value = getattr(text, name)
+            assert name in text.__all__
+            assert isinstance(value, str) or value.__module__ == f"diffusely.text.{module}", (name, module)
+
+
 def test_tokenizer_round_trips_and_rejects_empty_prompts(tmp_path):
     captions = render_shapes(50, size=16, seed=3, max_shapes=2).captions
     tok = WordTokenizer.build(captions)
