@@ -1,5 +1,6 @@
 """Optimised sigma schedules: the search beats Karras's spacing, and a run's stored schedule is used by default."""
 
+import pytest
 import torch
 
 from diffusely.checkpoint import LoadedRun, build_denoiser, build_model, read_schedules, write_schedule
@@ -43,3 +44,18 @@ def test_a_runs_stored_schedule_is_used_by_default(tmp_path):
     assert seen(nfe=4) == sigmas[:-1]  # a budget of 4 evaluations is 4 steps: the stored schedule
     assert seen(steps=4, spacing="karras")[1] != 3.0  # an explicit spacing wins
     assert seen(steps=3)[1] != 3.0  # no schedule stored for 3 steps
+
+
+def test_a_bad_sampler_option_is_refused_before_the_search():
+    calls = []
+
+    def D(x, sigma):
+        calls.append(1)
+        return x * 0
+
+    noise = torch.randn(4, 2)
+    for options, match in [({"S_churn": float("nan")}, "sampler option S_churn must be a finite number >= 0, got nan"),
+                           ({"eta": 0.5}, "sampler 'heun' takes no option eta")]:
+        with pytest.raises(ValueError, match=match):
+            optimize_sigmas(D, noise, 5, "heun", sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, **options)
+    assert not calls  # not even the reference solve ran
