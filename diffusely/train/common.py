@@ -190,12 +190,16 @@ def resume_state(run_dir: Path, modules: dict[str, torch.nn.Module], optimizers:
     return state.step
 
 
-def check_room(run_dir: Path, modules: dict[str, torch.nn.Module], keep: int) -> None:
-    """Before the first step: refuse a run directory that cannot be written or lacks room for its checkpoints (the
-    newest `keep` training states of the modules' parameters and AdamW's two moments, one being written, and the
-    sampling weights), so a read-only or full disk is found before the training, not after it."""
-    params = sum(p.numel() * p.element_size() for m in modules.values() for p in m.parameters())
-    check_writable(run_dir, need_bytes=3 * params * (keep + 1) + params)
+def check_room(run_dir: Path, modules: dict[str, torch.nn.Module], optimizers: dict[str, torch.optim.Optimizer],
+               keep: int) -> None:
+    """Before the first step: refuse a run directory that cannot be written or lacks room for its checkpoints, so a
+    read-only or full disk is found before the training, not after it. A training state holds the modules'
+    tensors and AdamW's two moments of each parameter it steps; the run keeps `keep` of them while writing one more
+    (and the sampling weights, smaller than a state)."""
+    nbytes = lambda tensors: sum(t.numel() * t.element_size() for t in tensors)  # noqa: E731
+    state = sum(nbytes(m.state_dict().values()) for m in modules.values()) + sum(
+        2 * nbytes(p for group in o.param_groups for p in group["params"]) for o in optimizers.values())
+    check_writable(run_dir, need_bytes=(keep + 1) * state)
 
 
 def set_lr(optimizers, lr: float) -> None:
@@ -255,7 +259,8 @@ class Tracker:
         kept = (f"the last good checkpoint, of step {self.saved}, is kept in {self.run_dir}" if self.saved is not None
                 else f"no checkpoint was written to {self.run_dir}")
         raise RunError(f"the training loss is not finite ({loss}) at step {step + 1}: the run diverged and stopped; "
-                       f"{kept}. Train again with a lower --lr (this run's is {self.tc.lr:g}, at step {step + 1} {lr:.3g})")
+                       f"{kept}. Train again with a lower --lr (this run's is {self.tc.lr:g}; at step {step + 1}, "
+                       f"{lr:.3g})")
 
     @property
     def device(self):

@@ -49,7 +49,7 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, progr
         ema, optimizer = make_ema(model), adamw(model, tc, tc.lr, device)
         start = resume_state(run_dir, {"model": model, "ema": ema}, {"optim": optimizer}, device) if resume else 0
         if d.main:
-            check_room(run_dir, {"model": model, "ema": ema}, tc.keep)
+            check_room(run_dir, {"model": model, "ema": ema}, {"optim": optimizer}, tc.keep)
             start_log(run_dir, config, start, LOG_FIELDS)
             if "layout" in config.conditions:
                 save_layouts(run_dir, config.data.class_names, config.data.image_size, data.boxes)
