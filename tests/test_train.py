@@ -1,16 +1,19 @@
-"""Training: a killed run resumes to the same weights, bit for bit, as a run never interrupted."""
+"""Training: a killed run resumes to the same weights, bit for bit, as a run never interrupted; 1-D and 3-D data
+train through the same loop."""
 
 import os
 import signal
 import subprocess
 import sys
 
+import pytest
 import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from diffusely.cli import main
 from diffusely.config import RunConfig
+from diffusely.train import train
 from diffusely.train.ema import ema_beta
 
 from helpers import TINY_ARGS
@@ -88,3 +91,49 @@ def test_learning_rate_schedule():
     assert lr_at(50, tc) == 1.0 and lr_at(75, tc) == 0.5 and lr_at(99, tc) == 0.02
     assert lr_at(99, TrainConfig(steps=100, lr=1.0, warmup_steps=10, decay_from=1.0)) == 1.0
     assert lr_at(99, TrainConfig(steps=100, lr=1.0, warmup_steps=10)) == 0.025  # the default decays from 60%
+
+
+@pytest.mark.parametrize("dims", [1, 3])
+def test_the_same_loop_trains_on_1d_and_3d_data(dims, tmp_path):
+    """Audio-like (C, L) and video-like (C, T, H, W) samples go through the loop, its flips, class conditions and
+    sampling as images do; only the U-Net's dims differ."""
+    import numpy as np
+
+    from diffusely.checkpoint import load_run
+    from diffusely.conditions import conditions
+    from diffusely.config import DataConfig, TrainConfig
+    from diffusely.data import Dataset, to_tensor
+    from diffusely.nets import UNetConfig
+    from diffusely.pipelines import generate
+    from diffusely.train.common import Dist
+    from diffusely.train.data import TrainingSet
+
+    size, rng = (16 if dims == 1 else 8), np.random.default_rng(dims)
+    samples = rng.integers(0, 256, (12, *[size] * dims, 2), dtype=np.uint8)  # (N, *spatial, C)
+    data = Dataset(samples, rng.integers(0, 3, 12), ["a", "b", "c"], None, None, f"random {dims}-D")
+    config = RunConfig(model=UNetConfig(dims=dims, channels=(8, 16), blocks_per_level=1, attention_levels=(1,),
+                                        groups=4, head_channels=8),
+                       data=DataConfig(source=data.source, image_size=size, classes=True),
+                       train=TrainConfig(steps=3, batch_size=4, checkpoint_every=3, sample_every=3, warmup_steps=1))
+    result = train(config, tmp_path / "run", data=data, progress=False)
+    assert result["step"] == 3 and result["loss"] == result["loss"]  # finite, not NaN
+    assert config.sample_shape == (2, *[size] * dims) and config.model.num_classes == 3
+    weights = load_file(str(tmp_path / "run" / "checkpoint.safetensors"))
+    assert weights["model.out.2.weight"].abs().sum() > 0  # the zero-initialised output layer has learned
+
+    # each sample of a batch is its data, mirrored along its last axis or not, as its generator drew
+    batches = TrainingSet(config, data, conditions(config, {"class": torch.from_numpy(data.labels)}), None, "cpu",
+                          Dist())
+    flipped = []
+    for step in range(6):
+        x0, sigma, noise, cond = batches.draw_batch(step)
+        assert x0.shape == noise.shape == (4, 2, *[size] * dims) and sigma.shape == (4,)
+        rows = batches.batches.indices(batches.batches.positions(step))
+        for x, original in zip(x0, to_tensor(samples[rows.numpy()])):
+            assert torch.equal(x, original) or torch.equal(x, original.flip(-1))
+            flipped.append(not torch.equal(x, original))
+        assert ((cond["class_labels"] == 3) | (cond["class_labels"] == torch.from_numpy(data.labels)[rows])).all()
+    assert 0 < sum(flipped) < len(flipped)
+
+    x = torch.cat(list(generate(load_run(tmp_path / "run"), 2, steps=2, classes=["b"], progress=False)))
+    assert x.shape == (2, 2, *[size] * dims) and x.isfinite().all()
