@@ -238,3 +238,32 @@ def test_layout_boxes_are_checked_when_sampling(layout_run):
         conditioning(run, layouts=[[(0, 0.1, 0.1, 0.5, 0.5)], [(0, 5, 5, 40, 9)]])
     with pytest.raises(ValueError, match="must satisfy"):
         conditioning(run, layouts=[[(0, float("nan"), 1, 2, 3)]])
+
+
+HOLD_LOCK = r"""
+import sys, time
+from diffusely._files import run_lock
+with run_lock(sys.argv[1], "synth --out " + sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_a_second_job_into_a_dataset_folder_is_refused_and_the_lock_is_no_content(layout_run, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    run, out = load_run(layout_run), tmp_path / "ds"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out)], stdout=subprocess.PIPE, text=True,
+                              env=dict(os.environ, PYTHONPATH=os.getcwd()))
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(ValueError, match=f"in use by process {holder.pid}"):
+            synthesize(run, out, 2, steps=2, progress=False, val_fraction=0.5)
+        assert [p.name for p in out.iterdir()] == [".lock"]  # nothing written beside the other job's
+    finally:
+        holder.kill()
+        holder.wait()
+    # the folder holds only the lock file: a new dataset may start in it
+    assert synthesize(run, out, 2, steps=2, progress=False, val_fraction=0.5)["made"] == 2
