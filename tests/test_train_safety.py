@@ -67,6 +67,13 @@ def test_a_config_edited_to_nan_is_refused_on_resume_and_the_checkpoint_kept(tin
     assert (run_dir / "checkpoint.safetensors").read_bytes() == before
 
 
+def test_resuming_with_fewer_steps_than_the_run_has_is_refused(tiny_folder, tmp_path):
+    train(tiny(tiny_folder, steps=4), tmp_path / "run", progress=False)
+    with pytest.raises(RunError, match="is at step 4, past the 2 steps asked"):
+        train(tiny(tiny_folder, steps=2), tmp_path / "run", resume=True, progress=False)
+    assert saved_step(tmp_path / "run") == 4 and RunConfig.load(tmp_path / "run" / "config.json").train.steps == 4
+
+
 def test_an_autoencoder_with_a_nan_kl_weight_is_refused_and_one_that_diverges_stops(tiny_folder, tmp_path):
     with pytest.raises(ConfigError, match="train.kl_weight must be a finite number >= 0, got nan"):
         AutoencoderTrainConfig(kl_weight=float("nan"))

@@ -46,7 +46,7 @@ def train_autoencoder(config: AutoencoderRunConfig, run_dir: str | Path, *, resu
         ae = Autoencoder(mc).to(device)
         modules, optimizers = {"model": ae}, {"optim": adamw(ae, tc, tc.lr, device)}
         disc = add_discriminator(config, modules, optimizers, device)
-        start = resume_state(run_dir, modules, optimizers, device, "autoencoder") if resume else 0
+        start = resume_state(run_dir, modules, optimizers, device, tc.steps, "autoencoder") if resume else 0
         check_room(run_dir, modules, optimizers, tc.keep)
         start_log(run_dir, config, start, LOG_FIELDS)
         shown = to_tensor(images[:SHOWN])

@@ -173,9 +173,9 @@ def append_log(run_dir: Path, fields: list[str], row: dict) -> None:
 
 
 def resume_state(run_dir: Path, modules: dict[str, torch.nn.Module], optimizers: dict[str, torch.optim.Optimizer],
-                 device, network: str = "model") -> int:
+                 device, steps: int, network: str = "model") -> int:
     """Load the run's checkpoint into `modules` and `optimizers` (by their names in the file) and return its step;
-    0 when the run stopped before its first checkpoint."""
+    0 when the run stopped before its first checkpoint. A checkpoint past `steps`, the steps asked, is refused."""
     if not (run_dir / CHECKPOINT).exists():
         return 0
     state = load_state(run_dir / CHECKPOINT, device)
@@ -187,6 +187,9 @@ def resume_state(run_dir: Path, modules: dict[str, torch.nn.Module], optimizers:
     except (RuntimeError, ValueError, KeyError) as e:
         raise RunError(f"the checkpoint in {run_dir} does not fit the {network} that config.json describes "
                        f"(was config.json edited?): {str(e).splitlines()[0]}") from None
+    if state.step > steps:
+        raise RunError(f"the run in {run_dir} is at step {state.step}, past the {steps} steps asked; ask for more "
+                       f"steps to train it further")
     return state.step
 
 

@@ -47,7 +47,8 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, progr
         torch.manual_seed(tc.seed)  # the initial weights
         model = build_model(config).to(device)
         ema, optimizer = make_ema(model), adamw(model, tc, tc.lr, device)
-        start = resume_state(run_dir, {"model": model, "ema": ema}, {"optim": optimizer}, device) if resume else 0
+        start = 0 if not resume else resume_state(run_dir, {"model": model, "ema": ema}, {"optim": optimizer}, device,
+                                                  tc.steps)
         if d.main:
             check_room(run_dir, {"model": model, "ema": ema}, {"optim": optimizer}, tc.keep)
             start_log(run_dir, config, start, LOG_FIELDS)
