@@ -18,7 +18,6 @@ Each attribute a prompt asks for scores right or wrong; `adherence` reports each
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -28,10 +27,8 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
 
-from .._files import atomic_write
+from .._files import load_tensors, save_tensors
 from ..data.shapes import BACKGROUNDS, CLASS_NAMES, COLORS, NUMBER_WORDS, PLURALS, _relation, render_shapes
 from .domain import DomainClassifier, train_domain_classifier
 
@@ -312,19 +309,17 @@ def fit_adherence_checker(size: int = 32, count: int = 3000, steps: int = 400, s
 
 
 def save_checker(path, checker: AdherenceChecker) -> None:
-    tensors = {k: v.detach().cpu().contiguous() for k, v in checker.classifier.state_dict().items()}
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"format": FORMAT, "info": json.dumps(checker.info)}))
+    save_tensors(path, checker.classifier.state_dict(), {"format": FORMAT, "info": checker.info})
 
 
 def load_checker(path) -> AdherenceChecker:
     path = Path(path)
     try:
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
+        tensors, meta = load_tensors(path)
         if meta.get("format") != FORMAT:
             raise ValueError(f"format {meta.get('format')!r}")
         net = DomainClassifier(1, len(CLASS_NAMES))
-        net.load_state_dict(load_file(str(path)))
-        return AdherenceChecker(net, json.loads(meta["info"]))
-    except (SafetensorError, OSError, KeyError, ValueError, RuntimeError) as e:
+        net.load_state_dict(tensors)
+        return AdherenceChecker(net, dict(meta["info"]))
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise ValueError(f"{path} is not an adherence checker ({e}); delete it to train a new one") from None

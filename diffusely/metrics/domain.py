@@ -8,19 +8,16 @@ digest of its weights), never other networks' features or published FIDs.
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
-from .._files import atomic_write
+from .._files import load_tensors, save_tensors
 from ..data import to_tensor
 from .features import FeatureExtractor
 
@@ -226,23 +223,20 @@ def fit_domain_features(images: np.ndarray, labels: Optional[np.ndarray] = None,
 
 def save_domain_features(path: str | Path, extractor: DomainFeatures) -> None:
     """Weights in a safetensors file, with `info` as JSON in its metadata; written atomically."""
-    tensors = {k: v.detach().cpu().contiguous() for k, v in extractor.net.state_dict().items()}
-    metadata = {"format": FORMAT, "info": json.dumps(extractor.info)}
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    save_tensors(path, extractor.net.state_dict(), {"format": FORMAT, "info": extractor.info})
 
 
 def load_domain_features(path: str | Path, device="cpu", batch_size: int = 256) -> DomainFeatures:
     """A DomainFeatures saved by save_domain_features."""
     path = Path(path)
     try:
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-        info = json.loads(meta["info"])
+        tensors, meta = load_tensors(path)
+        info = dict(meta["info"])
         kind, channels = info["kind"], int(info["channels"])
         net = (DomainClassifier(channels, int(info["num_classes"])) if kind == "classifier"
                else ContrastiveEncoder(channels))
-        net.load_state_dict(load_file(str(path)))
-    except (SafetensorError, OSError, KeyError, ValueError, RuntimeError) as e:
+        net.load_state_dict(tensors)
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise ValueError(f"{path} is not a diffusely domain-features file ({type(e).__name__}: "
                          f"{' '.join(str(e).split())[:200]}); delete it to train new features") from None
     return DomainFeatures(net.requires_grad_(False), info, device, batch_size)

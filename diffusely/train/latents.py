@@ -19,11 +19,9 @@ from typing import Optional
 
 import numpy as np
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from .._files import atomic_write
+from .._files import Unreadable, load_tensors, save_tensors
 from ..checkpoint import RunError, autoencoder_dir, load_autoencoder
 from ..config import RunConfig
 from ..data import DataError, to_tensor
@@ -84,20 +82,17 @@ def prepare_latents(config: RunConfig, images: np.ndarray, run_dir: Path, device
     if config.data.flip:
         tensors["flipped"] = scale(encode_images(ae, images, mirrored=True, device=device, progress=progress))
     if save:
-        metadata = {"autoencoder_digest": lc.autoencoder_digest, "count": str(len(images))}
-        cpu = {k: v.cpu().contiguous() for k, v in tensors.items()}
-        atomic_write(cache, lambda tmp: save_file(cpu, tmp, metadata=metadata))
+        save_tensors(cache, tensors, {"autoencoder_digest": lc.autoencoder_digest, "count": len(images)})
     return Latents(tensors["images"].float(), tensors["flipped"].float() if config.data.flip else None, space)
 
 
 def _read_cache(path: Path, digest: str, count: int, flip: bool, device) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     try:
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-        tensors = load_file(str(path), device=str(device))
-    except (SafetensorError, OSError) as e:
-        raise RunError(f"{path} is damaged ({e}); delete it to encode the data again") from None
-    if meta.get("autoencoder_digest") != digest or meta.get("count") != str(count) or flip != ("flipped" in tensors):
+        tensors, meta = load_tensors(path, device)
+    except Unreadable as e:
+        raise RunError(f"{e}; delete it to encode the data again") from None
+    same_data = meta.get("autoencoder_digest") == digest and str(meta.get("count")) == str(count)
+    if not same_data or flip != ("flipped" in tensors):
         raise RunError(f"{path} holds latents of other data or another autoencoder than this run's; "
                        "delete it to encode the data again")
     return tensors["images"].float(), tensors["flipped"].float() if flip else None
