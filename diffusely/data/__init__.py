@@ -25,6 +25,7 @@ from .folder import FolderData, load_image_folder  # noqa: E402
 from .defects import DefectsData, render_defects  # noqa: E402
 from .detection import DetectionSet, load_detection, read_coco, read_detection, read_yolo  # noqa: E402
 from .shapes import ShapesData, render_shapes, write_shapes_folder  # noqa: E402
+from .phantoms import PhantomsData, builtin_phantoms, render_phantoms  # noqa: E402
 
 
 def builtin_shapes(size: int, seed: int = 0, count: int = 10_000, max_shapes: int = 1) -> ShapesData:
@@ -60,7 +61,8 @@ def _rendered_defects(size: int, seed: int, count: int) -> DefectsData:
 
 # built-in datasets by name: each is a function (size, seed[, max_shapes]) -> data with images (N, S, S, 3)
 # uint8, labels (or None), class_names, captions and boxes
-BUILTIN: dict[str, Callable[..., ShapesData | DefectsData]] = {"shapes": builtin_shapes, "defects": builtin_defects}
+BUILTIN: dict[str, Callable[..., ShapesData | DefectsData | PhantomsData]] = {
+    "shapes": builtin_shapes, "defects": builtin_defects, "phantoms": builtin_phantoms}
 
 
 @dataclass
