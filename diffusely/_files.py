@@ -157,6 +157,7 @@ def _alive(pid: int) -> bool:
 
 
 _swept: set[Path] = set()
+_TMP = re.compile(r".+\.(\d+)\.(?:[a-z0-9_]{8}|link)\.tmp")  # what atomic_write (and state's keeping) name them
 
 
 def sweep_stale(directory: str | Path) -> None:
@@ -164,8 +165,8 @@ def sweep_stale(directory: str | Path) -> None:
     PID is gone). Done once per directory per process, by its first atomic write."""
     directory = Path(directory)
     for tmp in directory.glob("*.tmp"):
-        parts = tmp.name.split(".")
-        if len(parts) >= 4 and parts[-3].isdigit() and not _alive(int(parts[-3])):
+        m = _TMP.fullmatch(tmp.name)
+        if m and not _alive(int(m[1])):
             tmp.unlink(missing_ok=True)
     _swept.add(directory)
 

@@ -150,10 +150,11 @@ def dead_pid() -> int:
 def test_stale_temporary_files_of_killed_writers_are_swept(tmp_path):
     stale = tmp_path / f"checkpoint.safetensors.{dead_pid()}.k2j4h1ab.tmp"
     live = tmp_path / f"checkpoint.safetensors.{os.getppid()}.zz9q8w7e.tmp"  # a writer still running
-    for p in (stale, live):
+    users = tmp_path / "notes.1.draft.tmp"  # not named as atomic_write names its files: never touched
+    for p in (stale, live, users):
         p.write_bytes(b"half a checkpoint")
     files.atomic_write_text(tmp_path / "log.csv", "step,loss\n")
-    assert not stale.exists() and live.exists()
+    assert not stale.exists() and live.exists() and users.exists()
 
 
 def test_tensors_and_metadata_round_trip_and_old_files(tmp_path):

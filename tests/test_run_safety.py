@@ -104,6 +104,19 @@ def test_an_autoencoder_state_is_refused_too(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_an_autoencoder_with_nan_weights_is_not_loaded(tmp_path):
+    import shutil
+    ae = tmp_path / "ae"
+    shutil.copytree(Path(__file__).parent / "fixtures" / "v0" / "ae", ae)
+    assert ck.load_autoencoder(ae).step > 0
+    state, meta = files.load_tensors(ae / ck.CHECKPOINT)
+    name = next(k for k in state if k.startswith("model.") and k.endswith("weight"))
+    state[name][0] = float("nan")
+    files.save_tensors(ae / ck.CHECKPOINT, state, meta)
+    with pytest.raises(ck.NonFiniteError, match=f"{ae / ck.CHECKPOINT} holds non-finite weights \\(1 of"):
+        ck.load_autoencoder(ae)
+
+
 def test_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     model, ema, opt = tiny_run(tmp_path)
     ck.save_checkpoint(tmp_path, model=model, ema=ema, optimizer=opt, step=1)
