@@ -200,10 +200,11 @@ def sampling_weights(run_dir: str | Path, device="cpu", weights: str = "ema") ->
                 state = load_tensors(model_path, device)[0]
                 refuse_nonfinite(state, model_path)
                 return state, step
-        except (Unreadable, KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError) as e:
             if isinstance(e, NonFiniteError):
                 raise
-            raise RunError(f"{model_path} cannot be read ({e}); delete it to sample from {CHECKPOINT}") from None
+            why = str(e) if isinstance(e, Unreadable) else f"{model_path} holds no step"
+            raise RunError(f"{why}; delete it to sample from {CHECKPOINT}") from None
     ckpt = load_checkpoint(run_dir, device)
     state = ckpt.ema if weights == "ema" else ckpt.model
     refuse_nonfinite(state, ckpt_path)

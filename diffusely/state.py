@@ -20,6 +20,7 @@ from ._files import RunError, Unreadable, atomic_write, load_tensors, read_meta,
 CHECKPOINT = "checkpoint.safetensors"
 FORMAT = "diffusely-checkpoint-1"
 _KEPT = re.compile(r"checkpoint-(\d+)\.safetensors")
+_AGAIN = "roll back to a kept checkpoint-STEP.safetensors (diffusely.state.roll_back) or train the run again"
 
 
 class NonFiniteError(RunError):
@@ -86,7 +87,7 @@ def _refuse_nonfinite(tensors: dict[str, torch.Tensor], step: int, path: Path) -
 
 def _gather(step: int, modules: dict[str, torch.nn.Module],
             optimizers: dict[str, torch.optim.Optimizer]) -> tuple[dict[str, torch.Tensor], dict]:
-    """The tensors "<module>.<key>" and "<optimizer>.<param index>.<key>", and the metadata: step, optimizers' groups."""
+    """The tensors "<module>.<key>" and "<optimizer>.<param index>.<key>"; the metadata: step, optimizer groups."""
     tensors = {f"{name}.{k}": v for name, module in modules.items() for k, v in module.state_dict().items()}
     meta = {"step": step, "format": FORMAT}
     for name, optimizer in optimizers.items():
@@ -121,12 +122,15 @@ def load_state(path: str | Path, device="cpu") -> State:
     path = Path(path)
     try:
         tensors, meta = load_tensors(path, device)
+    except Unreadable as e:
+        raise RunError(f"{e}; {_AGAIN}") from None
+    try:
         step = int(meta["step"])
         # files written before save_tensors hold each optimizer's state as a JSON string
         optim_meta = {k[:-len("izer")]: json.loads(v) if isinstance(v, str) else v
                       for k, v in meta.items() if k.endswith("optimizer")}
     except (KeyError, TypeError, ValueError) as e:
-        raise RunError(f"{path} is damaged or not a diffusely checkpoint ({e}); train the run again") from None
+        raise RunError(f"{path} is damaged or not a diffusely checkpoint ({e}); {_AGAIN}") from None
     modules: dict[str, dict[str, torch.Tensor]] = {}
     optim_tensors: dict[str, dict[str, torch.Tensor]] = {name: {} for name in optim_meta}
     for k, v in tensors.items():

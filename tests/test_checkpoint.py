@@ -95,7 +95,8 @@ def test_crash_while_writing_keeps_previous_checkpoint(tmp_path, monkeypatch):
 def test_damaged_checkpoint_gives_clear_error(tmp_path):
     ck.write_config(tmp_path, tiny_config())
     (tmp_path / ck.CHECKPOINT).write_bytes(b"not a checkpoint")
-    with pytest.raises(ck.RunError, match="damaged or not a diffusely checkpoint"):
+    with pytest.raises(ck.RunError, match="checkpoint.safetensors is damaged or not a safetensors file .*; roll back "
+                                          "to a kept checkpoint-STEP.safetensors .* or train the run again"):
         ck.load_checkpoint(tmp_path)
 
 
