@@ -141,6 +141,8 @@ def evaluate_run(run_dir: str | Path, reference: str, *, count: Optional[int] = 
     """
     if features not in FEATURES:
         raise ValueError(f"unknown features {features!r}; choose one of: {', '.join(FEATURES)}")
+    if count is not None and count < 1:  # 0 is not "the default": it would measure nothing
+        raise ValueError(f"the number of samples (-n) must be >= 1, got {count}")
     started = time.perf_counter()
     run_dir = Path(run_dir)
     run = load_run(run_dir, device)
@@ -157,8 +159,8 @@ def evaluate_run(run_dir: str | Path, reference: str, *, count: Optional[int] = 
     ref_stats = _reference_stats(ref, extractor, progress)
 
     if fake is None:
-        fake, sample_info = _sample_images(run, count or 1000, sampler=sampler, steps=steps, nfe=nfe, seed=seed,
-                                           batch_size=batch_size, progress=progress, options=options)
+        fake, sample_info = _sample_images(run, 1000 if count is None else count, sampler=sampler, steps=steps, nfe=nfe,
+                                           seed=seed, batch_size=batch_size, progress=progress, options=options)
     else:
         sample_info = {"source": str(samples)}
     metrics = quality_metrics(ref_stats, extractor(fake, progress=progress), seed=seed)

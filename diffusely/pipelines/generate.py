@@ -1,17 +1,29 @@
-"""Generation from a trained run: load, wrap, sample, save."""
+"""Generation from a trained run: load, wrap, sample, save (`write_samples`: the files `diffusely sample` writes)."""
 
 from __future__ import annotations
 
+import functools
+import json
+from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
 
+import numpy as np
 import torch
+from PIL import Image
 from tqdm import tqdm
 
+from .._files import atomic_write, atomic_write_text
 from .._util import generators, randn
 from ..checkpoint import LoadedRun
+from ..data import to_uint8
 from ..samplers import get_sampler, nfe as nfe_of, resolve_steps, sample
 from ..schedules import Spacing
+from ..viz import save_grid
 from .conditioning import conditioning
+
+
+class SamplesExist(ValueError):
+    """The output folder already holds samples of these names; the message says how to keep or replace them."""
 
 
 def sample_shape(run: LoadedRun) -> tuple[int, ...]:
@@ -84,3 +96,65 @@ def _batches(run: LoadedRun, indices: list[int], conditions, *, sampler: str, st
                 x = run.decode(x)  # a latent run's samples become images here
             bar.update(len(x))
             yield x.clamp(-1, 1).cpu()
+
+
+SAMPLE_FORMATS = ("png", "npy")
+METADATA = "metadata.jsonl"
+
+
+def sample_names(n: int, seed: int, fmt: str) -> list[str]:
+    """The file names of samples seed .. seed + n - 1: 000000.png, 000001.png, ..."""
+    return [f"{seed + i:06d}.{fmt}" for i in range(n)]
+
+
+def write_samples(run: LoadedRun, out_dir: str | Path, n: int, *, fmt: str = "png", seed: int = 0,
+                  grid: Optional[str | Path] = None, overwrite: bool = False, **kwargs) -> dict:
+    """Draw n samples with `generate` (kwargs are its arguments) and write each to out_dir as it is made,
+    sample i as `{seed + i:06d}.{fmt}` (PNG, or a (H, W, C) uint8 .npy), so a stopped job keeps what it made.
+    With classes or prompts, out_dir/metadata.jsonl says which sample got which; `grid` also saves them all
+    as one PNG. Files of an earlier job are never replaced unless `overwrite`: a folder that holds any of
+    these names is refused before anything is sampled (choose another --seed or folder to add samples).
+    Returns {"count", "out_dir", "metadata" (a path or None), "grid"}."""
+    if fmt not in SAMPLE_FORMATS:
+        raise ValueError(f"unknown sample format {fmt!r}; choose one of: {', '.join(SAMPLE_FORMATS)}")
+    out_dir = Path(out_dir)
+    batches = generate(run, n, seed=seed, **kwargs)  # checks every argument before a file is touched
+    asked = {key: list(kwargs[arg]) for key, arg in (("text", "prompts"), ("class", "classes")) if kwargs.get(arg)}
+    names = sample_names(n, seed, fmt)
+    targets = [out_dir / name for name in names + ([METADATA] if asked else [])] + ([Path(grid)] if grid else [])
+    if not overwrite:
+        _refuse_existing(targets, out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    everything, i = [], 0
+    for batch in batches:
+        images = to_uint8(batch)
+        for image in images:  # written as produced: a stopped job keeps what it made
+            atomic_write(out_dir / names[i], functools.partial(_write_sample, image, fmt))
+            i += 1
+        if grid:
+            everything.append(images)
+    metadata = None
+    if asked:
+        rows = [{"file_name": names[k], **{key: v[k % len(v)] for key, v in asked.items()}} for k in range(i)]
+        metadata = out_dir / METADATA
+        atomic_write_text(metadata, "".join(json.dumps(row) + "\n" for row in rows))
+    if grid:
+        save_grid(np.concatenate(everything), grid)
+    return {"count": i, "out_dir": out_dir, "metadata": metadata, "grid": grid}
+
+
+def _write_sample(image: np.ndarray, fmt: str, path: str) -> None:
+    """(H, W, C) uint8 -> a PNG (mode L or RGB) or an .npy at `path` (a temporary name: the format is given)."""
+    if fmt == "png":
+        Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(path, format="PNG")
+    else:
+        with open(path, "wb") as f:
+            np.save(f, image, allow_pickle=False)
+
+
+def _refuse_existing(targets: list[Path], out_dir: Path) -> None:
+    existing = [p for p in targets if p.exists()]
+    if existing:
+        shown = ", ".join(p.name for p in existing[:3]) + (f" and {len(existing) - 3} more" if len(existing) > 3 else "")
+        raise SamplesExist(f"{out_dir} already holds {len(existing)} of the files this would write ({shown}); "
+                               f"pass --overwrite to replace them, or choose another --out or --seed")

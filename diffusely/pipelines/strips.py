@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from ..checkpoint import LoadedRun
+from ..data import BUILTIN, load_dataset, to_tensor
+from ..data.folder import load_image
 from ..schedules import add_noise, ve_to_vp
 from .generate import generate
 
 FORWARD_SIGMAS = (0.0, 0.05, 0.1, 0.2, 0.4, 0.8, 1.5, 3.0, 6.0, 20.0, 80.0)
+
+
+def strip_image(source: str, size: int) -> torch.Tensor:
+    """The image a forward strip shows, (C, size, size) in [-1, 1]: an image file, resized and center-cropped,
+    or the first image of a built-in dataset named `source` (unless a file of that name exists)."""
+    if source in BUILTIN and not Path(source).exists():
+        array = load_dataset(source, size).images[0]
+    else:
+        array = load_image(source, size)
+    return to_tensor(array[None])[0]
 
 
 def forward_strip(image: torch.Tensor, sigmas=FORWARD_SIGMAS, seed: int = 0) -> torch.Tensor:

@@ -1,0 +1,31 @@
+"""`diffusely <command>`: parses arguments, calls the library, says where results went.
+
+    cli/__init__.py   the `diffusely` group, --debug, the commands registered
+    cli/errors.py     the one error boundary: expected failures as `Error: ...`, exit status 1
+    cli/flags.py      options several commands share, and value types that name the flag on bad input
+    cli/train.py      train, train-autoencoder (configs from diffusely.options)
+    cli/sample.py     sample, synth, forward, reverse
+    cli/runs.py       info, eval, optimize-schedule
+"""
+
+from __future__ import annotations
+
+import click
+
+from .errors import Group
+from .runs import eval_, info, optimize_schedule
+from .sample import forward, reverse, sample, synth
+from .train import train, train_autoencoder
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="diffusely")
+@click.option("--debug", is_flag=True, help="Show the traceback of any error, not only of a bug.")
+def main(debug):
+    """diffusely: train diffusion models on your images and sample from them."""
+
+
+for command in (train, train_autoencoder, sample, synth, optimize_schedule, forward, reverse, info, eval_):
+    main.add_command(command)
+
+__all__ = ["main"]

@@ -1,0 +1,162 @@
+"""The commands that draw from a run: `sample`, `synth`, and the strips `forward` and `reverse`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .flags import COUNT, CONDITIONS, INFERENCE, QUIET, SAMPLER_OPTION, SAMPLING, Finite, conditions, seed_option
+
+
+def device() -> str:
+    import torch
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def writable(directory) -> None:
+    """Check, before any work, that `directory` (or the folder that would hold it) can be written."""
+    from .._files import check_writable
+    check_writable(directory)
+
+
+@click.command()
+@click.argument("run_dir", type=click.Path())
+@click.option("-n", "count", type=COUNT, default=16, show_default=True, help="Number of samples.")
+@SAMPLING
+@seed_option()
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Folder for the samples (default RUN_DIR/generated).")
+@click.option("--overwrite", is_flag=True, help="Replace samples of the same names in --out (by default a folder that "
+              "holds any of them is refused: choose another --seed or --out to add samples).")
+@click.option("--format", "fmt", type=click.Choice(["png", "npy"]), default="png", show_default=True)
+@click.option("--grid", type=click.Path(dir_okay=False), help="Also save all samples as one grid PNG.")
+@click.option("--batch-size", type=COUNT, default=64, show_default=True, help="Samples per batch (bounds memory).")
+@CONDITIONS
+@INFERENCE
+@SAMPLER_OPTION
+@QUIET
+def sample(run_dir, count, steps, nfe, sampler, seed, out_dir, overwrite, fmt, grid, batch_size, classes, prompt,
+           prompts_file, negative_prompt, guidance, precision, cuda_graphs, options, quiet):
+    """Draw N samples from a trained run, of a class or a prompt where it was trained on them.
+
+    Sample i is written as OUT/{seed + i:06d}.png; with prompts or classes, OUT/metadata.jsonl records which
+    sample got which.
+
+    \b
+    diffusely sample runs/shapes -n 64 --grid grid.png
+    diffusely sample runs/shapes -n 8 --sampler euler --steps 50 --format npy
+    diffusely sample runs/shapes -n 64 --sampler unipc --nfe 10
+    diffusely sample runs/shapes -n 64 --steps 25 -o S_churn=30 -o S_tmin=0.05 -o S_tmax=10 -o S_noise=1.003
+    diffusely sample runs/classes -n 16 --class circle,square --guidance 3
+    diffusely sample runs/text -n 8 --prompt "a large red circle on a navy background" --negative-prompt "a square"
+    diffusely sample runs/text -n 64 --prompts prompts.txt --grid grid.png
+    """
+    from ..checkpoint import load_run
+    from ..pipelines import write_samples
+
+    out = Path(out_dir) if out_dir else Path(run_dir) / "generated"
+    asked = conditions(classes, prompt, prompts_file, negative_prompt, guidance)
+    run = load_run(run_dir, device(), precision=precision or "auto", cuda_graphs=cuda_graphs)
+    writable(out)
+    if grid:
+        writable(Path(grid).parent)
+    result = write_samples(run, out, count, fmt=fmt, seed=seed, grid=grid, overwrite=overwrite, steps=steps, nfe=nfe,
+                           sampler=sampler, batch_size=batch_size, progress=not quiet, **asked, **options)
+    click.echo(f"wrote {result['count']} samples to {out}")
+    if grid:
+        click.echo(f"grid: {grid}")
+
+
+@click.command()
+@click.argument("run_dir", type=click.Path())
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Dataset folder to write.")
+@click.option("-n", "count", type=COUNT, default=100, show_default=True, help="Number of images.")
+@click.option("--classes", help="Only boxes of these classes, comma-separated (e.g. scratch,crack).")
+@click.option("--balance", is_flag=True, help="Draw every class equally often (oversamples the rare ones).")
+@click.option("--layouts", "layouts_file", type=click.Path(dir_okay=False),
+              help='Your own layouts: JSON (lines) of [{"class": "crack", "box": [x0, y0, x1, y1]}], corners 0..1, '
+                   'optionally with "direction": 1 or -1 (see the README).')
+@click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True,
+              help="Share of images in images/val.")
+@click.option("--coco", is_flag=True, help="Also write annotations/instances_{train,val}.json (COCO).")
+@click.option("--guidance", type=Finite(), help="Guidance towards the layout (default 2; 1: none).")
+@SAMPLING
+@seed_option(help="Image i uses layout (seed, i) and noise seed + i.")
+@click.option("--batch-size", type=COUNT, default=16, show_default=True, help="Images per batch (bounds memory).")
+@click.option("--resume", is_flag=True, help="Finish a stopped job in --out (same settings).")
+@INFERENCE
+@SAMPLER_OPTION
+@QUIET
+def synth(run_dir, out_dir, count, classes, balance, layouts_file, val_fraction, coco, guidance, steps, nfe, sampler,
+          seed, batch_size, resume, precision, cuda_graphs, options, quiet):
+    """Generate a labelled detection dataset (Ultralytics YOLO layout) from a layout run.
+
+    Layouts are drawn from the training layouts' statistics (box counts, sizes, positions, class
+    frequencies), or read from --layouts; each image is generated for its layout, which becomes its labels.
+
+    \b
+    diffusely synth runs/defects --out datasets/synth -n 1000
+    diffusely synth runs/defects --out datasets/cracks -n 500 --classes crack --coco
+    diffusely synth runs/defects --out datasets/balanced -n 1000 --balance
+    diffusely synth runs/defects --out datasets/synth -n 1000 --resume      # after a stop
+    yolo train data=datasets/synth/data.yaml model=yolo11n.yaml
+    """
+    from ..checkpoint import load_run
+    from ..pipelines.synth import job_settings, synthesize
+
+    if precision is None:  # a resumed job keeps the precision it was begun in: it changes the images
+        precision = (job_settings(out_dir).get("precision") if resume else None) or "auto"
+    run = load_run(run_dir, device(), precision=precision, cuda_graphs=cuda_graphs)
+    writable(out_dir)
+    wanted = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
+    result = synthesize(run, out_dir, count, classes=wanted, balance=balance, layouts_file=layouts_file, seed=seed,
+                        val_fraction=val_fraction, coco=coco, resume=resume, batch_size=batch_size, guidance=guidance,
+                        sampler=sampler, steps=steps, nfe=nfe, progress=not quiet, options=options)
+    per_class = ", ".join(f"{k} {v}" for k, v in result["per_class"].items())
+    click.echo(f"{result['images']} images ({result['made']} made now; train {result['train']}, val {result['val']}), "
+               f"{result['boxes']} boxes: {per_class}")
+    click.echo(f"dataset: {out_dir}/data.yaml  contact sheet: {out_dir}/contact_sheet.png")
+
+
+@click.command()
+@click.argument("image", type=click.Path())
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="PNG to write.")
+@click.option("--size", type=click.IntRange(4, 1024), default=64, show_default=True,
+              help="Resize and crop the image to this size.")
+@seed_option(help="Seed of the noise.")
+def forward(image, out, size, seed):
+    """Show the forward process: IMAGE at rising noise levels sigma (VP scale).
+
+    IMAGE is an image file, or `shapes` for the first image of the built-in data.
+    """
+    from .. import viz
+    from ..pipelines import FORWARD_SIGMAS, forward_strip, strip_image
+
+    writable(Path(out).parent)
+    strip = forward_strip(strip_image(image, size), seed=seed)
+    viz.save_strip([strip], out, labels=[f"σ={s:g}" for s in FORWARD_SIGMAS], scale=max(1, 128 // size))
+    click.echo(f"forward process: {out}")
+
+
+@click.command()
+@click.argument("run_dir", type=click.Path())
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="PNG to write.")
+@seed_option(help="Seed of the sample's noise.")
+@SAMPLING
+@CONDITIONS
+@SAMPLER_OPTION
+def reverse(run_dir, out, seed, steps, nfe, sampler, classes, prompt, prompts_file, negative_prompt, guidance, options):
+    """Show the reverse process: one sample's noisy state and the model's x0 estimate at each step
+    (of the first --class or --prompt, where given)."""
+    from .. import viz
+    from ..checkpoint import load_run
+    from ..pipelines import reverse_strip
+
+    run = load_run(run_dir, device())
+    writable(Path(out).parent)
+    asked = conditions(classes, prompt, prompts_file, negative_prompt, guidance)
+    xs, x0s, sigmas = reverse_strip(run, seed=seed, steps=steps, nfe=nfe, sampler=sampler, **asked, **options)
+    size = run.config.data.image_size
+    viz.save_strip([xs, x0s], out, labels=[f"σ={s:.3g}" for s in sigmas], row_labels=["x", "x0 estimate"],
+                   scale=max(1, 128 // size))
+    click.echo(f"reverse process: {out}")

@@ -1,0 +1,202 @@
+"""Run configs built from options, as the CLI (and a UI) take them: a new run's, or a resumed run's with every
+option that would contradict the run named.
+
+Options arrive as a dict of flag names (the CLI's parameter names, e.g. "image_size", "no_flip") to values,
+None where the user left the option out. FIELDS says where each lands in the config; SPECIAL options
+(grayscale, no_flip, text, recipe, ...) are mapped by hand below.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from .checkpoint import CHECKPOINT, CONFIG, RunError, read_config
+from .config import RECIPES, AutoencoderRunConfig, ConfigError, DataConfig, JsonConfig, RunConfig, TextConfig
+from .state import step_of
+
+# option -> (config section, field); the same names in a diffusion run and an autoencoder run
+FIELDS = {
+    "image_size": ("data", "image_size"), "max_shapes": ("data", "max_shapes"), "classes": ("data", "classes"),
+    "layout": ("data", "layout"), "paraphrases": ("data", "paraphrases"), "directions": ("data", "directions"),
+    "channels": ("model", "channels"), "blocks_per_level": ("model", "blocks_per_level"),
+    "attention_levels": ("model", "attention_levels"), "patch_size": ("model", "patch_size"),
+    "latent_channels": ("model", "latent_channels"),
+    "batch_size": ("train", "batch_size"), "lr": ("train", "lr"), "seed": ("train", "seed"),
+    "precision": ("train", "precision"), "kl_weight": ("train", "kl_weight"),
+    "frequency_weight": ("train", "frequency_weight"), "crop_size": ("train", "crop_size"),
+    "disc_weight": ("train", "disc_weight"), "disc_start": ("train", "disc_start"),
+}
+# options a resumed run may change: how long it trains, how fast a step runs and how often it writes, never what
+# a step computes
+RESUMABLE = {
+    "steps": ("train", "steps"), "compile": ("train", "compile"),
+    "activation_checkpointing": ("train", "activation_checkpointing"),
+    "checkpoint_every": ("train", "checkpoint_every"), "sample_every": ("train", "sample_every"),
+    "log_every": ("train", "log_every"), "keep": ("train", "keep"),
+}
+RESUMABLE_HELP = "May be changed on --resume."
+
+
+def flag(name: str) -> str:
+    """The command-line spelling of an option name: image_size -> --image-size."""
+    return "--" + name.replace("_", "-")
+
+
+def new_run_config(data: Optional[str], options: dict, config_file: Optional[str] = None) -> RunConfig:
+    """The RunConfig of a new diffusion run on `data` (a folder or a built-in name), from `config_file`'s
+    config.json (or the defaults) with the given options over it. Raises ConfigError naming the option."""
+    if data is None:
+        raise ConfigError("give the DATA to train on: a folder of images or a built-in name (shapes)")
+    config = RunConfig.load(config_file) if config_file else RunConfig()
+    if options.get("recipe"):
+        config.diffusion = RECIPES[options["recipe"]]()
+    config.data = DataConfig(**{**config.data.__dict__, "source": data})
+    _set_options(config, options, {**FIELDS, **RESUMABLE})
+    _set_flags(config, options)
+    if options.get("text") or options.get("text_encoder"):
+        config.text = TextConfig(**{**config.text.__dict__, "encoder": options.get("text_encoder") or "scratch"})
+        config.data.flip = False  # a mirrored image would contradict captions that say left and right
+    if options.get("autoencoder"):
+        config.use_autoencoder(options["autoencoder"])
+    _validate(config, options)
+    return config
+
+
+def new_autoencoder_config(data: Optional[str], options: dict) -> AutoencoderRunConfig:
+    """The AutoencoderRunConfig of a new autoencoder run on `data`, the defaults with the given options over them.
+    `factor` (4 or 8) picks the default widths of that many halvings; --channels must agree with it."""
+    from .nets.autoencoder import DEFAULT_CHANNELS
+
+    if data is None:
+        raise ConfigError("give the DATA to train on: a folder of images or a built-in name (shapes)")
+    factor, channels = options.get("factor"), options.get("channels")
+    if factor and channels and 2 ** (len(channels) - 1) != int(factor):
+        raise ConfigError(f"--channels {','.join(map(str, channels))} makes factor {2 ** (len(channels) - 1)}, "
+                          f"not {factor}: give one level per halving plus one")
+    config = AutoencoderRunConfig()
+    config.data = DataConfig(**{**config.data.__dict__, "source": data})
+    options = {**options, "channels": channels or (DEFAULT_CHANNELS[int(factor)] if factor else None)}
+    _set_options(config, options, {**FIELDS, **RESUMABLE})
+    _set_flags(config, options)
+    _validate(config, options)
+    return config
+
+
+def resumed_config(run_dir: str | Path, data: Optional[str], options: dict, cls: type[JsonConfig] = RunConfig):
+    """The config of the run in `run_dir` to resume, with the RESUMABLE options given set on it.
+
+    Any other option given must agree with the run (it is then a no-op); one that differs is a ConfigError naming
+    the option, its value and the run's, as is DATA given and not the run's, the run's data folder gone, or
+    --steps below the step the checkpoint is at. Returns (config, the checkpoint's step)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG).is_file():
+        raise RunError(f"nothing to resume in {run_dir}: it has no {CONFIG}; drop --resume to start a new run")
+    for name in ("config_file", "autoencoder"):
+        if options.get(name):
+            raise ConfigError(f"{flag(name.replace('_file', ''))} starts a new run; a resumed run keeps the config it "
+                              f"began with: drop it, or drop --resume and choose another --out")
+    config = read_config(run_dir, cls)
+    _check_data(config, data, run_dir)
+    _check_agrees(config, options, run_dir)
+    start = checkpoint_step(run_dir)
+    steps = options.get("steps")
+    if steps is not None and steps < start:
+        raise ConfigError(f"the run in {run_dir} is at step {start}; --steps {steps} would end it before that: --steps "
+                          f"is the step count to reach, not the steps to add (e.g. --steps {start + steps})")
+    _set_options(config, options, RESUMABLE)
+    _validate(config, options, ("train",))
+    return config, start
+
+
+def checkpoint_step(run_dir: str | Path) -> int:
+    """The step of the checkpoint in `run_dir` (0 if it has none yet), read from the file's header alone."""
+    path = Path(run_dir) / CHECKPOINT
+    return step_of(path) if path.is_file() else 0
+
+
+def _set_options(config, options: dict, fields: dict) -> None:
+    for name, (section, field) in fields.items():
+        value = options.get(name)
+        if value is not None and hasattr(getattr(config, section, None), field):
+            setattr(getattr(config, section), field, value)
+
+
+def _set_flags(config, options: dict) -> None:
+    """The options that are not one field each: --grayscale and --no-flip."""
+    if options.get("grayscale"):
+        config.data.channels = 1
+    if options.get("no_flip"):
+        config.data.flip = False
+
+
+def _validate(config, options: dict, sections=("diffusion", "data", "text", "model", "train")) -> None:
+    """Rebuild each section, which runs its checks; a failure names the options behind the field it names."""
+    for section in sections:
+        part = getattr(config, section, None)
+        if part is None:
+            continue
+        try:
+            setattr(config, section, type(part)(**vars(part)))
+        except ValueError as e:
+            given = [name for name, (s, field) in {**FIELDS, **RESUMABLE}.items()
+                     if s == section and options.get(name) is not None and field in str(e)]
+            where = f"{', '.join(map(flag, given))}: " if given else ""
+            raise ConfigError(f"{where}{e}") from None
+
+
+def _shown(value) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+def _same(a, b) -> bool:
+    return (tuple(a) if isinstance(a, list) else a) == (tuple(b) if isinstance(b, list) else b)
+
+
+def _given(config, options: dict) -> dict:
+    """{option: (what was given, whether the run agrees, the config field it is about)} for each non-resumable
+    option given; what was given is None for a flag such as --grayscale."""
+    given = {name: (options[name], _same(options[name], getattr(getattr(config, s), f)), f"{s}.{f}")
+             for name, (s, f) in FIELDS.items() if options.get(name) is not None and hasattr(getattr(config, s, None), f)}
+    for name in ("classes", "layout"):  # flags that are one field each
+        if name in given:
+            given[name] = (None, *given[name][1:])
+    if options.get("grayscale"):
+        given["grayscale"] = (None, config.data.channels == 1, "data.channels")
+    if options.get("no_flip"):
+        given["no_flip"] = (None, not config.data.flip, "data.flip")
+    if options.get("recipe"):
+        ddpm = config.diffusion.schedule is not None
+        given["recipe"] = (options["recipe"], options["recipe"] == ("ddpm" if ddpm else "edm"), "diffusion.schedule")
+    if options.get("text_encoder"):
+        given["text_encoder"] = (options["text_encoder"], options["text_encoder"] == config.text.encoder, "text.encoder")
+    elif options.get("text"):
+        given["text"] = (None, config.text.enabled, "text.encoder")
+    return given
+
+
+def _check_agrees(config, options: dict, run_dir: Path) -> None:
+    """Every non-resumable option given must equal the run's value; name both where one does not."""
+    for name, (value, agrees, field) in _given(config, options).items():
+        if not agrees:
+            section, key = field.split(".")
+            shown = "" if value is None else f" {_shown(value)}"
+            raise ConfigError(f"{flag(name)}{shown} conflicts with the run in {run_dir}, whose {CONFIG} has {field} "
+                              f"{_shown(getattr(getattr(config, section), key))}; a resumed run keeps its config: drop "
+                              f"{flag(name)}, or start a new run with another --out")
+
+
+def _check_data(config, data: Optional[str], run_dir: Path) -> None:
+    """DATA on --resume must be the run's own, and the run's data must still be there."""
+    from .data import BUILTIN
+
+    source = config.data.source
+    if data is not None and data != source and Path(data).resolve() != Path(source).resolve():
+        raise ConfigError(f"DATA {data} is not the data of the run in {run_dir}, {source} ({CONFIG}); drop DATA to "
+                          f"resume on the run's own data, or start a new run with another --out")
+    if source not in BUILTIN and not Path(source).exists():
+        raise RunError(f"the data of the run in {run_dir}, {source}, is not there any more: put it back at that path "
+                       f"(or edit data.source in {run_dir / CONFIG}) to resume")
+

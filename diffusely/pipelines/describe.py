@@ -1,0 +1,66 @@
+"""What a run is, in facts a person (`diffusely info`) or a UI can show: data, size, conditions, recipe, steps,
+parameters, last loss."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Optional
+
+from ..checkpoint import LoadedRun, load_run
+from ..layout import has_lines
+
+LOG = "log.csv"
+
+
+def last_loss(run_dir: str | Path) -> Optional[float]:
+    """The loss of log.csv's last row, or None for a run that has logged nothing yet."""
+    log = Path(run_dir) / LOG
+    if not log.is_file():
+        return None
+    with open(log, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    return float(rows[-1]["loss"]) if rows else None
+
+
+def describe_run(run_dir: str | Path, run: Optional[LoadedRun] = None) -> dict:
+    """The facts of the run in `run_dir` as {name: value} in reading order, values JSON-serialisable
+    (`run`: the run already loaded, else it is loaded on the CPU)."""
+    run = run or load_run(run_dir)
+    cfg = run.config
+    return {
+        "run_dir": str(run_dir),
+        "data": cfg.data.source,
+        "image_size": cfg.data.image_size,
+        "channels": cfg.data.channels,
+        **_conditions(cfg),
+        "text_encoder": cfg.text.encoder,
+        "parameterization": cfg.diffusion.parameterization,
+        "schedule": cfg.diffusion.schedule or "continuous (EDM)",
+        "steps_trained": run.step,
+        "steps_planned": cfg.train.steps,
+        "batch_size": cfg.train.batch_size,
+        "parameters": sum(p.numel() for p in run.denoiser.parameters()),
+        "unet_channels": list(cfg.model.channels),
+        "sampler": f"{cfg.diffusion.sampler}, {cfg.diffusion.sample_steps} steps",
+        "last_loss": last_loss(run_dir),
+    }
+
+
+def _conditions(cfg) -> dict:
+    """The facts only some runs have: a latent space, classes, a layout, patches."""
+    facts = {}
+    if cfg.latent:
+        facts["latent"] = "{} x {} from the autoencoder {} (scale {:.4g}, shift {:.4g})".format(
+            cfg.model.in_channels, " x ".join(map(str, cfg.sample_shape[1:])), cfg.latent.autoencoder,
+            cfg.latent.scale_factor, cfg.latent.shift_factor)
+    facts["classes"] = cfg.model.num_classes
+    if cfg.data.class_names:
+        facts["class_names"] = ", ".join(cfg.data.class_names)
+    if cfg.model.layout_channels:
+        lines = has_lines(cfg.model.layout_channels, len(cfg.data.class_names))
+        facts["layout"] = (f"boxes of {len(cfg.data.class_names)} classes as masks"
+                           f"{', directions as lines' if lines else ''} (diffusely synth)")
+    if cfg.model.patch_size > 1:
+        facts["patch_size"] = cfg.model.patch_size
+    return facts
