@@ -87,8 +87,12 @@ def run_lock(directory: str | Path, command: str):
         raise Busy(f"{directory} is in use by {_holder(path)}: wait for it to finish (or stop it), "
                    f"or choose another directory") from None
     try:
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()} {' '.join(command.split())}\n".encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()} {' '.join(command.split())}\n".encode())
+        except OSError as e:  # a full disk: the lock is held, only its note for others is missing
+            if e.errno not in _REASONS:
+                raise NotWritable(_why(path, e)) from None
         _held[key] = 1
         yield
     finally:
