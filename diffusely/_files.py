@@ -77,7 +77,7 @@ def run_lock(directory: str | Path, command: str):
         return
     path = directory / LOCK
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)  # a planted symlink is not followed
     except OSError as e:
         raise NotWritable(_why(path, e)) from None
     try:
