@@ -119,6 +119,12 @@ def _eroofs(*args, **kwargs):
 def test_read_only_run_directory_is_refused_before_the_work(tiny, monkeypatch):
     run = tiny / "run"
     before = digest(run)
+    # the work itself must never start: each command's slow part fails the test if it is reached
+    for module, name in (("diffusely.pipelines.generate", "_batches"), ("diffusely.pipelines.schedule", "optimize_sigmas"),
+                         ("diffusely.pipelines.evaluate", "evaluate_run"), ("diffusely.train", "train")):
+        def reached(*args, _name=name, **kwargs):
+            raise AssertionError(f"{_name} ran before the write check")
+        monkeypatch.setattr(importlib.import_module(module), name, reached)
     monkeypatch.setattr(tempfile, "mkstemp", _eroofs)
     for args in (["sample", run, "-n", "1", "--quiet"], ["optimize-schedule", run, "--steps", "2", "-n", "1"],
                  ["eval", run, "--reference", tiny / "images", "-n", "2", "--quiet"],
@@ -126,7 +132,7 @@ def test_read_only_run_directory_is_refused_before_the_work(tiny, monkeypatch):
         r = invoke(*args)
         assert r.exit_code == 1 and "Traceback" not in r.output, r.output
         assert f"cannot write {run}" in r.output and "read-only" in r.output, r.output
-    assert digest(run) == before
+    assert digest(run) == before and not (run / "generated").exists()
 
 
 def test_disk_full_while_writing_samples_is_one_line(tiny, tmp_path, monkeypatch):
