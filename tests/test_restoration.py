@@ -352,6 +352,8 @@ def test_bad_input_names_the_fix():
     x = torch.zeros(1, 1, 30, 30)
     with pytest.raises(MeasurementError, match="mask is 32x32 but the images are 30x30: pass a mask of the images' size"):
         Inpaint(half_mask())(x)
+    with pytest.raises(MeasurementError, match=r"pass \(H, W\), \(C, H, W\) or \(B, C, H, W\)"):
+        Inpaint(torch.ones(3, 30, 30))(x)  # three channels of mask for one of image
     with pytest.raises(MeasurementError, match="multiple of 4, or pick a factor that divides"):
         Downsample(4)(x)
     with pytest.raises(MeasurementError, match="factor must be a whole number >= 1"):

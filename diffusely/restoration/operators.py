@@ -92,9 +92,10 @@ class Inpaint(Operator):
         if mask.ndim < len(spatial) or tuple(mask.shape[-len(spatial):]) != spatial:
             raise MeasurementError(f"the mask is {'x'.join(map(str, mask.shape))} but the images are "
                                    f"{'x'.join(map(str, spatial))}: pass a mask of the images' size")
-        mask = mask.reshape(*([1] * (x.ndim - mask.ndim)), *mask.shape) if mask.ndim <= x.ndim else mask
+        mask = mask.reshape(*([1] * (x.ndim - mask.ndim)), *mask.shape)
         try:
-            torch.broadcast_shapes(mask.shape, x.shape)
+            if torch.broadcast_shapes(mask.shape, x.shape) != x.shape:
+                raise RuntimeError
         except RuntimeError:
             raise MeasurementError(f"a mask of shape {tuple(self.mask.shape)} does not fit images of shape "
                                    f"{tuple(x.shape)}: pass (H, W), (C, H, W) or (B, C, H, W)") from None
