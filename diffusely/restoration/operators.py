@@ -90,15 +90,16 @@ class Inpaint(Operator):
         mask = self.mask
         spatial = _spatial(x)
         if mask.ndim < len(spatial) or tuple(mask.shape[-len(spatial):]) != spatial:
-            raise MeasurementError(f"the mask is {'x'.join(map(str, mask.shape))} but the images are "
+            raise MeasurementError(f"the mask is {'x'.join(map(str, mask.shape[-len(spatial):]))} but the images are "
                                    f"{'x'.join(map(str, spatial))}: pass a mask of the images' size")
         mask = mask.reshape(*([1] * (x.ndim - mask.ndim)), *mask.shape)
-        try:
-            if torch.broadcast_shapes(mask.shape, x.shape) != x.shape:
-                raise RuntimeError
+        try:  # the mask may broadcast over the images, never the images over the mask
+            fits = torch.broadcast_shapes(mask.shape, x.shape) == x.shape
         except RuntimeError:
+            fits = False
+        if not fits:
             raise MeasurementError(f"a mask of shape {tuple(self.mask.shape)} does not fit images of shape "
-                                   f"{tuple(x.shape)}: pass (H, W), (C, H, W) or (B, C, H, W)") from None
+                                   f"{tuple(x.shape)}: pass (H, W), (C, H, W) or (B, C, H, W)")
         return mask.to(x.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
