@@ -85,6 +85,14 @@ ROWS = [
     ("forward on a missing file", ["forward", "TMP/none.png", "--out", "TMP/f.png"], ["no such image file"]),
     ("forward on text", ["forward", "RUN/../notes.png", "--out", "TMP/f.png"], ["notes.png", "as an image"]),
     ("info on a missing run", ["info", "TMP/nowhere"], ["no such run directory"]),
+    ("sample --batch-size 0", ["sample", "RUN", "-n", "1", "--batch-size", "0", "--out", "TMP"], ["'--batch-size'"]),
+    ("train --steps 0", ["train", "DATA", "--out", "TMP", "--steps", "0"], ["'--steps'", "x>=1"]),
+    ("train --keep 0", ["train", "DATA", "--out", "TMP", "--keep", "0"], ["'--keep'", "x>=1"]),
+    ("synth -n 0", ["synth", "RUN", "--out", "TMP", "-n", "0"], ["'-n'"]),
+    ("adaptive -o rtol=0", ["sample", "RUN", "-n", "1", "--sampler", "adaptive", "-o", "rtol=0", "--out", "TMP"],
+     ["rtol", "> 0"]),
+    ("--prompts not UTF-8", ["sample", "RUN", "-n", "1", "--prompts", "RUN/../latin1.txt", "--out", "TMP"],
+     ["latin1.txt is not UTF-8", "--prompts"]),
 ]
 
 
@@ -94,6 +102,7 @@ def test_bad_input_is_one_line_and_changes_nothing(tiny, tmp_path, case, args, w
     (run / "samples-old").mkdir(exist_ok=True)
     (run / "samples-old" / "000001.png").write_bytes(b"an earlier sample")
     (tiny / "notes.png").write_text("not an image")
+    (tiny / "latin1.txt").write_bytes("a red café\n".encode("latin-1"))
     before = digest(run, data)
     command, *args = [a.replace("RUN", str(run)).replace("DATA", str(data)).replace("TMP", str(tmp_path / "new"))
                       for a in args]

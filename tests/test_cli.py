@@ -121,9 +121,40 @@ def test_unknown_sampler(trained):
 
 
 def test_every_command_has_help():
-    for cmd in ["train", "sample", "forward", "reverse", "info"]:
+    for cmd in main.commands:
         r = run(cmd, "--help")
         assert r.exit_code == 0 and "Usage:" in r.output
+    for cmd in ("train", "train-autoencoder"):  # what --resume may change is said beside each such option, and only there
+        marked = {p.opts[0] for p in main.commands[cmd].params if (p.help or "").endswith("May be changed on --resume.")}
+        assert marked == {"--steps", "--checkpoint-every", "--sample-every", "--log-every", "--keep", "--quiet",
+                          *(("--compile", "--activation-checkpointing") if cmd == "train" else ())}, cmd
+        assert "May be changed on --resume." in run(cmd, "--help").output
+
+
+def test_resume_reports_this_invocation_and_takes_the_resumable_options(trained):
+    r = run("train", "--out", trained, "--resume", "--steps", 8, "--checkpoint-every", 1, "--log-every", 1, "--keep", 3,
+            "--quiet")
+    assert r.exit_code == 0, r.output
+    assert r.output.startswith("trained 2 steps now, from step 6 to 8 (the run's total: 8 steps)"), r.output
+    train = json.loads((trained / "config.json").read_text())["train"]
+    assert (train["steps"], train["checkpoint_every"], train["log_every"], train["keep"]) == (8, 1, 1, 3)
+    assert (trained / "log.csv").read_text().splitlines()[-2].startswith("7,")  # a row each step now
+
+
+def test_sample_never_overwrites_earlier_samples_unless_asked(trained, tmp_path):
+    out = tmp_path / "s"
+    assert run("sample", trained, "-n", 2, "--steps", 2, "--format", "npy", "--out", out, "--quiet").exit_code == 0
+    first = np.load(out / "000001.npy")
+    r = CliRunner().invoke(main, ["sample", str(trained), "-n", "3", "--steps", "2", "--format", "npy", "--out", str(out),
+                                  "--sampler", "euler_ancestral", "--quiet"])
+    assert r.exit_code == 1 and "already holds 2 of the files this would write (000000.npy, 000001.npy)" in r.output
+    assert np.array_equal(np.load(out / "000001.npy"), first) and not (out / "000002.npy").exists()
+    # new seeds add new names beside the old ones; --overwrite replaces
+    assert run("sample", trained, "-n", 1, "--seed", 2, "--steps", 2, "--format", "npy", "--out", out, "--quiet").exit_code == 0
+    assert (out / "000002.npy").is_file()
+    r = run("sample", trained, "-n", 2, "--steps", 2, "--format", "npy", "--out", out, "--sampler", "euler_ancestral",
+            "--overwrite", "--quiet")
+    assert r.exit_code == 0 and not np.array_equal(np.load(out / "000001.npy"), first)
 
 
 def test_sampler_options(trained, tmp_path):
