@@ -180,10 +180,3 @@ def conditions(config, sources: Optional[dict] = None) -> list[Condition]:
     sources = sources or {}
     return [KINDS[name](config, sources.get(name)) for name in config.conditions]
 
-
-def merged(parts) -> dict[str, torch.Tensor]:
-    """The network keywords of several conditions' inputs, as one dict."""
-    out: dict[str, torch.Tensor] = {}
-    for part in parts:
-        out.update(part)
-    return out
