@@ -187,7 +187,7 @@ def test_inpainting_never_changes_known_pixels(truth, how, method):
     prior, truth = GaussianPrior(phantoms(200, seed=0).float()), truth.float()
     y = A(truth)
     known = mask.bool().expand_as(truth)
-    # without restore's last projection, euler's last step would miss y by an ulp at 2 of these 8 x 4096 pixels
+    # without restore's last projection, euler's last step would miss y by an ulp at 2 of these 8 x 3072 pixels
     for seed in range(8):
         if how == "project":
             x = restore(prior, A, y, noise(truth.shape, seed).float(), method=method, steps=5, **SAMPLING)
