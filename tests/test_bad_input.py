@@ -5,6 +5,7 @@ and of the dataset as it was."""
 import errno
 import hashlib
 import importlib
+import json
 import shutil
 import tempfile
 
@@ -174,7 +175,8 @@ def test_damaged_files_are_one_line(tiny, tmp_path):
     deep = 100_000
     (run / "config.json").write_text("[" * deep + "]" * deep)
     r = invoke("sample", run, "-n", "1", "--out", tmp_path / "s", "--quiet")
-    assert r.exit_code == 1 and "Traceback" not in r.output and "nested too deep" in r.output, r.output
+    assert r.exit_code == 1 and "Traceback" not in r.output, r.output
+    assert f"{run / 'config.json'} is nested too deep" in r.output, r.output
 
     shutil.rmtree(run)
     shutil.copytree(tiny / "run", run)
@@ -183,6 +185,19 @@ def test_damaged_files_are_one_line(tiny, tmp_path):
             (run / name).write_bytes((run / name).read_bytes()[:100])
     r = invoke("sample", run, "-n", "1", "--out", tmp_path / "s", "--quiet")
     assert r.exit_code == 1 and "Traceback" not in r.output and "safetensors" in r.output, r.output
+
+
+def test_resume_without_its_data_is_refused(tiny, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny / "run", run)
+    config = json.loads((run / "config.json").read_text())
+    config["data"]["source"] = str(tmp_path / "moved")
+    (run / "config.json").write_text(json.dumps(config))
+    before = digest(run)
+    r = invoke("train", "--out", run, "--resume", "--steps", 6, "--quiet")
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert f"the data of the run in {run}, {tmp_path / 'moved'}, is not there any more" in r.output, r.output
+    assert digest(run) == before
 
 
 def test_decompression_bomb_is_one_line(tiny, tmp_path, monkeypatch):

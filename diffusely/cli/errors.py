@@ -4,6 +4,7 @@ to do; a bug keeps its traceback, and `diffusely --debug` shows the traceback of
 from __future__ import annotations
 
 import errno
+from pathlib import Path
 from typing import Optional
 
 import click
@@ -29,6 +30,17 @@ def _os_message(e: OSError) -> str:
     return f"{where}: {advice}" if where else f"{advice} ({e.strerror or e})"
 
 
+def _path_read(e: BaseException) -> Optional[str]:
+    """The innermost `path` a frame of e's traceback held: the file a parser was reading when the stack ran out
+    (json and yaml recurse once a nesting level, so the RecursionError itself names no file)."""
+    found, tb = None, e.__traceback__
+    while tb is not None:
+        path = tb.tb_frame.f_locals.get("path")
+        found = str(path) if isinstance(path, (str, Path)) else found
+        tb = tb.tb_next
+    return found
+
+
 def _memory_message(command: Optional[click.Command], args: list[str]) -> str:
     """Out of memory: name the batch size to lower, as given or the command's default."""
     param = next((p for p in command.params if p.name == "batch_size"), None) if command else None
@@ -36,8 +48,9 @@ def _memory_message(command: Optional[click.Command], args: list[str]) -> str:
         return "out of memory: use a smaller --image-size or size, or a machine with more memory"
     given = next((args[i + 1] for i, a in enumerate(args[:-1]) if a == "--batch-size"), None)
     given = given or next((a.split("=", 1)[1] for a in args if a.startswith("--batch-size=")), None)
-    now = given or (f"{param.default}, the default" if param.default is not None else "the run's")
-    return f"out of memory: lower --batch-size (now {now}), e.g. to half of it"
+    if given or param.default is not None:
+        return f"out of memory: lower --batch-size (now {given or f'{param.default}, the default'}), e.g. to half of it"
+    return "out of memory: lower --batch-size below the config's train.batch_size, e.g. to half of it"
 
 
 def explain(e: BaseException, command: Optional[click.Command] = None, args: list[str] = ()) -> Optional[str]:
@@ -56,13 +69,15 @@ def explain(e: BaseException, command: Optional[click.Command] = None, args: lis
     if isinstance(e, (MemoryError, torch.OutOfMemoryError)):
         return _memory_message(command, list(args))
     if isinstance(e, RecursionError):
-        return "a file is nested too deep to read (thousands of levels of lists or objects?): check the file"
+        where = _path_read(e)
+        return (f"{where or 'a file'} is nested too deep to read (thousands of levels of lists or objects?): "
+                "check the file")
     if isinstance(e, UnicodeDecodeError):
         return f"a file is not UTF-8 text ({e}): save it as UTF-8"
     if isinstance(e, OSError):
         return _os_message(e)
     if isinstance(e, ValueError):  # the library's own errors (DataError, RunError, ConfigError...) say what to fix
-        return str(e)
+        return str(e) or type(e).__name__
     return None
 
 
