@@ -235,6 +235,14 @@ class LatentConfig:
     autoencoder_step: int = 0
     autoencoder_digest: str = ""
 
+    def __post_init__(self):
+        # a NaN scale would turn every latent, and every sample decoded from one, into NaN
+        check_number("latent.scale_factor", self.scale_factor, open_low=True)
+        check_number("latent.shift_factor", self.shift_factor, -math.inf)
+        check_count("latent.factor", self.factor)
+        for name in ("latent_channels", "autoencoder_step"):
+            check_count(f"latent.{name}", getattr(self, name), 0)
+
 
 @dataclass
 class RunConfig(JsonConfig):
