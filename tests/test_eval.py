@@ -108,3 +108,12 @@ def test_eval_errors_are_one_line(tiny, tmp_path, monkeypatch):
     save_domain_features(tmp_path / "d.safetensors", fit_domain_features(np.zeros((4, 16, 16, 3), np.uint8), steps=1))
     fails(run_dir, "--reference", tmp_path / "inception.npz", "--domain-features", tmp_path / "d.safetensors",
           match=["2048-d", "128-d"])
+
+
+def test_eval_of_no_samples_is_refused_not_the_default(tiny):
+    from diffusely.pipelines.evaluate import evaluate_run
+
+    run_dir, images = tiny
+    for count in (0, -3):  # 0 once meant "the default, 1000"
+        with pytest.raises(ValueError, match=f"number of samples \\(-n\\) must be >= 1, got {count}"):
+            evaluate_run(run_dir, str(images), count=count)
