@@ -180,6 +180,11 @@ def test_damaged_files_are_one_line(tiny, tmp_path):
 
     shutil.rmtree(run)
     shutil.copytree(tiny / "run", run)
+    for schedules, words in (('{"heun": {"2": [80, 1e-300, 0]}}', "holds sigma 1e-300"), ("[1, 2]", "not list")):
+        (run / "schedules.json").write_text(schedules)  # a 1e-300 sigma once gave black images, exit 0
+        r = invoke("sample", run, "-n", "1", "--steps", "2", "--out", tmp_path / "s", "--quiet")
+        assert r.exit_code == 1 and "schedules.json" in r.output and words in r.output, r.output
+        assert not (tmp_path / "s").exists()
     for name in ("model.safetensors", "checkpoint.safetensors"):
         if (run / name).exists():
             (run / name).write_bytes((run / name).read_bytes()[:100])
