@@ -2,12 +2,14 @@
 option that would contradict the run named.
 
 Options arrive as a dict of flag names (the CLI's parameter names, e.g. "image_size", "no_flip") to values,
-None where the user left the option out. FIELDS says where each lands in the config; SPECIAL options
-(grayscale, no_flip, text, recipe, ...) are mapped by hand below.
+None where the user left the option out. FIELDS and RESUMABLE say where each lands in the config; the few
+that are not one field each (grayscale, no_flip, text, text_encoder, recipe, autoencoder, factor) are mapped
+by hand below.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Optional
 
@@ -140,7 +142,7 @@ def _validate(config, options: dict, sections=("diffusion", "data", "text", "mod
             setattr(config, section, type(part)(**vars(part)))
         except ValueError as e:
             given = [name for name, (s, field) in {**FIELDS, **RESUMABLE}.items()
-                     if s == section and options.get(name) is not None and field in str(e)]
+                     if s == section and options.get(name) is not None and re.search(rf"\b{field}\b", str(e))]
             where = f"{', '.join(map(flag, given))}: " if given else ""
             raise ConfigError(f"{where}{e}") from None
 

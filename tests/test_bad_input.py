@@ -57,6 +57,8 @@ ROWS = [
     ("--blocks-per-level -1", ["train", "DATA", "--out", "TMP", "--blocks-per-level", "-1"], ["'--blocks-per-level'"]),
     ("--image-size 100000", ["train", "DATA", "--out", "TMP", "--image-size", "100000"], ["'--image-size'", "4096"]),
     ("--image-size 0", ["train", "DATA", "--out", "TMP", "--image-size", "0"], ["'--image-size'"]),
+    ("--attention-levels 5 of 2", ["train", "DATA", "--out", "TMP", "--attention-levels", "5"],
+     ["--attention-levels: ", "outside the 2 levels"]),
     ("--lr nan", ["train", "DATA", "--out", "TMP", "--lr", "nan"], ["'--lr'", "not finite"]),
     ("--lr 0", ["train", "DATA", "--out", "TMP", "--lr", "0"], ["'--lr'", "> 0"]),
     ("train-autoencoder --kl-weight nan", ["train-autoencoder", "DATA", "--out", "TMP", "--kl-weight", "nan"],
