@@ -179,6 +179,9 @@ def test_damaged_files_are_one_line(tiny, tmp_path):
     r = invoke("sample", run, "-n", "1", "--out", tmp_path / "s", "--quiet")
     assert r.exit_code == 1 and "Traceback" not in r.output, r.output
     assert f"{run / 'config.json'} is nested too deep" in r.output, r.output
+    (run / "config.json").write_bytes(b"\xff\xfe{}")
+    r = invoke("info", run)
+    assert r.exit_code == 1 and f"{run / 'config.json'} is not UTF-8 text" in r.output, r.output
 
     shutil.rmtree(run)
     shutil.copytree(tiny / "run", run)

@@ -31,8 +31,8 @@ def _os_message(e: OSError) -> str:
 
 
 def _path_read(e: BaseException) -> Optional[str]:
-    """The innermost `path` a frame of e's traceback held: the file a parser was reading when the stack ran out
-    (json and yaml recurse once a nesting level, so the RecursionError itself names no file)."""
+    """The innermost `path` a frame of e's traceback held: the file being read when a parser ran out of stack (json
+    and yaml recurse once a nesting level) or met bytes that are not UTF-8; neither error names the file."""
     found, tb = None, e.__traceback__
     while tb is not None:
         path = tb.tb_frame.f_locals.get("path")
@@ -73,7 +73,7 @@ def explain(e: BaseException, command: Optional[click.Command] = None, args: lis
         return (f"{where or 'a file'} is nested too deep to read (thousands of levels of lists or objects?): "
                 "check the file")
     if isinstance(e, UnicodeDecodeError):
-        return f"a file is not UTF-8 text ({e}): save it as UTF-8"
+        return f"{_path_read(e) or 'a file'} is not UTF-8 text ({e.reason} at byte {e.start}): save it as UTF-8"
     if isinstance(e, OSError):
         return _os_message(e)
     if isinstance(e, ValueError):  # the library's own errors (DataError, RunError, ConfigError...) say what to fix
