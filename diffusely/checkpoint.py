@@ -245,6 +245,9 @@ def load_run(run_dir: str | Path, device="cpu", weights: str = "ema", precision:
     """Rebuild a run's network from config.json and load its EMA (or raw) weights, ready for sampling.
     precision ('auto', 'fp32', 'bf16') and cuda_graphs (None: where the device is CUDA) choose how the
     network runs when sampling (nets.fast); the defaults run it as trained, in float32."""
+    from .interop.diffusers import is_diffusers_run, load_diffusers_run  # a run made by `diffusely import-diffusers`
+    if is_diffusers_run(run_dir):
+        return load_diffusers_run(run_dir, device, precision, cuda_graphs)
     config = read_config(run_dir)
     latent = load_latent_space(config, device, run_dir) if config.latent else None
     state, step = sampling_weights(run_dir, device, weights)
