@@ -133,8 +133,8 @@ def mappable_run(tmp_path, diffusion: DiffusionConfig) -> Path:
                                         groups=8), diffusion=diffusion, data=DataConfig(image_size=8))
     torch.manual_seed(0)
     net = UNet(config.model)
-    for p in net.parameters():  # trained-looking weights: ours starts with zeroed output convs
-        torch.nn.init.normal_(p, std=0.1)
+    for name, p in net.named_parameters():  # trained-looking weights: ours starts with zeroed output convs
+        torch.nn.init.normal_(p, std=0.5 if "qkv" in name else 0.1)  # attention far from uniform
     write_config(tmp_path / "run", config)
     save_tensors(tmp_path / "run" / MODEL, net.state_dict(), {"step": 7, "format": "diffusely-weights-1", "weights": "ema"})
     return tmp_path / "run"
