@@ -94,6 +94,18 @@ def test_blocked_distances_equal_brute_force(block):
     assert not (i == own[:, None]).any()
 
 
+def test_near_duplicates_far_from_the_origin_keep_their_distances():
+    # features need not be centred (SiLU outputs are all positive): |q|^2 + |t|^2 - 2 q.t of vectors of norm
+    # ~3500 would lose the 1e-4 differences between near-duplicates to rounding, unless centred first
+    g = torch.Generator().manual_seed(0)
+    train = 1000 + torch.randn(20, 12, generator=g, dtype=torch.float64)
+    queries = train[:5] + 1e-4 * torch.randn(5, 12, generator=g, dtype=torch.float64)
+    d, i = nearest_neighbours(queries, train, 3)
+    assert i[:, 0].tolist() == [0, 1, 2, 3, 4]
+    expect = (queries - train[:5]).norm(dim=1) / 12 ** 0.5
+    assert torch.allclose(d[:, 0], expect, rtol=1e-6, atol=0)
+
+
 def test_report_counts_planted_copies_and_draws_them(tmp_path):
     train, held = images("shapes", 1000, 0), images("shapes", 200, 1)
     fresh = images("shapes", 1000, 7)[:90]
