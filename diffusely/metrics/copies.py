@@ -44,13 +44,16 @@ class CopyError(ValueError):
 
 
 def as_vectors(x, name: str) -> torch.Tensor:
-    """(N, C, *spatial) images or (N, D) features, a tensor or numpy array -> (N, D) float64 on the CPU."""
+    """(N, C, *spatial) images or (N, D) features, a tensor or numpy array -> (N, D) float32 or float64 on the
+    CPU (float32 stays float32: distances are taken in float64 a block at a time, so a large training set is
+    held once, at its own precision)."""
     x = torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x).detach().cpu()
     if x.ndim < 2 or len(x) == 0 or x.dtype == torch.uint8:
         raise CopyError(f"{name} must be float (N, C, *spatial) images in [-1, 1] or (N, D) features with N >= 1, "
                         f"got {x.dtype} of shape {tuple(x.shape)} (uint8 images: convert them with "
                         "diffusely.data.to_tensor)")
-    x = x.reshape(len(x), -1).double()
+    x = x.reshape(len(x), -1)
+    x = x if x.dtype in (torch.float32, torch.float64) else x.float()
     if not torch.isfinite(x).all():
         raise CopyError(f"{name} contain NaN or infinite values; only finite images or features can be compared")
     return x
@@ -58,7 +61,7 @@ def as_vectors(x, name: str) -> torch.Tensor:
 
 def nearest_neighbours(queries: torch.Tensor, train: torch.Tensor, k: int, *, exclude: Optional[torch.Tensor] = None,
                        block: int = BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
-    """The k nearest rows of train (M, D) to each row of queries (N, D), both float64 (see as_vectors):
+    """The k nearest rows of train (M, D) to each row of queries (N, D), both float (see as_vectors):
     RMS distances (N, k), ascending, and their indices into train (N, k) int64.
 
     exclude: (N,) int64, for each query a row of train that is not its neighbour (the query itself, when
@@ -74,15 +77,15 @@ def nearest_neighbours(queries: torch.Tensor, train: torch.Tensor, k: int, *, ex
                         f"{' (each less itself)' if exclude is not None else ''}: pass k between 1 and {most}, "
                         "or more training images")
     # centring on the training mean keeps |q|^2 and |t|^2 small, so their difference loses few digits
-    centre = train.mean(0)
-    train_sq = ((train - centre) ** 2).sum(1)
+    centre = train.mean(0, dtype=torch.float64)
+    train_sq = torch.cat([((t.double() - centre) ** 2).sum(1) for t in train.split(block)])
     distances, indices = [], []
     for q0 in range(0, len(queries), block):
-        q = queries[q0:q0 + block] - centre
+        q = queries[q0:q0 + block].double() - centre
         q_sq = (q ** 2).sum(1, keepdim=True)
         best_d, best_i = q.new_empty(len(q), 0), torch.empty(len(q), 0, dtype=torch.int64)
         for t0 in range(0, len(train), block):
-            t = train[t0:t0 + block] - centre
+            t = train[t0:t0 + block].double() - centre
             d2 = q_sq + train_sq[None, t0:t0 + len(t)] - 2 * q @ t.T
             if exclude is not None:
                 own = exclude[q0:q0 + block] - t0
