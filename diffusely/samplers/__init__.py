@@ -15,6 +15,7 @@ import torch
 from ..schedules import Spacing, _check_range, get_sigmas
 # each module registers its samplers as it is imported, and SAMPLERS lists them in this order (not alphabetical)
 from . import ode, ancestral, multistep, sde, adaptive  # noqa: F401, I001
+from .aliases import ALIASES, resolve_sampler, resolve_spacing
 from .ancestral import ancestral_step
 from .registry import (OPTION_RANGES, SAMPLERS, check_options, get_sampler, nfe, register, resolve_steps,
                        sampler_options, steps_for_nfe)
@@ -31,7 +32,12 @@ def sample(denoiser, noise: torch.Tensor, *, method: str, steps: Optional[int] =
     (checked: finite, decreasing from sigma_max to sigma_min, then 0), or None for Karras rho = 7.
     `options` go to the method (e.g. eta, S_churn, order; cond={...} for conditioning); an option it does
     not take, or a value outside the option's range (registry.OPTION_RANGES), is a ValueError.
+    method is a name in SAMPLERS or one people know from A1111, ComfyUI, k-diffusion or diffusers (aliases.py),
+    which brings its spacing and options unless given here.
     """
+    method, alias_spacing, alias_options = resolve_sampler(method)
+    spacing = alias_spacing if spacing is None else resolve_spacing(spacing) if isinstance(spacing, str) else spacing
+    options = {**alias_options, **options}
     fn = get_sampler(method)
     check_options(method, options)
     steps = resolve_steps(method, steps, nfe)
@@ -47,4 +53,4 @@ def sample(denoiser, noise: torch.Tensor, *, method: str, steps: Optional[int] =
 
 
 __all__ = ["SAMPLERS", "sample", "nfe", "steps_for_nfe", "resolve_steps", "get_sampler", "register", "check_options",
-           "sampler_options", "OPTION_RANGES", "ancestral_step"]
+           "sampler_options", "OPTION_RANGES", "ancestral_step", "ALIASES", "resolve_sampler", "resolve_spacing"]

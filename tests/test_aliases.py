@@ -1,0 +1,89 @@
+"""Sampler and schedule names from A1111, ComfyUI, k-diffusion and diffusers (diffusely.samplers.aliases):
+each row of docs/samplers-aliases.md resolves to the sampler, spacing and options it documents, and
+`diffusely.sample` under an alias draws exactly what it draws under the documented sampler and spacing."""
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from diffusely import SAMPLERS, sample
+from diffusely.samplers import ALIASES, check_options, resolve_sampler, resolve_spacing
+from diffusely.schedules import SPACINGS
+from diffusely.toy import GaussianMixture
+
+DOC = Path(__file__).parent.parent / "docs" / "samplers-aliases.md"
+ROW = re.compile(r"^\| `(?P<name>[^`]+)` \| `(?P<sampler>\w+)` \| (?P<spacing>`[\w-]+`|caller) \| (?P<options>[^|]+) \|")
+
+
+def documented() -> list[tuple[str, str, object, dict]]:
+    rows = []
+    for line in DOC.read_text().splitlines():
+        m = ROW.match(line)
+        if m:
+            options = {} if m["options"].strip() == "-" else {
+                k: int(v) for k, v in (kv.split("=") for kv in m["options"].strip().split(", "))}
+            spacing = None if m["spacing"] == "caller" else m["spacing"].strip("`")
+            rows.append((m["name"], m["sampler"], spacing, options))
+    return rows
+
+
+ROWS = documented()
+
+
+def test_the_doc_lists_every_alias():
+    names = {name for name, *_ in ROWS}
+    assert len(ROWS) > 90 and set(ALIASES) <= names, set(ALIASES) - names
+
+
+@pytest.mark.parametrize("name, sampler, spacing, options", ROWS, ids=[r[0] for r in ROWS])
+def test_alias_resolves_as_documented(name, sampler, spacing, options):
+    assert resolve_sampler(name) == (sampler, spacing, options)
+    assert sampler in SAMPLERS and (spacing is None or spacing in SPACINGS)
+    check_options(sampler, options)
+
+
+@pytest.mark.parametrize("name, method, spacing, options", [
+    ("DPM++ 2M Karras", "dpmpp_2m", "karras", {}),
+    ("euler A", "euler_ancestral", "uniform-t", {}),
+    ("DPMSolverMultistepScheduler(algorithm_type='sde-dpmsolver++', use_karras_sigmas=True)", "dpmpp_2m_sde",
+     "karras", {}),
+    ("UniPC", "unipc", "uniform-t", {"order": 3}),
+    ("sample_dpmpp_2m", "dpmpp_2m", None, {}),
+])
+def test_sample_under_an_alias_draws_the_documented_sampler(name, method, spacing, options):
+    mixture = GaussianMixture.ring()
+    noise = torch.randn(8, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    kw = dict(steps=6, sigma_min=0.01, sigma_max=20.0)
+    a = sample(mixture, noise, method=name, generator=torch.Generator().manual_seed(1), **kw)
+    b = sample(mixture, noise, method=method, spacing=spacing, generator=torch.Generator().manual_seed(1), **kw, **options)
+    assert torch.equal(a, b)
+    # the alias's spacing is a real choice: another one moves the samples
+    other = "log-snr" if spacing != "log-snr" else "karras"
+    c = sample(mixture, noise, method=name, spacing=other, generator=torch.Generator().manual_seed(1), **kw)
+    assert not torch.allclose(a, c)
+
+
+def test_the_call_overrides_the_alias_and_takes_spacing_names():
+    mixture = GaussianMixture.ring()
+    noise = torch.randn(8, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    kw = dict(steps=6, sigma_min=0.01, sigma_max=20.0)
+    assert torch.equal(sample(mixture, noise, method="UniPC", order=1, spacing="exponential", **kw),
+                       sample(mixture, noise, method="unipc", order=1, spacing="log-snr", **kw))
+    assert resolve_spacing("Karras") == "karras" and resolve_spacing("sgm_uniform") == "uniform-t"
+
+
+def test_names_that_are_not_known_are_refused_naming_what_is():
+    with pytest.raises(ValueError, match=r"unknown sampler 'DPM\+\+ 4M'.*dpmpp_2m.*DPM\+\+ 2M Karras"):
+        resolve_sampler("DPM++ 4M")
+    with pytest.raises(ValueError, match="use_beta_sigmas=True has no equivalent"):
+        resolve_sampler("EulerDiscreteScheduler(use_beta_sigmas=True)")
+    with pytest.raises(ValueError, match="solver_order=4 has no equivalent"):
+        resolve_sampler("DPMSolverMultistepScheduler(solver_order=4)")
+    with pytest.raises(ValueError, match="Python keywords"):
+        resolve_sampler("DPMSolverMultistepScheduler(karras)")
+    with pytest.raises(ValueError, match="unknown diffusers scheduler 'FlowMatchEulerDiscreteScheduler'"):
+        resolve_sampler("FlowMatchEulerDiscreteScheduler()")
+    with pytest.raises(ValueError, match="unknown spacing 'beta'"):
+        resolve_spacing("beta")
