@@ -97,7 +97,20 @@ def test_import_refuses_what_it_cannot_read(tmp_path):
     (pickled / "diffusion_pytorch_model.safetensors").write_bytes(b"")
     with pytest.raises(RunError, match="only a diffusers UNet2DModel"):
         import_diffusers(pickled.parent, tmp_path / "run")
+    (pickled / "config.json").write_text('{"_class_name": "UNet2DModel", "time_embedding_type": "fourier"}')
+    with pytest.raises(RunError, match="score-SDE network"):
+        import_diffusers(pickled.parent, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_an_imported_run_is_not_exported_again(tmp_path):
+    tiny_unet().save_pretrained(tmp_path / "unet", safe_serialization=True)
+    run_dir = import_diffusers(tmp_path / "unet", tmp_path / "run")
+    for export in (export_model, to_diffusers):
+        with pytest.raises(RunError, match="wraps a diffusers network"):
+            export(run_dir, tmp_path / "out")
+    with pytest.raises(RunError, match="already holds a run"):
+        import_diffusers(tmp_path / "unet", run_dir)
 
 
 # --------------------------------------------------------------------------------------------------- export

@@ -26,7 +26,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .._files import RunError, atomic_write, atomic_write_text, load_tensors
+from .._files import RunError, atomic_write, atomic_write_text, check_writable, load_tensors
 from ..checkpoint import CONFIG, LoadedRun, read_schedules, refuse_nonfinite
 from ..config import DataConfig, DiffusionConfig, RunConfig
 from ..denoisers import Denoiser
@@ -84,6 +84,12 @@ def check_unet_config(config: dict, where: Path) -> None:
     if config.get("num_class_embeds") or config.get("class_embed_type"):
         raise RunError(f"{where}: a class-conditional UNet2DModel (num_class_embeds/class_embed_type) is not "
                        f"supported; import an unconditional one")
+    if config.get("time_embedding_type", "positional") != "positional":
+        raise RunError(f"{where}: time_embedding_type {config['time_embedding_type']!r} is a score-SDE network of "
+                       f"noise levels, not of DDPM timesteps; only 'positional' UNet2DModels can be imported")
+    channels, out = config.get("in_channels", 3), config.get("out_channels", 3)
+    if out not in (channels, 2 * channels):
+        raise RunError(f"{where}: out_channels {out} is neither in_channels {channels} nor twice it (learned variance)")
     size = config.get("sample_size")
     if isinstance(size, (list, tuple)) and len(set(size)) != 1:
         raise RunError(f"{where}: sample_size {size} is not square; diffusely runs sample square images")
@@ -152,6 +158,7 @@ def import_diffusers(folder: str | Path, run_dir: str | Path, *, sampler: str = 
     run_dir = Path(run_dir)
     if (run_dir / CONFIG).exists():
         raise RunError(f"{run_dir} already holds a run ({CONFIG}); choose a new --out folder")
+    check_writable(run_dir, (unet_dir / WEIGHTS).stat().st_size)
     (run_dir / "unet").mkdir(parents=True, exist_ok=True)
     for name in ("config.json", WEIGHTS):
         atomic_write(run_dir / "unet" / name, lambda tmp, name=name: shutil.copyfile(unet_dir / name, tmp))

@@ -34,6 +34,15 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 COMPANIONS = ("tokenizer.json", "schedules.json", "layouts.json")  # small files a reading command may need
 
 
+def _own_run(run_dir: Path) -> RunConfig:
+    """The run's config; a RunError for a diffusers network imported as a run (it is already shareable)."""
+    from .diffusers import is_diffusers_run
+    if is_diffusers_run(run_dir):
+        raise RunError(f"{run_dir} wraps a diffusers network (diffusely import-diffusers): share its unet/ folder "
+                       f"with the scheduler in its config.json instead")
+    return read_config(run_dir)
+
+
 def _fresh(out: Path) -> None:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise RunError(f"{out} already exists and is not empty; choose a new --out folder")
@@ -47,7 +56,7 @@ def export_model(run_dir: str | Path, out: str | Path, dtype: str = "fp32") -> P
     if dtype not in DTYPES:
         raise RunError(f"unknown --dtype {dtype!r}; choose one of: {', '.join(DTYPES)}")
     run_dir, out = Path(run_dir), Path(out)
-    config = read_config(run_dir)
+    config = _own_run(run_dir)
     state, step = sampling_weights(run_dir)
     state = {k: v.to(DTYPES[dtype]) if v.is_floating_point() else v for k, v in state.items()}
     if count_nonfinite(state):
@@ -193,7 +202,7 @@ def to_diffusers(run_dir: str | Path, out: str | Path) -> Path:
     from .diffusers import _diffusers
     diffusers = _diffusers()
     run_dir, out = Path(run_dir), Path(out)
-    config = read_config(run_dir)
+    config = _own_run(run_dir)
     net = UNet(config.model)
     net.load_state_dict(sampling_weights(run_dir)[0])
     net.eval().requires_grad_(False)
