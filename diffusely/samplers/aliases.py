@@ -22,6 +22,12 @@ from typing import Optional
 from .registry import SAMPLERS
 
 SAME_NOISE = "same method; its noise is drawn from per-sample generators, not a Brownian tree, so samples differ"
+# k-diffusion's multistep solvers keep their order to the end; ours take the step before the last at first order
+# below 15 steps unless told not to (diffusers does as ours: see multistep._order)
+KEEP_ORDER = {"lower_order_final": False}
+SDE_END = "; below 15 steps ours takes the step before the last at first order, k-diffusion does not"
+LMS_NOTE = ("closest: the same linear multistep in sigma, but ours ends with a plain denoise where "
+            "k-diffusion takes a last multistep step to 0")
 
 
 @dataclass(frozen=True)
@@ -47,13 +53,13 @@ _A1111 = {
     "Euler": _a1111("euler", _UNIFORM),
     "Euler a": _a1111("euler_ancestral", _UNIFORM, SAME_NOISE),
     "Heun": _a1111("heun", _UNIFORM),
-    "LMS": _a1111("lms", _UNIFORM),
-    "DPM++ 2M": _a1111("dpmpp_2m", "karras"),
-    "DPM++ 2M SDE": _a1111("dpmpp_2m_sde", "log-snr", SAME_NOISE),
+    "LMS": _a1111("lms", _UNIFORM, LMS_NOTE, **KEEP_ORDER),
+    "DPM++ 2M": _a1111("dpmpp_2m", "karras", **KEEP_ORDER),
+    "DPM++ 2M SDE": _a1111("dpmpp_2m_sde", "log-snr", SAME_NOISE + SDE_END),
     "DPM++ 2M SDE Heun": _a1111("dpmpp_2m_sde", "log-snr", "closest: ours extrapolates D to the step's middle "
-                                "(k-diffusion's midpoint form); the Heun form weighs the difference by phi_2"),
+                                "(k-diffusion's midpoint form); the Heun form weighs the difference by phi_2" + SDE_END),
     "DPM++ 3M SDE": _a1111("dpmpp_3m_sde", "log-snr", "closest: ours integrates the quadratic exactly, k-diffusion "
-                           "takes half the second difference; A1111 also drops the next-to-last sigma"),
+                           "takes half the second difference; A1111 also drops the next-to-last sigma" + SDE_END),
     "DPM++ SDE": _a1111("dpmpp_2m_sde", "karras", "closest: k-diffusion's dpmpp_sde is a singlestep 2S SDE "
                         "(2 calls a step); this is the multistep 2M SDE (1 call)"),
     "DPM++ 2S a": _a1111("dpmpp_2s", "karras", "closest: the same 2S step without the ancestral noise"),
@@ -74,16 +80,16 @@ _COMFY = {  # ComfyUI's sampler names (its scheduler is chosen apart: see SPACIN
     "dpm_adaptive": _A1111["DPM adaptive"][""], "dpmpp_2s_ancestral": Alias("dpmpp_2s", None, {}, _A1111["DPM++ 2S a"][""].note),
     "dpmpp_sde": Alias("dpmpp_2m_sde", None, {}, _A1111["DPM++ SDE"][""].note),
     "dpmpp_sde_gpu": Alias("dpmpp_2m_sde", None, {}, _A1111["DPM++ SDE"][""].note),
-    "dpmpp_2m_sde_gpu": Alias("dpmpp_2m_sde", None, {}, SAME_NOISE),
+    "dpmpp_2m_sde_gpu": Alias("dpmpp_2m_sde", None, {}, SAME_NOISE + SDE_END),
     "dpmpp_3m_sde_gpu": Alias("dpmpp_3m_sde", None, {}, _A1111["DPM++ 3M SDE"][""].note),
     "uni_pc": Alias("unipc", None, {}, "closest: ComfyUI's uni_pc is variant bh1; ours is bh2"),
     "uni_pc_bh2": Alias("unipc", None, {}),
-    "ipndm": Alias("lms", None, {"order": 4}, "closest: iPNDM is 4th-order Adams-Bashforth on eps, as our lms"),
+    "ipndm": Alias("lms", None, {"order": 4, **KEEP_ORDER}, "closest: iPNDM is 4th-order Adams-Bashforth on eps, as our lms"),
 }
 _KDIFFUSION = {  # k-diffusion's functions take the caller's sigmas: no spacing of their own
     "sample_euler": Alias("euler"), "sample_euler_ancestral": Alias("euler_ancestral", None, {}, SAME_NOISE),
-    "sample_heun": Alias("heun"), "sample_lms": Alias("lms"), "sample_dpmpp_2m": Alias("dpmpp_2m"),
-    "sample_dpmpp_2m_sde": Alias("dpmpp_2m_sde", None, {}, SAME_NOISE),
+    "sample_heun": Alias("heun"), "sample_lms": Alias("lms", None, KEEP_ORDER, LMS_NOTE),
+    "sample_dpmpp_2m": Alias("dpmpp_2m", None, KEEP_ORDER), "sample_dpmpp_2m_sde": _COMFY["dpmpp_2m_sde_gpu"],
     "sample_dpmpp_3m_sde": _COMFY["dpmpp_3m_sde_gpu"], "sample_dpmpp_sde": _COMFY["dpmpp_sde"],
     "sample_dpmpp_2s_ancestral": _COMFY["dpmpp_2s_ancestral"], "sample_dpm_2": _COMFY["dpm_2"],
     "sample_dpm_2_ancestral": _COMFY["dpm_2_ancestral"], "sample_dpm_adaptive": _COMFY["dpm_adaptive"],
