@@ -185,7 +185,8 @@ def run_config(unet: dict, scheduler: dict, schedule: DiscreteSchedule, stored: 
     diffusion = DiffusionConfig(parameterization=parameterization(scheduler), schedule=None,
                                 timesteps=schedule.num_timesteps, sigma_data=1.0, sigma_min=schedule.sigma_min,
                                 sigma_max=schedule.sigma_max, weighting="eps",
-                                sampler=stored.get("sampler", "dpmpp_2m"), sample_steps=int(stored.get("sample_steps", 25)))
+                                sampler=stored.get("sampler", "dpmpp_2m"),
+                                sample_steps=int(stored.get("sample_steps", 25)))
     model = UNetConfig(dims=2, in_channels=channels, out_channels=channels,
                        channels=tuple(unet.get("block_out_channels", (64,))), attention_levels=())
     return RunConfig(model=model, diffusion=diffusion, data=DataConfig(source=stored.get("source", ""),

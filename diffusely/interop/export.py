@@ -129,7 +129,8 @@ def _block_keys(ours: str, layer: nn.Module, theirs: dict[str, int], target: str
         return [(f"{ours}.{a}", f"{target}.resnets.{i}.{b}") for a, b in names.items()]
     if name == "Attention":
         i = theirs["attentions"] = theirs.get("attentions", -1) + 1
-        return [(f"{ours}.norm", f"{target}.attentions.{i}.group_norm"), (f"{ours}.qkv", f"{target}.attentions.{i}.qkv"),
+        return [(f"{ours}.norm", f"{target}.attentions.{i}.group_norm"),
+                (f"{ours}.qkv", f"{target}.attentions.{i}.qkv"),
                 (f"{ours}.proj", f"{target}.attentions.{i}.to_out.0")]
     sampler = "downsamplers" if name == "Downsample" else "upsamplers"
     return [(f"{ours}.conv", f"{target}.{sampler}.0.conv")]

@@ -57,7 +57,8 @@ _A1111 = {
     "DPM++ 2M": _a1111("dpmpp_2m", "karras", **KEEP_ORDER),
     "DPM++ 2M SDE": _a1111("dpmpp_2m_sde", "log-snr", SAME_NOISE + SDE_END),
     "DPM++ 2M SDE Heun": _a1111("dpmpp_2m_sde", "log-snr", "closest: ours extrapolates D to the step's middle "
-                                "(k-diffusion's midpoint form); the Heun form weighs the difference by phi_2" + SDE_END),
+                                "(k-diffusion's midpoint form); the Heun form weighs the difference by phi_2"
+                                + SDE_END),
     "DPM++ 3M SDE": _a1111("dpmpp_3m_sde", "log-snr", "closest: ours integrates the quadratic exactly, k-diffusion "
                            "takes half the second difference; A1111 also drops the next-to-last sigma" + SDE_END),
     "DPM++ SDE": _a1111("dpmpp_2m_sde", "karras", "closest: k-diffusion's dpmpp_sde is a singlestep 2S SDE "
@@ -77,14 +78,16 @@ _A1111 = {
 _COMFY = {  # ComfyUI's sampler names (its scheduler is chosen apart: see SPACING_ALIASES)
     "dpm_2": Alias("heun", None, {}, _A1111["DPM2"][""].note),
     "dpm_2_ancestral": Alias("euler_ancestral", None, {}, _A1111["DPM2 a"][""].note),
-    "dpm_adaptive": _A1111["DPM adaptive"][""], "dpmpp_2s_ancestral": Alias("dpmpp_2s", None, {}, _A1111["DPM++ 2S a"][""].note),
+    "dpm_adaptive": _A1111["DPM adaptive"][""],
+    "dpmpp_2s_ancestral": Alias("dpmpp_2s", None, {}, _A1111["DPM++ 2S a"][""].note),
     "dpmpp_sde": Alias("dpmpp_2m_sde", None, {}, _A1111["DPM++ SDE"][""].note),
     "dpmpp_sde_gpu": Alias("dpmpp_2m_sde", None, {}, _A1111["DPM++ SDE"][""].note),
     "dpmpp_2m_sde_gpu": Alias("dpmpp_2m_sde", None, {}, SAME_NOISE + SDE_END),
     "dpmpp_3m_sde_gpu": Alias("dpmpp_3m_sde", None, {}, _A1111["DPM++ 3M SDE"][""].note),
     "uni_pc": Alias("unipc", None, {}, "closest: ComfyUI's uni_pc is variant bh1; ours is bh2"),
     "uni_pc_bh2": Alias("unipc", None, {}),
-    "ipndm": Alias("lms", None, {"order": 4, **KEEP_ORDER}, "closest: iPNDM is 4th-order Adams-Bashforth on eps, as our lms"),
+    "ipndm": Alias("lms", None, {"order": 4, **KEEP_ORDER},
+                   "closest: iPNDM is 4th-order Adams-Bashforth on eps, as our lms"),
 }
 _KDIFFUSION = {  # k-diffusion's functions take the caller's sigmas: no spacing of their own
     "sample_euler": Alias("euler"), "sample_euler_ancestral": Alias("euler_ancestral", None, {}, SAME_NOISE),
