@@ -27,21 +27,38 @@ def test_training_images_plus_small_noise_are_all_near_copies(name, std):
     rows = torch.randperm(1000, generator=torch.Generator().manual_seed(1))[:200]
     noise = std * torch.randn(200, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     check = CopyDetector.fit(train).check(train[rows] + noise)
-    assert check.near_copy.all(), f"{(~check.near_copy).sum()} noisy copies passed, ratios up to {check.ratio.max():.3f}"
+    assert check.near_copy.all(), f"{(~check.near_copy).sum()} copies passed, ratios up to {check.ratio.max():.3f}"
     # each is matched to the image it was made from, at the noise's RMS distance
     assert torch.equal(check.index, rows)
     assert check.distance.numpy() == pytest.approx(std, rel=0.05)
 
 
+@pytest.mark.parametrize("flips", [False, True])
 @pytest.mark.parametrize("name", ["shapes", "defects"])
-def test_fresh_images_of_the_generator_are_not_near_copies(name):
+def test_fresh_images_of_the_generator_are_not_near_copies(name, flips):
     # a seed the training images never came from: new images of the same distribution
-    detector = CopyDetector.fit(images(name, 1000, 0))
+    detector = CopyDetector.fit(images(name, 1000, 0), flips=flips)
     fresh = detector.check(images(name, 1000, 7))
     assert fresh.near_copy.double().mean() < 0.01
-    # and no training image is a near-copy of another: the scale the threshold reads against
+    # and no training image is a near-copy of another (nor of its own mirror image): the scale the threshold
+    # reads against
     assert not detector.reference.near_copy.any()
     assert detector.reference.ratio.min() > THRESHOLD * 1.2
+
+
+def test_mirrored_copies_count_for_a_run_trained_with_flips():
+    train = images("shapes", 1000, 0)
+    rows = torch.arange(0, 1000, 5)
+    noise = 0.02 * torch.randn(200, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    mirrored = train[rows].flip(-1) + noise
+    check = CopyDetector.fit(train, flips=True).check(mirrored)
+    assert check.near_copy.all() and torch.equal(check.index, rows)
+    # a shape left or right of the centre looks like no training image until mirrored back
+    assert check.flipped.double().mean() > 0.5
+    assert CopyDetector.fit(train).check(mirrored).near_copy.double().mean() < 0.5
+    # and a copy the right way round stays one, not mirrored
+    straight = CopyDetector.fit(train, flips=True).check(train[rows] + noise)
+    assert straight.near_copy.all() and torch.equal(straight.index, rows)
 
 
 def test_ratio_test_against_hand_computed_answers():
@@ -111,9 +128,10 @@ def test_report_counts_planted_copies_and_draws_them(tmp_path):
     fresh = images("shapes", 1000, 7)[:90]
     planted = torch.tensor([3, 14, 159, 265, 358, 979, 323, 846, 264, 338])
     samples = torch.cat([fresh, train[planted] + 0.01 * torch.randn(10, 3, 32, 32, generator=torch.Generator())])
+    samples[-1] = samples[-1].flip(-1)  # a copy of a run trained with flips may come out mirrored
     features = {"sample_features": samples.mean((2, 3)), "train_features": train.mean((2, 3)),
                 "held_out_features": held.mean((2, 3))}
-    report = copy_report(samples, train, held, closest=10, **features)
+    report = copy_report(samples, train, held, closest=10, flips=True, **features)
     pixel = report["pixel"]
     assert report["near_copies"] == pixel["near_copies"] == 0.1 and pixel["near_copy_count"] == 10
     assert pixel["k"] == 50 and pixel["flagged"] == {"train": 0.0, "held_out": 0.0}
@@ -121,7 +139,8 @@ def test_report_counts_planted_copies_and_draws_them(tmp_path):
     assert pixel["ratio"]["samples"]["min"] < THRESHOLD < pixel["ratio"]["train"]["min"]
     assert pixel["nearest_distance"]["samples"]["min"] == pytest.approx(0.01, rel=0.05)
     assert sorted((p["sample"], p["train"]) for p in report["closest"]) == list(zip(range(90, 100), planted.tolist()))
-    assert report["features"]["k"] == 50 and "warning" not in report
+    assert [p["flipped"] for p in report["closest"] if p["sample"] == 99] == [True]
+    assert report["features"]["k"] == 50 and not report["features"]["flips"] and "warning" not in report
 
     path = save_copies_figure(tmp_path / "copies.png", samples, train, report, count=4)
     with Image.open(path) as im:
@@ -155,6 +174,8 @@ def test_bad_input_is_named_with_its_fix():
         CopyDetector.fit(train, k=1)
     with pytest.raises(CopyError, match="3 training images at least"):
         CopyDetector.fit(train[:2])
+    with pytest.raises(CopyError, match="flips mirror .* images, not 1-axis features: leave flips off"):
+        CopyDetector.fit(train.mean((2, 3)), flips=True)
     with pytest.raises(CopyError, match=r"threshold must be in \(0, 1\)"):
         CopyDetector.fit(train, threshold=1.5)
     with pytest.raises(CopyError, match="uint8 images: convert them with diffusely.data.to_tensor"):

@@ -118,12 +118,14 @@ def default_k(count: int) -> int:
 @dataclass
 class CopyCheck:
     """The ratio test on N samples: near_copy (N,) bool, ratio (N,) float64, distance (N,) float64 (RMS, to
-    the nearest training image) and index (N,) int64 (that image's row in the training set)."""
+    the nearest training image), index (N,) int64 (that image's row in the training set) and flipped (N,)
+    bool (the sample is nearer the mirror image of the training images, for a detector with flips)."""
 
     near_copy: torch.Tensor
     ratio: torch.Tensor
     distance: torch.Tensor
     index: torch.Tensor
+    flipped: torch.Tensor
 
     def __len__(self) -> int:
         return len(self.ratio)
@@ -139,17 +141,20 @@ class CopyDetector:
     scale a sample's ratio reads against.
     """
 
-    def __init__(self, train: torch.Tensor, shape: tuple, k: int, threshold: float, reference_count: int, seed: int):
-        self.train, self.shape, self.k, self.threshold = train, shape, k, threshold
+    def __init__(self, train: torch.Tensor, shape: tuple, k: int, threshold: float, flips: bool,
+                 reference_count: int, seed: int):
+        self.train, self.shape, self.k, self.threshold, self.flips = train, shape, k, threshold, flips
         self.reference_count, self.seed = reference_count, seed
         self._reference: Optional[CopyCheck] = None
 
     @classmethod
-    def fit(cls, train, *, k: Optional[int] = None, threshold: float = THRESHOLD,
+    def fit(cls, train, *, k: Optional[int] = None, threshold: float = THRESHOLD, flips: bool = False,
             reference_count: int = REFERENCE_COUNT, seed: int = 0) -> "CopyDetector":
         """Hold `train`: (M, C, *spatial) images in [-1, 1] or (M, D) features, a tensor or an array.
         k: neighbours of the ratio (default: default_k(M)); threshold: the ratio under which a sample is a
-        near-copy; reference_count: training images measured against the others (a random subset, by seed)."""
+        near-copy; flips: a run trained on mirrored images too (data.flip) can copy them mirrored, so a
+        sample is also tested mirrored (along the last axis) and keeps the smaller ratio (twice the cost);
+        reference_count: training images measured against the others (a random subset, by seed)."""
         shape = tuple(np.shape(train)[1:])
         vectors = as_vectors(train, "the training images")
         k = default_k(len(vectors)) if k is None else k
@@ -164,17 +169,29 @@ class CopyDetector:
                             f"{THRESHOLD:.4f}, is Carlini et al.'s")
         if reference_count < 1:
             raise CopyError(f"reference_count must be >= 1, got {reference_count}")
-        return cls(vectors, shape, k, threshold, reference_count, seed)
+        if flips and len(shape) < 2:
+            raise CopyError(f"flips mirror (N, C, *spatial) images, not {len(shape)}-axis features: leave flips off")
+        return cls(vectors, shape, k, threshold, flips, reference_count, seed)
 
     def check(self, samples, *, exclude: Optional[torch.Tensor] = None) -> CopyCheck:
         """The ratio test on samples shaped as the training images: costs 2 B M D flops for B samples."""
         if tuple(np.shape(samples)[1:]) != self.shape:
             raise CopyError(f"samples of shape {tuple(np.shape(samples)[1:])} cannot be compared with training "
                             f"images of shape {self.shape}: give both after the run's resize, as (N, C, *spatial)")
-        distances, indices = nearest_neighbours(as_vectors(samples, "the samples"), self.train, self.k,
-                                                exclude=exclude)
-        ratio = copy_ratio(distances)
-        return CopyCheck(ratio < self.threshold, ratio, distances[:, 0], indices[:, 0])
+        x = as_vectors(samples, "the samples")
+        distances, indices = nearest_neighbours(x, self.train, self.k, exclude=exclude)
+        ratio, distance, index = copy_ratio(distances), distances[:, 0], indices[:, 0]
+        flipped = torch.zeros(len(x), dtype=torch.bool)
+        if self.flips:
+            # distances from the mirrored sample are those from the sample to the mirrored training images
+            mirrored = x.reshape(len(x), *self.shape).flip(-1).reshape(len(x), -1)
+            distances, indices = nearest_neighbours(mirrored, self.train, self.k, exclude=exclude)
+            mirror_ratio = copy_ratio(distances)
+            flipped = mirror_ratio < ratio
+            ratio = torch.where(flipped, mirror_ratio, ratio)
+            distance = torch.where(flipped, distances[:, 0], distance)
+            index = torch.where(flipped, indices[:, 0], index)
+        return CopyCheck(ratio < self.threshold, ratio, distance, index, flipped)
 
     @property
     def reference(self) -> CopyCheck:
@@ -201,7 +218,7 @@ def space_report(detector: CopyDetector, samples, held_out=None) -> tuple[dict, 
     if held_out is not None:
         checks["held_out"] = detector.check(held_out)
     report = {
-        "k": detector.k, "threshold": round(detector.threshold, 4),
+        "k": detector.k, "threshold": round(detector.threshold, 4), "flips": detector.flips,
         "near_copies": round(float(checks["samples"].near_copy.double().mean()), 4),
         "near_copy_count": int(checks["samples"].near_copy.sum()),
         "ratio": {name: quantiles(c.ratio) for name, c in checks.items()},
@@ -214,16 +231,18 @@ def space_report(detector: CopyDetector, samples, held_out=None) -> tuple[dict, 
 
 def copy_report(samples: torch.Tensor, train: torch.Tensor, held_out: Optional[torch.Tensor] = None, *,
                 sample_features=None, train_features=None, held_out_features=None, k: Optional[int] = None,
-                threshold: float = THRESHOLD, closest: int = 8, seed: int = 0) -> dict:
+                threshold: float = THRESHOLD, flips: bool = False, closest: int = 8, seed: int = 0) -> dict:
     """Are the samples copies of training images? A JSON-ready report.
 
     samples, train, held_out: (N, C, *spatial) in [-1, 1], after the run's resize (held_out: images of the
     same source the model never saw, optional). *_features: the same images' (N, D) features (optional).
+    flips: the run trained on mirrored images too (its data.flip): mirrored copies count (pixel test only).
     The verdict ("near_copies", the share of samples below the threshold) is the pixel test's, whose
     threshold is calibrated (module docstring); the feature test is reported beside it. "closest" lists
     the `closest` samples with the smallest pixel ratios and their nearest training images.
     """
-    pixel, check = space_report(CopyDetector.fit(train, k=k, threshold=threshold, seed=seed), samples, held_out)
+    detector = CopyDetector.fit(train, k=k, threshold=threshold, flips=flips, seed=seed)
+    pixel, check = space_report(detector, samples, held_out)
     report = {"definition": "ratio = RMS distance to the nearest training image / mean distance to the k nearest; "
                             "a near-copy when ratio < threshold (Carlini et al. 2023)",
               "near_copies": pixel["near_copies"], "pixel": pixel, "features": None}
@@ -236,13 +255,15 @@ def copy_report(samples: torch.Tensor, train: torch.Tensor, held_out: Optional[t
                              "them count as near-copies too")
     order = check.ratio.argsort()[:closest]
     report["closest"] = [{"sample": int(i), "train": int(check.index[i]), "ratio": round(float(check.ratio[i]), 4),
-                          "distance": round(float(check.distance[i]), 4)} for i in order]
+                          "distance": round(float(check.distance[i]), 4), "flipped": bool(check.flipped[i])}
+                         for i in order]
     return report
 
 
 def save_copies_figure(path, samples: torch.Tensor, train: torch.Tensor, report: dict, count: int = 8):
     """copies.png: the `count` closest pairs of a copy_report, samples above their nearest training images,
-    each column captioned with its ratio. samples, train: (N, C, H, W) in [-1, 1], as given to copy_report."""
+    each column captioned with its ratio (a training image the sample copies mirrored is shown mirrored, "r=0.05
+    mirrored"). samples, train: (N, C, H, W) in [-1, 1], as given to copy_report."""
     from ..viz import save_strip  # viz imports PIL fonts and matplotlib's data: only when a figure is drawn
 
     pairs = report["closest"][:count]
@@ -250,6 +271,7 @@ def save_copies_figure(path, samples: torch.Tensor, train: torch.Tensor, report:
         raise CopyError(f"copies.png shows 2-D images of a report with pairs in it; got {samples.ndim - 2}-D data "
                         f"and {len(pairs)} pairs")
     samples, train = torch.as_tensor(samples), torch.as_tensor(train)
-    rows = [samples[[p["sample"] for p in pairs]], train[[p["train"] for p in pairs]]]
-    return save_strip(rows, path, labels=[f"r={p['ratio']:.2f}" for p in pairs],
+    nearest = [train[p["train"]].flip(-1) if p.get("flipped") else train[p["train"]] for p in pairs]
+    rows = [samples[[p["sample"] for p in pairs]], torch.stack(nearest)]
+    return save_strip(rows, path, labels=[f"r={p['ratio']:.2f}" + " mirrored" * bool(p.get("flipped")) for p in pairs],
                       row_labels=["sample", "nearest training"], scale=max(1, 128 // samples.shape[-1]))
