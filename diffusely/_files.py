@@ -89,7 +89,7 @@ def run_lock(directory: str | Path, command: str):
     try:
         try:
             os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()} {' '.join(command.split())}\n".encode())
+            os.write(fd, os.fsencode(f"{os.getpid()} {' '.join(command.split())}\n"))  # a path's bytes as they are
         except OSError as e:  # a full disk: the lock is held, only its note for others is missing
             if e.errno not in _REASONS:
                 raise NotWritable(_why(path, e)) from None
@@ -251,10 +251,30 @@ def _parse_meta(raw: dict[str, str]) -> dict:
     return {k: json.loads(v) if v[:1] in ("{", "[") else v for k, v in raw.items()}
 
 
+def _utf8(path: Path) -> bool:
+    """Whether the path is text (a name of bytes that are not UTF-8 comes into Python as surrogates)."""
+    try:
+        str(path).encode()
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+@contextmanager
 def _open(path: Path, device="cpu"):
     if not path.is_file():  # regular files only: a FIFO or a device would block or never end
         raise Unreadable(f"{path} does not exist" if not path.exists() else f"{path} is not a regular file")
-    return safe_open(str(path), "pt", device=str(device))
+    if _utf8(path):
+        with safe_open(str(path), "pt", device=str(device)) as f:
+            yield f
+        return
+    # safetensors takes UTF-8 paths only: reach a file whose path holds other bytes through its descriptor
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with safe_open(f"/dev/fd/{fd}", "pt", device=str(device)) as f:
+            yield f
+    finally:
+        os.close(fd)
 
 
 def read_meta(path: str | Path) -> dict:

@@ -182,3 +182,15 @@ def test_damaged_missing_and_special_files_are_named(tmp_path):
     code = f"from diffusely._files import load_tensors\nload_tensors({str(tmp_path / 'fifo.safetensors')!r})"
     child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert "Unreadable: " in child.stderr and "fifo.safetensors is not a regular file" in child.stderr
+
+
+def test_a_path_that_is_not_utf8_is_read_and_locked(tmp_path):
+    # a folder named with bytes that are not UTF-8 (\xff) once read back as "damaged": safetensors takes UTF-8 paths
+    folder = Path(os.fsdecode(os.fsencode(tmp_path) + b"/run\xff"))
+    t = {"a": torch.randn(2, 3)}
+    with run_lock(folder, f"train --out {folder}"):
+        save_tensors(folder / "t.safetensors", t, {"step": 3})
+        assert read_meta(folder / "t.safetensors") == {"step": 3}
+        tensors, meta = load_tensors(folder / "t.safetensors")
+    assert torch.equal(tensors["a"], t["a"]) and meta == {"step": 3}
+    assert (folder / files.LOCK).read_bytes().endswith(b"/run\xff\n")  # the holder's note, the path's own bytes
