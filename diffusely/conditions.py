@@ -2,8 +2,8 @@
 
 Three kinds cover every use (DESIGN.md): a label (`ClassLabel`: class_labels), a token sequence (`Text`: text and
 text_mask, read through cross-attention) and channels concatenated to the input (`Channels`: `Layout` renders a
-layout's masks; a low-resolution image, an inpainting mask with its known pixels, the first frames of a clip come
-next). Each kind knows
+layout's masks, `LowRes` a low-resolution image brought to full size; an inpainting mask with its known pixels, the
+first frames of a clip come next). Each kind knows
 
 - `train(rows, generators, flip)`: the inputs for training samples `rows`, each replaced by the null value with
   probability `dropout` (so one model also samples unconditionally, for classifier-free guidance), drawn from
@@ -30,8 +30,9 @@ from typing import Optional, Sequence
 import torch
 
 from ._util import append_dims
-from .data.transforms import uniform
+from .data.transforms import apply_flips, to_tensor, uniform
 from .layout import flip_boxes, pack_boxes, render_run_layout
+from .restoration.operators import Downsample
 
 DROPOUT = 0.1  # fraction of training inputs replaced by the null value, for classifier-free guidance
 
@@ -171,7 +172,45 @@ class Layout(Channels):
         return {self.key: self.render(self.boxes[torch.arange(n, device=self.boxes.device) % len(self.boxes)])}
 
 
-KINDS: dict[str, type[Condition]] = {"class": ClassLabel, "text": Text, "layout": Layout}
+class LowRes(Channels):
+    """Super-resolution (SR3, Saharia et al. 2021): the image average-pooled `data.scale` times smaller (the
+    measurement y = A x of diffusely.restoration.Downsample), brought back to full size by A's pseudo-inverse,
+    nearest-neighbour (each block filled with its mean), then a "given" channel of ones. Nearest rather than
+    bilinear or bicubic: A^+ y adds nothing y does not hold, the network learns the interpolation itself, and it is
+    the same image zero-shot restoration starts from. Null: all zeros, the "given" channel 0 (a mid-grey low-res
+    image stays distinct from none). source: the training samples, uint8 (N, *spatial, C) (bound by the
+    training set); `given` takes low-res images (B, C, *spatial / scale) in [-1, 1]."""
+
+    name, key = "lowres", "lowres"
+
+    def __init__(self, config, images: Optional[torch.Tensor] = None):
+        super().__init__(config, config.model.lowres_channels)
+        self.operator, self.images = Downsample(config.data.scale), images
+
+    def render(self, values, given=None):
+        """(B, C, *spatial / scale) low-res images -> (B, C + 1, *spatial): A^+ y and the "given" channel."""
+        given = torch.ones(len(values), dtype=torch.bool, device=values.device) if given is None else given
+        on = append_dims(given.to(values.device, values.dtype), values.ndim)
+        full = self.operator.pinv(values) * on
+        return torch.cat([full, on.expand(-1, 1, *full.shape[2:])], dim=1)
+
+    def _training_images(self, rows, flip=None) -> torch.Tensor:
+        x0 = to_tensor(self.images[rows])
+        return x0 if flip is None else apply_flips(x0, flip)
+
+    def train(self, rows, generators, flip):
+        return {self.key: self.render(self.operator(self._training_images(rows, flip)), ~self.dropped(generators))}
+
+    def given(self, values, device):
+        values = torch.stack(list(values)) if not torch.is_tensor(values) else values
+        return {self.key: self.render(values.to(device))}
+
+    def examples(self, n, device):
+        rows = torch.arange(n, device=self.images.device) % len(self.images)
+        return {self.key: self.render(self.operator(self._training_images(rows))).to(device)}
+
+
+KINDS: dict[str, type[Condition]] = {"class": ClassLabel, "text": Text, "layout": Layout, "lowres": LowRes}
 
 
 def conditions(config, sources: Optional[dict] = None) -> list[Condition]:

@@ -83,6 +83,10 @@ def _recipe_ddpm() -> DiffusionConfig:
 RECIPES: dict[str, typing.Callable[[], DiffusionConfig]] = {"edm": DiffusionConfig, "ddpm": _recipe_ddpm}
 
 
+# what a run's model learns: to generate from noise, or to upscale a low-resolution image (SR3)
+TASKS = ("generate", "upscale")
+
+
 @dataclass
 class DataConfig:
     """source: a folder of images or a built-in dataset name. image_size: side of the square crop.
@@ -93,6 +97,8 @@ class DataConfig:
     paraphrases of it, one drawn at each step (caption augmentation; see diffusely.data.shapes.PARAPHRASES).
     directions: for a layout run on plain box labels, "auto" reads each box's diagonal direction off its pixels
     (diffusely.data.detection.estimate_direction) unless polygon labels state them; "labels" never does.
+    task: generate (from noise) | upscale (super-resolution, SR3: the model also sees each image average-pooled
+    `scale` times smaller, brought back to full size; see diffusely.conditions.LowRes). scale: upscale's factor.
     """
 
     source: str = "shapes"
@@ -105,12 +111,20 @@ class DataConfig:
     layout: bool = False
     paraphrases: int = 0
     directions: str = "auto"
+    task: str = "generate"
+    scale: int = 4
 
     def __post_init__(self):
         self.class_names = tuple(self.class_names)
         check_choice("data.directions", self.directions, DIRECTIONS)
         check_count("data.image_size", self.image_size, 1, MAX_IMAGE_SIZE)
         check_count("data.channels", self.channels)
+        check_choice("data.task", self.task, TASKS)
+        check_count("data.scale", self.scale, 2, 64)
+        if self.task == "upscale" and self.image_size % self.scale:
+            raise ConfigError(f"data.scale {self.scale} does not divide data.image_size {self.image_size}: the "
+                              f"low-resolution image must be a whole {self.image_size}/{self.scale} pixels; pick a "
+                              f"scale that divides the image size")
         if self.max_shapes < 1:
             raise ConfigError(f"data.max_shapes must be >= 1, got {self.max_shapes}")
         if self.paraphrases < 0:
@@ -258,13 +272,14 @@ class RunConfig(JsonConfig):
     version: int = CONFIG_VERSION
 
     def __post_init__(self):
-        _check_network(self.model, ("num_classes", "context_dim", "layout_channels", "emb_dim"))
+        _check_network(self.model, ("num_classes", "context_dim", "layout_channels", "lowres_channels", "emb_dim"))
         check_number("model.dropout", self.model.dropout, 0, 0.999)
 
     @property
     def conditions(self) -> tuple[str, ...]:
         """What the model reads besides x and sigma, in the order training draws them (see diffusely.conditions)."""
-        used = {"class": self.model.num_classes > 0, "text": self.text.enabled, "layout": self.model.layout_channels > 0}
+        used = {"class": self.model.num_classes > 0, "text": self.text.enabled, "layout": self.model.layout_channels > 0,
+                "lowres": self.model.lowres_channels > 0}
         return tuple(name for name, on in used.items() if on)
 
     @property

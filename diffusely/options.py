@@ -21,6 +21,7 @@ from .state import step_of
 FIELDS = {
     "image_size": ("data", "image_size"), "max_shapes": ("data", "max_shapes"), "classes": ("data", "classes"),
     "layout": ("data", "layout"), "paraphrases": ("data", "paraphrases"), "directions": ("data", "directions"),
+    "task": ("data", "task"), "scale": ("data", "scale"),
     "channels": ("model", "channels"), "blocks_per_level": ("model", "blocks_per_level"),
     "attention_levels": ("model", "attention_levels"), "patch_size": ("model", "patch_size"),
     "latent_channels": ("model", "latent_channels"),
@@ -50,6 +51,8 @@ def new_run_config(data: Optional[str], options: dict, config_file: Optional[str
     config.json (or the defaults) with the given options over it. Raises ConfigError naming the option."""
     if data is None:
         raise ConfigError("give the DATA to train on: a folder of images or a built-in name (shapes)")
+    if options.get("scale") is not None and (options.get("task") or "generate") != "upscale":
+        raise ConfigError("--scale is the factor of --task upscale: add --task upscale, or drop --scale")
     config = RunConfig.load(config_file) if config_file else RunConfig()
     if options.get("recipe"):
         config.diffusion = RECIPES[options["recipe"]]()

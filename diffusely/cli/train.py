@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..config import RECIPES, AutoencoderRunConfig, RunConfig
+from ..config import RECIPES, TASKS, AutoencoderRunConfig, RunConfig
 from ..options import RESUMABLE_HELP, new_autoencoder_config, new_run_config, resumed_config
 from .flags import DIRECTIONS_OPTION, Finite, TRAINING, int_list
 
@@ -46,6 +46,11 @@ def _steps_line(start: int, end: int) -> str:
 @click.option("--layout", is_flag=True, default=None,
               help="Condition on the boxes of a YOLO or COCO dataset (or the built-in defects), for `diffusely synth`.")
 @DIRECTIONS_OPTION
+@click.option("--task", type=click.Choice(list(TASKS)),
+              help="generate (default: from noise) or upscale (super-resolution: the model also sees each image "
+                   "average-pooled --scale times smaller; then `diffusely upscale`).")
+@click.option("--scale", type=click.IntRange(2, 64), help="The factor of --task upscale (default 4): 64 px images learn "
+              "from 16 px ones.")
 @click.option("--autoencoder", type=click.Path(file_okay=False),
               help="Latent diffusion: learn the latents of this autoencoder run (`diffusely train-autoencoder`).")
 @click.option("--compile/--no-compile", "compile", default=None,
@@ -64,6 +69,7 @@ def train(data, run_dir, resume, quiet, **options):
     diffusely train shapes --out runs/text --text --max-shapes 2
     diffusely train shapes --image-size 64 --autoencoder runs/ae64 --out runs/latent64
     diffusely train defects --image-size 64 --layout --out runs/defects
+    diffusely train phantoms --image-size 64 --grayscale --task upscale --scale 4 --out runs/sr4
     diffusely train --out runs/shapes --resume --steps 4000
     """
     from ..train import train as run_training

@@ -86,6 +86,7 @@ def _refuse_unmappable(config: RunConfig) -> None:
         (m.dims != 2, f"{m.dims}-D data"), (m.patch_size != 1, "patching (patch_size > 1)"),
         (m.num_classes > 0, "class conditioning"), (config.text.enabled or m.context_dim > 0, "text conditioning"),
         (m.layout_channels > 0, "layout conditioning"), (config.latent is not None, "latent diffusion"),
+        (m.lowres_channels > 0, "low-resolution conditioning (super-resolution)"),
         (getattr(m, "lowres_channels", 0) > 0, "a low-resolution input (super-resolution)"),
         (m.emb_dim not in (0, 4 * m.channels[0]), "a noise embedding other than 4 x channels[0] wide"),
         (d.parameterization == "edm" and d.schedule is not None, "EDM coefficients over a timestep table"),

@@ -23,6 +23,8 @@ class UNetConfig:
     cross-attention reads at every attention block (their mean is also added to the noise embedding).
     layout_channels: 0, or the channels of a layout map (B, layout_channels, *spatial) concatenated to the
     input (layout-conditioned models: one mask per class and a "layout given" channel).
+    lowres_channels: 0, or the channels of a low-resolution image brought to the input's size (B, lowres_channels,
+    *spatial), concatenated after the layout (super-resolution models, SR3: the image's channels and a "given" one).
     patch_size: the first level works on p x p patches of pixels as channels (space-to-depth, as
     Hoogeboom et al. 2023's "simple diffusion" does), so the costliest full-size level runs at 1/p^2 of the
     pixels; 1 for none.
@@ -42,6 +44,7 @@ class UNetConfig:
     context_dim: int = 0
     layout_channels: int = 0
     patch_size: int = 1
+    lowres_channels: int = 0
 
     def __post_init__(self):
         self.channels = tuple(int(c) for c in self.channels)
@@ -53,13 +56,23 @@ class UNetConfig:
             raise ValueError(f"attention_levels {bad} outside the {len(self.channels)} levels 0..{len(self.channels) - 1}")
         if self.dims not in (1, 2, 3):
             raise ValueError(f"dims must be 1, 2 or 3, got {self.dims}")
-        if self.patch_size < 1 or self.layout_channels < 0:
-            raise ValueError(f"patch_size must be >= 1 and layout_channels >= 0, got {self.patch_size}, {self.layout_channels}")
+        if self.patch_size < 1 or self.layout_channels < 0 or self.lowres_channels < 0:
+            raise ValueError(f"patch_size must be >= 1 and layout_channels, lowres_channels >= 0, got {self.patch_size}, "
+                             f"{self.layout_channels}, {self.lowres_channels}")
+
+    @property
+    def concatenated(self) -> dict[str, int]:
+        """The inputs concatenated to x, in order, by keyword: {"layout": channels, "lowres": channels}, those used."""
+        used = {"layout": self.layout_channels, "lowres": self.lowres_channels}
+        return {key: channels for key, channels in used.items() if channels}
 
     @property
     def downsample_factor(self) -> int:
         """What each input side must be divisible by: the patch size times 2 per level after the first."""
         return self.patch_size * 2 ** (len(self.channels) - 1)
+
+
+WITHOUT = {"layout": "layouts", "lowres": "low-resolution images"}  # what a model without each input lacks
 
 
 def _call(layer, *args, use_reentrant: bool = False):
@@ -68,13 +81,14 @@ def _call(layer, *args, use_reentrant: bool = False):
 
 
 class UNet(nn.Module):
-    """F(x, noise_label, class_labels=None, context=None, context_mask=None, layout=None) -> tensor shaped like x
-    (out_channels).
+    """F(x, noise_label, class_labels=None, context=None, context_mask=None, layout=None, lowres=None) -> tensor
+    shaped like x (out_channels).
 
     x: (B, in_channels, *spatial) with each spatial size divisible by patch_size x 2^(levels - 1);
     noise_label: (B,) as the denoiser wrapper computes it; context: (B, tokens, context_dim) text tokens
     and context_mask (B, tokens) bool, True for real tokens (a text model needs them); layout:
-    (B, layout_channels, *spatial), which a layout model needs (all zeros: no layout given).
+    (B, layout_channels, *spatial), which a layout model needs (all zeros: no layout given); lowres: (B,
+    lowres_channels, *spatial), which a super-resolution model needs (all zeros: none given).
     """
 
     def __init__(self, config: UNetConfig):
@@ -95,7 +109,7 @@ class UNet(nn.Module):
         self.text_emb = nn.Linear(cfg.context_dim, emb_dim) if cfg.context_dim else None
 
         patch = cfg.patch_size ** dims
-        self.input = conv_nd(dims, (cfg.in_channels + cfg.layout_channels) * patch, ch0, 3, padding=1)
+        self.input = conv_nd(dims, (cfg.in_channels + sum(cfg.concatenated.values())) * patch, ch0, 3, padding=1)
         self.down = nn.ModuleList()
         skips, c = [ch0], ch0
         for level, cout in enumerate(cfg.channels):
@@ -127,21 +141,25 @@ class UNet(nn.Module):
             raise ValueError(f"input size {tuple(x.shape[2:])} is not divisible by {f} (2 to the number of levels "
                              f"minus one, for channels {','.join(map(str, cfg.channels))}{patch}); use a size that is a multiple of {f}")
 
+    def concatenate(self, x: torch.Tensor, given: dict[str, torch.Tensor | None]) -> torch.Tensor:
+        """x with the channel inputs the model reads (config.concatenated) concatenated after it, each checked."""
+        wanted = self.config.concatenated
+        for key, value in given.items():
+            if key in wanted and (value is None or value.shape[0] != x.shape[0]
+                                  or value.shape[1:] != (wanted[key], *x.shape[2:])):
+                got = "none" if value is None else tuple(value.shape)
+                raise ValueError(f"this model is {key}-conditional: give {key} ({x.shape[0]}, {wanted[key]}, "
+                                 f"{', '.join(map(str, x.shape[2:]))}) (all zeros for none), got {got}")
+            if key not in wanted and value is not None:
+                raise ValueError(f"this model was trained without {WITHOUT[key]}; drop the {key} conditioning")
+        return torch.cat([x, *(given[key].to(x.dtype) for key in wanted)], dim=1) if wanted else x
+
     def forward(self, x: torch.Tensor, noise_label: torch.Tensor, class_labels: torch.Tensor | None = None,
                 context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None,
-                layout: torch.Tensor | None = None) -> torch.Tensor:
+                layout: torch.Tensor | None = None, lowres: torch.Tensor | None = None) -> torch.Tensor:
         self.check_input(x)
         cfg = self.config
-        if cfg.layout_channels:
-            if layout is None or layout.shape[0] != x.shape[0] or layout.shape[1:] != (cfg.layout_channels, *x.shape[2:]):
-                got = "none" if layout is None else tuple(layout.shape)
-                raise ValueError(f"this model is layout-conditional: give layout ({x.shape[0]}, {cfg.layout_channels}, "
-                                 f"{', '.join(map(str, x.shape[2:]))}) (all zeros for no layout), got {got}")
-            x_in = torch.cat([x, layout.to(x.dtype)], dim=1)
-        elif layout is not None:
-            raise ValueError("this model was trained without layouts; drop the layout conditioning")
-        else:
-            x_in = x
+        x_in = self.concatenate(x, {"layout": layout, "lowres": lowres})
         emb = self.emb(sinusoidal_embedding(noise_label, self.config.channels[0]).to(x.dtype))
         if self.label_emb is not None:
             if class_labels is None:  # unconditional: the null label

@@ -15,7 +15,7 @@ import torch
 
 from .._util import randn_like
 from ..checkpoint import autoencoder_dir, read_config
-from ..conditions import Captions, Condition
+from ..conditions import Captions, Condition, LowRes
 from ..config import AutoencoderRunConfig, RunConfig
 from ..data import DataError, Dataset, apply_flips, draw_flips, load_dataset, to_tensor
 from ..data.shapes import caption_variants
@@ -45,9 +45,24 @@ def check_image_size(config: RunConfig) -> None:
                         f"{len(config.model.channels)} levels{patch}{on_latents} needs; use --image-size {lo or hi} or {hi}")
 
 
+def check_task(config: RunConfig) -> None:
+    """Refuse what an upscale run cannot be (yet): a latent run (the low-res image would have to be brought to the
+    latent grid, H / factor, and the sample decoded before it is compared with the low-res input), a text run (the
+    text network passes no low-res channels) or data that is not images."""
+    if config.data.task != "upscale":
+        return
+    why = [text for bad, text in [(config.latent is not None, "on latents (--autoencoder)"),
+                                  (config.text.enabled, "with text (--text)"),
+                                  (config.model.dims != 2, f"on {config.model.dims}-D data")] if bad]
+    if why:
+        raise DataError(f"--task upscale trains on images in pixels, not {' or '.join(why)}: drop "
+                        f"{'that option' if len(why) == 1 else 'those options'}, or train without --task upscale")
+
+
 def prepare_data(config: RunConfig, data: Optional[Dataset] = None) -> Dataset:
     """Load the run's data (or take `data`, samples of the model's dims) and fit the model config to it (input
-    channels, number of classes, layout channels, text width)."""
+    channels, number of classes, layout and low-res channels, text width)."""
+    check_task(config)
     if config.latent is not None:  # the U-Net sees the autoencoder's latents
         ae = read_config(autoencoder_dir(config), AutoencoderRunConfig).model
         config.latent.factor, config.latent.latent_channels = ae.factor, ae.latent_channels
@@ -62,6 +77,8 @@ def prepare_data(config: RunConfig, data: Optional[Dataset] = None) -> Dataset:
                         f"{config.model.dims}, image size {config.data.image_size}) takes {shape}")
     config.model.in_channels = config.model.out_channels = (
         config.latent.latent_channels if config.latent else data.images.shape[-1])
+    # an upscale run reads the low-res image's channels and its "given" channel (conditions.LowRes)
+    config.model.lowres_channels = config.model.in_channels + 1 if config.data.task == "upscale" else 0
     if config.data.classes:
         if data.labels is None:
             raise DataError(f"{config.data.source} has no class labels; put images in one subfolder per class")
@@ -115,6 +132,9 @@ class TrainingSet:
         self.samples = torch.from_numpy(data.images).to(device) if latents is None else None  # decoded once
         self.batches = Batches(len(data.images), config.train.batch_size, config.train.seed, d)
         self.schedule = config.diffusion.discrete_schedule()
+        for condition in conditions:  # the low-res image is drawn from the training images themselves
+            if isinstance(condition, LowRes):
+                condition.images = self.samples
 
     def draw_batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """This rank's share of step `step`: x0 (B, C, *spatial), sigma (B,), noise like x0 and the conditions'
