@@ -13,7 +13,13 @@ the same either way.
 
 The scale is the training set's own: `CopyDetector.fit` measures every training image (or a random
 subset of them) against the others, leaving itself out, so a report can show where samples fall
-against the train-to-train and held-out-to-train ratios.
+against the train-to-train and held-out-to-train ratios. The same test runs on features (the domain
+network's) where the caller gives them; the verdict is the pixel test's, the one calibrated. A run
+trained with flips can copy an image mirrored: `flips=True` tests each sample both ways.
+
+    detector = CopyDetector.fit(train)                  # (M, C, H, W) in [-1, 1], after the run's resize
+    detector.check(samples).near_copy                   # (B,) bool, a batch at a time
+    copy_report(samples, train, held_out)               # the JSON-ready report; save_copies_figure draws it
 """
 
 from __future__ import annotations
