@@ -61,7 +61,7 @@ def read_config(run_dir: str | Path, cls: type[JsonConfig] = RunConfig):
         raise RunError(f"{run_dir} has no {CONFIG}: is it a run directory made by `diffusely {command}`?")
     try:
         kind = json.loads(path.read_text()).get("kind", "diffusion")
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         kind = None  # the loader below says what is wrong with the file
     if cls is RunConfig and kind == "autoencoder":
         raise RunError(f"{run_dir} is an autoencoder run, not a diffusion run: train latent diffusion on it with "

@@ -217,3 +217,11 @@ def test_schedules_json_good_nested_and_written(tmp_path, monkeypatch):
     monkeypatch.setattr(files.tempfile, "mkstemp", read_only)
     with pytest.raises(files.NotWritable, match="the file system is read-only"):
         ck.write_schedule(tmp_path, "heun", 4, [80.0, 2.0, 1.0, 0.1, 0.0])
+
+
+@pytest.mark.parametrize("kind", [RunConfig, ck.AutoencoderRunConfig])
+def test_config_json_nested_too_deep_is_a_run_error(tmp_path, kind):
+    # json recurses once a level: the kind probe once let a RecursionError through for the CLI to guess the file
+    (tmp_path / ck.CONFIG).write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ck.RunError, match=f"^{tmp_path}/config.json cannot be used: .* nested too deeply"):
+        ck.read_config(tmp_path, kind)
