@@ -78,8 +78,13 @@ def test_inception_loads_the_weights_layout_from_pth_and_safetensors(fid_state, 
 
 def test_inception_never_unpickles_code(tmp_path):
     torch.save({"not weights": np.random.default_rng(0)}, tmp_path / "evil.pth")  # an arbitrary Python object
-    with pytest.raises(ValueError, match="cannot read .* as weights"):
+    with pytest.raises(ValueError, match="refused .*evil.pth: it holds Python objects besides tensors") as e:
         load_fid_inception(tmp_path / "evil.pth")
+    # the whole reason and the fix, not torch's advice cut off before it says weights_only=False would run code
+    assert "weights_only" not in str(e.value) and str(e.value).endswith("or a .safetensors conversion")
+    (tmp_path / "cut.pth").write_bytes((tmp_path / "evil.pth").read_bytes()[:100])
+    with pytest.raises(ValueError, match="cannot read .*cut.pth as weights"):
+        load_fid_inception(tmp_path / "cut.pth")
 
 
 def test_missing_inception_weights_say_where_to_get_them(monkeypatch, tmp_path):

@@ -18,6 +18,8 @@ Nothing is downloaded: the weights file comes from the user (see `find_inception
 from __future__ import annotations
 
 import os
+import pickle
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -204,14 +206,21 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Tensors from a .safetensors file or a torch state dict, read with torch.load(weights_only=True),
     which refuses anything but tensors and plain containers: a weights file never runs code."""
     path = Path(path)
+    expected = f"expected pytorch-fid's {Path(WEIGHTS_URL).name} or a .safetensors conversion"
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
             return load_file(str(path))
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - unpickling and format errors come in many types; all mean a bad file
+        with warnings.catch_warnings():  # torch's note on the pickle protocol says nothing the refusal below does not
+            warnings.simplefilter("ignore", UserWarning)
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # torch's own message goes on to suggest weights_only=False: never for a user file
+        raise ValueError(f"refused {path}: it holds Python objects besides tensors, which only a full unpickle would "
+                         f"build, and a full unpickle can run any code the file names, so it is not done; "
+                         f"{expected}") from None
+    except Exception as e:  # noqa: BLE001 - format errors come in many types; all mean a bad file
         raise ValueError(f"cannot read {path} as weights ({type(e).__name__}: {' '.join(str(e).split())[:200]}); "
-                         f"expected pytorch-fid's {Path(WEIGHTS_URL).name} or a .safetensors conversion") from None
+                         f"{expected}") from None
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
         raise ValueError(f"{path} does not hold a state dict of tensors; "
                          f"expected pytorch-fid's {Path(WEIGHTS_URL).name}")
