@@ -37,7 +37,7 @@ DEFAULT_K = 50
 # no training image (each against the others) and no held-out image of shapes or defects falls under
 # it (their smallest ratios: 0.196 and 0.205 for 4000 shapes, 0.25 or more for defects), while a
 # training image plus noise of std 0.01 always does (ratios up to 0.15). Denser sets crowd it: with
-# 10,000 shapes, 0.1% of held-out images fall under it.
+# 10,000 shapes, or 4000 with flips, 0.1% of held-out images fall under it.
 THRESHOLD = 1 / 6
 # train-to-train ratios are measured on at most this many training images (against all of them)
 REFERENCE_COUNT = 1000
