@@ -113,6 +113,7 @@ class DataConfig:
     directions: str = "auto"
     task: str = "generate"
     scale: int = 4
+    outside: bool = False  # a COCO file may name images outside its folder (--allow-outside; data.coco)
 
     def __post_init__(self):
         self.class_names = tuple(self.class_names)

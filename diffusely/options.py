@@ -21,7 +21,7 @@ from .state import step_of
 FIELDS = {
     "image_size": ("data", "image_size"), "max_shapes": ("data", "max_shapes"), "classes": ("data", "classes"),
     "layout": ("data", "layout"), "paraphrases": ("data", "paraphrases"), "directions": ("data", "directions"),
-    "task": ("data", "task"), "scale": ("data", "scale"),
+    "task": ("data", "task"), "scale": ("data", "scale"), "allow_outside": ("data", "outside"),
     "channels": ("model", "channels"), "blocks_per_level": ("model", "blocks_per_level"),
     "attention_levels": ("model", "attention_levels"), "patch_size": ("model", "patch_size"),
     "latent_channels": ("model", "latent_channels"),

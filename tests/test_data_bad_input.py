@@ -233,12 +233,36 @@ def test_coco_file_name_outside_the_dataset_is_refused_unless_allowed(tmp_path, 
     name = str(tmp_path / "outside.png") if outside_name == "ABSOLUTE" else outside_name
     write_coco(tmp_path / "ds" / "annotations.json", ["in.png", name])
     with pytest.raises(DataError, match=r"1 file_name\(s\) reach outside the dataset .*image 2 .*outside\.png.*"
-                                        r"pass outside=True"):
+                                        r"--allow-outside \(outside=True"):
         read_detection(tmp_path / "ds")
     allowed = read_coco(tmp_path / "ds" / "annotations.json", outside=True)
     assert [item.path.name for item in allowed.images] == ["in.png", "outside.png"]
     data = load_dataset(str(tmp_path / "ds"), 8, outside=True, directions="labels")
     assert data.images[1, 0, 0].tolist() == [200, 0, 0]
+
+
+def test_allow_outside_through_the_cli_is_kept_by_the_run(tmp_path):
+    from click.testing import CliRunner
+
+    from diffusely.cli import main
+    from helpers import TINY_ARGS
+
+    Image.new("RGB", (16, 16), (200, 0, 0)).save(tmp_path / "outside.png")
+    (tmp_path / "ds").mkdir()
+    Image.new("RGB", (16, 16)).save(tmp_path / "ds" / "in.png")
+    write_coco(tmp_path / "ds" / "annotations.json", ["in.png", "../outside.png"])
+    tiny = {"train": [*TINY_ARGS], "train-autoencoder": ["--channels", "8,8,8", "--batch-size", "2", "--quiet"]}
+    for command, args in tiny.items():
+        run = tmp_path / command
+        new = [command, str(tmp_path / "ds"), "--out", str(run), "--steps", "1", "--image-size", "16", *args]
+        r = CliRunner().invoke(main, new)
+        assert r.exit_code == 1 and "reach outside the dataset" in r.output and "--allow-outside" in r.output, r.output
+        assert not (run / "config.json").exists()
+        r = CliRunner().invoke(main, [*new, "--allow-outside"])
+        assert r.exit_code == 0, r.output
+        assert json.loads((run / "config.json").read_text())["data"]["outside"] is True
+        r = CliRunner().invoke(main, [command, "--out", str(run), "--resume", "--steps", "2", "--quiet"])
+        assert r.exit_code == 0 and "to 2" in r.output, r.output  # the data loads again: the run kept the flag
 
 
 def test_duplicate_coco_image_ids_are_an_error_naming_them(tmp_path):

@@ -159,6 +159,8 @@ TRAINING = stack(
                  "(default 1)."),
     click.option("--grayscale", is_flag=True, default=None, help="Train on one channel."),
     click.option("--no-flip", is_flag=True, default=None, help="Do not mirror images at random (text runs never do)."),
+    click.option("--allow-outside", is_flag=True, default=None,
+                 help="Let a COCO file name images outside its dataset folder (absolute, or with ..)."),
     click.option("--checkpoint-every", type=COUNT, help=_resumable("Steps between checkpoints.")),
     click.option("--keep", type=COUNT, help=_resumable("Keep the last N good checkpoints (default 2), to roll a late "
                                                        "divergence back.")),

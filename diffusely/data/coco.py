@@ -126,7 +126,8 @@ def _find_images(json_path: Path, image_root, names: dict, outside: bool,
     if reaching and not outside:
         raise DataError(f"{json_path}: {len(reaching)} file_name(s) reach outside the dataset (absolute, or with ..), "
                         f"e.g. {'; '.join(reaching[:3])}; move the images under {json_path.parent} and name them "
-                        f"relative to it, or pass outside=True (diffusely.data.load_dataset, read_coco) to allow it")
+                        f"relative to it, or allow it with --allow-outside (outside=True in diffusely.data.load_dataset, "
+                        f"read_coco)")
     roots = [Path(image_root)] if image_root else [json_path.parent, json_path.parent / "images",
                                                     json_path.parent.parent, json_path.parent.parent / "images"]
     found = []

@@ -74,7 +74,7 @@ def load_images(config: AutoencoderRunConfig, device) -> torch.Tensor:
     """The run's training images on the device, uint8 channels last, decoded once; fits model.in_channels to them."""
     tc, mc = config.train, config.model
     data = load_dataset(config.data.source, config.data.image_size, config.data.channels, seed=tc.seed,
-                        max_shapes=config.data.max_shapes)
+                        max_shapes=config.data.max_shapes, outside=config.data.outside)
     size = tc.crop_size or config.data.image_size  # what the networks see in training
     for name, value in (("image size", config.data.image_size), ("crop size", size)):
         if value % mc.factor:

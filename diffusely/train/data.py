@@ -69,7 +69,7 @@ def prepare_data(config: RunConfig, data: Optional[Dataset] = None) -> Dataset:
     check_image_size(config)
     if data is None:
         data = load_dataset(config.data.source, config.data.image_size, config.data.channels, config.data.classes,
-                            seed=config.train.seed, captions=config.text.enabled, max_shapes=config.data.max_shapes,
+                            seed=config.train.seed, captions=config.text.enabled, max_shapes=config.data.max_shapes, outside=config.data.outside,
                             directions=config.data.directions if config.data.layout else "labels")  # layouts only
     shape = (config.data.image_size,) * config.model.dims
     if tuple(data.images.shape[1:-1]) != shape:
