@@ -6,6 +6,7 @@
     cli/train.py      train, train-autoencoder (configs from diffusely.options)
     cli/sample.py     sample, synth, forward, reverse
     cli/runs.py       info, eval, optimize-schedule
+    cli/restore.py    upscale, restore, img2img
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import click
 
 from .errors import Group
+from .restore import img2img, restore, upscale
 from .runs import eval_, info, optimize_schedule
 from .sample import forward, reverse, sample, synth
 from .train import train, train_autoencoder
@@ -25,7 +27,8 @@ def main(debug):
     """diffusely: train diffusion models on your images and sample from them."""
 
 
-for command in (train, train_autoencoder, sample, synth, optimize_schedule, forward, reverse, info, eval_):
+for command in (train, train_autoencoder, sample, synth, optimize_schedule, forward, reverse, info, eval_, upscale,
+                restore, img2img):
     main.add_command(command)
 
 __all__ = ["main"]
