@@ -100,6 +100,18 @@ def run_lock(directory: str | Path, command: str):
         os.close(fd)  # closing the descriptor releases the flock
 
 
+@contextmanager
+def merging(directory: str | Path):
+    """A short lock, waited for, on the directory itself (not its .lock, so a training holding run_lock does not
+    block it): for a read-merge-write of one shared file (schedules.json), so two jobs merging at once both land."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the flock
+
+
 # ---------------------------------------------------------------------------------------- writable, or why not
 
 _REASONS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",

@@ -29,8 +29,8 @@ from typing import Optional
 
 import torch
 
-from ._files import (RunError, Unreadable, atomic_write_text, check_writable, file_digest, load_tensors, read_meta,
-                     save_tensors)
+from ._files import (RunError, Unreadable, atomic_write_text, check_writable, file_digest, load_tensors, merging,
+                     read_meta, save_tensors)
 from .config import AutoencoderRunConfig, ConfigError, JsonConfig, RunConfig
 from .denoisers import Denoiser
 from .nets import UNet
@@ -171,10 +171,11 @@ def _sigmas_problem(steps: str, sigmas) -> Optional[str]:
 def write_schedule(run_dir: str | Path, sampler: str, steps: int, sigmas) -> Path:
     """Store (or replace) the schedule for (sampler, steps) in the run's schedules.json, atomically."""
     check_writable(run_dir)
-    schedules = read_schedules(run_dir)
-    schedules.setdefault(sampler, {})[str(steps)] = [float(s) for s in sigmas]
     path = Path(run_dir) / SCHEDULES
-    atomic_write_text(path, json.dumps(schedules, indent=2) + "\n")
+    with merging(run_dir):  # another optimize-schedule may be merging its entry: read what it wrote
+        schedules = read_schedules(run_dir)
+        schedules.setdefault(sampler, {})[str(steps)] = [float(s) for s in sigmas]
+        atomic_write_text(path, json.dumps(schedules, indent=2) + "\n")
     return path
 
 

@@ -225,3 +225,27 @@ def test_config_json_nested_too_deep_is_a_run_error(tmp_path, kind):
     (tmp_path / ck.CONFIG).write_text("[" * 100_000 + "]" * 100_000)
     with pytest.raises(ck.RunError, match=f"^{tmp_path}/config.json cannot be used: .* nested too deeply"):
         ck.read_config(tmp_path, kind)
+
+
+def test_two_schedule_writers_at_once_both_land(tmp_path, monkeypatch):
+    # two optimize-schedule jobs finishing together: each reads schedules.json, adds its entry, writes it back
+    import threading
+
+    read = ck.read_schedules
+    first_read = threading.Event()
+
+    def slow_read(run_dir):
+        schedules = read(run_dir)
+        if not first_read.is_set():
+            first_read.set()
+            threading.Event().wait(0.5)  # the other writer arrives while this one holds what it read
+        return schedules
+
+    monkeypatch.setattr(ck, "read_schedules", slow_read)
+    other = [80.0, 2.0, 1.0, 0.1, 0.0]
+    first = threading.Thread(target=ck.write_schedule, args=(tmp_path, "heun", 3, GOOD))
+    first.start()
+    first_read.wait(5)
+    ck.write_schedule(tmp_path, "euler", 4, other)
+    first.join()
+    assert read(tmp_path) == {"heun": {"3": GOOD}, "euler": {"4": other}}
