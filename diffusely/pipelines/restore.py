@@ -38,6 +38,7 @@ from .generate import _write_sample, sampling_plan
 
 STD_WHITE = 0.25  # a std map's white: 0.25 in the data's [-1, 1] units, an eighth of the range; fixed, so maps compare
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+POCS_ITERATIONS = 100  # projections onto [-1, 1] and {A x = y} that bring a consistent sample into the range
 HOW = ("project", "dps", "repaint")  # data consistency: DDNM projection, DPS gradient, RePaint resampling
 
 
@@ -190,16 +191,28 @@ def _measure(operator, task: str, image: torch.Tensor, measured: bool) -> torch.
 
 def _scores(operator, x: torch.Tensor, y: torch.Tensor, truth: Optional[torch.Tensor], parts: dict) -> dict:
     """PSNR, SSIM (against the truth, where known) and consistency error of the first draw (and of the mean, and the
-    std map's calibration, with K > 1), each of the images as written (clamped to [-1, 1])."""
+    std map's calibration, with K > 1), each of the images as written (clamped to [-1, 1]); SSIM is NaN for images
+    under 11 pixels a side."""
     row = {"consistency": float(consistency_error(operator, x[:1], y[:1]))}
     if truth is None:
         return row
-    row.update(psnr=float(psnr(x[:1], truth)), ssim=float(ssim(x[:1], truth)))
+    truth = truth.cpu()
+    structure = ssim if min(truth.shape[2:]) >= 11 else lambda *_: torch.tensor(math.nan)  # SSIM's 11-pixel window
+    row.update(psnr=float(psnr(x[:1].cpu(), truth)), ssim=float(structure(x[:1].cpu(), truth)))
     if "mean" in parts:
         mean = parts["mean"][None]
-        row.update(psnr_mean=float(psnr(mean, truth)), ssim_mean=float(ssim(mean, truth)),
+        row.update(psnr_mean=float(psnr(mean, truth)), ssim_mean=float(structure(mean, truth)),
                    calibration=float(calibration(parts["std"][None], mean - truth)))
     return row
+
+
+def in_range(operator, x: torch.Tensor, y: torch.Tensor, iterations: int = POCS_ITERATIONS) -> torch.Tensor:
+    """x moved into the images' range [-1, 1] while it keeps agreeing with y: alternating projections onto the box
+    and onto {x : A x = y} (POCS: both sets are convex and the truth lies in both), ending in the box. A plain clamp
+    of a projected sample would undo its consistency wherever the sample overshoots the range."""
+    for _ in range(iterations):
+        x = operator.project(x.clamp(-1, 1), y)
+    return x.clamp(-1, 1)
 
 
 def restore(run: LoadedRun, source: str | Path, out: str | Path, plan: Plan, *, task: str, how: str = "project",
@@ -233,7 +246,7 @@ def restore(run: LoadedRun, source: str | Path, out: str | Path, plan: Plan, *, 
                 draws = repaint(denoiser, operator, ys, noise, resample=resample, cond=cond, **sampling)
             else:
                 draws = consistent_sample(denoiser, operator, ys, noise, how=how, scale=dps_scale, cond=cond, **sampling)
-        draws = draws.clamp(-1, 1)
+        draws = in_range(operator, draws, ys) if how != "dps" else draws.clamp(-1, 1)
         parts = write_draws(Path(out), name, draws)
         rows.append({"name": name, **_scores(operator, draws, ys, None if measured else image, parts)})
         if progress:

@@ -1,0 +1,157 @@
+"""`diffusely restore` and `diffusely img2img` through the CLI on a tiny run: what is measured stays as measured,
+the files each writes, and bad input as one line naming the fix (exit status 1, no traceback)."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from diffusely.cli import main
+from diffusely.data import load_dataset, to_tensor
+from diffusely.restoration import Downsample
+
+from helpers import time_limit
+
+TINY = ["--image-size", "16", "--channels", "8,16", "--blocks-per-level", "1", "--batch-size", "4", "--quiet"]
+V0 = Path(__file__).parent / "fixtures" / "v0"
+GREY_LEVEL = 1 / 255  # one uint8 grey level in [0, 1] units
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def read(path) -> np.ndarray:
+    return np.asarray(Image.open(path), dtype=np.uint8)
+
+
+def as_tensor(array: np.ndarray) -> torch.Tensor:
+    """(H, W) uint8 -> (1, 1, H, W) in [-1, 1]."""
+    return to_tensor(array[None, ..., None])
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    """A grayscale phantoms run (16 x 16, 2 steps), two phantoms, a half mask and a wrong-size one."""
+    root = tmp_path_factory.mktemp("restore")
+    with time_limit(120):
+        r = invoke("train", "phantoms", "--out", root / "run", "--steps", "2", "--grayscale", "--sample-every", "2", *TINY)
+    assert r.exit_code == 0, r.output
+    (root / "clean").mkdir()
+    for i, image in enumerate(load_dataset("phantoms", 16, 1).images[:2]):
+        Image.fromarray(image[..., 0]).save(root / "clean" / f"p{i}.png")
+    mask = np.zeros((16, 16), np.uint8)
+    mask[:, :9] = 255
+    Image.fromarray(mask).save(root / "mask.png")
+    Image.fromarray(mask[:8, :8]).save(root / "small_mask.png")
+    return root
+
+
+@pytest.mark.parametrize("how", ["project", "repaint"])
+def test_inpainting_never_changes_known_pixels(root, how):
+    out = root / f"inpaint-{how}"
+    r = invoke("restore", root / "run", root / "clean", "--task", "inpaint", "--mask", root / "mask.png", "--how", how,
+               "--out", out, "-n", "2", "--steps", "3", "--quiet")
+    assert r.exit_code == 0, r.output
+    assert "consistency" in r.output and r.output.count("0.0000") >= 3  # the mean row's consistency too
+    known = read(root / "mask.png") > 127
+    for name in ("p0", "p1"):
+        truth = read(root / "clean" / f"{name}.png")
+        for part in ("0", "1", "mean"):
+            x = read(out / f"{name}.{part}.png")
+            assert np.array_equal(x[known], truth[known]), (name, part)
+        assert not np.array_equal(read(out / f"{name}.0.png")[~known], truth[~known])
+        assert np.array_equal(read(out / f"{name}.input.png")[known], truth[known])
+        assert np.all(np.abs(read(out / f"{name}.input.png")[~known].astype(int) - 128) <= 1)  # A^+ y: 0 there
+        assert read(out / f"{name}.std.png")[known].max() == 0  # the draws agree where the pixels were measured
+
+
+def test_projection_agrees_with_the_measurement(root):
+    out = root / "sr"
+    r = invoke("restore", root / "run", root / "clean" / "p0.png", "--task", "upscale", "--scale", "4", "--out", out,
+               "--steps", "3", "--quiet")
+    assert r.exit_code == 0, r.output
+    A = Downsample(4)
+    truth, x = as_tensor(read(root / "clean" / "p0.png")), as_tensor(read(out / "p0.png"))
+    rms = ((A(x) - A(truth)) / 2).pow(2).mean().sqrt()  # in [0, 1] units
+    assert rms <= GREY_LEVEL, float(rms)
+    assert (x - truth).abs().max() > 0.1  # the detail under each block is drawn, not copied from the truth
+    # the same measurement given as a 4 x 4 image
+    Image.fromarray(np.asarray(Image.open(root / "clean" / "p0.png").reduce(4))).save(root / "low.png")
+    r = invoke("restore", root / "run", root / "low.png", "--task", "upscale", "--measured", "--out", root / "sr2",
+               "--steps", "3", "--quiet")
+    assert r.exit_code == 0 and "psnr" not in r.output, r.output
+    y = as_tensor(read(root / "low.png"))
+    assert ((A(as_tensor(read(root / "sr2" / "low.png"))) - y) / 2).pow(2).mean().sqrt() <= GREY_LEVEL
+
+
+def test_mri_writes_the_zero_filled_input_and_scores(root):
+    out = root / "mri"
+    r = invoke("restore", root / "run", root / "clean" / "p1.png", "--task", "mri", "--acceleration", "4", "--how",
+               "dps", "--out", out, "--steps", "2", "--quiet")
+    assert r.exit_code == 0, r.output
+    row = next(line.split() for line in r.output.splitlines() if line.startswith("p1"))
+    assert len(row) == 4 and all(np.isfinite(float(v)) for v in row[1:])  # psnr, ssim, consistency
+    assert read(out / "p1.input.png").shape == (16, 16) and read(out / "p1.png").shape == (16, 16)
+
+
+def test_img2img(root):
+    out = root / "edit"
+    r = invoke("img2img", root / "run", root / "clean", "--strength", "0", "--out", out, "--steps", "4", "--quiet")
+    assert r.exit_code == 0, r.output
+    assert np.array_equal(read(out / "p0.png"), read(root / "clean" / "p0.png"))  # strength 0 keeps the image
+    r = invoke("img2img", root / "run", root / "clean" / "p0.png", "--strength", "0.6", "--out", out, "-n", "2",
+               "--steps", "4", "--quiet")
+    assert r.exit_code == 0, r.output
+    a, b = read(out / "p0.0.png").astype(int), read(out / "p0.1.png").astype(int)
+    assert np.abs(a - read(root / "clean" / "p0.png")).mean() > 2 and np.abs(a - b).mean() > 1
+    assert (out / "p0.mean.png").is_file() and (out / "p0.std.png").is_file()
+
+
+def latent_run(tmp_path) -> Path:
+    """A copy of the fixture latent run, its autoencoder path pointing at the fixture's."""
+    shutil.copytree(V0 / "ae", tmp_path / "ae")
+    shutil.copytree(V0 / "latent", tmp_path / "latent")
+    config = json.loads((tmp_path / "latent" / "config.json").read_text())
+    config["latent"]["autoencoder"] = str(tmp_path / "ae")
+    (tmp_path / "latent" / "config.json").write_text(json.dumps(config))
+    return tmp_path / "latent"
+
+
+def test_img2img_of_a_latent_run_edits_the_latent(tmp_path):
+    run = latent_run(tmp_path)
+    Image.fromarray(np.full((16, 16, 3), 200, np.uint8)).save(tmp_path / "rgb.png")
+    r = invoke("img2img", run, tmp_path / "rgb.png", "--strength", "0.5", "--out", tmp_path / "out", "--steps", "2",
+               "--quiet")
+    assert r.exit_code == 0, r.output
+    assert read(tmp_path / "out" / "rgb.png").shape == (16, 16, 3)
+    r = invoke("restore", run, tmp_path / "rgb.png", "--task", "deblur", "--out", tmp_path / "x", "--steps", "2")
+    assert r.exit_code == 1 and "this is a latent run" in r.output and "Traceback" not in r.output, r.output
+
+
+def test_bad_input_names_the_fix(root):
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(root / "rgb.png")
+    clean = root / "clean" / "p0.png"
+    cases = {
+        ("--task", "inpaint", "--mask", root / "small_mask.png"): "--mask",
+        ("--task", "inpaint"): "--task inpaint needs --mask",
+        ("--task", "upscale", "--scale", "3"): "--scale 3 does not divide the run's image size 16: pick a scale >= 2 "
+                                               "that divides it (2, 4, 8)",
+        ("--task", "mri", "--acceleration", "0.5"): "--acceleration must be >= 1",
+        ("--task", "mri", "--scale", "2"): "--task mri takes no --scale: drop it",
+    }
+    for args, message in cases.items():
+        r = invoke("restore", root / "run", clean, *args, "--out", root / "bad", "--steps", "2")
+        assert r.exit_code == 1 and message in r.output and "Traceback" not in r.output, (args, r.output)
+    assert "is 8x8 but the images are 16x16" in invoke("restore", root / "run", clean, "--task", "inpaint", "--mask",
+                                                       root / "small_mask.png", "--out", root / "bad").output
+    r = invoke("restore", root / "run", root / "rgb.png", "--task", "deblur", "--out", root / "bad", "--steps", "2")
+    assert r.exit_code == 1 and "rgb.png is a colour image but the run makes greyscale ones" in r.output, r.output
+    r = invoke("upscale", root / "run", clean, "--out", root / "bad")
+    assert r.exit_code == 1 and "not trained to upscale" in r.output, r.output
+    assert not (root / "bad").exists()
