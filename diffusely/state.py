@@ -15,11 +15,13 @@ from pathlib import Path
 
 import torch
 
-from ._files import RunError, Unreadable, atomic_write, load_tensors, read_meta, save_tensors
+from ._files import (NotWritable, RunError, Unreadable, atomic_write, atomic_write_text, load_tensors, read_meta,
+                     save_tensors)
 
 CHECKPOINT = "checkpoint.safetensors"
 FORMAT = "diffusely-checkpoint-1"
 _KEPT = re.compile(r"checkpoint-(\d+)\.safetensors")
+STOPPED = "stopped.txt"  # why training stopped before its steps (a diverged loss): one line, for `diffusely info`
 _AGAIN = "roll back to a kept checkpoint-STEP.safetensors (diffusely.state.roll_back) or train the run again"
 
 
@@ -222,3 +224,18 @@ def roll_back(run_dir: str | Path, step: int | None = None) -> int:
             pass  # a damaged current checkpoint is simply replaced
     os.replace(_kept(run_dir, step), path)
     return step
+
+
+def note_stop(run_dir: str | Path, why: str) -> None:
+    """Keep why the run stopped early in RUN/stopped.txt (the next checkpoint clears it), so `diffusely info` says
+    where the run stands; a disk too full for the note loses only the note."""
+    try:
+        atomic_write_text(Path(run_dir) / STOPPED, why + "\n")
+    except NotWritable:
+        pass
+
+
+def stop_fact(run_dir: str | Path) -> dict:
+    """{"stopped": why} for a run that stopped early (see note_stop), else {}: a fact of describe_run."""
+    path = Path(run_dir) / STOPPED
+    return {"stopped": path.read_text(errors="replace").strip()} if path.is_file() else {}

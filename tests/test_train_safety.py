@@ -9,12 +9,17 @@ import sys
 import time
 
 import pytest
+from click.testing import CliRunner
 from safetensors.torch import load_file
+
+from diffusely._files import load_tensors
 
 from diffusely.checkpoint import RunError
 from diffusely.config import (AutoencoderRunConfig, AutoencoderTrainConfig, ConfigError, DataConfig, RunConfig,
                               TrainConfig)
+from diffusely.cli import main
 from diffusely.nets import UNetConfig
+from diffusely.pipelines import describe_run
 from diffusely.nets.autoencoder import AutoencoderConfig
 from diffusely.train import loop, train, train_autoencoder
 
@@ -52,6 +57,19 @@ def test_a_diverging_run_stops_and_keeps_its_last_good_checkpoint(tiny_folder, t
     assert all_finite(run_dir)
     logged = [row.split(",")[1] for row in (run_dir / "log.csv").read_text().splitlines()[1:]]
     assert len(logged) == failed - 1 and all(v != "nan" for v in logged)  # the NaN step is not logged
+    # `info` says where the run stands, and sampling uses the last good weights (model.safetensors of that step)
+    assert describe_run(run_dir)["stopped"] == message
+    weights, meta = load_tensors(run_dir / "model.safetensors")
+    saved = load_file(str(run_dir / "checkpoint.safetensors"))
+    assert meta["step"] == good and all(w.isfinite().all() and w.equal(saved[f"ema.{k}"]) for k, w in weights.items())
+    r = CliRunner().invoke(main, ["sample", str(run_dir), "-n", "2", "--steps", "2", "--out", str(tmp_path / "s"),
+                                  "--quiet"])
+    assert r.exit_code == 0 and len(list((tmp_path / "s").glob("*.png"))) == 2, r.output
+    # a later checkpoint (a resume past the stop, here a run trained again in place) clears the note
+    train(tiny(tiny_folder, steps=2), tmp_path / "again", progress=False)
+    (tmp_path / "again" / "stopped.txt").write_text(message)
+    train(tiny(tiny_folder, steps=4), tmp_path / "again", resume=True, progress=False)
+    assert "stopped" not in describe_run(tmp_path / "again")
 
 
 def test_a_config_edited_to_nan_is_refused_on_resume_and_the_checkpoint_kept(tiny_folder, tmp_path):

@@ -9,6 +9,7 @@ from typing import Optional
 
 from ..checkpoint import LoadedRun, load_run
 from ..layout import has_lines
+from ..state import stop_fact
 
 LOG = "log.csv"
 
@@ -44,6 +45,7 @@ def describe_run(run_dir: str | Path, run: Optional[LoadedRun] = None) -> dict:
         "unet_channels": list(cfg.model.channels),
         "sampler": f"{cfg.diffusion.sampler}, {cfg.diffusion.sample_steps} steps",
         "last_loss": last_loss(run_dir),
+        **stop_fact(run_dir),  # a run that diverged says so, and which checkpoint it kept
     }
 
 

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from .. import viz
 from .._files import check_writable, run_lock
 from ..checkpoint import CHECKPOINT, CONFIG, RunError, load_state, read_config, write_config
+from ..state import STOPPED, note_stop
 from ..config import JsonConfig
 from ..nets.fast import autocast_dtype
 
@@ -261,9 +262,11 @@ class Tracker:
         self.bar.close()
         kept = (f"the last good checkpoint, of step {self.saved}, is kept in {self.run_dir}" if self.saved is not None
                 else f"no checkpoint was written to {self.run_dir}")
-        raise RunError(f"the training loss is not finite ({loss}) at step {step + 1}: the run diverged and stopped; "
-                       f"{kept}. Train again with a lower --lr (this run's is {self.tc.lr:g}; at step {step + 1}, "
-                       f"{lr:.3g})")
+        why = (f"the training loss is not finite ({loss}) at step {step + 1}: the run diverged and stopped; "
+               f"{kept}. Train again with a lower --lr (this run's is {self.tc.lr:g}; at step {step + 1}, {lr:.3g})")
+        if self.d.main:
+            note_stop(self.run_dir, why)
+        raise RunError(why)
 
     @property
     def device(self):
@@ -288,6 +291,7 @@ class Tracker:
         if self.d.main:
             self.save(done)
             self.saved = done
+            (self.run_dir / STOPPED).unlink(missing_ok=True)  # past the stop: the run stands at this checkpoint
             try:
                 viz.plot_loss(self.run_dir / LOG, self.run_dir / "loss.png")
             except ValueError:
