@@ -145,3 +145,17 @@ def test_upscale_refuses_what_it_cannot_use(sr_run):
         r = invoke(*args, "--steps", "1")
         assert r.exit_code == 1 and message in r.output and "Traceback" not in r.output, r.output
     assert not (sr_run / "bad").exists() and not out.exists()
+
+
+def test_std_map_is_written_at_its_fixed_scale(tmp_path):
+    from diffusely.pipelines.restore import STD_WHITE, write_draws
+
+    base = torch.linspace(-0.5, 0.5, 16 * 16).reshape(1, 1, 16, 16)
+    spread = torch.linspace(0, 0.4, 16).reshape(1, 1, 1, 16)  # a std rising from 0 to past STD_WHITE across x
+    draws = torch.cat([base - spread, base + spread])  # two draws: std = spread * sqrt(2)
+    parts = write_draws(tmp_path, "x", draws)
+    assert torch.allclose(parts["mean"], base[0]) and torch.allclose(parts["std"], (spread * 2 ** 0.5)[0].expand(1, 16, 16))
+    written = np.asarray(Image.open(tmp_path / "x.std.png"), dtype=np.float64)
+    expected = np.clip(spread.numpy()[0, 0, 0] * 2 ** 0.5 / STD_WHITE, 0, 1) * 255
+    assert np.abs(written - expected[None, :]).max() <= 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.0.png", "x.1.png", "x.mean.png", "x.std.png"]
