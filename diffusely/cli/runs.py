@@ -47,23 +47,26 @@ def info(run_dir, as_json):
 @click.option("--domain-steps", type=COUNT, help="Training steps of a new domain network (default 600 classifier, "
               "400 contrastive).")
 @click.option("--reference-count", type=COUNT, help="Use a random subset of this many reference images (default all).")
+@click.option("--held-out", type=click.Path(file_okay=False), help="Images of the training data's kind the run never saw, "
+              "the copy check's scale of a fresh image (a built-in source brings its own; a folder has none without it).")
 @SAMPLING
 @seed_option()
 @click.option("--batch-size", type=COUNT, default=64, show_default=True, help="Images per batch (bounds memory).")
 @SAMPLER_OPTION
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def eval_(run_dir, reference, count, samples, features, inception_weights, domain_file, domain_steps, reference_count,
-          steps, nfe, sampler, seed, batch_size, options, quiet):
-    """Measure a run's samples against real images: FD, KID, precision, recall, density, coverage.
+          held_out, steps, nfe, sampler, seed, batch_size, options, quiet):
+    """Measure a run's samples against real images: FD, KID, precision, recall, density, coverage; and
+    whether they are near-copies of its training images (Carlini et al.'s ratio test, docs/eval.md).
 
-    Writes RUN_DIR/eval.json.
+    Writes RUN_DIR/eval.json and RUN_DIR/copies.png (the samples closest to a training image).
 
     \b
     diffusely eval runs/shapes --reference shapes -n 1000
     diffusely eval runs/photos --reference ~/photos --features inception --inception-weights pt_inception.pth
     diffusely eval runs/shapes --reference shapes --samples runs/shapes/generated
     """
-    from ..metrics import format_metrics
+    from ..metrics import format_copies, format_metrics
     from ..pipelines.evaluate import EVAL_FILE, evaluate_run
 
     writable(run_dir)
@@ -72,7 +75,7 @@ def eval_(run_dir, reference, count, samples, features, inception_weights, domai
     report = evaluate_run(run_dir, reference, count=count, samples=samples, features=features, sampler=sampler,
                           steps=steps, nfe=nfe, seed=seed, batch_size=batch_size, inception_weights=inception_weights,
                           domain_file=domain_file, domain_steps=domain_steps, reference_count=reference_count,
-                          device=device(), progress=not quiet, **options)
+                          held_out=held_out, device=device(), progress=not quiet, **options)
     s, r = report["samples"], report["reference"]
     if s["source"] != "generated":
         how = s["source"]
@@ -82,6 +85,7 @@ def eval_(run_dir, reference, count, samples, features, inception_weights, domai
                f"reference images ({r['source']}), {report['features']} features")
     click.echo(format_metrics(report["metrics"]))
     click.echo(f"note: {report['comparable']}")
+    click.echo(format_copies(report["copies"]))
     click.echo(f"wrote {Path(run_dir) / EVAL_FILE}")
 
 

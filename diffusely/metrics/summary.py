@@ -56,3 +56,34 @@ def format_metrics(metrics: dict[str, float | None]) -> str:
         shown = "n/a" if value is None else f"{value:.4g}"
         lines.append(f"{key:<10} {shown:>10}   {what}" + (f" ({hint})" if hint else ""))
     return "\n".join(lines)
+
+
+COPY_ROWS = {"samples": "samples", "train": "train vs the rest", "held_out": "held out vs train"}
+
+
+def format_copies(report: dict) -> str:
+    """A copy check (pipelines.evaluate.copy_check: metrics.copies.copy_report and where its sets came from) as
+    text: the share of near-copies, then the quantiles of the ratio and of the distance to the nearest training
+    image for samples, training images (each against the others) and held-out images, the feature test's share."""
+    if "skipped" in report:
+        return f"copies: {report['skipped']}"
+    pixel = report["pixel"]
+    lines = [f"copies: {100 * pixel['near_copies']:.1f}% of {report['samples']} samples are near-copies of one of "
+             f"{report['train_count']} training images ({pixel['near_copy_count']} with ratio < "
+             f"{pixel['threshold']:.3f}, k={pixel['k']}{', mirrored too' if pixel['flips'] else ''})"]
+    for title, table in (("ratio d1/mean(d1..dk)", pixel["ratio"]), ("RMS distance to nearest", pixel["nearest_distance"])):
+        lines.append(f"  {title:<24}" + "".join(f"{q:>8}" for q in table["samples"]))
+        for name, row in table.items():
+            flagged = pixel["flagged"].get(name)
+            lines.append(f"    {COPY_ROWS[name]:<22}" + "".join(f"{v:>8.3f}" for v in row.values())
+                         + (f"   {100 * flagged:.1f}% below" if flagged is not None and table is pixel["ratio"] else ""))
+    lines.append(f"  held out: {report['held_out']}")
+    if report.get("features"):
+        f = report["features"]
+        lines.append(f"  {report['feature_space']} features: {100 * f['near_copies']:.1f}% near-copies (k={f['k']}; "
+                     + ", ".join(f"{COPY_ROWS[n]} {100 * v:.1f}%" for n, v in f["flagged"].items()) + ")")
+    if report.get("warning"):
+        lines.append(f"  warning: {report['warning']}")
+    if report.get("figure"):
+        lines.append(f"  closest pairs: {report['figure']}")
+    return "\n".join(lines)

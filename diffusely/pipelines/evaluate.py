@@ -1,6 +1,7 @@
 """Evaluating a trained run: sample (or read samples), extract features, compute the metrics, write eval.json.
 
-    RUN_DIR/eval.json                              the last evaluation's settings and numbers
+    RUN_DIR/eval.json                              the last evaluation's settings and numbers, the copy check too
+    RUN_DIR/copies.png                             the samples closest to being copies, over their training images
     RUN_DIR/eval/domain_features.safetensors       the domain feature network, trained once, then reused
     RUN_DIR/eval/reference-<features>.npz          the reference's statistics and features (pass it as
                                                    --reference to skip the reference images next time)
@@ -18,16 +19,20 @@ from PIL import Image, UnidentifiedImageError
 
 from .._files import atomic_write_text
 from ..checkpoint import load_run
-from ..data import DataError, Dataset, load_dataset
+from ..config import RunConfig
+from ..data import BUILTIN, DataError, Dataset, load_dataset, to_grayscale, to_tensor
 from ..data.folder import find_images
 from ..metrics import (DomainFeatures, FeatureExtractor, FeatureStats, InceptionFeatures, fit_domain_features,
                        load_domain_features, load_stats, quality_metrics, save_domain_features, save_stats)
+from ..metrics.copies import copy_report, save_copies_figure
 from ..metrics.features import as_uint8
 from ..samplers import nfe as nfe_of
 from .generate import generate, sampling_plan, stored_spacing
 
 EVAL_FILE = "eval.json"
 EVAL_DIR = "eval"
+COPIES_FIGURE = "copies.png"
+HELD_OUT = 1000  # held-out images of a built-in source the copy check measures (a new seed: never trained on)
 DOMAIN_FILE = "domain_features.safetensors"
 FEATURES = ("domain", "inception")
 COMPARABLE = {
@@ -112,6 +117,53 @@ def domain_features(path: Path, reference: Dataset | FeatureStats, identity: dic
     return extractor
 
 
+def training_images(config: RunConfig) -> np.ndarray:
+    """The run's training images (N, S, S, C) uint8, loaded as training loads them (train.data.prepare_data): the
+    same source, size, channels, seed and shapes per image. A latent run's too: its images, not their latents."""
+    d = config.data
+    return load_dataset(d.source, d.image_size, d.channels, d.classes, seed=config.train.seed,
+                        max_shapes=d.max_shapes, outside=d.outside).images
+
+
+def held_out_images(config: RunConfig, folder: Optional[str] = None) -> tuple[Optional[np.ndarray], str]:
+    """Images of the run's kind it never saw, (N, S, S, C) uint8, and where they came from: `folder` when given,
+    else for a built-in source its first HELD_OUT images of the next seed; a folder of training images has
+    none unless the user gives one (any image of it may be in the training set)."""
+    d = config.data
+    if folder:
+        return load_dataset(folder, d.image_size, d.channels).images, str(folder)
+    if d.source in BUILTIN:  # drawn at the held-out count alone: the whole set (10,000 shapes) takes seconds
+        seed = config.train.seed + 1
+        images = BUILTIN[d.source](d.image_size, seed, count=HELD_OUT,
+                                   **({"max_shapes": d.max_shapes} if d.max_shapes != 1 else {})).images
+        return (images if d.channels == 3 else to_grayscale(images)), f"{d.source}, {HELD_OUT} images of seed {seed}"
+    return None, "none: pass --held-out FOLDER, images of the same kind the run never saw, to compare with"
+
+
+def copy_check(run_dir: Path, config: RunConfig, fake: np.ndarray, fake_features: Optional[np.ndarray],
+               extractor: Optional[FeatureExtractor], held_out: tuple[Optional[np.ndarray], str], *,
+               seed: int = 0) -> dict:
+    """Are the samples (N, S, S, C) uint8 copies of the run's training images? metrics.copies.copy_report in
+    pixels, and in the extractor's features where it and the samples' are given; held_out: held_out_images'
+    answer; copies.png written in run_dir. Training images that cannot be read (a folder moved since) skip the
+    check, saying so."""
+    try:
+        train = training_images(config)
+    except DataError as e:
+        return {"skipped": f"the training images could not be read, so the copy check was skipped: {e}"}
+    held, held_source = held_out
+    features = fake_features is not None and extractor is not None
+    report = copy_report(to_tensor(fake), to_tensor(train), None if held is None else to_tensor(held),
+                         sample_features=fake_features, train_features=extractor(train) if features else None,
+                         held_out_features=extractor(held) if features and held is not None else None,
+                         flips=config.data.flip, seed=seed)
+    report.update(samples=len(fake), train_count=len(train), held_out=held_source,
+                  feature_space=extractor.name if features else None)
+    if fake.ndim == 4:  # a picture of 2-D images only
+        report["figure"] = str(save_copies_figure(run_dir / COPIES_FIGURE, to_tensor(fake), to_tensor(train), report))
+    return report
+
+
 def _sample_images(run, count: int, *, sampler: Optional[str], steps: Optional[int], nfe: Optional[int], seed: int,
                    batch_size: int, progress: bool, options: dict) -> tuple[np.ndarray, dict]:
     """`count` samples as uint8 (N, S, S, C), and how they were drawn (sampler, steps, NFE, seed, options)."""
@@ -130,14 +182,16 @@ def evaluate_run(run_dir: str | Path, reference: str, *, count: Optional[int] = 
                  features: str = "domain", sampler: Optional[str] = None, steps: Optional[int] = None,
                  nfe: Optional[int] = None, seed: int = 0,
                  batch_size: int = 64, inception_weights: Optional[str] = None, domain_file: Optional[str] = None,
-                 domain_steps: Optional[int] = None, reference_count: Optional[int] = None, device="cpu",
-                 progress: bool = True, **options) -> dict:
+                 domain_steps: Optional[int] = None, reference_count: Optional[int] = None,
+                 held_out: Optional[str] = None, device="cpu", progress: bool = True, **options) -> dict:
     """Measure a run's samples against `reference` and write RUN_DIR/eval.json; returns what it wrote.
 
     count: samples to draw (default 1000), or to read from the `samples` folder (default all).
     sampler, steps or nfe (a budget of denoiser evaluations), options: as for `generate` (the run's by default).
     features: "domain" (a network trained on the reference, kept in RUN_DIR/eval/) or "inception"
     (FID's Inception-v3, weights from `inception_weights` or $DIFFUSELY_INCEPTION_WEIGHTS).
+    The copy check ("copies", copy_check) measures the samples against the run's training images, and
+    `held_out` (a folder; a built-in source brings its own) against them as the scale of a fresh image.
     """
     if features not in FEATURES:
         raise ValueError(f"unknown features {features!r}; choose one of: {', '.join(FEATURES)}")
@@ -150,6 +204,7 @@ def evaluate_run(run_dir: str | Path, reference: str, *, count: Optional[int] = 
     size, channels = cfg.data.image_size, cfg.data.channels  # the images', also in a latent run
     # everything that can fail fast (files, sizes, weights) before the slow part, sampling
     fake = load_samples(samples, size, channels, count) if samples else None
+    held = held_out_images(cfg, held_out)
     ref = load_reference(reference, size, channels, classes=cfg.data.classes, count=reference_count, seed=seed)
     identity = _reference_identity(reference, ref) if isinstance(ref, Dataset) else {"source": str(reference)}
     extractor: FeatureExtractor = (
@@ -163,14 +218,17 @@ def evaluate_run(run_dir: str | Path, reference: str, *, count: Optional[int] = 
                                            seed=seed, batch_size=batch_size, progress=progress, options=options)
     else:
         sample_info = {"source": str(samples)}
-    metrics = quality_metrics(ref_stats, extractor(fake, progress=progress), seed=seed)
+    fake_features = extractor(fake, progress=progress)
+    metrics = quality_metrics(ref_stats, fake_features, seed=seed)
+    # domain features are a small network's, cheap on the whole training set; Inception's are not on a CPU
+    copies = copy_check(run_dir, cfg, fake, fake_features if features == "domain" else None, extractor, held, seed=seed)
 
     report = {
         "run_dir": str(run_dir), "step": run.step,
         "features": extractor.name, "comparable": COMPARABLE[features],
         "reference": {**identity, "count": len(ref_stats.features) if ref_stats.features is not None else None},
         "samples": {**sample_info, "count": len(fake)},
-        "metrics": metrics,
+        "metrics": metrics, "copies": copies,
         "seconds": round(time.perf_counter() - started, 1),
     }
     if isinstance(ref, Dataset):
