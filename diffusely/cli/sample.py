@@ -20,8 +20,31 @@ def writable(directory) -> None:
     check_writable(directory)
 
 
+def from_png(ctx: click.Context, image, run_dir, out_dir, overwrite, cuda_graphs, quiet) -> None:
+    """`sample --from-png`: draw IMAGE again from the parameters in it, refusing flags that would change it."""
+    from ..pipelines.generate import reproduce
+
+    fixed = ("count", "steps", "nfe", "sampler", "seed", "fmt", "grid", "classes", "prompt", "prompts_file",
+             "negative_prompt", "guidance", "precision", "options")
+    given = [p.opts[-1] for p in ctx.command.params
+             if p.name in fixed and ctx.get_parameter_source(p.name) == click.core.ParameterSource.COMMANDLINE]
+    if given:
+        raise click.UsageError(f"--from-png takes how to draw from the image itself: drop {', '.join(given)}")
+    if out_dir:
+        writable(out_dir)
+    result = reproduce(image, out_dir, run_dir=run_dir, device=device(), cuda_graphs=cuda_graphs,
+                       overwrite=overwrite, progress=not quiet)
+    p = result["parameters"]
+    click.echo(f"wrote {result['path']} ({p['sampler']}, {p['steps'] or 'adaptive'} steps, seed {p['seed']})")
+    if result["same"]:
+        click.echo(f"identical to {image}, pixel for pixel")
+    else:
+        click.echo(f"note: it differs from {image}, which was drawn on {p['device']} in {p['precision']}; kernels "
+                   f"on another device or thread count can round differently")
+
+
 @click.command()
-@click.argument("run_dir", type=click.Path())
+@click.argument("run_dir", type=click.Path(), required=False)
 @click.option("-n", "count", type=COUNT, default=16, show_default=True, help="Number of samples.")
 @SAMPLING
 @seed_option()
@@ -35,12 +58,17 @@ def writable(directory) -> None:
 @INFERENCE
 @SAMPLER_OPTION
 @QUIET
-def sample(run_dir, count, steps, nfe, sampler, seed, out_dir, overwrite, fmt, grid, batch_size, classes, prompt,
-           prompts_file, negative_prompt, guidance, precision, cuda_graphs, options, quiet):
+@click.option("--from-png", "png", type=click.Path(dir_okay=False, exists=True),
+              help="Draw this PNG (written by `diffusely sample`) again, bit for bit, from the parameters it holds; "
+                   "RUN_DIR defaults to the run it names.")
+@click.pass_context
+def sample(ctx, run_dir, count, steps, nfe, sampler, seed, out_dir, overwrite, fmt, grid, batch_size, classes, prompt,
+           prompts_file, negative_prompt, guidance, precision, cuda_graphs, options, quiet, png):
     """Draw N samples from a trained run, of a class or a prompt where it was trained on them.
 
-    Sample i is written as OUT/{seed + i:06d}.png; with prompts or classes, OUT/metadata.jsonl records which
-    sample got which.
+    Sample i is written as OUT/{seed + i:06d}.png, with how it was drawn in its text chunks (A1111's
+    `parameters`, and JSON that --from-png reads); with prompts or classes, OUT/metadata.jsonl records which
+    sample got which. --sampler also takes the names A1111, ComfyUI, k-diffusion and diffusers use.
 
     \b
     diffusely sample runs/shapes -n 64 --grid grid.png
@@ -50,9 +78,16 @@ def sample(run_dir, count, steps, nfe, sampler, seed, out_dir, overwrite, fmt, g
     diffusely sample runs/classes -n 16 --class circle,square --guidance 3
     diffusely sample runs/text -n 8 --prompt "a large red circle on a navy background" --negative-prompt "a square"
     diffusely sample runs/text -n 64 --prompts prompts.txt --grid grid.png
+    diffusely sample runs/shapes -n 16 --sampler "DPM++ 2M Karras" --nfe 10
+    diffusely sample --from-png runs/shapes/generated/000003.png --out again
     """
     from ..checkpoint import load_run
     from ..pipelines import write_samples
+
+    if png:
+        return from_png(ctx, png, run_dir, out_dir, overwrite, cuda_graphs, quiet)
+    if run_dir is None:
+        raise click.UsageError("give RUN_DIR, the run to sample (or --from-png IMAGE)")
 
     out = Path(out_dir) if out_dir else Path(run_dir) / "generated"
     asked = conditions(classes, prompt, prompts_file, negative_prompt, guidance)
@@ -84,15 +119,19 @@ def sample(run_dir, count, steps, nfe, sampler, seed, out_dir, overwrite, fmt, g
 @seed_option(help="Image i uses layout (seed, i) and noise seed + i.")
 @click.option("--batch-size", type=COUNT, default=16, show_default=True, help="Images per batch (bounds memory).")
 @click.option("--resume", is_flag=True, help="Finish a stopped job in --out (same settings).")
+@click.option("--no-copies/--allow-copies", default=True, show_default=True,
+              help="Draw again (noise seed + i + n, + 2n, ...) each image that is a near-copy of a training image; "
+                   "synth.json records which. --allow-copies keeps them.")
 @INFERENCE
 @SAMPLER_OPTION
 @QUIET
 def synth(run_dir, out_dir, count, classes, balance, layouts_file, val_fraction, coco, guidance, steps, nfe, sampler,
-          seed, batch_size, resume, precision, cuda_graphs, options, quiet):
+          seed, batch_size, resume, no_copies, precision, cuda_graphs, options, quiet):
     """Generate a labelled detection dataset (Ultralytics YOLO layout) from a layout run.
 
     Layouts are drawn from the training layouts' statistics (box counts, sizes, positions, class
     frequencies), or read from --layouts; each image is generated for its layout, which becomes its labels.
+    An image that copies a training image is drawn again (see docs/synth.md), unless --allow-copies.
 
     \b
     diffusely synth runs/defects --out datasets/synth -n 1000
@@ -111,10 +150,12 @@ def synth(run_dir, out_dir, count, classes, balance, layouts_file, val_fraction,
     wanted = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
     result = synthesize(run, out_dir, count, classes=wanted, balance=balance, layouts_file=layouts_file, seed=seed,
                         val_fraction=val_fraction, coco=coco, resume=resume, batch_size=batch_size, guidance=guidance,
-                        sampler=sampler, steps=steps, nfe=nfe, progress=not quiet, options=options)
+                        sampler=sampler, steps=steps, nfe=nfe, no_copies=no_copies, progress=not quiet, options=options)
     per_class = ", ".join(f"{k} {v}" for k, v in result["per_class"].items())
     click.echo(f"{result['images']} images ({result['made']} made now; train {result['train']}, val {result['val']}), "
                f"{result['boxes']} boxes: {per_class}")
+    if no_copies:
+        click.echo(f"{result['replaced']} near-copies of training images drawn again (listed in {out_dir}/synth.json)")
     click.echo(f"dataset: {out_dir}/data.yaml  contact sheet: {out_dir}/contact_sheet.png")
 
 
