@@ -222,8 +222,8 @@ def test_decompression_bomb_is_one_line(tiny, tmp_path, monkeypatch):
 
 
 def test_debug_shows_the_traceback_and_bugs_keep_theirs(tiny, tmp_path, monkeypatch):
-    r = invoke("--debug", "sample", tiny / "run", "-n", "1", "--sampler", "plms", "--out", tmp_path / "s")
-    assert r.exit_code == 1 and isinstance(r.exception, ValueError) and "unknown sampler 'plms'" in str(r.exception)
+    r = invoke("--debug", "sample", tiny / "run", "-n", "1", "--sampler", "plmz", "--out", tmp_path / "s")
+    assert r.exit_code == 1 and isinstance(r.exception, ValueError) and "unknown sampler 'plmz'" in str(r.exception)
     describe = importlib.import_module("diffusely.pipelines.describe")
 
     def bug(*args):

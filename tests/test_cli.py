@@ -116,8 +116,8 @@ def test_run_dir_with_missing_or_edited_config(trained, edit, message):
 
 
 def test_unknown_sampler(trained):
-    r = CliRunner().invoke(main, ["sample", str(trained), "-n", "1", "--sampler", "plms", "--quiet"])
-    assert r.exit_code == 1 and "unknown sampler 'plms'; choose one of: euler, heun" in r.output
+    r = CliRunner().invoke(main, ["sample", str(trained), "-n", "1", "--sampler", "plmz", "--quiet"])
+    assert r.exit_code == 1 and "unknown sampler 'plmz'; choose one of: euler, heun" in r.output
 
 
 def test_every_command_has_help():
