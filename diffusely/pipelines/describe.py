@@ -4,10 +4,12 @@ parameters, last loss."""
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 from typing import Optional
 
-from ..checkpoint import LoadedRun, load_run
+from ..checkpoint import CONFIG, LoadedRun, load_run
+from ..interop import is_diffusers_run
 from ..layout import has_lines
 from ..state import stop_fact
 
@@ -28,6 +30,8 @@ def describe_run(run_dir: str | Path, run: Optional[LoadedRun] = None) -> dict:
     """The facts of the run in `run_dir` as {name: value} in reading order, values JSON-serialisable
     (`run`: the run already loaded, else it is loaded on the CPU)."""
     run = run or load_run(run_dir)
+    if is_diffusers_run(run_dir):
+        return _imported(run_dir, run)
     cfg = run.config
     return {
         "run_dir": str(run_dir),
@@ -46,6 +50,27 @@ def describe_run(run_dir: str | Path, run: Optional[LoadedRun] = None) -> dict:
         "sampler": f"{cfg.diffusion.sampler}, {cfg.diffusion.sample_steps} steps",
         "last_loss": last_loss(run_dir),
         **stop_fact(run_dir),  # a run that diverged says so, and which checkpoint it kept
+    }
+
+
+def _imported(run_dir: str | Path, run: LoadedRun) -> dict:
+    """The facts of a run made by `diffusely import-diffusers`: the network and scheduler it wraps, not a
+    training recipe (it was trained elsewhere)."""
+    stored = json.loads((Path(run_dir) / CONFIG).read_text(encoding="utf-8"))
+    scheduler, d = stored["scheduler"], run.config.diffusion
+    betas = "trained" if scheduler.get("trained_betas") else scheduler.get("beta_schedule", "linear")
+    return {
+        "run_dir": str(run_dir),
+        "imported_from": stored.get("source", ""),
+        "network": f"diffusers {stored.get('network', 'UNet2DModel')} (diffusely import-diffusers)",
+        "image_size": run.config.data.image_size,
+        "channels": run.config.data.channels,
+        "parameterization": f"{d.parameterization} ({scheduler.get('prediction_type', 'epsilon')})",
+        "schedule": f"{scheduler.get('_class_name', 'DDPMScheduler')}: {betas} betas over {d.timesteps} timesteps "
+                    f"(sigma {d.sigma_min:.4g} to {d.sigma_max:.4g})",
+        "parameters": sum(p.numel() for p in run.denoiser.parameters()),
+        "unet_channels": list(run.config.model.channels),
+        "sampler": f"{d.sampler}, {d.sample_steps} steps",
     }
 
 
