@@ -7,6 +7,7 @@
     cli/sample.py     sample, synth, forward, reverse
     cli/runs.py       info, eval, optimize-schedule
     cli/restore.py    upscale, restore, img2img
+    cli/interop.py    import-diffusers, export
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import click
 
 from .errors import Group
+from .interop import export, import_diffusers_command
 from .restore import img2img, restore, upscale
 from .runs import eval_, info, optimize_schedule
 from .sample import forward, reverse, sample, synth
@@ -28,7 +30,7 @@ def main(debug):
 
 
 for command in (train, train_autoencoder, sample, synth, optimize_schedule, forward, reverse, info, eval_, upscale,
-                restore, img2img):
+                restore, img2img, import_diffusers_command, export):
     main.add_command(command)
 
 __all__ = ["main"]
