@@ -161,7 +161,7 @@ config = RunConfig(model=UNetConfig(channels=(8, 16), blocks_per_level=1, attent
                    train=TrainConfig(steps=int(sys.argv[3]), batch_size=4, checkpoint_every=10, sample_every=1000,
                                      log_every=1, seed=int(sys.argv[4])))
 try:
-    train(config, sys.argv[2], progress=False)
+    train(config, sys.argv[2], resume=sys.argv[5:] == ["resume"], progress=False)
 except ValueError as e:
     print(f"Error: {e}", file=sys.stderr)
     sys.exit(1)
@@ -184,4 +184,23 @@ def test_two_trainings_into_one_directory_leave_one_run_and_a_refusal(tiny_folde
     # the run is the first one's, whole: its config, its 60 steps in the checkpoint and the log
     assert RunConfig.load(run_dir / "config.json").train.seed == 1
     assert saved_step(run_dir) == 60
+    assert [int(r.split(",")[0]) for r in (run_dir / "log.csv").read_text().splitlines()[1:]] == list(range(1, 61))
+
+
+def test_two_resumes_of_one_run_leave_one_whole_run_and_a_refusal(tiny_folder, tmp_path):
+    run_dir, env = tmp_path / "run", dict(os.environ, PYTHONPATH=os.getcwd())
+    train(tiny(tiny_folder, steps=10, checkpoint_every=10), run_dir, progress=False)
+    os.remove(run_dir / ".lock")  # as a copied run would hold none: the resume makes it
+    first = subprocess.Popen([sys.executable, "-c", TRAIN_INTO, str(tiny_folder), str(run_dir), "60", "0", "resume"],
+                             env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not ((run_dir / ".lock").is_file() and (run_dir / ".lock").read_text().startswith(str(first.pid))):
+        assert time.time() < deadline and first.poll() is None, "the first resume never took the lock"
+        time.sleep(0.05)
+    second = subprocess.run([sys.executable, "-c", TRAIN_INTO, str(tiny_folder), str(run_dir), "30", "0", "resume"],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert first.wait(timeout=300) == 0, first.stderr.read()
+    assert second.returncode == 1 and f"in use by process {first.pid}" in second.stderr, second.stderr
+    # once both had exited 0: config.json said one step count, the checkpoint another, log rows were missing
+    assert RunConfig.load(run_dir / "config.json").train.steps == 60 and saved_step(run_dir) == 60
     assert [int(r.split(",")[0]) for r in (run_dir / "log.csv").read_text().splitlines()[1:]] == list(range(1, 61))
