@@ -231,3 +231,25 @@ def test_debug_shows_the_traceback_and_bugs_keep_theirs(tiny, tmp_path, monkeypa
     monkeypatch.setattr(describe, "last_loss", bug)
     r = invoke("info", tiny / "run")
     assert r.exit_code == 1 and isinstance(r.exception, KeyError)  # not turned into a message: a traceback
+
+
+def test_a_warning_reads_as_one_line_and_debug_keeps_its_source(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    import numpy as np
+    from PIL import Image
+
+    Image.fromarray(np.arange(0, 65536, 257, dtype=np.uint16).reshape(16, 16)).save(tmp_path / "16bit.png")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    for debug in ([], ["--debug"]):
+        r = subprocess.run([sys.executable, "-m", "diffusely.cli", *debug, "forward", tmp_path / "16bit.png", "--out",
+                            tmp_path / "f.png"], capture_output=True, text=True, env=env, timeout=120)
+        assert r.returncode == 0, r.stderr
+        lines = r.stderr.strip().splitlines()
+        if debug:  # python's form: the file and line that warned, then its source
+            assert "UserWarning: of 1 image(s)" in lines[0] and ".py:" in lines[0] and len(lines) == 2, r.stderr
+        else:
+            assert lines == [f"Warning: of 1 image(s) of {tmp_path / '16bit.png'}: 1 16-bit, scaled to 8 bits "
+                             f"(e.g. {tmp_path / '16bit.png'}) (diffusely.data.images)"], r.stderr

@@ -4,6 +4,7 @@ to do; a bug keeps its traceback, and `diffusely --debug` shows the traceback of
 from __future__ import annotations
 
 import errno
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -81,6 +82,10 @@ def explain(e: BaseException, command: Optional[click.Command] = None, args: lis
     return None
 
 
+def _warning_line(message, category, filename, lineno, line=None) -> str:
+    return f"Warning: {message}\n"
+
+
 class Group(click.Group):
     """A click group whose commands' expected failures end as one line (see `explain`) unless --debug is given."""
 
@@ -89,6 +94,9 @@ class Group(click.Group):
         return super().resolve_command(ctx, args)
 
     def invoke(self, ctx):
+        shown = warnings.formatwarning
+        if not ctx.params.get("debug"):  # a warning is for the user: its text, not the library line that raised it
+            warnings.formatwarning = _warning_line
         try:
             return super().invoke(ctx)
         except click.ClickException:
@@ -100,3 +108,5 @@ class Group(click.Group):
             if message is None:
                 raise
             raise click.ClickException(message) from None
+        finally:
+            warnings.formatwarning = shown
