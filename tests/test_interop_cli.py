@@ -154,11 +154,12 @@ def test_png_parameters_draw_the_image_again_bit_for_bit(tmp_path):
     out = cli("sample", "--from-png", png, "--out", tmp_path / "again")
     assert "identical" in out and np.array_equal(pixels(tmp_path / "again" / "000005.png"), pixels(png))
     assert not np.array_equal(pixels(tmp_path / "s" / "000004.png"), pixels(png))  # a different sample differs
-    # an optimised schedule is recorded as its sigmas, and drawn with them again
+    # an optimised schedule is recorded as its sigmas, and drawn with them again after the run's has changed
     write_schedule(tmp_path / "run", "heun", 3, [80.0, 3.0, 0.4, 0.0])
     cli("sample", tmp_path / "run", "-n", 1, "--steps", 3, "--sampler", "heun", "--out", tmp_path / "o", "--quiet")
     p = json.loads(Image.open(tmp_path / "o" / "000000.png").text["diffusely"])
     assert p["spacing"] == "optimised" and p["sigmas"][:2] == [80.0, 3.0]
+    write_schedule(tmp_path / "run", "heun", 3, [80.0, 10.0, 1.0, 0.0])
     assert "identical" in cli("sample", "--from-png", tmp_path / "o" / "000000.png", "--out", tmp_path / "o2")
 
 
