@@ -115,7 +115,8 @@ def restore(run_dir, source, task, out_dir, mask, scale, acceleration, mask_seed
     """
     from ..pipelines.restore import restore as run_restore
 
-    run = _load(run_dir, out_dir, precision, cuda_graphs)
+    # DPS differentiates through the network, which a replayed CUDA graph cannot
+    run = _load(run_dir, out_dir, precision, False if how == "dps" else cuda_graphs)
     rows = run_restore(run, source, out_dir, _plan(run, sampler, steps, nfe, k, seed), task=task, how=how, mask=mask,
                        scale=scale, acceleration=acceleration, mask_seed=mask_seed, measured=measured,
                        dps_scale=dps_scale, resample=resample, classes=list(classes) or None, guidance=guidance,

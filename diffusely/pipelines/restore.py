@@ -234,6 +234,7 @@ def restore(run: LoadedRun, source: str | Path, out: str | Path, plan: Plan, *, 
     check_size(images, (size // (scale or 4),) * 2 if low else (size, size),
                f"{'--measured low-res images' if low else 'the images'} of this run must be")
     c, rows = conditioning(run, classes=classes, guidance=guidance), []
+    Path(out).mkdir(parents=True, exist_ok=True)
     for j, (name, image) in enumerate(images):
         image = image[None].to(run.device)
         y = _measure(operator, task, image, measured)
