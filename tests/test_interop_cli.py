@@ -49,7 +49,7 @@ def imported(tmp_path) -> Path:
                                  layers_per_block=1, down_block_types=("DownBlock2D", "AttnDownBlock2D"),
                                  up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups=4, attention_head_dim=8)
     with torch.no_grad():
-        unet.conv_out.weight.mul_(0.1)  # a smooth field: the adaptive reference of optimize-schedule stays short
+        unet.conv_out.weight.mul_(0.01)  # a smooth field: the adaptive reference of optimize-schedule stays short
     unet.save_pretrained(tmp_path / "pipe" / "unet", safe_serialization=True)
     diffusers.DDPMScheduler(prediction_type="v_prediction").save_pretrained(tmp_path / "pipe" / "scheduler")
     out = cli("import-diffusers", tmp_path / "pipe", "--out", tmp_path / "run")
@@ -69,7 +69,7 @@ def test_an_imported_diffusers_model_works_with_every_command(imported, tmp_path
             ours = to_uint8(torch.cat(list(generate(run, 2, sampler="heun", steps=3, progress=False))))
             assert np.array_equal(np.stack([pixels(tmp_path / "heun" / f"00000{i}.png") for i in (0, 1)]), ours)
     assert len({pixels(tmp_path / s / "000000.png").tobytes() for s in SAMPLERS}) > len(SAMPLERS) // 2
-    out = cli("optimize-schedule", imported, "--sampler", "euler", "--steps", 3, "-n", 2)
+    out = cli("optimize-schedule", imported, "--sampler", "euler", "--steps", 3, "-n", 1)
     assert "optimised" in out and json.loads((imported / "schedules.json").read_text())["euler"]["3"]
     cli("reverse", imported, "--out", tmp_path / "reverse.png", "--steps", 3)
     assert Image.open(tmp_path / "reverse.png").size[0] > 8 * 3
