@@ -71,10 +71,12 @@ def test_an_imported_diffusers_model_works_with_every_command(imported, tmp_path
     assert len({pixels(tmp_path / s / "000000.png").tobytes() for s in SAMPLERS}) > len(SAMPLERS) // 2
     out = cli("optimize-schedule", imported, "--sampler", "euler", "--steps", 3, "-n", 1)
     assert "optimised" in out and json.loads((imported / "schedules.json").read_text())["euler"]["3"]
-    cli("reverse", imported, "--out", tmp_path / "reverse.png", "--steps", 3)
+    cli("reverse", imported, "--out", tmp_path / "reverse.png", "--steps", 3, "--sampler", "Euler a")
     assert Image.open(tmp_path / "reverse.png").size[0] > 8 * 3
-    cli("eval", imported, "--reference", "shapes", "-n", 8, "--domain-steps", 3, "--steps", 2, "--quiet")
-    assert json.loads((imported / "eval.json").read_text())["samples"]["count"] == 8
+    cli("eval", imported, "--reference", "shapes", "-n", 8, "--domain-steps", 3, "--steps", 2, "--quiet",
+        "--sampler", "DPM++ 2M Karras")
+    drawn = json.loads((imported / "eval.json").read_text())["samples"]
+    assert (drawn["count"], drawn["sampler"]) == (8, "dpmpp_2m")
 
 
 def test_export_samples_bit_for_bit_and_bf16_is_smaller(tmp_path):
