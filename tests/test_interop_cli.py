@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from diffusely.checkpoint import MODEL, load_run, write_config, write_schedule
 from diffusely.cli import main
@@ -169,6 +169,11 @@ def test_from_png_refuses_what_it_cannot_draw_again(tmp_path):
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "plain.png")
     out = cli("sample", V0 / "uncond", "--from-png", tmp_path / "plain.png", code=1)
     assert "holds no diffusely generation parameters" in out and out.count("\n") == 1
+    edited = PngImagePlugin.PngInfo()
+    edited.add_text("diffusely", json.dumps({"format": "diffusely-parameters-1", "seed": 3}))
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "edited.png", pnginfo=edited)
+    out = cli("sample", V0 / "uncond", "--from-png", tmp_path / "edited.png", code=1)
+    assert "lack run, digest, step, sampler, steps" in out and out.count("\n") == 1
     cli("sample", V0 / "uncond", "-n", 1, "--steps", 2, "--out", tmp_path / "s", "--quiet")
     png = tmp_path / "s" / "000000.png"
     out = cli("sample", V0 / "ddpm", "--from-png", png, "--out", tmp_path / "x", code=1)

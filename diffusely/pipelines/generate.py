@@ -155,6 +155,7 @@ def _batches(run: LoadedRun, indices: list[int], plan: Recipe, *, seed: int, bat
 SAMPLE_FORMATS = ("png", "npy")
 METADATA = "metadata.jsonl"
 PARAMETERS = "diffusely"  # the PNG text chunk of the JSON parameters (A1111's own chunk is "parameters")
+NEEDED = ("run", "digest", "step", "sampler", "steps", "spacing", "seed", "options", "precision", "device")
 
 
 def sample_names(n: int, seed: int, fmt: str) -> list[str]:
@@ -308,6 +309,10 @@ def read_parameters(image: str | Path) -> dict:
     except (KeyError, ValueError, RecursionError):
         raise RunError(f"{image} holds no diffusely generation parameters (its '{PARAMETERS}' PNG text chunk): only "
                        f"PNGs written by `diffusely sample` can be drawn again") from None
+    missing = [key for key in NEEDED if key not in p]
+    if missing or not isinstance(p["options"], dict):
+        raise RunError(f"{image}: its generation parameters lack {', '.join(missing) or 'options'} (edited?); "
+                       f"they cannot draw it again")
     return p
 
 
