@@ -100,6 +100,46 @@ def test_mri_writes_the_zero_filled_input_and_scores(root):
     assert read(out / "p1.input.png").shape == (16, 16) and read(out / "p1.png").shape == (16, 16)
 
 
+def test_mri_projection_agrees_with_the_measured_lines(root):
+    from diffusely.restoration import KSpace
+
+    r = invoke("restore", root / "run", root / "clean" / "p1.png", "--task", "mri", "--acceleration", "4",
+               "--mask-seed", "3", "--out", root / "mri-p", "--steps", "3", "--quiet")
+    assert r.exit_code == 0, r.output
+    A = KSpace.random(16, 4, seed=3)  # the mask the command drew
+    truth, x = as_tensor(read(root / "clean" / "p1.png")), as_tensor(read(root / "mri-p" / "p1.png"))
+    rms = ((A(x) - A(truth)).abs() / 2).pow(2).sum().div(A.measurements(x)).sqrt()  # per measured value, [0, 1] units
+    assert rms <= GREY_LEVEL, float(rms)
+    assert (x - truth).abs().max() > 0.1
+
+
+def test_img2img_passes_the_class_and_guidance(tmp_path, monkeypatch):
+    """The class asked for reaches the sampler as the run's label, under guidance of the scale asked for (the
+    fixture's 3-step network barely reads its labels, so this looks at what is passed, not at the pixels)."""
+    import diffusely.pipelines.restore as pipeline
+    from diffusely.denoisers import ClassifierFreeGuidance
+
+    seen = []
+
+    def recording(denoiser, image, **kwargs):
+        seen.append((denoiser, kwargs["cond"], kwargs["strength"], kwargs["steps"]))
+        return image
+
+    monkeypatch.setattr(pipeline, "sdedit", recording)
+    shutil.copytree(V0 / "classes", tmp_path / "run")
+    Image.fromarray(np.full((8, 8, 3), 90, np.uint8)).save(tmp_path / "grey.png")
+    r = invoke("img2img", tmp_path / "run", tmp_path / "grey.png", "--strength", "0.7", "--class", "square",
+               "--guidance", "3", "--out", tmp_path / "out", "-n", "2", "--steps", "5", "--quiet")
+    assert r.exit_code == 0, r.output
+    denoiser, cond, strength, steps = seen[0]
+    assert torch.equal(cond["class_labels"], torch.tensor([1, 1])) and (strength, steps) == (0.7, 5)
+    guided = denoiser.denoiser  # Thresholded(ClassifierFreeGuidance(...)): guided estimates clipped to [-1, 1]
+    assert isinstance(guided, ClassifierFreeGuidance) and guided.scale == 3
+    assert torch.equal(guided.uncond["class_labels"], torch.tensor([4, 4]))  # the null label: 4 classes
+    r = invoke("img2img", tmp_path / "run", tmp_path / "grey.png", "--class", "hexagon", "--out", tmp_path / "x")
+    assert r.exit_code == 1 and "unknown class 'hexagon'" in r.output, r.output
+
+
 def test_img2img(root):
     out = root / "edit"
     r = invoke("img2img", root / "run", root / "clean", "--strength", "0", "--out", out, "--steps", "4", "--quiet")
