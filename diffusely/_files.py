@@ -61,8 +61,10 @@ def run_lock(directory: str | Path, command: str):
     The directory is created if needed. A second process gets Busy naming the holder's PID and command. The
     kernel drops the lock when the holder exits, even on kill -9, so a dead job never leaves a stale lock;
     the PID and command written in the file only feed the message. Re-entering in the same process is allowed.
+    A directory this call made is removed again if the work left nothing in it (refused input leaves no trace).
     """
     directory = Path(directory)
+    made = not directory.exists()
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -97,7 +99,18 @@ def run_lock(directory: str | Path, command: str):
         yield
     finally:
         _held.pop(key, None)
+        if made and [p.name for p in directory.iterdir()] == [LOCK]:
+            _remove_empty(directory)  # while the lock is held: no other job is inside
         os.close(fd)  # closing the descriptor releases the flock
+
+
+def _remove_empty(directory: Path) -> None:
+    """Remove a directory holding only its lock file; another job that made a file in it meanwhile keeps it."""
+    try:
+        (directory / LOCK).unlink()
+        directory.rmdir()
+    except OSError:
+        pass
 
 
 @contextmanager

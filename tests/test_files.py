@@ -194,3 +194,18 @@ def test_a_path_that_is_not_utf8_is_read_and_locked(tmp_path):
         tensors, meta = load_tensors(folder / "t.safetensors")
     assert torch.equal(tensors["a"], t["a"]) and meta == {"step": 3}
     assert (folder / files.LOCK).read_bytes().endswith(b"/run\xff\n")  # the holder's note, the path's own bytes
+
+
+def test_a_directory_the_lock_made_goes_if_the_work_left_nothing(tmp_path):
+    # a training refused on its data once left RUN/ behind holding only .lock
+    with pytest.raises(ValueError, match="refused"):
+        with run_lock(tmp_path / "new" / "run", "train --out run"):
+            raise ValueError("refused")
+    assert (tmp_path / "new").is_dir() and not (tmp_path / "new" / "run").exists()
+    with run_lock(tmp_path / "made", "synth --out made"):
+        (tmp_path / "made" / "0.png").write_bytes(b"work")
+    assert sorted(p.name for p in (tmp_path / "made").iterdir()) == [files.LOCK, "0.png"]
+    (tmp_path / "mine").mkdir()
+    with run_lock(tmp_path / "mine", "train --out mine"):
+        pass
+    assert (tmp_path / "mine").is_dir()  # the user's own folder stays, empty or not
