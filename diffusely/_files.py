@@ -2,6 +2,11 @@
 
 Readers see the old file or the new one, never half of one; a write that fails (disk full, read-only,
 permission) leaves the old file as it was and says so in one line.
+
+Who locks what: a job that makes a run or a dataset (train, train-autoencoder, synth) holds run_lock on it for
+its whole life; optimize-schedule only merges its entry into schedules.json, under `merging`, so it may run
+beside a training; eval replaces eval.json whole (the last evaluation) and reads weights that are replaced
+atomically, so it takes no lock.
 """
 
 from __future__ import annotations
