@@ -195,3 +195,15 @@ def test_bad_input_names_the_fix(root):
     r = invoke("upscale", root / "run", clean, "--out", root / "bad")
     assert r.exit_code == 1 and "not trained to upscale" in r.output, r.output
     assert not (root / "bad").exists()
+
+
+def test_earlier_results_are_kept_unless_overwrite(root):
+    args = ["restore", root / "run", root / "clean" / "p0.png", "--task", "deblur", "--out", root / "again", "--steps",
+            "2", "--quiet"]
+    assert invoke(*args).exit_code == 0
+    before = (root / "again" / "p0.png").read_bytes()
+    r = invoke(*args, "--seed", "5")
+    assert r.exit_code == 1 and "already holds 2 of the files this would write" in r.output, r.output
+    assert "--overwrite" in r.output and (root / "again" / "p0.png").read_bytes() == before
+    assert invoke(*args, "--seed", "5", "--overwrite").exit_code == 0
+    assert (root / "again" / "p0.png").read_bytes() != before

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import click
 
-from .flags import COUNT, INFERENCE, QUIET, SAMPLING, Finite, seed_option
+from .flags import COUNT, INFERENCE, QUIET, SAMPLING, Finite, seed_option, stack
 from .sample import device, writable
 
 DRAWS = click.option("-n", "k", type=COUNT, default=1, show_default=True,
                      help="Draws per input; with 2 or more, also their mean and a per-pixel std map (NAME.std.png: "
                           "black 0, white a std of 0.25 in [-1, 1] units or more).")
-OUT = click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder to write.")
+OUT = stack(click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder to write."),
+            click.option("--overwrite", is_flag=True, help="Replace files of the same names in --out (by default a "
+                         "folder holding any of them is refused)."))
 CLASS = click.option("--class", "classes", multiple=True, metavar="NAME", help="Of this class (a class run).")
 GUIDANCE = click.option("--guidance", type=Finite(), help="Classifier-free guidance scale towards --class/--prompt.")
 
@@ -23,10 +25,10 @@ def _load(run_dir, out_dir, precision, cuda_graphs):
     return run
 
 
-def _plan(run, sampler, steps, nfe, k, seed):
+def _plan(run, sampler, steps, nfe, k, seed, overwrite):
     from ..pipelines.restore import Plan
 
-    return Plan.of(run, sampler, steps, nfe, k, seed)
+    return Plan.of(run, sampler, steps, nfe, k, seed, overwrite)
 
 
 def _shown(quiet):
@@ -49,7 +51,8 @@ def _written(out_dir, count, k):
 @GUIDANCE
 @INFERENCE
 @QUIET
-def upscale(run_dir, source, out_dir, k, steps, nfe, sampler, seed, classes, guidance, precision, cuda_graphs, quiet):
+def upscale(run_dir, source, out_dir, overwrite, k, steps, nfe, sampler, seed, classes, guidance, precision, cuda_graphs,
+            quiet):
     """Upscale INPUT (a low-res image, or a folder of them) with a super-resolution run (`train --task upscale`).
 
     \b
@@ -59,8 +62,9 @@ def upscale(run_dir, source, out_dir, k, steps, nfe, sampler, seed, classes, gui
     from ..pipelines.restore import upscale as run_upscale
 
     run = _load(run_dir, out_dir, precision, cuda_graphs)
-    names = run_upscale(run, source, out_dir, _plan(run, sampler, steps, nfe, k, seed), classes=list(classes) or None,
-                        guidance=guidance, progress=_shown(quiet))
+    plan = _plan(run, sampler, steps, nfe, k, seed, overwrite)
+    names = run_upscale(run, source, out_dir, plan, classes=list(classes) or None, guidance=guidance,
+                        progress=_shown(quiet))
     _written(out_dir, len(names), k)
 
 
@@ -102,8 +106,8 @@ def _print_scores(rows: list[dict]) -> None:
 @GUIDANCE
 @INFERENCE
 @QUIET
-def restore(run_dir, source, task, out_dir, mask, scale, acceleration, mask_seed, how, measured, dps_scale, resample,
-            k, steps, nfe, sampler, seed, classes, guidance, precision, cuda_graphs, quiet):
+def restore(run_dir, source, task, out_dir, overwrite, mask, scale, acceleration, mask_seed, how, measured, dps_scale,
+            resample, k, steps, nfe, sampler, seed, classes, guidance, precision, cuda_graphs, quiet):
     """Restore INPUT (an image, or a folder) with any pixel run and a measurement: every sample agrees with
     what was measured (exactly, with --how project). A research tool, not a medical device.
 
@@ -117,10 +121,10 @@ def restore(run_dir, source, task, out_dir, mask, scale, acceleration, mask_seed
 
     # DPS differentiates through the network, which a replayed CUDA graph cannot
     run = _load(run_dir, out_dir, precision, False if how == "dps" else cuda_graphs)
-    rows = run_restore(run, source, out_dir, _plan(run, sampler, steps, nfe, k, seed), task=task, how=how, mask=mask,
-                       scale=scale, acceleration=acceleration, mask_seed=mask_seed, measured=measured,
-                       dps_scale=dps_scale, resample=resample, classes=list(classes) or None, guidance=guidance,
-                       progress=_shown(quiet))
+    plan = _plan(run, sampler, steps, nfe, k, seed, overwrite)
+    rows = run_restore(run, source, out_dir, plan, task=task, how=how, mask=mask, scale=scale, acceleration=acceleration,
+                       mask_seed=mask_seed, measured=measured, dps_scale=dps_scale, resample=resample,
+                       classes=list(classes) or None, guidance=guidance, progress=_shown(quiet))
     if not measured:
         _print_scores(rows)
     _written(out_dir, len(rows), k)
@@ -142,8 +146,8 @@ def restore(run_dir, source, task, out_dir, mask, scale, acceleration, mask_seed
 @GUIDANCE
 @INFERENCE
 @QUIET
-def img2img(run_dir, source, out_dir, strength, k, steps, nfe, sampler, seed, classes, prompts, negative_prompts,
-            guidance, precision, cuda_graphs, quiet):
+def img2img(run_dir, source, out_dir, overwrite, strength, k, steps, nfe, sampler, seed, classes, prompts,
+            negative_prompts, guidance, precision, cuda_graphs, quiet):
     """Transform INPUT (an image of the run's size, or a folder) by SDEdit: noise it part way, sample back down.
 
     \b
@@ -153,7 +157,8 @@ def img2img(run_dir, source, out_dir, strength, k, steps, nfe, sampler, seed, cl
     from ..pipelines.restore import img2img as run_img2img
 
     run = _load(run_dir, out_dir, precision, cuda_graphs)
-    names = run_img2img(run, source, out_dir, _plan(run, sampler, steps, nfe, k, seed), strength=strength,
+    plan = _plan(run, sampler, steps, nfe, k, seed, overwrite)
+    names = run_img2img(run, source, out_dir, plan, strength=strength,
                         classes=list(classes) or None, prompts=list(prompts) or None,
                         negative_prompts=list(negative_prompts) or None, guidance=guidance, progress=_shown(quiet))
     _written(out_dir, len(names), k)

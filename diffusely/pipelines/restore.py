@@ -9,6 +9,7 @@
     OUT/NAME.input.png                 restore only: the pseudo-inverse A^+ y (zero-filled for MRI)
 
 Sample i of the j-th input draws its noise from seed + j * K + i, so a result depends on its seed, not its batch.
+A folder that already holds any of these names is refused before any work, unless the plan says to overwrite.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from ..restoration import TASKS, img2img as sdedit, make_operator, repaint, rest
 from ..restoration.operators import MeasurementError
 from ..samplers import sample
 from .conditioning import conditioning
-from .generate import _write_sample, sampling_plan
+from .generate import _refuse_existing, _write_sample, sampling_plan
 
 STD_WHITE = 0.25  # a std map's white: 0.25 in the data's [-1, 1] units, an eighth of the range; fixed, so maps compare
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
@@ -93,12 +94,21 @@ class Plan:
     steps: Optional[int]
     k: int = 1
     seed: int = 0
+    overwrite: bool = False  # replace files of the same names in the output folder (else refuse them)
 
     @classmethod
-    def of(cls, run: LoadedRun, sampler=None, steps=None, nfe=None, k: int = 1, seed: int = 0) -> "Plan":
+    def of(cls, run: LoadedRun, sampler=None, steps=None, nfe=None, k: int = 1, seed: int = 0,
+           overwrite: bool = False) -> "Plan":
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"-n must be a whole number >= 1 (draws per input), got {k!r}")
-        return cls(*sampling_plan(run, sampler, steps, nfe), k, seed)
+        return cls(*sampling_plan(run, sampler, steps, nfe), k, seed, overwrite)
+
+    def check_free(self, out: str | Path, images: Sequence[tuple[str, torch.Tensor]], inputs: bool = False) -> None:
+        """Refuse, before any work, an output folder holding files this would write, unless `overwrite`."""
+        parts = [""] if self.k == 1 else [f".{i}" for i in range(self.k)] + [".mean", ".std"]
+        parts += [".input"] if inputs else []
+        if not self.overwrite:
+            _refuse_existing([Path(out) / f"{name}{part}.png" for name, _ in images for part in parts], Path(out))
 
     def generators(self, j: int) -> list[torch.Generator]:
         """The generators of input j's K draws, seeded seed + j K + i."""
@@ -147,6 +157,7 @@ def upscale(run: LoadedRun, source: str | Path, out: str | Path, plan: Plan, *, 
     images = read_images(source, run.config.data.channels)
     check_size(images, (size // scale,) * 2, f"this run upscales {scale}x to {size}x{size}, so inputs must be")
     lowres, c = LowRes(run.config), conditioning(run, classes=classes, guidance=guidance)
+    plan.check_free(out, images)
     for j, (name, y) in enumerate(images):
         denoiser, cond = c.batch(range(plan.k), run.device)
         cond.update(lowres.given(y[None].expand(plan.k, *y.shape), run.device))
@@ -234,6 +245,7 @@ def restore(run: LoadedRun, source: str | Path, out: str | Path, plan: Plan, *, 
     check_size(images, (size // (scale or 4),) * 2 if low else (size, size),
                f"{'--measured low-res images' if low else 'the images'} of this run must be")
     c, rows = conditioning(run, classes=classes, guidance=guidance), []
+    plan.check_free(out, images, inputs=True)
     Path(out).mkdir(parents=True, exist_ok=True)
     for j, (name, image) in enumerate(images):
         image = image[None].to(run.device)
@@ -246,7 +258,8 @@ def restore(run: LoadedRun, source: str | Path, out: str | Path, plan: Plan, *, 
             if how == "repaint":
                 draws = repaint(denoiser, operator, ys, noise, resample=resample, cond=cond, **sampling)
             else:
-                draws = consistent_sample(denoiser, operator, ys, noise, how=how, scale=dps_scale, cond=cond, **sampling)
+                draws = consistent_sample(denoiser, operator, ys, noise, how=how, scale=dps_scale, cond=cond,
+                                          **sampling)
         draws = in_range(operator, draws, ys) if how != "dps" else draws.clamp(-1, 1)
         parts = write_draws(Path(out), name, draws)
         rows.append({"name": name, **_scores(operator, draws, ys, None if measured else image, parts)})
@@ -265,6 +278,7 @@ def img2img(run: LoadedRun, source: str | Path, out: str | Path, plan: Plan, *, 
     images = read_images(source, run.config.data.channels)
     check_size(images, (size, size), "the images of this run must be")
     c = conditioning(run, classes=classes, prompts=prompts, negative_prompts=negative_prompts, guidance=guidance)
+    plan.check_free(out, images)
     for j, (name, image) in enumerate(images):
         denoiser, cond = c.batch(range(plan.k), run.device)
         x = image[None].expand(plan.k, *image.shape).to(run.device)
