@@ -18,11 +18,10 @@ from PIL import Image
 from diffusely.checkpoint import load_run
 from diffusely.cli import main
 from diffusely.config import DataConfig, RunConfig, TrainConfig
-from diffusely.data import to_tensor, to_uint8
+from diffusely.data import load_dataset, to_tensor, to_uint8
 from diffusely.data.shapes import write_shapes_folder
 from diffusely.nets import UNetConfig
 from diffusely.pipelines import synth as synth_module
-from diffusely.pipelines.evaluate import training_images
 from diffusely.pipelines.synth import copy_detector, synthesize
 from diffusely.train import train
 
@@ -127,13 +126,19 @@ def memorising(real_generate, train_images, copied=COPIED):
     return generate
 
 
+def training_images():
+    """The layout run's training images, loaded here as the run was trained (defects, 32 x 32, seed 0), not
+    through the code under test."""
+    return load_dataset("defects", 32, seed=0).images
+
+
 def dataset_images(out):
     return {p.stem: np.asarray(Image.open(p)) for p in sorted(out.glob("images/*/*.png"))}
 
 
 def test_synth_draws_copies_again_from_seeds_of_their_own_and_records_them(layout_run, tmp_path, monkeypatch):
     run = load_run(layout_run)
-    train_images = training_images(run.config)
+    train_images = training_images()
     real_generate = synth_module.generate
     monkeypatch.setattr(synth_module, "generate", memorising(real_generate, train_images))
     kept = synthesize(run, tmp_path / "kept", N, steps=2, batch_size=3, progress=False, no_copies=False, seed=5)
@@ -163,7 +168,7 @@ def test_synth_draws_copies_again_from_seeds_of_their_own_and_records_them(layou
 
 def test_a_killed_synth_resumes_bit_exact_with_its_copies_record(layout_run, tmp_path, monkeypatch):
     run = load_run(layout_run)
-    monkeypatch.setattr(synth_module, "generate", memorising(synth_module.generate, training_images(run.config)))
+    monkeypatch.setattr(synth_module, "generate", memorising(synth_module.generate, training_images()))
     synthesize(run, tmp_path / "whole", N, steps=2, batch_size=3, progress=False)
     # killed as image 4's PNG is written: its batch's record is in synth.json, the image is not on disk
     real_write = synth_module.atomic_write
@@ -192,7 +197,7 @@ def test_a_run_that_copies_every_draw_stops_with_a_clear_error(layout_run, tmp_p
     run = load_run(layout_run)
     monkeypatch.setattr(synth_module, "MAX_DRAWS", 3)
     always = {2 + d * N: d for d in range(3)}  # image 2 copies a training image at every draw
-    monkeypatch.setattr(synth_module, "generate", memorising(synth_module.generate, training_images(run.config), always))
+    monkeypatch.setattr(synth_module, "generate", memorising(synth_module.generate, training_images(), always))
     with pytest.raises(Exception, match=r"image 2 was a near-copy of a training image in all 3 draws \(noise seeds "
                                         r"2, 10, \.\.\.\).*--allow-copies"):
         synthesize(run, tmp_path / "ds", N, steps=2, batch_size=4, progress=False)
@@ -201,7 +206,7 @@ def test_a_run_that_copies_every_draw_stops_with_a_clear_error(layout_run, tmp_p
 def test_cli_synth_says_how_many_were_drawn_again_and_old_datasets_resume_with_allow_copies(layout_run, tmp_path,
                                                                                             monkeypatch):
     run_ = load_run(layout_run)
-    monkeypatch.setattr(synth_module, "generate", memorising(synth_module.generate, training_images(run_.config)))
+    monkeypatch.setattr(synth_module, "generate", memorising(synth_module.generate, training_images()))
     out = tmp_path / "ds"
     args = ["synth", layout_run, "--out", out, "-n", N, "--steps", 2, "--quiet"]
     r = run(*args)
