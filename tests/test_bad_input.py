@@ -221,6 +221,21 @@ def test_decompression_bomb_is_one_line(tiny, tmp_path, monkeypatch):
     assert not (tmp_path / "f.png").exists()
 
 
+def test_decompression_bomb_met_by_any_reader_names_its_file(tiny, tmp_path, monkeypatch):
+    from PIL import Image
+
+    Image.new("L", (64, 64)).save(tmp_path / "bomb.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    for args in (["img2img", tiny / "run", tmp_path / "bomb.png"], ["restore", tiny / "run", tmp_path / "bomb.png",
+                                                                     "--task", "deblur"]):
+        r = invoke(*args, "--out", tmp_path / "out")
+        assert r.exit_code == 1 and "Traceback" not in r.output, r.output
+        # pillow refuses at twice MAX_IMAGE_PIXELS (below that it only warns)
+        assert r.output.startswith(f"Error: {tmp_path / 'bomb.png'} is refused as too large to decode safely (Image "
+                                   "size (4096 pixels) exceeds limit of 2000 pixels): shrink it first"), r.output
+    assert not (tmp_path / "out").exists()
+
+
 def test_debug_shows_the_traceback_and_bugs_keep_theirs(tiny, tmp_path, monkeypatch):
     r = invoke("--debug", "sample", tiny / "run", "-n", "1", "--sampler", "plmz", "--out", tmp_path / "s")
     assert r.exit_code == 1 and isinstance(r.exception, ValueError) and "unknown sampler 'plmz'" in str(r.exception)

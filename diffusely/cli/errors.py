@@ -62,8 +62,10 @@ def explain(e: BaseException, command: Optional[click.Command] = None, args: lis
 
     if isinstance(e, UnidentifiedImageError):  # an OSError: say what it is before the errno rules
         return f"{e}: not an image Pillow can read; pass a PNG, JPEG, BMP or WebP file"
-    if isinstance(e, Image.DecompressionBombError):
-        return f"{e}: refused as too large to decode safely; shrink the image first"
+    if isinstance(e, Image.DecompressionBombError):  # pillow's message names the size, not the file
+        size = str(e).split(", could")[0]
+        return (f"{_path_read(e) or 'an image'} is refused as too large to decode safely ({size}): shrink it "
+                "first, or raise PIL.Image.MAX_IMAGE_PIXELS for images you trust")
     if isinstance(e, SafetensorError):
         return (f"a safetensors file cannot be read ({e}): it may be damaged or cut off; restore it from a copy, or "
                 "train the run again")
