@@ -174,6 +174,11 @@ def measurement(task: str, size: int, *, mask=None, scale=None, acceleration=Non
     """The operator of `task` for size x size images, its options checked with the flag that sets them named."""
     if task not in TASKS:
         raise MeasurementError(f"unknown --task {task!r}; choose one of: {', '.join(TASKS)}")
+    takes = {"inpaint": ("mask",), "upscale": ("scale",), "mri": ("acceleration",), "deblur": ()}[task]
+    foreign = [f"--{k}" for k, v in {"mask": mask, "scale": scale, "acceleration": acceleration}.items()
+               if v is not None and k not in takes]
+    if foreign:
+        raise MeasurementError(f"--task {task} takes no {', '.join(foreign)}: drop it")
     if task == "inpaint" and mask is None:
         raise MeasurementError("--task inpaint needs --mask: an image of the run's size, white where pixels are known")
     if acceleration is not None and not (math.isfinite(acceleration) and acceleration >= 1):
@@ -184,12 +189,8 @@ def measurement(task: str, size: int, *, mask=None, scale=None, acceleration=Non
     if scale is not None and (scale < 2 or size % scale):
         raise MeasurementError(f"--scale {scale} does not divide the run's image size {size}: pick a scale >= 2 that "
                                f"divides it ({', '.join(str(s) for s in range(2, size) if size % s == 0)})")
-    options = {"inpaint": {"mask": None if mask is None else read_mask(mask, (size, size))},
-               "upscale": {"scale": scale}, "mri": {"acceleration": acceleration, "seed": seed}, "deblur": {}}[task]
-    given = {"mask": mask, "scale": scale, "acceleration": acceleration}
-    foreign = [f"--{k}" for k, v in given.items() if v is not None and k not in options]
-    if foreign:
-        raise MeasurementError(f"--task {task} takes no {', '.join(foreign)}: drop it")
+    options = {"inpaint": lambda: {"mask": read_mask(mask, (size, size))}, "upscale": lambda: {"scale": scale},
+               "mri": lambda: {"acceleration": acceleration, "seed": seed}, "deblur": dict}[task]()
     return make_operator(task, size, **options)
 
 
