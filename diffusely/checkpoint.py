@@ -241,6 +241,17 @@ class LoadedRun:
         return next(self.denoiser.parameters()).device
 
 
+def _misfit(expected: dict[str, torch.Tensor], weights: dict[str, torch.Tensor]) -> str:
+    """How weights differ from a model's state dict, in one line (torch's own message lists every key)."""
+    missing = [k for k in expected if k not in weights]
+    unexpected = [k for k in weights if k not in expected]
+    shapes = [f"{k} {tuple(weights[k].shape)} for {tuple(v.shape)}" for k, v in expected.items()
+              if k in weights and weights[k].shape != v.shape]
+    parts = [f"{len(found)} {what} (e.g. {found[0]})" for found, what in
+             ((missing, "missing"), (unexpected, "unexpected"), (shapes, "of another shape")) if found]
+    return "; ".join(parts) or "they do not load"
+
+
 def load_run(run_dir: str | Path, device="cpu", weights: str = "ema", precision: str = "fp32",
              cuda_graphs: Optional[bool] = False) -> LoadedRun:
     """Rebuild a run's network from config.json and load its EMA (or raw) weights, ready for sampling.
@@ -255,9 +266,9 @@ def load_run(run_dir: str | Path, device="cpu", weights: str = "ema", precision:
     net = build_model(config).to(device)
     try:
         net.load_state_dict(state)
-    except RuntimeError as e:
+    except RuntimeError:
         raise RunError(f"the weights in {run_dir} do not fit the model that config.json describes "
-                       f"(was config.json edited?): {str(e).splitlines()[0]}") from None
+                       f"(was config.json edited?): {_misfit(net.state_dict(), state)}") from None
     net.eval().requires_grad_(False)
     denoiser = build_denoiser(config, fast_net(net, precision, cuda_graphs))
     return LoadedRun(config, denoiser, step, read_schedules(run_dir), run_dir=str(run_dir), latent=latent)

@@ -110,7 +110,14 @@ def test_missing_and_edited_config(tmp_path):
     d = cfg.to_dict()
     d["model"]["channels"] = [8, 32]  # edited: no longer fits the weights
     (tmp_path / ck.CONFIG).write_text(json.dumps(d))
-    with pytest.raises(ck.RunError, match="do not fit the model that config.json describes"):
+    with pytest.raises(ck.RunError, match="do not fit the model that config.json describes") as e:
+        ck.load_run(tmp_path)
+    # one line that says how: torch's message was a heading line ending in ':' with the keys on the lines below
+    assert "\n" not in str(e.value) and " of another shape (e.g. " in str(e.value), str(e.value)
+    d["model"]["channels"] = [8, 16, 16]
+    (tmp_path / ck.CONFIG).write_text(json.dumps(d))
+    with pytest.raises(ck.RunError, match=r"edited\?\): 60 missing \(e.g. down.5.0.conv.weight\); 40 of another "
+                                          r"shape \(e.g. up.2.0.norm1.weight \(24,\) for \(32,\)\)$"):
         ck.load_run(tmp_path)
     d["model"]["channels"] = "8,16"
     (tmp_path / ck.CONFIG).write_text(json.dumps(d))
