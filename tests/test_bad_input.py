@@ -170,6 +170,13 @@ def test_out_of_memory_names_the_batch_size(tiny, tmp_path, monkeypatch):
     r = invoke("sample", tiny / "run", "-n", "1", "--steps", "2", "--out", tmp_path / "t", "--quiet", "--batch-size", 8)
     assert r.exit_code == 1 and "lower --batch-size (now 8)" in r.output
 
+    def cpu_allocator(*args, **kwargs):  # what torch raises on a CPU: a RuntimeError, not a MemoryError
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 633318697598976 bytes. Error code 12 (Cannot allocate memory)")
+    monkeypatch.setattr(generate, "to_uint8", cpu_allocator)
+    r = invoke("sample", tiny / "run", "-n", "1", "--steps", "2", "--out", tmp_path / "u", "--quiet", "--batch-size", 8)
+    assert r.exit_code == 1 and r.output == "Error: out of memory: lower --batch-size (now 8), e.g. to half of it\n"
+
 
 def test_damaged_files_are_one_line(tiny, tmp_path):
     run = tmp_path / "run"

@@ -54,6 +54,11 @@ def _memory_message(command: Optional[click.Command], args: list[str]) -> str:
     return "out of memory: lower --batch-size below the config's train.batch_size, e.g. to half of it"
 
 
+def _cpu_out_of_memory(e: BaseException) -> bool:
+    """torch's CPU allocator reports a failed allocation as a RuntimeError, not a MemoryError."""
+    return isinstance(e, RuntimeError) and "DefaultCPUAllocator: can't allocate memory" in str(e)
+
+
 def explain(e: BaseException, command: Optional[click.Command] = None, args: list[str] = ()) -> Optional[str]:
     """The one-line message for an expected failure, or None for anything else (a bug: keep its traceback)."""
     import torch
@@ -69,7 +74,7 @@ def explain(e: BaseException, command: Optional[click.Command] = None, args: lis
     if isinstance(e, SafetensorError):
         return (f"a safetensors file cannot be read ({e}): it may be damaged or cut off; restore it from a copy, or "
                 "train the run again")
-    if isinstance(e, (MemoryError, torch.OutOfMemoryError)):
+    if isinstance(e, (MemoryError, torch.OutOfMemoryError)) or _cpu_out_of_memory(e):
         return _memory_message(command, list(args))
     if isinstance(e, RecursionError):
         where = _path_read(e)
