@@ -160,10 +160,11 @@ def test_synth_draws_copies_again_from_seeds_of_their_own_and_records_them(layou
 
     manifest = json.loads((tmp_path / "clean" / "synth.json").read_text())
     assert manifest["no_copies"] == {"threshold": 0.166667, "k": 50, "flips": True, "train_images": 4000}
+    assert manifest["copies_replaced"] == 2
     assert [(r["image"], r["noise_seed"]) for r in manifest["copies"]] == [(1, 5 + 1 + N), (4, 5 + 4 + 2 * N)]
     assert [[(c["noise_seed"], c["train_image"], c["ratio"]) for c in r["copies"]] for r in manifest["copies"]] == [
         [(6, 11, 0.0)], [(9, 40, 0.0), (9 + N, 41, 0.0)]]
-    assert "copies" not in json.loads((tmp_path / "kept" / "synth.json").read_text())
+    assert not {"copies", "copies_replaced"} & set(json.loads((tmp_path / "kept" / "synth.json").read_text()))
 
 
 def test_a_killed_synth_resumes_bit_exact_with_its_copies_record(layout_run, tmp_path, monkeypatch):
@@ -213,7 +214,7 @@ def test_cli_synth_says_how_many_were_drawn_again_and_old_datasets_resume_with_a
     assert r.exit_code == 0, r.output
     assert f"2 near-copies of training images drawn again (listed in {out}/synth.json)" in r.output
     manifest = json.loads((out / "synth.json").read_text())  # a dataset begun before the copy check
-    del manifest["no_copies"], manifest["copies"]
+    del manifest["no_copies"], manifest["copies"], manifest["copies_replaced"]
     (out / "synth.json").write_text(json.dumps(manifest))
     (out / "images" / "train" / "000000.png").unlink()
     r = CliRunner().invoke(main, [str(a) for a in [*args, "--resume"]])

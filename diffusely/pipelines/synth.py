@@ -91,6 +91,8 @@ def synthesize(run: LoadedRun, out, n: int, *, classes: Optional[Sequence[str]] 
             redraw = lambda indices: make(indices, False)  # noqa: E731
             drawn = _without_copies(make(todo), todo, detector, redraw, n, seed)
             _write_images(out, drawn, layouts, splits, run.config.data.image_size)
+        if detector is not None:
+            _record_copies(out, [])  # the count, also where no image was a copy
         if not any(s == "val" for s in splits):
             warnings.warn(f"{n} images at val_fraction {val_fraction} put none in images/val, which YOLO training "
                           "needs; make more images or raise --val-fraction", UserWarning, stacklevel=2)
@@ -220,11 +222,12 @@ def _write_images(out: Path, drawn, layouts, splits: list[str], size: int) -> No
 
 def _record_copies(out: Path, records: list[dict]) -> None:
     """Add the records of replaced images to synth.json's "copies" (one per image, in image order; an image a
-    killed job had recorded but not written is recorded again the same)."""
+    killed job had recorded but not written is recorded again the same), and their count, "copies_replaced"."""
     manifest = json.loads((out / MANIFEST).read_text())
     kept = {r["image"]: r for r in manifest.get("copies", [])}
     kept.update((r["image"], r) for r in records)
     manifest["copies"] = [kept[i] for i in sorted(kept)]
+    manifest["copies_replaced"] = len(kept)
     atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2))
 
 
