@@ -21,7 +21,9 @@ set's size, so the title gives the FD of the test truths themselves, what a perf
 Pictures under --out: sr.png, mri4.png, mri8.png (input, baselines, a sample, the posterior mean, the std map,
 the truth, the mean's error map x4) and results.json.
 
-    python benchmarks/restoration.py --out benchmarks/results/restoration   # ~3 hours on 2 free CPU cores (CPU only)
+    python benchmarks/restoration.py --out benchmarks/results/restoration --runs /tmp/restoration-runs
+                                        # ~3 hours on 2 free CPU cores (CPU only); --runs keeps the trained networks,
+                                        # so a second invocation re-scores without training again
     python benchmarks/restoration.py --out /tmp/restoration-quick --quick   # ~1 minute: shows it runs, not results
 """
 
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import math
 import tempfile
@@ -37,6 +40,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 
 from diffusely import nfe as nfe_of
 from diffusely._util import generators, randn
@@ -48,6 +52,7 @@ from diffusely.data.phantoms import render_phantoms
 from diffusely.metrics import FeatureStats, fit_domain_features, frechet_distance
 from diffusely.metrics.restoration import calibration, consistency_error, psnr, ssim
 from diffusely.nets import UNet, UNetConfig
+from diffusely.options import checkpoint_step
 from diffusely.pipelines.restore import in_range
 from diffusely.restoration import Downsample, KSpace, restore
 from diffusely.samplers import sample
@@ -77,10 +82,24 @@ def run_config(s: dict, task: str) -> RunConfig:
 
 
 def train_diffusion(s: dict, task: str, root: Path):
-    """A diffusely run (generate or upscale) trained on the phantoms, loaded for sampling, and its training time."""
+    """A diffusely run (generate or upscale) trained on the phantoms, loaded for sampling, and its training time;
+    a run already trained to the steps in `root` (a --runs folder) is loaded as it is."""
     started = time.perf_counter()
-    train(run_config(s, task), root / task, progress=False)
+    if checkpoint_step(root / task) < s["steps"]:
+        train(run_config(s, task), root / task, resume=(root / task / "config.json").is_file(), progress=False)
     return load_run(root / task), time.perf_counter() - started
+
+
+def regression_baseline(s: dict, images: torch.Tensor, root: Path) -> tuple[UNet, float]:
+    """The regression U-Net, trained, or loaded from `root` where an earlier run of the same settings left it."""
+    path = root / "regression.safetensors"
+    if path.is_file():
+        net = UNet(network(s, lowres=True))
+        net.load_state_dict(load_file(path))
+        return net.eval(), 0.0
+    net, seconds = train_regression(s, images)
+    save_file(net.state_dict(), path)
+    return net, seconds
 
 
 def train_regression(s: dict, images: torch.Tensor) -> tuple[UNet, float]:
@@ -238,8 +257,10 @@ def super_resolution(s, truth, prior, sr, regression, fd) -> tuple[dict, list]:
     return rows, pictures
 
 
-def mri(s, truth, prior, acceleration: int, lam: float, fd) -> tuple[dict, list]:
+def mri(s, truth, prior, acceleration: int, tuning: torch.Tensor, fd) -> tuple[dict, list]:
+    """The MRI rows at `acceleration`; TV's weight tuned on the `tuning` slices (training ones)."""
     A, n = KSpace.random(s["size"], acceleration, seed=0), nfe_of(SAMPLER, s["sample_steps"])
+    lam = pick_lambda(A, tuning, s["tv_iterations"])
     y = A(truth)
     score, rows = Scorer(truth, A, y, fd), {}
     x_zf, t = timed(lambda: A.pinv(y))
@@ -256,6 +277,13 @@ def mri(s, truth, prior, acceleration: int, lam: float, fd) -> tuple[dict, list]
                     error_picture(mean, truth)), ["zero-filled", "TV-CS", "sample", f"mean of {s['k']}", "std x4",
                                                   "truth", "|error| x4"]]
     return rows, pictures
+
+
+def warm_up(prior, sr, truth: torch.Tensor) -> None:
+    """One call of each network: a first call allocates, which is kept out of the timings."""
+    with torch.no_grad():
+        prior.denoiser(truth[:1], torch.ones(1))
+        sr.denoiser(truth[:1], torch.ones(1), lowres=LowRes(sr.config).render(Downsample(4)(truth[:1])))
 
 
 def std_picture(std: torch.Tensor) -> torch.Tensor:
@@ -280,6 +308,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, type=Path, help="Folder for the pictures and results.json.")
     parser.add_argument("--quick", action="store_true", help="Tiny sizes, to see it work (a minute or two).")
+    parser.add_argument("--runs", type=Path, help="Keep the trained networks here (default: a temporary folder); a "
+                        "second invocation with the same settings loads them instead of training again.")
     args = parser.parse_args()
     s = copy.deepcopy(QUICK if args.quick else FULL)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -287,30 +317,26 @@ def main():
     train_images = to_tensor(load_dataset("phantoms", s["size"], 1).images)
     truth = to_tensor(render_phantoms(s["test"], s["size"], start=100_000).images[..., :1])
     with tempfile.TemporaryDirectory() as tmp:
-        prior, t_prior = train_diffusion(s, "generate", Path(tmp))
-        sr, t_sr = train_diffusion(s, "upscale", Path(tmp))
-        regression, t_reg = train_regression(s, train_images)
+        runs = args.runs or Path(tmp)
+        prior, t_prior = train_diffusion(s, "generate", runs)
+        sr, t_sr = train_diffusion(s, "upscale", runs)
+        regression, t_reg = regression_baseline(s, train_images, runs)
         fd = domain_fd(s)
         floor = fd(truth)  # the test slices themselves: the FD a perfect method scores at this N
         print(f"trained {s['steps']} steps each: prior {t_prior:.0f} s, SR3 {t_sr:.0f} s, regression {t_reg:.0f} s")
-        for net in (prior.denoiser, sr.denoiser):  # a first call allocates; keep it out of the timings
-            with torch.no_grad():
-                net(truth[:1], torch.ones(1), **({"lowres": LowRes(sr.config).render(Downsample(4)(truth[:1]))}
-                                                 if net is sr.denoiser else {}))
-        results = {}
-        results["SR x4"], pictures = super_resolution(s, truth, prior, sr, regression, fd)
-        save_strip([pictures[0]], args.out / "sr.png", labels=pictures[1], scale=max(1, 128 // s["size"]))
+        warm_up(prior, sr, truth)
+        tasks = {"SR x4": ("sr.png", lambda: super_resolution(s, truth, prior, sr, regression, fd))}
         for acceleration in (4, 8):
-            A = KSpace.random(s["size"], acceleration, seed=0)
-            lam = pick_lambda(A, train_images[:4], s["tv_iterations"])
-            key = f"MRI {acceleration}x"
-            results[key], pictures = mri(s, truth, prior, acceleration, lam, fd)
-            save_strip([pictures[0]], args.out / f"mri{acceleration}.png", labels=pictures[1],
-                       scale=max(1, 128 // s["size"]))
-    for title, rows in results.items():
-        print(table(f"{title} ({s['size']}x{s['size']}, {s['test']} held-out phantoms; FD of the truths: {floor:.3g})",
-                    rows))
-    (args.out / "results.json").write_text(json.dumps({"settings": s, "results": results}, indent=2))
+            tasks[f"MRI {acceleration}x"] = (f"mri{acceleration}.png", functools.partial(
+                mri, s, truth, prior, acceleration, train_images[:4], fd))
+        results = {}
+        for key, (picture, run) in tasks.items():
+            results[key], (images, labels) = run()
+            save_strip([images], args.out / picture, labels=labels, scale=max(1, 128 // s["size"]))
+            print(table(f"{key} ({s['size']}x{s['size']}, {s['test']} held-out phantoms; FD of the truths: "
+                        f"{floor:.3g})", results[key]), flush=True)
+            # written after each task: a late failure keeps the tables before it
+            (args.out / "results.json").write_text(json.dumps({"settings": s, "results": results}, indent=2))
     print(f"\npictures and results.json in {args.out}")
 
 
