@@ -403,6 +403,8 @@ def test_the_adaptive_solver_stops_at_max_nfe(tol):
     sample(Gaussian(), noise, **kw, info=info, max_nfe=100)
     with pytest.raises(ValueError, match=f"reached max_nfe={info['nfe'] - 1} evaluations"):
         sample(Gaussian(), noise, **kw, max_nfe=info["nfe"] - 1)
+    with pytest.raises(ValueError, match=f"reached max_nfe={info['nfe'] - 1} evaluations"):  # as -o gives it: a float
+        sample(Gaussian(), noise, **kw, max_nfe=float(info["nfe"] - 1))
 
 
 def test_the_cli_refuses_a_zero_tolerance_within_a_second(tmp_path):

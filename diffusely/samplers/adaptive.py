@@ -68,7 +68,7 @@ def sample_adaptive(denoiser, x, sigmas, *, generator=None, callback=None, cond=
     for lam_end in [_lambda(float(s)) for s in sigmas[1:] if s > 0]:
         while lam < lam_end:
             if calls + 3 > max_nfe:
-                raise ValueError(f"the adaptive solver reached max_nfe={max_nfe} evaluations at sigma "
+                raise ValueError(f"the adaptive solver reached max_nfe={max_nfe:g} evaluations at sigma "
                                  f"{math.exp(-lam):.3g}, before sigma {math.exp(-lam_end):.3g}: loosen rtol={rtol}, "
                                  f"atol={atol}, or raise max_nfe")
             last = h >= lam_end - lam
