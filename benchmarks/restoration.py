@@ -8,7 +8,8 @@ Trains on the 4000 built-in phantoms (slices 0..3999) and scores held-out slices
   LDM's baseline.
 Rows:
   SR x4      bicubic (of the 4x average-pooled image), regression U-Net, SR3 one sample and the mean of K samples,
-             zero-shot projection (DDNM) and DPS with the unconditional model
+             SR3 with each estimate projected onto the measurement (`upscale --consistent`), zero-shot projection
+             (DDNM) and DPS with the unconditional model
   MRI 4x/8x  zero-filled inverse FFT (A^+ y), total-variation compressed sensing (isotropic TV, Chambolle-Pock's
              primal-dual algorithm 1 (2011), --tv-iterations iterations, lambda picked from a grid on 4 training
              slices), zero-shot projection one sample / mean of K, DPS
@@ -54,7 +55,7 @@ from diffusely.metrics.restoration import calibration, consistency_error, psnr, 
 from diffusely.nets import UNet, UNetConfig
 from diffusely.options import checkpoint_step
 from diffusely.pipelines.restore import in_range
-from diffusely.restoration import Downsample, KSpace, restore
+from diffusely.restoration import Downsample, KSpace, Projected, restore
 from diffusely.samplers import sample
 from diffusely.train import train
 from diffusely.train.common import lr_at
@@ -240,13 +241,16 @@ def super_resolution(s, truth, prior, sr, regression, fd) -> tuple[dict, list]:
     rows["regression U-Net (L1)"], pictures["regression"] = score(x, t, 1), x
     d, cond = sr.config.diffusion, {"lowres": LowRes(sr.config).render(y)}
 
-    def draw(i):
+    def draw(i, consistent=False):
         noise, gens = noise_for(truth, i)
-        return sample(sr.denoiser, noise, method=SAMPLER, steps=s["sample_steps"], sigma_min=d.sigma_min,
-                      sigma_max=d.sigma_max, generator=gens, cond=cond)
+        x = sample(Projected(sr.denoiser, A, y) if consistent else sr.denoiser, noise, method=SAMPLER,
+                   steps=s["sample_steps"], sigma_min=d.sigma_min, sigma_max=d.sigma_max, generator=gens, cond=cond)
+        return in_range(A, x, y) if consistent else x  # as `diffusely upscale [--consistent]` writes it
     first, mean, std, t = posterior(draw, s["k"])
     rows["SR3 (diffusely upscale), 1 sample"] = score(first, t / s["k"], n)
     rows[f"SR3, mean of {s['k']}"] = score(mean, t, n * s["k"], std)
+    x, t = timed(lambda: draw(0, consistent=True))
+    rows["SR3 --consistent, 1 sample"] = score(x, t, n)
     for how in ("project", "dps"):
         x, t = timed(lambda: zero_shot(prior, A, y, truth, s, how))
         rows[f"zero-shot {how}, 1 sample"] = score(x, t, n)

@@ -129,6 +129,18 @@ def test_upscale_run_trains_resumes_and_upscales(sr_run):
     assert np.abs(std - expected).mean() < 3
 
 
+def test_consistent_upscale_pools_back_to_its_input(sr_run):
+    low = np.random.default_rng(1).integers(30, 220, (4, 4), dtype=np.uint8)
+    Image.fromarray(low).save(sr_run / "low2.png")
+    r = invoke("upscale", sr_run / "run", sr_run / "low2.png", "--out", sr_run / "up2", "--consistent", "--steps", "2",
+               "--quiet")
+    assert r.exit_code == 0, r.output
+    x = to_tensor(np.asarray(Image.open(sr_run / "up2" / "low2.png"))[None, ..., None])
+    y = to_tensor(low[None, ..., None])
+    assert float(((Downsample(4)(x) - y) / 2).pow(2).mean().sqrt()) <= 1 / 255  # within a grey level, [0, 1] units
+    assert (x - Downsample(4).pinv(y)).abs().max() > 0.1  # the detail is drawn, not the blocks copied
+
+
 def test_upscale_refuses_what_it_cannot_use(sr_run):
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(sr_run / "wrong.png")
     Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(sr_run / "rgb.png")

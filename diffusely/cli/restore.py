@@ -44,6 +44,8 @@ def _written(out_dir, count, k):
 @click.argument("run_dir", type=click.Path())
 @click.argument("source", metavar="INPUT", type=click.Path(exists=True))
 @OUT
+@click.option("--consistent", is_flag=True, help="Also project each estimate onto the images that average-pool to "
+              "INPUT (as restore does): every result pools back to its input exactly.")
 @DRAWS
 @SAMPLING
 @seed_option(help="Draw i of input j uses seed + j * n + i.")
@@ -51,20 +53,21 @@ def _written(out_dir, count, k):
 @GUIDANCE
 @INFERENCE
 @QUIET
-def upscale(run_dir, source, out_dir, overwrite, k, steps, nfe, sampler, seed, classes, guidance, precision, cuda_graphs,
-            quiet):
+def upscale(run_dir, source, out_dir, overwrite, consistent, k, steps, nfe, sampler, seed, classes, guidance, precision,
+            cuda_graphs, quiet):
     """Upscale INPUT (a low-res image, or a folder of them) with a super-resolution run (`train --task upscale`).
 
     \b
     diffusely upscale runs/sr4 lowres.png --out upscaled
     diffusely upscale runs/sr4 scans/ --out upscaled -n 8      # mean and std map of 8 samples each
+    diffusely upscale runs/sr4 lowres.png --out upscaled --consistent
     """
     from ..pipelines.restore import upscale as run_upscale
 
     run = _load(run_dir, out_dir, precision, cuda_graphs)
     plan = _plan(run, sampler, steps, nfe, k, seed, overwrite)
-    names = run_upscale(run, source, out_dir, plan, classes=list(classes) or None, guidance=guidance,
-                        progress=_shown(quiet))
+    names = run_upscale(run, source, out_dir, plan, consistent=consistent, classes=list(classes) or None,
+                        guidance=guidance, progress=_shown(quiet))
     _written(out_dir, len(names), k)
 
 

@@ -31,7 +31,7 @@ from ..conditions import LowRes
 from ..data import DataError, to_tensor, to_uint8
 from ..data.images import decode
 from ..metrics.restoration import calibration, consistency_error, psnr, ssim
-from ..restoration import TASKS, img2img as sdedit, make_operator, repaint, restore as consistent_sample
+from ..restoration import TASKS, Projected, img2img as sdedit, make_operator, repaint, restore as consistent_sample
 from ..restoration.operators import MeasurementError
 from ..samplers import sample
 from .conditioning import conditioning
@@ -146,10 +146,12 @@ def write_draws(out: Path, name: str, draws: torch.Tensor) -> dict[str, torch.Te
     return {"sample": draws[0], "mean": mean, "std": std}
 
 
-def upscale(run: LoadedRun, source: str | Path, out: str | Path, plan: Plan, *, classes=None, guidance=None,
-            progress=None) -> list[str]:
+def upscale(run: LoadedRun, source: str | Path, out: str | Path, plan: Plan, *, consistent: bool = False, classes=None,
+            guidance=None, progress=None) -> list[str]:
     """Super-resolve each low-res image of `source` (a file or folder; each image_size / scale a side) with a run
-    trained with --task upscale: K samples per input, written to `out`. Returns the names written."""
+    trained with --task upscale: K samples per input, written to `out`. Returns the names written. `consistent`:
+    each x0 estimate is also projected onto the images that average-pool to the input (DDNM, as `restore` does),
+    so every result pools back to its input exactly; same cost."""
     if "lowres" not in run.config.conditions:
         raise RunError("this run was not trained to upscale: train one with --task upscale --scale S, or restore "
                        "with any run: diffusely restore RUN --task upscale")
@@ -160,11 +162,13 @@ def upscale(run: LoadedRun, source: str | Path, out: str | Path, plan: Plan, *, 
     plan.check_free(out, images)
     for j, (name, y) in enumerate(images):
         denoiser, cond = c.batch(range(plan.k), run.device)
-        cond.update(lowres.given(y[None].expand(plan.k, *y.shape), run.device))
+        ys = y[None].expand(plan.k, *y.shape).to(run.device)
+        cond.update(lowres.given(ys, run.device))
         noise, gens = plan.noise(run, j)
         with torch.no_grad():
-            draws = sample(denoiser, noise, cond=cond, **plan.sampling(run, gens))
-        write_draws(Path(out), name, draws.clamp(-1, 1))
+            draws = sample(Projected(denoiser, lowres.operator, ys) if consistent else denoiser, noise, cond=cond,
+                           **plan.sampling(run, gens))
+        write_draws(Path(out), name, in_range(lowres.operator, draws, ys) if consistent else draws.clamp(-1, 1))
         if progress:
             progress(name)
     return [name for name, _ in images]
