@@ -286,6 +286,18 @@ def test_duplicate_yolo_class_names_are_an_error(tmp_path):
         read_yolo(tmp_path / "data.yaml")
 
 
+@pytest.mark.parametrize("names", ["[*g, *g]", "{0: *g, 1: b}"])
+def test_yolo_names_of_nested_yaml_aliases_are_refused_at_once(tmp_path, names):
+    # a billion laughs: 9 ** 7 names spelled out in the message (25 MB) at 7 levels; one more would not fit in memory
+    write_yolo(tmp_path, names=("a",))
+    levels = "".join(f"{k}: &{k} [{', '.join([f'*{p}'] * 9)}]\n" for p, k in zip("abcdef", "bcdefg"))
+    (tmp_path / "data.yaml").write_text(f"a: &a [x, x, x, x, x, x, x, x, x]\n{levels}names: {names}\ntrain: images\n")
+    with deadline(5), pytest.raises(DataError, match=r"^'names' in \S*data\.yaml holds a list where a class name "
+                                                     r"belongs; give each class a name") as e:
+        read_yolo(tmp_path / "data.yaml")
+    assert len(str(e.value)) < 300
+
+
 # ---------------------------------------------------------------------------------------------- messages
 
 @pytest.mark.parametrize("table,text", [("metadata.csv", "file_name,text\na.png,a red circle\n"),

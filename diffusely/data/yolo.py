@@ -33,6 +33,11 @@ def _yaml(path: Path) -> dict:
 
 def _names(value, where: Path) -> list[str]:
     """YOLO class names, from a list or a {index: name} mapping with indices 0..K-1; each name once."""
+    values = value if isinstance(value, list) else list(value.values()) if isinstance(value, dict) else []
+    nested = next((v for v in values if isinstance(v, (list, dict))), None)
+    if nested is not None:  # before str(): YAML aliases nested a few levels deep spell out billions of items
+        raise DataError(f"'names' in {where} holds a {type(nested).__name__} where a class name belongs; give "
+                        f"each class a name, e.g. names: [scratch, crack]")
     names = None
     if isinstance(value, list) and value:
         names = [str(v) for v in value]
