@@ -277,8 +277,11 @@ def test_a_trained_network_restores_through_both_wrappers(tmp_path):
 def test_repaint_resampling_harmonises_the_hole(prior, truth):
     A = Inpaint(half_mask())
     y = A(truth)
-    gains = [psnr(repaint(prior, A, y, noise(truth.shape, i), method="euler", steps=10, resample=6, **SAMPLING), truth)
-             - psnr(repaint(prior, A, y, noise(truth.shape, i), method="euler", steps=10, resample=1, **SAMPLING), truth)
+    # the re-noising draws from its own generator: from the global one the test failed about one run in five
+    gains = [psnr(repaint(prior, A, y, noise(truth.shape, i), method="euler", steps=10, resample=6,
+                          generator=torch.Generator().manual_seed(i), **SAMPLING), truth)
+             - psnr(repaint(prior, A, y, noise(truth.shape, i), method="euler", steps=10, resample=1,
+                            generator=torch.Generator().manual_seed(i), **SAMPLING), truth)
              for i in range(4)]
     assert torch.stack(gains).mean() > 0.3
 
