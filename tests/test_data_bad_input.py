@@ -6,6 +6,7 @@ Each test writes the bad file in tmp_path and checks what loads (the numbers) or
 
 import json
 import os
+import re
 import signal
 import struct
 import warnings
@@ -296,6 +297,20 @@ def test_yolo_names_of_nested_yaml_aliases_are_refused_at_once(tmp_path, names):
                                                      r"belongs; give each class a name") as e:
         read_yolo(tmp_path / "data.yaml")
     assert len(str(e.value)) < 300
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("names: [a]\ntrain: [images, [images]]\n", "'train' holds a list where a path belongs; give a folder or a .txt "
+                                                 "list, e.g. train: images/train"),
+    ("names: [a]\ntrain: [null]\n", "'train' holds nothing where a path belongs"),
+    ("names: [a]\ntrain: images\npath: {a: 1}\n", "'path' holds a dict where a path belongs; give the dataset's "
+                                                   "folder, e.g. path: ."),
+])
+def test_yolo_paths_that_are_not_text_are_named(tmp_path, spec, message):
+    write_yolo(tmp_path)
+    (tmp_path / "data.yaml").write_text(spec)  # these were TypeError tracebacks from Path()
+    with pytest.raises(DataError, match=re.escape(f"{tmp_path / 'data.yaml'}: {message}")):
+        read_yolo(tmp_path / "data.yaml")
 
 
 # ---------------------------------------------------------------------------------------------- messages

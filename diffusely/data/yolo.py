@@ -58,9 +58,19 @@ def _names(value, where: Path) -> list[str]:
     return names
 
 
+def _path_text(value, key: str, data_yaml: Path) -> str:
+    """A path the yaml gives under `key`, as text; a DataError for a list or mapping where a path belongs."""
+    if isinstance(value, (list, dict)) or value is None:
+        what = "nothing" if value is None else f"a {type(value).__name__}"
+        fix = ("the dataset's folder, e.g. path: ." if key == "path"
+               else f"a folder or a .txt list, e.g. {key}: images/{key}")
+        raise DataError(f"{data_yaml}: '{key}' holds {what} where a path belongs; give {fix}")
+    return str(value)
+
+
 def _root(data_yaml: Path, spec: dict) -> Path:
     """The dataset's folder: the yaml's `path`, relative to the yaml's own folder, which is the fallback."""
-    root = Path(spec.get("path") or ".")
+    root = Path(_path_text(spec.get("path") or ".", "path", data_yaml))
     if not root.is_absolute():
         root = (data_yaml.parent / root).resolve()
         # Ultralytics tries a relative path from the working directory, then its datasets folder; the yaml's
@@ -77,7 +87,7 @@ def _split_images(data_yaml: Path, spec: dict, split: str) -> list[Path]:
         raise DataError(f"{data_yaml} names no '{split}' images; add e.g. {split}: images/{split}")
     entries = spec[split] if isinstance(spec[split], list) else [spec[split]]
     paths: list[Path] = []
-    for entry in entries:
+    for entry in map(lambda e: _path_text(e, split, data_yaml), entries):
         p = Path(entry) if Path(entry).is_absolute() else root / entry
         if not p.exists() and str(entry).startswith("../"):
             # Roboflow exports say train: ../train/images; Ultralytics retries such a path without the ../
