@@ -7,6 +7,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .data import MODALITIES
 from .denoisers import PARAMETERIZATIONS
 from .jsonconfig import ConfigError, JsonConfig, check_choice, check_count, check_number
 from .loss import WEIGHTINGS
@@ -114,11 +115,16 @@ class DataConfig:
     task: str = "generate"
     scale: int = 4
     outside: bool = False  # a COCO file may name images outside its folder (--allow-outside; data.coco)
+    modality: str = "image"  # what the samples are (diffusely.data.MODALITIES): image, audio
+    sample_rate: int = 0  # audio: Hz of the clips (image_size is their length in samples)
 
     def __post_init__(self):
         self.class_names = tuple(self.class_names)
         check_choice("data.directions", self.directions, DIRECTIONS)
-        check_count("data.image_size", self.image_size, 1, MAX_IMAGE_SIZE)
+        check_choice("data.modality", self.modality, MODALITIES)
+        # an image side past 4096 is a typo; a clip's length in samples is not (30 s at 16 kHz)
+        check_count("data.image_size", self.image_size, 1, MAX_IMAGE_SIZE if self.modality != "audio" else 480_000)
+        check_count("data.sample_rate", self.sample_rate, 0, 192_000)
         check_count("data.channels", self.channels)
         check_choice("data.task", self.task, TASKS)
         check_count("data.scale", self.scale, 2, 64)

@@ -57,6 +57,7 @@ def new_run_config(data: Optional[str], options: dict, config_file: Optional[str
     if options.get("recipe"):
         config.diffusion = RECIPES[options["recipe"]]()
     config.data = DataConfig(**{**config.data.__dict__, "source": data})
+    set_modality(config, data)
     _set_options(config, options, {**FIELDS, **RESUMABLE})
     _set_flags(config, options)
     if options.get("text") or options.get("text_encoder"):
@@ -118,6 +119,21 @@ def checkpoint_step(run_dir: str | Path) -> int:
     """The step of the checkpoint in `run_dir` (0 if it has none yet), read from the file's header alone."""
     path = Path(run_dir) / CHECKPOINT
     return step_of(path) if path.is_file() else 0
+
+
+def set_modality(config: RunConfig, data: str) -> None:
+    """Say what `data` is (data.MODALITIES: the built-in sounds or a folder of audio files are audio) and, where that
+    differs from what the config was made for, start from that modality's defaults (an audio run: 1-D, mono,
+    1 s clips at 8 kHz, patches of 16 samples); options given override them."""
+    from .data import MODALITIES, modality_of
+
+    kind = modality_of(data)
+    if kind == config.data.modality:
+        return
+    config.data.modality = kind
+    for key, value in MODALITIES[kind].defaults:
+        section, name = key.split(".")
+        setattr(getattr(config, section), name, value)
 
 
 def _set_options(config, options: dict, fields: dict) -> None:

@@ -51,8 +51,10 @@ def from_png(ctx: click.Context, image, run_dir, out_dir, overwrite, cuda_graphs
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Folder for the samples (default RUN_DIR/generated).")
 @click.option("--overwrite", is_flag=True, help="Replace samples of the same names in --out (by default a folder that "
               "holds any of them is refused: choose another --seed or --out to add samples).")
-@click.option("--format", "fmt", type=click.Choice(["png", "npy"]), default="png", show_default=True)
-@click.option("--grid", type=click.Path(dir_okay=False), help="Also save all samples as one grid PNG.")
+@click.option("--format", "fmt", type=click.Choice(["png", "wav", "npy"]),
+              help="png (images) or wav (audio, 16-bit PCM), the default for the run's data; or npy.")
+@click.option("--grid", type=click.Path(dir_okay=False), help="Also save all samples as one grid PNG (audio: "
+              "waveforms over log-mel spectrograms).")
 @click.option("--batch-size", type=COUNT, default=64, show_default=True, help="Samples per batch (bounds memory).")
 @CONDITIONS
 @INFERENCE
@@ -162,20 +164,24 @@ def synth(run_dir, out_dir, count, classes, balance, layouts_file, val_fraction,
 @click.command()
 @click.argument("image", type=click.Path())
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="PNG to write.")
-@click.option("--size", type=click.IntRange(4, 1024), default=64, show_default=True,
-              help="Resize and crop the image to this size.")
+@click.option("--size", type=click.IntRange(4, 480_000),
+              help="Resize and crop the image to this size (default 64), or an audio clip's samples (default 8000, 1 s).")
 @seed_option(help="Seed of the noise.")
 def forward(image, out, size, seed):
     """Show the forward process: IMAGE at rising noise levels sigma (VP scale).
 
-    IMAGE is an image file, or `shapes` for the first image of the built-in data.
+    IMAGE is an image or audio file (WAV, FLAC, OGG: shown as waveform over log-mel spectrogram), or `shapes`
+    (`sounds`) for the first sample of the built-in data.
     """
     from .. import viz
+    from ..data import modality_of
     from ..pipelines import FORWARD_SIGMAS, forward_strip, strip_image
+    from ..pipelines.strips import strip_pictures
 
     writable(Path(out).parent)
-    strip = forward_strip(strip_image(image, size), seed=seed)
-    viz.save_strip([strip], out, labels=[f"σ={s:g}" for s in FORWARD_SIGMAS], scale=max(1, 128 // size))
+    x = strip_image(image, size)
+    rows, scale = strip_pictures([forward_strip(x, seed=seed)], "audio" if x.ndim == 2 else modality_of(image))
+    viz.save_strip(rows, out, labels=[f"σ={s:g}" for s in FORWARD_SIGMAS], scale=scale)
     click.echo(f"forward process: {out}")
 
 
@@ -192,12 +198,12 @@ def reverse(run_dir, out, seed, steps, nfe, sampler, classes, prompt, prompts_fi
     from .. import viz
     from ..checkpoint import load_run
     from ..pipelines import reverse_strip
+    from ..pipelines.strips import strip_pictures
 
     run = load_run(run_dir, device())
     writable(Path(out).parent)
     asked = conditions(classes, prompt, prompts_file, negative_prompt, guidance)
     xs, x0s, sigmas = reverse_strip(run, seed=seed, steps=steps, nfe=nfe, sampler=sampler, **asked, **options)
-    size = run.config.data.image_size
-    viz.save_strip([xs, x0s], out, labels=[f"σ={s:.3g}" for s in sigmas], row_labels=["x", "x0 estimate"],
-                   scale=max(1, 128 // size))
+    rows, scale = strip_pictures([xs, x0s], run.config.data.modality, run.config.data.sample_rate)
+    viz.save_strip(rows, out, labels=[f"σ={s:.3g}" for s in sigmas], row_labels=["x", "x0 estimate"], scale=scale)
     click.echo(f"reverse process: {out}")

@@ -10,7 +10,7 @@ import dataclasses
 import functools
 from pathlib import Path
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -26,6 +26,7 @@ from .defects import DefectsData, render_defects  # noqa: E402
 from .detection import DetectionSet, load_detection, read_coco, read_detection, read_yolo  # noqa: E402
 from .shapes import ShapesData, render_shapes, write_shapes_folder  # noqa: E402
 from .phantoms import PhantomsData, builtin_phantoms, render_phantoms  # noqa: E402
+from .sounds import SoundsData, builtin_sounds  # noqa: E402
 
 
 def builtin_shapes(size: int, seed: int = 0, count: int = 10_000, max_shapes: int = 1) -> ShapesData:
@@ -61,8 +62,9 @@ def _rendered_defects(size: int, seed: int, count: int) -> DefectsData:
 
 # built-in datasets by name: each is a function (size, seed[, max_shapes]) -> data with images (N, S, S, 3)
 # uint8, labels (or None), class_names, captions and boxes
-BUILTIN: dict[str, Callable[..., ShapesData | DefectsData | PhantomsData]] = {
-    "shapes": builtin_shapes, "defects": builtin_defects, "phantoms": builtin_phantoms}
+# (sounds: clips (N, L, 1), size their length in samples; see MODALITIES)
+BUILTIN: dict[str, Callable[..., ShapesData | DefectsData | PhantomsData | SoundsData]] = {
+    "shapes": builtin_shapes, "defects": builtin_defects, "phantoms": builtin_phantoms, "sounds": builtin_sounds}
 
 
 @dataclass
@@ -83,7 +85,8 @@ class Dataset:
 
 
 def load_dataset(source: str, size: int, channels: int = 3, classes: bool = False, seed: int = 0, *,
-                 captions: bool = False, max_shapes: int = 1, directions: str = "auto", outside: bool = False) -> Dataset:
+                 captions: bool = False, max_shapes: int = 1, directions: str = "auto", outside: bool = False,
+                 rate: int = 0) -> Dataset:
     """Load a built-in dataset by name (see BUILTIN), a detection dataset (a YOLO folder with data.yaml, or
     COCO JSON: images with their boxes) or every image under a folder, as size x size images.
 
@@ -91,13 +94,17 @@ def load_dataset(source: str, size: int, channels: int = 3, classes: bool = Fals
     `classes` asks a folder for labels from its subfolders, `captions` for a caption per image (see
     diffusely.text.captions); built-in datasets always carry both. `seed` and `max_shapes` (shapes per image)
     only affect built-in datasets; `directions` only detection datasets (see load_detection); `outside` lets a
-    COCO file name images outside its dataset folder (see data.coco.read_coco).
+    COCO file name images outside its dataset folder (see data.coco.read_coco). Audio (the built-in sounds, a
+    folder of audio files: see MODALITIES) loads as clips of `size` samples at `rate` Hz (0: the default).
     """
     if channels not in (1, 3):
         raise DataError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels}")
     if size < 1:
         raise DataError(f"size must be a positive number of pixels, got {size}")
     source = str(source)
+    kind = MODALITIES[modality_of(source)]
+    if kind.load is not None:  # data that is not images: its own loader (size is its length, rate its sample rate)
+        return kind.load(source, size, classes=classes, seed=seed, rate=rate)
     if source in BUILTIN:
         if max_shapes != 1 and source != "shapes":
             raise DataError(f"max_shapes sets the built-in shapes data, not {source}")
@@ -132,7 +139,62 @@ def to_grayscale(images: np.ndarray) -> np.ndarray:
     return luma.astype(np.uint8)[..., None]
 
 
+@dataclass(frozen=True)
+class Modality:
+    """A kind of data besides images: its spatial axes, how it is recognised and loaded, and the module that writes
+    and pictures its samples (`write_sample(x, path, fmt, rate, parameters)`, `tiles(x, rate)`: a picture per
+    sample, for grids and strips). `defaults`: config fields (section.field) a new run on it starts from."""
+
+    name: str
+    dims: int
+    formats: tuple[str, ...]  # sample file formats, the default first
+    builtins: tuple[str, ...] = ()
+    detect: Optional[Callable[[Path], bool]] = None  # is this folder of this modality?
+    load: Optional[Callable[..., Dataset]] = None  # (source, size, classes=, seed=, rate=) -> Dataset
+    writer: str = ""  # the module of write_sample and tiles, imported when samples are written
+    defaults: tuple[tuple[str, object], ...] = ()
+
+
+def _load_audio(source: str, size: int, classes: bool = False, seed: int = 0, rate: int = 0) -> Dataset:
+    from ..audio import DEFAULT_RATE
+    from .audio import load_audio_folder
+
+    if source in BUILTIN:  # the built-in sounds always carry their labels
+        data = BUILTIN[source](size, seed, rate=rate)
+        return Dataset(data.images, data.labels, data.class_names, data.captions, None, source)
+    folder = load_audio_folder(source, size, rate or DEFAULT_RATE, classes=classes)
+    return Dataset(folder.images, folder.labels, folder.class_names, None, None, source)
+
+
+def _is_audio_folder(path: Path) -> bool:
+    from .audio import is_audio_folder
+
+    return is_audio_folder(path) and not (path / "data.yaml").exists()
+
+
+# images are the default; each other modality one line (the video engineer: add "video" here)
+MODALITIES: dict[str, Modality] = {
+    "image": Modality("image", 2, ("png", "npy")),
+    "audio": Modality("audio", 1, ("wav", "npy"), ("sounds",), _is_audio_folder, _load_audio, "diffusely.audio", (
+        ("data.sample_rate", 8000), ("data.image_size", 8000), ("data.channels", 1), ("data.flip", False),
+        ("model.dims", 1), ("model.patch_size", 16), ("model.channels", (64, 128, 256)))),
+}
+
+
+def modality_of(source) -> str:
+    """The modality of a data source: a built-in name's, a folder's by the files in it, else "image"."""
+    for name, kind in MODALITIES.items():
+        if str(source) in kind.builtins or (kind.detect is not None and kind.detect(Path(source))):
+            return name
+    return "image"
+
+
 __all__ = [
+    "MODALITIES",
+    "Modality",
+    "modality_of",
+    "SoundsData",
+    "builtin_sounds",
     "BUILTIN",
     "DataError",
     "Dataset",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib
 import json
 import os
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from .. import __version__
 from .._files import RunError, atomic_write, atomic_write_text
 from .._util import generators, randn
 from ..checkpoint import LoadedRun, load_run
-from ..data import to_uint8
+from ..data import MODALITIES, to_uint8
 from ..nets.fast import sampling_precision
 from ..samplers import nfe as nfe_of, resolve_sampler, resolve_steps, sample
 from ..schedules import Spacing, get_sigmas
@@ -163,17 +164,21 @@ def sample_names(n: int, seed: int, fmt: str) -> list[str]:
     return [f"{seed + i:06d}.{fmt}" for i in range(n)]
 
 
-def write_samples(run: LoadedRun, out_dir: str | Path, n: int, *, fmt: str = "png", seed: int = 0,
+def write_samples(run: LoadedRun, out_dir: str | Path, n: int, *, fmt: Optional[str] = None, seed: int = 0,
                   grid: Optional[str | Path] = None, overwrite: bool = False, batch_size: int = 64,
                   progress: bool = True, **kwargs) -> dict:
     """Draw n samples with `generate` (kwargs are its arguments) and write each to out_dir as it is made,
-    sample i as `{seed + i:06d}.{fmt}` (PNG with its generation parameters, or a (H, W, C) uint8 .npy), so a
-    stopped job keeps what it made. With classes or prompts, out_dir/metadata.jsonl says which sample got which;
-    `grid` also saves them all as one PNG. Files of an earlier job are never replaced unless `overwrite`: a
-    folder that holds any of these names is refused before anything is sampled (choose another --seed or folder
-    to add samples). Returns {"count", "out_dir", "metadata" (a path or None), "grid"}."""
-    if fmt not in SAMPLE_FORMATS:
-        raise ValueError(f"unknown sample format {fmt!r}; choose one of: {', '.join(SAMPLE_FORMATS)}")
+    sample i as `{seed + i:06d}.{fmt}` (images: PNG with its generation parameters, or a (H, W, C) uint8 .npy;
+    audio: 16-bit WAV with them in its INFO comment, or an (L, C) float32 .npy; fmt None: the run's modality's
+    first), so a stopped job keeps what it made. With classes or prompts, out_dir/metadata.jsonl says which sample
+    got which; `grid` also saves them all as one PNG (audio: waveforms over log-mel spectrograms). Files of an
+    earlier job are never replaced unless `overwrite`: a folder that holds any of these names is refused before
+    anything is sampled (choose another --seed or folder to add samples). Returns {"count", "out_dir",
+    "metadata" (a path or None), "grid"}."""
+    kind = MODALITIES[run.config.data.modality]
+    fmt = fmt or kind.formats[0]
+    if fmt not in kind.formats:
+        raise ValueError(f"unknown sample format {fmt!r} for {kind.name} samples; choose one of: {', '.join(kind.formats)}")
     out_dir = Path(out_dir)
     plan = recipe(run, **kwargs)  # checks every argument before a file is touched
     batches = draw(run, plan, n, seed=seed, batch_size=batch_size, progress=progress)
@@ -183,23 +188,29 @@ def write_samples(run: LoadedRun, out_dir: str | Path, n: int, *, fmt: str = "pn
     if not overwrite:
         _refuse_existing(targets, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    digest = weights_digest(run) if fmt == "png" else None
+    digest = weights_digest(run) if fmt != "npy" else None
+    writer = importlib.import_module(kind.writer) if kind.writer else None
     everything, i = [], 0
     for batch in batches:
-        images = to_uint8(batch)
-        for image in images:  # written as produced: a stopped job keeps what it made
-            text = png_text(sample_parameters(run, plan, digest, seed + i, i)) if fmt == "png" else None
-            atomic_write(out_dir / names[i], functools.partial(_write_sample, image, fmt, text=text))
+        samples = to_uint8(batch) if writer is None else batch
+        for x in samples:  # written as produced: a stopped job keeps what it made
+            p = sample_parameters(run, plan, digest, seed + i, i) if digest else None
+            write = (functools.partial(_write_sample, x, fmt, text=png_text(p) if p else None) if writer is None else
+                     functools.partial(writer.write_sample, x, fmt=fmt, rate=run.config.data.sample_rate, parameters=p))
+            atomic_write(out_dir / names[i], write)
             i += 1
         if grid:
-            everything.append(images)
+            everything.append(samples)
     metadata = None
     if asked:
         rows = [{"file_name": names[k], **{key: v[k % len(v)] for key, v in asked.items()}} for k in range(i)]
         metadata = out_dir / METADATA
         atomic_write_text(metadata, "".join(json.dumps(row) + "\n" for row in rows))
     if grid:
-        save_grid(np.concatenate(everything), grid)
+        if writer is None:
+            save_grid(np.concatenate(everything), grid)
+        else:
+            writer.save_grid(torch.cat(everything), grid, run.config.data.sample_rate)
     return {"count": i, "out_dir": out_dir, "metadata": metadata, "grid": grid}
 
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import torch
 
 from ..checkpoint import LoadedRun
-from ..data import BUILTIN, load_dataset, to_tensor
+from ..audio import DEFAULT_RATE, EXTENSIONS as AUDIO_EXTENSIONS, read_audio, to_codes
+from ..data import BUILTIN, MODALITIES, DataError, load_dataset, modality_of, to_tensor
+from ..data.reading import regular_file
 from ..data.folder import load_image
 from ..schedules import add_noise, ve_to_vp
 from .generate import generate
@@ -15,14 +18,33 @@ from .generate import generate
 FORWARD_SIGMAS = (0.0, 0.05, 0.1, 0.2, 0.4, 0.8, 1.5, 3.0, 6.0, 20.0, 80.0)
 
 
-def strip_image(source: str, size: int) -> torch.Tensor:
-    """The image a forward strip shows, (C, size, size) in [-1, 1]: an image file, resized and center-cropped,
-    or the first image of a built-in dataset named `source` (unless a file of that name exists)."""
+def strip_image(source: str, size: int | None = None, rate: int = 0) -> torch.Tensor:
+    """The sample a forward strip shows, (C, *spatial) in [-1, 1]: an image file, resized and center-cropped to
+    size x size (default 64), an audio file (its first `size` samples at `rate` Hz, default 1 s at 8 kHz; see
+    diffusely.audio.read_audio), or the first sample of a built-in dataset named `source` (unless a file of that
+    name exists)."""
+    audio = modality_of(source) == "audio" or Path(source).suffix.lower() in AUDIO_EXTENSIONS
+    size = size or (rate or DEFAULT_RATE if audio else 64)
+    if not audio and size > 1024:
+        raise DataError(f"--size {size} is too large for an image strip: at most 1024 pixels a side")
     if source in BUILTIN and not Path(source).exists():
-        array = load_dataset(source, size).images[0]
+        array = load_dataset(source, size, rate=rate).images[0]
+    elif audio:
+        array = to_codes(read_audio(regular_file(source, "audio file"), rate or DEFAULT_RATE, size)[None])[0]
     else:
         array = load_image(source, size)
     return to_tensor(array[None])[0]
+
+
+def strip_pictures(rows: list[torch.Tensor], modality: str, rate: int = 0) -> tuple[list[torch.Tensor], int]:
+    """Rows of samples (K, C, *spatial) in [-1, 1] as viz.save_strip takes them, and the scale to enlarge them by:
+    images as they are (to about 128 pixels), other modalities drawn by their module's `tiles` (audio: waveform over
+    log-mel spectrogram, enlarged twice)."""
+    writer = MODALITIES[modality].writer
+    if not writer:
+        return rows, max(1, 128 // rows[0].shape[-1])
+    tiles = importlib.import_module(writer).tiles
+    return [tiles(row, rate or DEFAULT_RATE) for row in rows], 2
 
 
 def forward_strip(image: torch.Tensor, sigmas=FORWARD_SIGMAS, seed: int = 0) -> torch.Tensor:

@@ -1,0 +1,193 @@
+"""Sound as a modality: reading and writing audio files, μ-law codes, resampling, log-mel spectrograms and the
+pictures (waveform over log-mel) that stand for a clip wherever an image would be shown.
+
+A clip is stored as the rest of the data is, (L, 1) uint8 channels last: 8-bit μ-law codes (ITU-T G.711's curve
+with mu = 255, as WaveNet quantises audio), so quiet passages keep their detail that linear 8-bit would lose. The
+network sees the companded waveform in [-1, 1]; generated clips are expanded from its continuous output (never
+from 8-bit codes) and written as 16-bit PCM WAV.
+
+soundfile (libsndfile) and soxr come with `pip install 'diffusely[audio]'` and are imported where used.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+MU = 255.0
+DEFAULT_RATE = 8000  # Hz: the fast CPU default; 16000 is DiffWave's SC09 rate
+EXTENSIONS = (".wav", ".flac", ".ogg", ".oga")
+N_MELS = 64
+WAVE_ROWS = 32  # height of the waveform panel above a tile's spectrogram
+
+
+class AudioMissing(ValueError):
+    """soundfile or soxr is not installed; the message says how to install them."""
+
+
+def _soundfile():
+    try:
+        import soundfile
+    except ImportError:
+        raise AudioMissing("reading and writing audio needs soundfile: pip install 'diffusely[audio]'") from None
+    return soundfile
+
+
+# ------------------------------------------------------------------------------ μ-law codes
+
+
+def mu_compress(x: np.ndarray | torch.Tensor):
+    """Linear amplitude in [-1, 1] -> companded in [-1, 1]: sign(x) ln(1 + mu |x|) / ln(1 + mu) (G.711)."""
+    lib = torch if torch.is_tensor(x) else np
+    return lib.sign(x) * lib.log1p(MU * lib.abs(x)) / math.log1p(MU)
+
+
+def mu_expand(y: np.ndarray | torch.Tensor):
+    """The inverse of mu_compress: companded in [-1, 1] -> linear amplitude in [-1, 1]."""
+    lib = torch if torch.is_tensor(y) else np
+    return lib.sign(y) * ((1.0 + MU) ** lib.abs(y) - 1.0) / MU
+
+
+def to_codes(waves: np.ndarray) -> np.ndarray:
+    """(N, L) float amplitudes in [-1, 1] -> (N, L, 1) uint8 μ-law codes (to_tensor maps code k to k / 127.5 - 1)."""
+    y = mu_compress(np.clip(waves, -1.0, 1.0))
+    return np.round((y + 1.0) * 127.5).astype(np.uint8)[..., None]
+
+
+def from_codes(codes: np.ndarray) -> np.ndarray:
+    """(N, L, 1) uint8 μ-law codes -> (N, L) float32 amplitudes in [-1, 1]."""
+    return mu_expand(codes[..., 0].astype(np.float32) / 127.5 - 1.0).astype(np.float32)
+
+
+# ------------------------------------------------------------------------------ files
+
+
+def resample(wave: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
+    """(L,) or (L, C) float -> the same at rate_out, through soxr (libsoxr's "HQ" band-limited filter)."""
+    if rate_in == rate_out:
+        return wave
+    try:
+        import soxr
+    except ImportError:
+        raise AudioMissing(f"resampling {rate_in} Hz audio to {rate_out} Hz needs soxr: "
+                           f"pip install 'diffusely[audio]'") from None
+    return soxr.resample(wave, rate_in, rate_out, quality="HQ").astype(np.float32)
+
+
+def read_audio(path, rate: int, length: int) -> np.ndarray:
+    """One file (WAV, FLAC, OGG: what libsndfile reads) -> (length,) float32 in [-1, 1] at `rate`: channels
+    averaged to mono, resampled, then the first `length` samples kept, a shorter clip padded with silence at its
+    end (the policy: a sound's onset is where it begins, so clips are aligned on it, never cut into the middle).
+    Raises what soundfile raises (a RuntimeError, LibsndfileError) for a file it cannot decode."""
+    wave, file_rate = _soundfile().read(str(path), dtype="float32", always_2d=True)
+    if wave.shape[0] == 0:
+        raise ValueError("it holds no samples")
+    wave = resample(wave.mean(axis=1), file_rate, rate)[:length]
+    return np.pad(wave, (0, length - len(wave))).astype(np.float32)
+
+
+def to_pcm16(wave: np.ndarray | torch.Tensor) -> np.ndarray:
+    """(L,) float in [-1, 1] -> (L,) int16, rounded and clipped (full scale 32767)."""
+    wave = wave.detach().float().cpu().numpy() if torch.is_tensor(wave) else np.asarray(wave, np.float64)
+    return np.clip(np.round(wave * 32767.0), -32768, 32767).astype(np.int16)
+
+
+def write_wav(path, pcm: np.ndarray, rate: int, comment: str | None = None) -> None:
+    """(L,) or (L, C) int16 -> a 16-bit PCM WAV at `path` (a temporary name: the format is given, not guessed);
+    `comment` goes in the file's LIST INFO chunk (ICMT), where libsndfile, sox and most players read it."""
+    sf = _soundfile()
+    channels = 1 if pcm.ndim == 1 else pcm.shape[1]
+    with sf.SoundFile(str(path), "w", samplerate=rate, channels=channels, subtype="PCM_16", format="WAV") as f:
+        if comment:
+            f.comment = comment
+        f.software = "diffusely"
+        f.write(pcm)
+
+
+def read_comment(path) -> dict:
+    """The JSON in a WAV's INFO comment (what write_wav stored), {} when it has none."""
+    text = _soundfile().SoundFile(str(path)).comment
+    return json.loads(text) if text else {}
+
+
+def write_sample(x: torch.Tensor, path, fmt: str, rate: int, parameters: dict | None = None) -> None:
+    """One generated sample (C, L), the network's companded output in [-1, 1], at `path`: a 16-bit WAV with the
+    parameters as JSON in its INFO comment, or an .npy of (L, C) float32 linear amplitudes."""
+    wave = mu_expand(x.detach().float().clamp(-1, 1)).movedim(0, -1).cpu().numpy()
+    if fmt == "npy":
+        with open(path, "wb") as f:
+            np.save(f, wave.astype(np.float32), allow_pickle=False)
+    else:
+        write_wav(path, to_pcm16(wave), rate, json.dumps(parameters) if parameters else None)
+
+
+# ------------------------------------------------------------------------------ spectrograms and pictures
+
+
+@functools.lru_cache(maxsize=8)
+def mel_filters(rate: int, n_fft: int, n_mels: int = N_MELS) -> torch.Tensor:
+    """(n_mels, n_fft // 2 + 1) triangular filters evenly spaced on the HTK mel scale from 0 Hz to rate / 2."""
+    mel = lambda f: 2595.0 * np.log10(1.0 + f / 700.0)  # noqa: E731
+    hz = lambda m: 700.0 * (10.0 ** (m / 2595.0) - 1.0)  # noqa: E731
+    edges = hz(np.linspace(0.0, mel(rate / 2), n_mels + 2))
+    bins = np.linspace(0.0, rate / 2, n_fft // 2 + 1)
+    lo, mid, hi = edges[:-2, None], edges[1:-1, None], edges[2:, None]
+    up, down = (bins - lo) / (mid - lo), (hi - bins) / (hi - mid)
+    return torch.from_numpy(np.maximum(0.0, np.minimum(up, down))).float()
+
+
+def stft_size(rate: int) -> int:
+    """The FFT size: a power of two near 32 ms (256 at 8 kHz, 512 at 16 kHz); hops are a quarter of it."""
+    return 2 ** round(math.log2(rate * 0.032))
+
+
+def log_mel(waves: torch.Tensor, rate: int, n_mels: int = N_MELS) -> torch.Tensor:
+    """(B, L) linear amplitudes -> (B, n_mels, frames) natural-log mel power (floored at 1e-5), Hann window of
+    stft_size(rate), hop a quarter of it, frames = L // hop + 1."""
+    n_fft = stft_size(rate)
+    spec = torch.stft(waves.float(), n_fft, n_fft // 4, window=torch.hann_window(n_fft, device=waves.device),
+                      return_complex=True).abs() ** 2
+    return torch.log(mel_filters(rate, n_fft, n_mels).to(waves.device) @ spec + 1e-5)
+
+
+def _colour(values: np.ndarray) -> np.ndarray:
+    """(..., ) floats in [0, 1] -> (..., 3) floats in [0, 1] on matplotlib's magma colour map."""
+    from matplotlib import colormaps
+
+    return colormaps["magma"](values)[..., :3]
+
+
+def tiles(x: torch.Tensor, rate: int) -> torch.Tensor:
+    """(B, C, L) companded clips in [-1, 1] -> (B, 3, WAVE_ROWS + N_MELS, frames) pictures in [-1, 1]: each clip's
+    waveform (its min and max per spectrogram frame, white on black) over its log-mel spectrogram (low
+    frequencies at the bottom, -11.5 to +5 natural-log power on the magma map), for grids and strips."""
+    wave = mu_expand(x.detach().float().clamp(-1, 1).mean(1)).cpu()
+    mel = log_mel(wave, rate)  # (B, n_mels, frames)
+    frames, hop = mel.shape[-1], stft_size(rate) // 4
+    spec = _colour(((mel.flip(1).numpy() + 11.5) / 16.5).clip(0, 1))  # (B, n_mels, frames, 3)
+    padded = torch.nn.functional.pad(wave, (0, frames * hop - wave.shape[-1])).reshape(len(wave), frames, hop)
+    lo, hi = padded.amin(-1).numpy(), padded.amax(-1).numpy()  # (B, frames)
+    rows = (1 - (np.arange(WAVE_ROWS) + 0.5) / WAVE_ROWS * 2)[None, :, None]  # amplitude at each row, top +1
+    panel = ((rows >= lo[:, None, :] - 1 / WAVE_ROWS) & (rows <= hi[:, None, :] + 1 / WAVE_ROWS)).astype(np.float64)
+    picture = np.concatenate([np.repeat(panel[..., None], 3, -1), spec], axis=1)
+    return torch.from_numpy(picture).permute(0, 3, 1, 2).float() * 2 - 1
+
+
+def save_grid(x: torch.Tensor, path, rate: int, nrow: int | None = None) -> Path:
+    """Save clips (B, C, L) in [-1, 1] as one PNG of their waveform-over-spectrogram tiles, enlarged twice."""
+    from . import viz
+
+    pictures = tiles(x, rate)
+    return viz.save_grid(pictures.repeat_interleave(2, -1).repeat_interleave(2, -2), path,
+                         nrow=nrow or max(1, min(4, len(pictures))))
+
+
+def length_of(path: str | Path) -> float:
+    """A file's duration in seconds, from its header."""
+    info = _soundfile().info(str(path))
+    return info.frames / info.samplerate
