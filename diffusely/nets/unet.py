@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .video import PerFrame, TemporalAttention, TemporalMix
 from .layers import (Attention, CrossAttention, Downsample, ResBlock, Upsample, conv_nd, depth_to_space, group_norm,
                      masked_mean, sinusoidal_embedding, space_to_depth, zero_module)
 
@@ -28,6 +29,9 @@ class UNetConfig:
     patch_size: the first level works on p x p patches of pixels as channels (space-to-depth, as
     Hoogeboom et al. 2023's "simple diffusion" does), so the costliest full-size level runs at 1/p^2 of the
     pixels; 1 for none.
+    factorised: video (dims 3, x (B, C, T, H, W)) with factorised space-time blocks (Ho et al. 2022): every spatial
+    layer 2-D and applied to each frame alike, a temporal convolution after each residual block and temporal
+    attention after each spatial one (diffusely.nets.video); only H and W are downsampled. False: 3-D layers.
     """
 
     dims: int = 2
@@ -45,6 +49,7 @@ class UNetConfig:
     layout_channels: int = 0
     patch_size: int = 1
     lowres_channels: int = 0
+    factorised: bool = False
 
     def __post_init__(self):
         self.channels = tuple(int(c) for c in self.channels)
@@ -56,6 +61,9 @@ class UNetConfig:
             raise ValueError(f"attention_levels {bad} outside the {len(self.channels)} levels 0..{len(self.channels) - 1}")
         if self.dims not in (1, 2, 3):
             raise ValueError(f"dims must be 1, 2 or 3, got {self.dims}")
+        if self.factorised and (self.dims != 3 or self.patch_size != 1):
+            raise ValueError(f"factorised space-time blocks are for video: dims 3 and patch_size 1, got dims {self.dims}, "
+                             f"patch_size {self.patch_size}")
         if self.patch_size < 1 or self.layout_channels < 0 or self.lowres_channels < 0:
             raise ValueError(f"patch_size must be >= 1 and layout_channels, lowres_channels >= 0, got {self.patch_size}, "
                              f"{self.layout_channels}, {self.lowres_channels}")
@@ -102,41 +110,47 @@ class UNet(nn.Module):
         self.emb = nn.Sequential(nn.Linear(ch0, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.label_emb = nn.Embedding(cfg.num_classes + 1, emb_dim) if cfg.num_classes else None
 
-        block = lambda cin, cout: ResBlock(dims, cin, cout, emb_dim, cfg.dropout, cfg.groups)
+        # video with factorised blocks: 2-D layers on each frame, each followed by its temporal layer
+        frame, time = (PerFrame, True) if cfg.factorised else ((lambda layer: layer), False)
+        space = 2 if cfg.factorised else dims
+        block = lambda cin, cout: [frame(ResBlock(space, cin, cout, emb_dim, cfg.dropout, cfg.groups))] + (
+            [TemporalMix(cout, cfg.groups)] if time else [])
         # self-attention, then (text models) cross-attention to the text tokens, at the attention levels
-        attn = lambda c: [Attention(dims, c, cfg.head_channels, cfg.groups)] + (
-            [CrossAttention(dims, c, cfg.context_dim, cfg.head_channels, cfg.groups)] if cfg.context_dim else [])
+        attn = lambda c: [frame(Attention(space, c, cfg.head_channels, cfg.groups))] + (
+            [TemporalAttention(c, cfg.head_channels, cfg.groups)] if time else []) + (
+            [frame(CrossAttention(space, c, cfg.context_dim, cfg.head_channels, cfg.groups))] if cfg.context_dim else [])
         self.text_emb = nn.Linear(cfg.context_dim, emb_dim) if cfg.context_dim else None
 
         patch = cfg.patch_size ** dims
-        self.input = conv_nd(dims, (cfg.in_channels + sum(cfg.concatenated.values())) * patch, ch0, 3, padding=1)
+        self.input = frame(conv_nd(space, (cfg.in_channels + sum(cfg.concatenated.values())) * patch, ch0, 3, padding=1))
         self.down = nn.ModuleList()
         skips, c = [ch0], ch0
         for level, cout in enumerate(cfg.channels):
             for _ in range(cfg.blocks_per_level):
-                self.down.append(nn.ModuleList([block(c, cout)] + (attn(cout) if level in cfg.attention_levels else [])))
+                self.down.append(nn.ModuleList(block(c, cout) + (attn(cout) if level in cfg.attention_levels else [])))
                 c = cout
                 skips.append(c)
             if level < len(cfg.channels) - 1:
-                self.down.append(nn.ModuleList([Downsample(dims, c)]))
+                self.down.append(nn.ModuleList([frame(Downsample(space, c))]))
                 skips.append(c)
-        self.middle = nn.ModuleList([block(c, c), *attn(c), block(c, c)])
+        self.middle = nn.ModuleList([*block(c, c), *attn(c), *block(c, c)])
         self.up = nn.ModuleList()
         for level, cout in reversed(list(enumerate(cfg.channels))):
             for i in range(cfg.blocks_per_level + 1):
-                layers = [block(c + skips.pop(), cout)] + (attn(cout) if level in cfg.attention_levels else [])
+                layers = block(c + skips.pop(), cout) + (attn(cout) if level in cfg.attention_levels else [])
                 c = cout
                 if level > 0 and i == cfg.blocks_per_level:
-                    layers.append(Upsample(dims, c))
+                    layers.append(frame(Upsample(space, c)))
                 self.up.append(nn.ModuleList(layers))
-        self.out = nn.Sequential(group_norm(c, cfg.groups), nn.SiLU(), zero_module(conv_nd(dims, c, cfg.out_channels * patch, 3, padding=1)))
+        self.out = frame(nn.Sequential(group_norm(c, cfg.groups), nn.SiLU(),
+                                       zero_module(conv_nd(space, c, cfg.out_channels * patch, 3, padding=1))))
 
     def check_input(self, x: torch.Tensor) -> None:
         cfg = self.config
         if x.ndim != cfg.dims + 2 or x.shape[1] != cfg.in_channels:
             raise ValueError(f"expected input (batch, {cfg.in_channels}, {', '.join(['size'] * cfg.dims)}), got {tuple(x.shape)}")
         f = cfg.downsample_factor
-        if any(s % f for s in x.shape[2:]):
+        if any(s % f for s in x.shape[3 if cfg.factorised else 2:]):  # factorised: frames are not downsampled
             patch = f" times the patch size {cfg.patch_size}" if cfg.patch_size > 1 else ""
             raise ValueError(f"input size {tuple(x.shape[2:])} is not divisible by {f} (2 to the number of levels "
                              f"minus one, for channels {','.join(map(str, cfg.channels))}{patch}); use a size that is a multiple of {f}")
@@ -180,11 +194,12 @@ class UNet(nn.Module):
 
         def run(layers, h):
             for layer in layers:
-                if isinstance(layer, ResBlock):
+                kind = layer.layer if isinstance(layer, PerFrame) else layer
+                if isinstance(kind, ResBlock):
                     h = save(layer, h, emb, use_reentrant=False)
-                elif isinstance(layer, CrossAttention):
+                elif isinstance(kind, CrossAttention):
                     h = save(layer, h, context, context_mask, use_reentrant=False)
-                elif isinstance(layer, Attention):
+                elif isinstance(kind, (Attention, TemporalAttention, TemporalMix)):
                     h = save(layer, h, use_reentrant=False)
                 else:
                     h = layer(h)

@@ -1,0 +1,207 @@
+"""Video: clips read from a folder (GIF, MP4, WebM, or a subfolder of numbered images per clip) and written back.
+
+GIFs are read and written by pillow (a dependency already); MP4 and WebM through PyAV (`pip install
+diffusely[video]`: FFmpeg's libraries inside its wheel, no other dependency), imported only where such a file is met.
+
+Clip policy, stated once: every file is decoded whole (its frames as RGB), resampled to `fps` frames a second by
+taking, for each output time k / fps, the latest source frame shown at that time (a GIF's own frame durations, a
+video's timestamps; an image sequence is taken to be at `fps` already); each frame is centre-cropped to a square
+and resized (LANCZOS) to size x size; the resampled stream is cut into consecutive non-overlapping clips of
+`frames` frames from its start, a tail shorter than a clip dropped. A file too short for one clip is skipped, as is
+one that cannot be decoded: both with one warning that counts them. With classes, a clip's class is its file's
+first-level subfolder, as for images.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageSequence
+
+from . import DataError
+from .folder import _subfolder_labels
+from .transforms import to_uint8
+
+VIDEO_EXTENSIONS = (".gif", ".mp4", ".webm", ".mov", ".mkv", ".avi")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+CODECS = {"mp4": "libx264", "webm": "libvpx-vp9"}
+
+
+@dataclass
+class VideoFolder:
+    """images: (N, T, S, S, 3) uint8 clips; labels (N,) int64 and class_names with classes, else None; paths: the
+    file (or image-sequence folder) each clip came from."""
+
+    images: np.ndarray
+    labels: np.ndarray | None
+    class_names: list[str] | None
+    paths: list[str]
+
+
+def _av():
+    try:
+        import av
+    except ImportError as error:
+        raise DataError("reading or writing MP4/WebM needs PyAV: pip install 'diffusely[video]'") from error
+    return av
+
+
+def read_video(path) -> tuple[list[np.ndarray], list[float]]:
+    """Every frame of a GIF, MP4 or WebM as (H, W, 3) uint8 RGB, and the times in seconds each is shown from, with
+    one more: the end of the last."""
+    path = Path(path)
+    if path.suffix.lower() == ".gif":
+        with Image.open(path) as gif:
+            frames, times, t = [], [], 0.0
+            for frame in ImageSequence.Iterator(gif):
+                frames.append(np.asarray(frame.convert("RGB")))
+                times.append(t)
+                t += max(frame.info.get("duration", 100), 10) / 1000  # browsers show 0-10 ms frames for 100 ms
+            return frames, times + [t]
+    with _av().open(str(path)) as container:
+        stream = container.streams.video[0]
+        frames, times, rate = [], [], float(stream.average_rate or 25)
+        for frame in container.decode(stream):
+            frames.append(frame.to_ndarray(format="rgb24"))
+            times.append(float(frame.time) if frame.time is not None else len(times) / rate)
+        times.append(times[-1] + 1 / rate if times else 0.0)
+    return frames, [t - times[0] for t in times]
+
+
+def resample(frames: list[np.ndarray], times: list[float], fps: float) -> list[np.ndarray]:
+    """The frames shown at times 0, 1/fps, 2/fps, ... before the end (times: each frame's start, then the end),
+    the latest to start at or before each."""
+    if not frames:
+        return []
+    times = np.asarray(times)
+    count = int(np.ceil(times[-1] * fps - 1e-6))
+    picks = np.searchsorted(times[:-1], np.arange(count) / fps + 1e-6, side="right") - 1
+    return [frames[max(0, i)] for i in picks]
+
+
+def square(frame: np.ndarray, size: int) -> np.ndarray:
+    """(H, W, 3) uint8 -> (size, size, 3): the centred square crop, resized with LANCZOS."""
+    h, w = frame.shape[:2]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    image = Image.fromarray(frame[top:top + side, left:left + side])
+    return np.asarray(image.resize((size, size), Image.LANCZOS) if side != size else image)
+
+
+def find_videos(root: Path) -> list[Path]:
+    """Video files and image-sequence folders (a folder holding images and no subfolder) under `root`, sorted."""
+    found = []
+    for p in sorted(root.rglob("*")):
+        if any(part.startswith(".") for part in p.relative_to(root).parts):
+            continue
+        if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS:
+            found.append(p)
+        elif p.is_dir() and p != root and _image_sequence(p):
+            found.append(p)
+    return found
+
+
+def _image_sequence(folder: Path) -> list[Path]:
+    items = list(folder.iterdir())
+    if any(p.is_dir() for p in items):
+        return []
+    return sorted(p for p in items if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
+
+
+def is_video_folder(root) -> bool:
+    """Whether `root` is a folder of video files (what makes a run on it a video run); folders of images are not."""
+    root = Path(root)
+    return root.is_dir() and any(p.suffix.lower() in VIDEO_EXTENSIONS for p in root.rglob("*") if p.is_file())
+
+
+def clips_of(path: Path, size: int, frames: int, fps: float) -> list[np.ndarray]:
+    """The (frames, size, size, 3) clips of one file or image-sequence folder, by the module's policy."""
+    if path.is_dir():
+        shown = [np.asarray(Image.open(p).convert("RGB")) for p in _image_sequence(path)]
+    else:
+        shown = resample(*read_video(path), fps)
+    shown = [square(f, size) for f in shown[:len(shown) // frames * frames]]
+    return [np.stack(shown[i:i + frames]) for i in range(0, len(shown), frames)]
+
+
+def load_video_folder(root, size: int, frames: int, fps: float, classes: bool = False) -> VideoFolder:
+    """Every clip under `root` (see the module's docstring for the policy)."""
+    root = Path(root)
+    paths = find_videos(root) if root.is_dir() else []
+    if not paths:
+        raise DataError(f"no videos under {root}; accepted: {', '.join(VIDEO_EXTENSIONS)} files, or folders of images")
+    labels, class_names = _subfolder_labels(root, paths) if classes else (None, None)
+    clips, rows, failed, short = [], [], 0, 0
+    for i, path in enumerate(paths):
+        try:
+            found = clips_of(path, size, frames, fps)
+        except DataError:
+            raise
+        except Exception:  # noqa: BLE001 - a corrupt file of any kind: counted and skipped below
+            failed += 1
+            continue
+        short += not found
+        clips += found
+        rows += [i] * len(found)
+    if failed or short:
+        warnings.warn(f"{root}: skipped {failed} unreadable file(s) and {short} shorter than {frames} frames at "
+                      f"{fps:g} fps", stacklevel=2)
+    if not clips:
+        raise DataError(f"no clip of {frames} frames could be read under {root}: use fewer --frames or longer videos")
+    return VideoFolder(np.stack(clips), None if labels is None else np.asarray(labels, dtype=np.int64)[rows], class_names,
+                       [str(paths[i]) for i in rows])
+
+
+def write_video(path, clip: np.ndarray, fps: float, comment: str | None = None) -> None:
+    """(T, H, W, 3) uint8 frames to a GIF (looping; `comment` in its comment block), MP4 (H.264) or WebM (VP9)."""
+    path = Path(path)
+    fmt = path.suffix.lower().lstrip(".")
+    if fmt == "gif":
+        images = [Image.fromarray(f) for f in clip]
+        extra = {"comment": comment.encode()} if comment else {}
+        images[0].save(path, save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0,
+                       optimize=False, **extra)
+        return
+    if fmt not in CODECS:
+        raise DataError(f"cannot write {path.name}: choose .gif, .mp4 or .webm")
+    av = _av()
+    h, w = clip.shape[1:3]
+    buffer = io.BytesIO()  # encoded in memory, then written in one go (the caller makes that atomic)
+    with av.open(buffer, "w", format=fmt) as container:
+        stream = container.add_stream(CODECS[fmt], rate=round(fps))
+        stream.width, stream.height = w + w % 2, h + h % 2  # H.264's 4:2:0 needs even sides
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": "12"} if fmt == "mp4" else {"crf": "12", "b": "0"}
+        for f in clip:
+            f = np.pad(f, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")))
+        container.mux(stream.encode())
+    path.write_bytes(buffer.getvalue())
+
+
+def write_sample(x: torch.Tensor, path, fmt: str, rate: float, parameters: dict | None = None) -> None:
+    """One generated clip (C, T, H, W) in [-1, 1] at `path`: a GIF or MP4 at `rate` frames a second (a GIF keeps the
+    parameters as JSON in its comment), or an .npy of (T, H, W, C) uint8."""
+    import json
+
+    frames = to_uint8(x[None])[0]
+    if fmt == "npy":
+        with open(path, "wb") as f:
+            np.save(f, frames, allow_pickle=False)
+        return
+    rgb = np.repeat(frames, 3, -1) if frames.shape[-1] == 1 else frames
+    write_video(path, rgb, rate or 8.0, json.dumps(parameters) if parameters and fmt == "gif" else None)
+
+
+def tiles(x: torch.Tensor, rate: float = 0) -> torch.Tensor:
+    """(B, C, T, H, W) clips -> (B, C, H, T * W + T - 1) frame strips (frames left to right, a 1-pixel white gap),
+    the picture of each clip in grids and strips."""
+    b, c, t, h, w = x.shape
+    gap = torch.ones(b, c, t, h, 1, dtype=x.dtype, device=x.device)
+    strip = torch.cat([x, gap], -1).permute(0, 1, 3, 2, 4).reshape(b, c, h, t * (w + 1))
+    return strip[..., :-1]
