@@ -186,3 +186,7 @@ def test_nfe_budget_and_optimised_schedule(trained, tmp_path):
     assert len(sigmas) == 4 and sigmas[-1] == 0
     r = run("reverse", trained, "--out", tmp_path / "r.png", "--sampler", "dpmpp_2m", "--nfe", 3)
     assert r.exit_code == 0 and (tmp_path / "r.png").is_file(), r.output
+    # the name A1111 users type finds the same sampler, and its schedule lands under our name
+    r = run("optimize-schedule", trained, "--sampler", "DPM++ 2M", "--steps", 2, "-n", 2)
+    assert r.exit_code == 0, r.output
+    assert len(json.loads((trained / "schedules.json").read_text())["dpmpp_2m"]["2"]) == 3

@@ -207,3 +207,15 @@ def test_earlier_results_are_kept_unless_overwrite(root):
     assert "--overwrite" in r.output and (root / "again" / "p0.png").read_bytes() == before
     assert invoke(*args, "--seed", "5", "--overwrite").exit_code == 0
     assert (root / "again" / "p0.png").read_bytes() != before
+
+
+def test_a_sampler_name_people_know_brings_its_spacing_and_options(root):
+    """'Euler a' is euler_ancestral on uniform-t steps (docs/samplers-aliases.md): restore draws what that spells
+    out, not euler_ancestral on its default Karras steps."""
+    outs = {}
+    for name in ("Euler a", "euler_ancestral"):
+        out = outs[name] = root / f"alias-{name.replace(' ', '-')}"
+        r = invoke("restore", root / "run", root / "clean" / "p0.png", "--task", "inpaint", "--mask", root / "mask.png",
+                   "--sampler", name, "--steps", "3", "--out", out, "--quiet")
+        assert r.exit_code == 0, r.output
+    assert not np.array_equal(read(outs["Euler a"] / "p0.png"), read(outs["euler_ancestral"] / "p0.png"))

@@ -109,15 +109,14 @@ def optimize_schedule(run_dir, steps, nfe, sampler, count, seed, options):
     """
     from ..checkpoint import load_run, write_schedule
     from ..pipelines import optimize_schedule as optimize
-    from ..samplers import resolve_steps
+    from ..pipelines.generate import sampling_plan
 
     run = load_run(run_dir, device())
     writable(run_dir)  # before the search, which takes minutes
-    sampler = sampler or run.config.diffusion.sampler
-    steps = resolve_steps(sampler, steps, nfe)
+    sampler, steps = sampling_plan(run, sampler, steps, nfe)  # takes "DPM++ 2M" and the other names people know
     if steps is None:
-        raise click.UsageError(f"{sampler!r} chooses its own steps: there is no schedule to optimise")
-    result, before, after = optimize(run, steps, sampler=sampler, n=count, seed=seed, **options)
+        raise click.UsageError(f"{sampler.given!r} chooses its own steps: there is no schedule to optimise")
+    result, before, after = optimize(run, steps, sampler=sampler, n=count, seed=seed, **{**sampler.options, **options})
     path = write_schedule(run_dir, sampler, steps, result.sigmas)
     click.echo(f"{sampler}, {steps} steps: RMS error against the ODE solution (adaptive, rtol 1e-5)")
     click.echo(f"  search batch ({count}):  Karras {result.error_karras:.4f} -> optimised {result.error:.4f} "

@@ -121,7 +121,9 @@ class Plan:
 
     def sampling(self, run: LoadedRun, gens) -> dict:
         d = run.config.diffusion
-        return dict(method=self.sampler, steps=self.steps, sigma_min=d.sigma_min, sigma_max=d.sigma_max, generator=gens)
+        # a name such as "DPM++ 2M Karras" brings its spacing and options (pipelines.generate.Sampler)
+        return dict(method=self.sampler, steps=self.steps, sigma_min=d.sigma_min, sigma_max=d.sigma_max, generator=gens,
+                    spacing=self.sampler.spacing, **self.sampler.options)
 
 
 def _save(path: Path, x: torch.Tensor) -> Path:
