@@ -33,6 +33,7 @@ from ._files import (RunError, Unreadable, atomic_write_text, check_writable, fi
                      read_meta, save_tensors)
 from .config import AutoencoderRunConfig, ConfigError, JsonConfig, RunConfig
 from .denoisers import Denoiser
+from .distill.consistency import ConsistencyDenoiser
 from .nets import UNet
 from .nets.autoencoder import Autoencoder, LatentSpace
 from .nets.fast import fast_net
@@ -76,13 +77,15 @@ def read_config(run_dir: str | Path, cls: type[JsonConfig] = RunConfig):
 
 
 def save_checkpoint(run_dir: str | Path, *, model: torch.nn.Module, ema: torch.nn.Module,
-                    optimizer: torch.optim.Optimizer, step: int, keep: int = 2) -> Path:
+                    optimizer: torch.optim.Optimizer, step: int, keep: int = 2,
+                    more: Optional[dict[str, torch.nn.Module]] = None) -> Path:
     """Write model, EMA and optimizer state and the step into checkpoint.safetensors (keeping the last `keep`,
     older ones as checkpoint-STEP.safetensors; see diffusely.state), then the EMA weights alone into
-    model.safetensors for sampling, each atomically. NonFiniteError, writing nothing, if any tensor is NaN or inf."""
+    model.safetensors for sampling, each atomically. NonFiniteError, writing nothing, if any tensor is NaN or inf.
+    `more`: other modules a resume needs, by name (a student's target network)."""
     run_dir = Path(run_dir)
-    path = save_run_state(run_dir, step=step, modules={"model": model, "ema": ema}, optimizers={"optim": optimizer},
-                          keep=keep)
+    path = save_run_state(run_dir, step=step, modules={"model": model, "ema": ema, **(more or {})},
+                          optimizers={"optim": optimizer}, keep=keep)
     save_tensors(run_dir / MODEL, ema.state_dict(), {"step": step, "format": "diffusely-weights-1", "weights": "ema"})
     return path
 
@@ -120,7 +123,10 @@ def build_model(config: RunConfig) -> UNet | TextUNet:
 
 
 def build_denoiser(config: RunConfig, net: torch.nn.Module) -> Denoiser:
+    """The run's network as a denoiser: its parameterization, or a student's consistency function (diffusely.distill)."""
     d = config.diffusion
+    if config.distill is not None:
+        return ConsistencyDenoiser(net, sigma_data=d.sigma_data, sigma_min=d.sigma_min, schedule=d.discrete_schedule())
     return Denoiser(net, d.parameterization, sigma_data=d.sigma_data, schedule=d.discrete_schedule())
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .data import MODALITIES
 from .denoisers import PARAMETERIZATIONS
+from .distill.config import DistillConfig
 from .jsonconfig import ConfigError, JsonConfig, check_choice, check_count, check_number
 from .loss import WEIGHTINGS
 from .layout import DIRECTIONS
@@ -276,6 +277,7 @@ class RunConfig(JsonConfig):
     train: TrainConfig = field(default_factory=TrainConfig)
     text: TextConfig = field(default_factory=TextConfig)
     latent: typing.Optional[LatentConfig] = None
+    distill: typing.Optional[DistillConfig] = None  # a student run: of which teacher, at which NFE
     version: int = CONFIG_VERSION
 
     def __post_init__(self):

@@ -8,12 +8,14 @@
     cli/runs.py       info, eval, optimize-schedule
     cli/restore.py    upscale, restore, img2img
     cli/interop.py    import-diffusers, export
+    cli/distill.py    distill
 """
 
 from __future__ import annotations
 
 import click
 
+from .distill import distill
 from .errors import Group
 from .interop import export, import_diffusers_command
 from .restore import img2img, restore, upscale
@@ -30,7 +32,7 @@ def main(debug):
 
 
 for command in (train, train_autoencoder, sample, synth, optimize_schedule, forward, reverse, info, eval_, upscale,
-                restore, img2img, import_diffusers_command, export):
+                restore, img2img, import_diffusers_command, export, distill):
     main.add_command(command)
 
 __all__ = ["main"]

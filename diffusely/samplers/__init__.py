@@ -14,7 +14,7 @@ import torch
 
 from ..schedules import Spacing, _check_range, get_sigmas
 # each module registers its samplers as it is imported, and SAMPLERS lists them in this order (not alphabetical)
-from . import ode, ancestral, multistep, sde, adaptive  # noqa: F401, I001
+from . import ode, ancestral, multistep, sde, adaptive, consistency  # noqa: F401, I001
 from .aliases import ALIASES, resolve_sampler, resolve_spacing
 from .ancestral import ancestral_step
 from .registry import (OPTION_RANGES, SAMPLERS, check_options, get_sampler, nfe, register, resolve_steps,
