@@ -224,12 +224,17 @@ def optimize(optimizer: torch.optim.Optimizer, loss: torch.Tensor, module: torch
 class Tracker:
     """What both trainers do after each step: stop at the first non-finite loss (keeping the last good checkpoint),
     average the step's values over log_every steps into log.csv (over all ranks under DDP) and the progress bar,
-    and at checkpoint steps `save(step)` (the main process), plot loss.png and call on_checkpoint(step)."""
+    and at checkpoint steps `save(step)` (the main process), plot loss.png and call on_checkpoint(step).
+    `should_stop()`, asked after each step (a UI's stop button), makes that step a checkpoint step and sets
+    `stopped`: the trainer then leaves its loop with the run resumable from that step (one process: under DDP
+    every rank would have to answer alike)."""
 
     def __init__(self, run_dir: Path, fields: list[str], tc, start: int, d: Dist, save: Callable[[int], None], *,
                  desc: str, progress: bool, shown: tuple[str, ...] = ("loss",),
-                 on_checkpoint: Optional[Callable[[int], None]] = None, number: str = "{:.6g}"):
+                 on_checkpoint: Optional[Callable[[int], None]] = None, number: str = "{:.6g}",
+                 should_stop: Optional[Callable[[], bool]] = None):
         self.run_dir, self.fields, self.tc, self.d, self.save = run_dir, fields, tc, d, save
+        self.should_stop, self.stopped = should_stop, False
         self.shown, self.on_checkpoint, self.number = shown, on_checkpoint, number
         self.saved = start if (run_dir / CHECKPOINT).exists() else None  # the step of the last good checkpoint
         self.bar = tqdm(total=tc.steps, initial=start, desc=desc, unit="step", disable=not (progress and d.main),
@@ -244,7 +249,8 @@ class Tracker:
         self.rows.append(values)
         done = step + 1
         self.bar.update(1)
-        at_checkpoint = done % self.tc.checkpoint_every == 0 or done == self.tc.steps
+        self.stopped = done < self.tc.steps and self.should_stop is not None and bool(self.should_stop())
+        at_checkpoint = done % self.tc.checkpoint_every == 0 or done == self.tc.steps or self.stopped
         if done % self.tc.log_every == 0 or at_checkpoint:
             self._log(done, lr)
         if at_checkpoint:

@@ -34,10 +34,12 @@ LOG_FIELDS = ["step", "loss", "lr", "images_per_second", "seconds"]
 
 
 def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
-          on_checkpoint: Optional[Callable[[int], None]] = None, data: Optional[Dataset] = None) -> dict:
+          on_checkpoint: Optional[Callable[[int], None]] = None, data: Optional[Dataset] = None,
+          should_stop: Optional[Callable[[], bool]] = None) -> dict:
     """Train `config` into `run_dir` (with resume=True continue the run saved there) on config.data.source, or on
     `data`: samples (N, *spatial, C) of the model's dims. Returns final stats. The run directory is locked for the
-    whole job; a non-finite loss stops the run with a RunError, its last good checkpoint kept."""
+    whole job; a non-finite loss stops the run with a RunError, its last good checkpoint kept. `should_stop()`,
+    asked after each step, ends the run early at a checkpoint of that step (resumable); "step" then says where."""
     run_dir, d = Path(run_dir), setup_distributed()
     device = _device(d)
     with locked(run_dir, "train", d):
@@ -60,7 +62,7 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, progr
         save = lambda step: save_checkpoint(run_dir, model=model, ema=ema, optimizer=optimizer, step=step,  # noqa: E731
                                             keep=tc.keep)
         tracker = Tracker(run_dir, LOG_FIELDS, tc, start, d, save, desc="training", progress=progress,
-                          on_checkpoint=on_checkpoint, number="{:.6f}")
+                          on_checkpoint=on_checkpoint, number="{:.6f}", should_stop=should_stop)
         model.train()
         for step in range(start, tc.steps):
             x0, sigma, noise, cond = batches.draw_batch(step)
@@ -76,9 +78,12 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, progr
             if d.main and (done % tc.sample_every == 0 or done == tc.steps):
                 sample_grid(ema_denoiser, config, run_dir / "samples" / f"step-{done:07d}.png", conds,
                             decode=latents.space.decode if latents is not None else None)
+            if tracker.stopped:
+                break
         last = tracker.close()
-    return {"step": tc.steps, "loss": last.get("loss", float("nan")), "run_dir": str(run_dir),
-            "images": len(data.images), "world_size": d.world, "effective_batch_size": tc.batch_size * d.world}
+    return {"step": done if tracker.stopped else tc.steps, "loss": last.get("loss", float("nan")),
+            "run_dir": str(run_dir), "images": len(data.images), "world_size": d.world,
+            "effective_batch_size": tc.batch_size * d.world}
 
 
 def _device(d: Dist) -> torch.device:
