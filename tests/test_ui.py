@@ -58,3 +58,109 @@ def test_should_stop_is_not_asked_after_the_last_step(tmp_path):
     assert result["step"] == 1  # asked after step 1 (stops), never after the last
     result = train(tiny(3), tmp_path / "run", resume=True, progress=False, should_stop=lambda: False)
     assert result["step"] == 3 and int(weights(tmp_path / "run")["optim.0.step"].item()) == 3
+
+
+# ---- the page in a browser ----------------------------------------------------------------------------------------
+
+BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def _missing(why: str):
+    if os.environ.get("CI") == "true":  # CI installs both (.ci/run, the dev extra): their absence is a failure there
+        pytest.fail(f"the UI's browser tests need {why} (CI installs them: .ci/run, pip install -e '.[dev]')")
+    pytest.skip(f"needs {why}")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """The UI on a loopback port over a RUNS_DIR holding copies of the tiny fixture runs."""
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        _missing("gradio (pip install 'diffusely[ui]')")
+    from diffusely.ui import Roots, serve
+
+    runs = tmp_path_factory.mktemp("runs")
+    for name in ("uncond", "classes", "layout"):
+        shutil.copytree(FIXTURES / name, runs / name)
+    demo, url = serve(Roots.of(runs, max_upload_mb=1), port=_free_port(), block=False)
+    assert url.startswith("http://127.0.0.1:")
+    yield url, runs, demo
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _missing("playwright (pip install playwright)")
+    if not Path(CHROMIUM).exists():
+        _missing(f"Debian's chromium at {CHROMIUM} (apt-get install chromium)")
+    with sync_playwright() as p:  # launch() gives the browser a new empty profile of its own
+        b = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(server, browser):
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    page.set_default_timeout(30_000)
+    page.goto(server[0])
+    page.wait_for_selector("#gen-go")
+    yield page
+    page.close()
+
+
+def pick(page, elem_id: str, value: str) -> None:
+    """Choose `value` in a Gradio dropdown."""
+    page.click(f"#{elem_id} input")
+    page.fill(f"#{elem_id} input", value)
+    page.locator(f"#{elem_id} ~ * li, ul[role=listbox] li").filter(has_text=value).first.click()
+
+
+def fill(page, elem_id: str, value) -> None:
+    page.fill(f"#{elem_id} input, #{elem_id} textarea", str(value))
+
+
+def shot(page, name: str) -> None:
+    DOCS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(DOCS / f"{name}.png"), full_page=True)
+
+
+def download(page, link_selector: str, path: Path) -> Path:
+    href = page.locator(link_selector).first.get_attribute("href")
+    response = page.request.get(href if href.startswith("http") else page.url.rstrip("/") + "/" + href.lstrip("/"))
+    assert response.ok, href
+    path.write_bytes(response.body())
+    return path
+
+
+def test_generate_then_the_cli_draws_the_png_again_bit_for_bit(page, server, tmp_path):
+    pick(page, "gen-run", "classes")
+    pick(page, "gen-class", "square")
+    fill(page, "gen-steps", 4)
+    fill(page, "gen-seed", 11)
+    fill(page, "gen-count", 2)
+    page.click("#gen-go")
+    page.wait_for_function("document.querySelectorAll('#gen-files a[download]').length >= 2")
+    params = page.input_value("#gen-params textarea")
+    assert "Steps: 4" in params and "Seed: 11" in params and "Class: square" in params
+    png = download(page, "#gen-files a[download]", tmp_path / "000011.png")
+    with Image.open(png) as im:
+        assert im.size == (8, 8) and "diffusely" in im.text and im.text["parameters"] == params
+    out = subprocess.run([sys.executable, "-m", "diffusely.cli", "sample", "--from-png", str(png), "--out",
+                          str(tmp_path / "again"), "--quiet"], capture_output=True, text=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr
+    assert "identical to" in out.stdout
+    assert np.array_equal(np.asarray(Image.open(png)), np.asarray(Image.open(tmp_path / "again" / "000011.png")))
+    shot(page, "generate")

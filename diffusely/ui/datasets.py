@@ -1,0 +1,186 @@
+"""The Datasets tab, for layout runs: type boxes (a table of lines: a canvas to draw boxes on is not a component
+Gradio ships, so boxes are entered as text and previewed on the image), generate an image from them; launch
+`synth` in a background job with its progress, then browse the dataset with its boxes drawn, its class counts and
+its contact sheet."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+from PIL import Image
+
+from .. import viz
+from ..pipelines.generate import write_samples
+from ..pipelines.synth import synthesize
+from .generate import SAMPLER_CHOICES, guidance_value, number
+from .state import Context
+
+EXAMPLE = "scratch 4 4 20 12\nspot 18 18 28 28"
+
+
+def parse_boxes(text: str) -> list[tuple]:
+    """Lines "class x0 y0 x1 y1 [direction]" (pixels of the run's images) -> boxes; ValueError naming the line."""
+    boxes = []
+    for k, line in enumerate(l for l in (text or "").splitlines() if l.strip()):
+        parts = line.replace(",", " ").split()
+        try:
+            if len(parts) not in (5, 6):
+                raise ValueError
+            boxes.append((parts[0], *map(float, parts[1:5]), *(int(p) for p in parts[5:])))
+        except ValueError:
+            raise ValueError(f"box line {k + 1} {line!r}: write class x0 y0 x1 y1 [direction] in pixels, e.g. "
+                             f"'scratch 4 4 20 12'") from None
+    if not boxes:
+        raise ValueError("give at least one box, one line each: class x0 y0 x1 y1")
+    return boxes
+
+
+def boxed(image: np.ndarray, boxes: list[tuple], names: list[str], path: Path, scale: int = 8) -> str:
+    """`image` (H, W, C) uint8 enlarged with its boxes (class index, x0, y0, x1, y1[, direction]) drawn."""
+    return str(viz.save_contact_sheet(image[None], [boxes], names, path, ncol=1, scale=scale))
+
+
+def _indexed(run, boxes: list[tuple]) -> list[tuple]:
+    names = list(run.config.data.class_names)
+    return [(names.index(b[0]) if b[0] in names else int(b[0]) if str(b[0]).isdigit() else 0, *b[1:]) for b in boxes]
+
+
+def preview(ctx: Context, name, text):
+    """The boxes drawn on a grey image of the run's size (before any sampling)."""
+    try:
+        run, boxes = ctx.run(name), parse_boxes(text)
+        size = run.config.data.image_size
+        out = ctx.out_dir(name, "layout")
+        out.mkdir(parents=True, exist_ok=True)
+        grey = np.full((size, size, 3), 96, np.uint8)
+        return boxed(grey, _indexed(run, boxes), list(run.config.data.class_names), out / "preview.png")
+    except ValueError as e:
+        raise gr.Error(str(e), print_exception=False) from None
+
+
+def generate_layout(ctx: Context, name, text, sampler, steps, guidance, seed, progress=gr.Progress(track_tqdm=True)):
+    """One image of the typed layout, with its boxes drawn beside the plain PNG (parameters inside)."""
+    try:
+        run, boxes = ctx.run(name), parse_boxes(text)
+        out = ctx.out_dir(name, "layout")
+        result = write_samples(run, out, 1, seed=int(seed), layouts=[boxes], sampler=sampler or None,
+                               steps=number(steps), guidance=guidance_value(guidance))
+    except ValueError as e:
+        raise gr.Error(str(e), print_exception=False) from None
+    png = next(Path(result["out_dir"]).glob("0*.png"))
+    image = np.asarray(Image.open(png).convert("RGB"))
+    return boxed(image, _indexed(run, boxes), list(run.config.data.class_names), out / "boxed.png"), str(png)
+
+
+def start_synth(ctx: Context, name, dataset, n, seed, steps, no_copies) -> str:
+    """Launch synth into `dataset` (under RUNS_DIR) in a background job."""
+    try:
+        run, out, n = ctx.run(name), ctx.roots.inside(dataset, "dataset folder"), int(n)
+        work = lambda job: _synth_line(synthesize(run, out, n, seed=int(seed), steps=number(steps),  # noqa: E731
+                                                  no_copies=bool(no_copies), progress=False))
+        ctx.jobs.start(str(out), work)
+    except ValueError as e:
+        raise gr.Error(str(e), print_exception=False) from None
+    return f"synth started: {n} images into {out}"
+
+
+def _synth_line(result: dict) -> str:
+    return (f"done: {result['images']} images ({result['train']} train, {result['val']} val), {result['boxes']} "
+            f"boxes, {result['replaced']} near-copies drawn again")
+
+
+def watch_synth(ctx: Context, dataset, n):
+    """Progress (images written of n), then the class counts, contact sheet and images with boxes drawn."""
+    try:
+        out = ctx.roots.inside(dataset, "dataset folder")
+    except ValueError:
+        return "", None, None, []
+    job, made = ctx.jobs.get(str(out)), len(list(out.glob("images/*/*.png")))
+    state = ("running" if job.running else job.message) if job is not None else "idle"
+    line = f"**{state}** · {made} of {int(n or 0)} images written"
+    if job is None or job.running or not (out / "data.yaml").is_file():
+        return line, None, None, []
+    sheet = out / "contact_sheet.png"
+    return line, _counts(out), str(sheet) if sheet.is_file() else None, _browse(out)
+
+
+def _labels(out: Path) -> list[tuple[Path, list[tuple]]]:
+    """(image, boxes in pixels) of each written image, from its YOLO label file."""
+    found = []
+    for png in sorted(out.glob("images/*/*.png")):
+        label = out / "labels" / png.parent.name / f"{png.stem}.txt"
+        size = Image.open(png).size[0]
+        rows = [line.split() for line in label.read_text().splitlines() if line.strip()] if label.is_file() else []
+        boxes = [(int(c), (x - w / 2) * size, (y - h / 2) * size, (x + w / 2) * size, (y + h / 2) * size)
+                 for c, x, y, w, h in ((r[0], *map(float, r[1:5])) for r in rows)]
+        found.append((png, boxes))
+    return found
+
+
+def _names(out: Path) -> list[str]:
+    settings = json.loads((out / "synth.json").read_text()) if (out / "synth.json").is_file() else {}
+    names = (out / "data.yaml").read_text()
+    import yaml
+
+    table = yaml.safe_load(names).get("names", {})
+    return [table[k] for k in sorted(table)] if isinstance(table, dict) else list(table) or settings.get("classes", [])
+
+
+def _counts(out: Path):
+    import pandas as pd
+
+    names, labelled = _names(out), _labels(out)
+    counts = [sum(b[0] == k for _, boxes in labelled for b in boxes) for k in range(len(names))]
+    return pd.DataFrame({"class": names, "boxes": counts})
+
+
+def _browse(out: Path, count: int = 12) -> list[tuple[str, str]]:
+    names, drawn = _names(out), out / ".ui-boxed"
+    drawn.mkdir(exist_ok=True)
+    shown = []
+    for png, boxes in _labels(out)[:count]:
+        image = np.asarray(Image.open(png).convert("RGB"))
+        shown.append((boxed(image, boxes, names, drawn / png.name, scale=4), f"{png.parent.name}/{png.name}"))
+    return shown
+
+
+def build(ctx: Context, runs: list[str]) -> None:
+    run = gr.Dropdown(runs, value=runs[0] if runs else None, label="Layout run", elem_id="ds-run")
+    with gr.Tab("Layout to image"):
+        with gr.Row():
+            with gr.Column():
+                boxes = gr.Textbox(EXAMPLE, lines=5, elem_id="ds-boxes",
+                                   label="Boxes, one a line: class x0 y0 x1 y1 [direction +1/-1] in pixels")
+                with gr.Row():
+                    sampler = gr.Dropdown(SAMPLER_CHOICES, value="", allow_custom_value=True, label="Sampler")
+                    steps = gr.Number(0, precision=0, label="Steps (0: the run's)", elem_id="ds-steps")
+                    guidance = gr.Textbox("", label="Guidance (blank: the default)", elem_id="ds-guidance")
+                    seed = gr.Number(0, precision=0, label="Seed", elem_id="ds-seed")
+                with gr.Row():
+                    show = gr.Button("Preview boxes", elem_id="ds-preview")
+                    go = gr.Button("Generate", variant="primary", elem_id="ds-go")
+            with gr.Column():
+                layout = gr.Image(label="Layout / result with boxes", type="filepath", elem_id="ds-boxed")
+                plain = gr.File(label="The image (PNG, parameters inside)", elem_id="ds-png")
+        show.click(lambda r, t: preview(ctx, r, t), [run, boxes], layout)
+        go.click(lambda *a: generate_layout(ctx, *a), [run, boxes, sampler, steps, guidance, seed], [layout, plain],
+                 concurrency_limit=1)
+    with gr.Tab("Synthetic dataset"):
+        with gr.Row():
+            dataset = gr.Textbox("datasets/synth", label="Dataset folder (relative to RUNS_DIR)", elem_id="ds-out")
+            n = gr.Number(16, precision=0, minimum=1, label="Images", elem_id="ds-n")
+            sseed = gr.Number(0, precision=0, label="Seed", elem_id="ds-sseed")
+            ssteps = gr.Number(0, precision=0, label="Steps (0: the run's)", elem_id="ds-ssteps")
+            no_copies = gr.Checkbox(True, label="no near-copies of training images", elem_id="ds-nocopies")
+        launch = gr.Button("Launch synth", variant="primary", elem_id="ds-launch")
+        said, status = gr.Markdown(elem_id="ds-said"), gr.Markdown(elem_id="ds-status")
+        with gr.Row():
+            counts = gr.Dataframe(label="Boxes per class", elem_id="ds-counts")
+            sheet = gr.Image(label="Contact sheet", type="filepath", elem_id="ds-sheet")
+        browse = gr.Gallery(label="Images with their boxes", columns=6, elem_id="ds-browse")
+        launch.click(lambda *a: start_synth(ctx, *a), [run, dataset, n, sseed, ssteps, no_copies], said)
+        gr.Timer(1.0).tick(lambda d, k: watch_synth(ctx, d, k), [dataset, n], [status, counts, sheet, browse],
+                           show_progress="hidden")
