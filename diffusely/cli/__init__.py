@@ -8,6 +8,7 @@
     cli/runs.py       info, eval, optimize-schedule
     cli/restore.py    upscale, restore, img2img
     cli/interop.py    import-diffusers, export
+    cli/ui.py         ui (the web page, diffusely.ui)
     cli/distill.py    distill
 """
 
@@ -22,6 +23,7 @@ from .restore import img2img, restore, upscale
 from .runs import eval_, info, optimize_schedule
 from .sample import forward, reverse, sample, synth
 from .train import train, train_autoencoder
+from .ui import ui
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -34,5 +36,6 @@ def main(debug):
 for command in (train, train_autoencoder, sample, synth, optimize_schedule, forward, reverse, info, eval_, upscale,
                 restore, img2img, import_diffusers_command, export, distill):
     main.add_command(command)
+main.add_command(ui)
 
 __all__ = ["main"]
