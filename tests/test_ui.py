@@ -164,3 +164,36 @@ def test_generate_then_the_cli_draws_the_png_again_bit_for_bit(page, server, tmp
     assert "identical to" in out.stdout
     assert np.array_equal(np.asarray(Image.open(png)), np.asarray(Image.open(tmp_path / "again" / "000011.png")))
     shot(page, "generate")
+
+
+def test_paint_a_mask_and_inpaint(page, server, tmp_path):
+    source = tmp_path / "circle.png"
+    image = Image.new("RGB", (64, 64), (30, 30, 30))
+    image.paste((200, 200, 40), (16, 16, 48, 48))
+    image.save(source)
+    page.get_by_role("tab", name="Image to image").click()
+    pick(page, "img-run", "uncond")
+    with page.expect_file_chooser() as chooser:
+        page.click("#img-editor [aria-label='Upload']")
+    chooser.value.set_files(str(source))
+    page.click("#img-editor [aria-label='Brush']")
+    canvas = page.locator("#img-editor canvas").first.bounding_box()
+    cx, cy = canvas["x"] + canvas["width"] / 2, canvas["y"] + canvas["height"] / 2
+    page.mouse.move(cx - 60, cy)
+    page.mouse.down()
+    page.mouse.move(cx + 60, cy, steps=12)  # a stroke across the middle rows
+    page.mouse.up()
+    page.get_by_label("inpaint (paint the area to fill)").check()
+    fill(page, "img-steps", 4)
+    page.click("#img-go")
+    page.wait_for_selector("#img-said:has-text('inpaint')")
+    said = page.inner_text("#img-said")
+    assert "resized to 8" in said
+    out = Path(said.rsplit(" in ", 1)[1].strip()).parent
+    mask = np.asarray(Image.open(out / "mask.png")) > 127  # white: known
+    assert 0 < (~mask).sum() < mask.size / 2 and (~mask[3:5]).any() and mask[0].all() and mask[-1].all()
+    given = np.asarray(Image.open(out / "in" / "image.png")).astype(int)
+    made = np.asarray(Image.open(out / "result" / "image.png")).astype(int)
+    assert np.abs(made - given)[mask].max() <= 1  # the known pixels kept, to a grey level
+    assert np.abs(made - given)[~mask].max() > 8  # the painted ones drawn anew
+    shot(page, "image-to-image")

@@ -32,7 +32,7 @@ def build_app(roots: Roots):
         with gr.Tab("Generate", id="generate"):
             generate.build(ctx, listed, demo)
         with gr.Tab("Image to image", id="images"):
-            images.build(ctx, listed)
+            images.build(ctx, listed, demo)
         with gr.Tab("Train", id="train"):
             training.build(ctx)
         with gr.Tab("Datasets", id="datasets"):

@@ -18,9 +18,20 @@ from .state import Context
 IMG2IMG, INPAINT, UPSCALE = "img2img", "inpaint (paint the area to fill)", "upscale (an upscale run)"
 
 
-def modes() -> list[str]:
-    """What the tab offers: img2img, inpainting, a trained upscaler, and each other restoration task that exists."""
-    return [IMG2IMG, INPAINT, UPSCALE, *(f"restore: {t}" for t in TASKS if t != "inpaint")]
+def modes(config=None) -> list[str]:
+    """What the tab offers the run (`config`; None: every mode): img2img; inpainting and each other restoration task
+    that exists for a pixel run; upscaling for a run trained with --task upscale."""
+    pixels = config is None or config.latent is None
+    upscaler = config is None or "lowres" in config.conditions
+    restore = [INPAINT, *(f"restore: {t}" for t in TASKS if t != "inpaint")] if pixels else []
+    return [IMG2IMG, *restore, *([UPSCALE] if upscaler else [])]
+
+
+def run_modes(ctx: Context, name):
+    """The mode radio for the run picked: only what it can do."""
+    if not name:
+        return gr.update()
+    return gr.update(choices=modes(ctx.run(name).config), value=IMG2IMG)
 
 
 def _rgb(array: np.ndarray, channels: int) -> Image.Image:
@@ -81,7 +92,7 @@ def run_edit(ctx: Context, name, editor, mode, strength, sampler, steps, seed, d
     return [str(p) for p in written], f"{mode} with {name}{note}: {len(written)} image(s) in {result}"
 
 
-def build(ctx: Context, runs: list[str]) -> None:
+def build(ctx: Context, runs: list[str], demo: gr.Blocks) -> None:
     with gr.Row():
         with gr.Column():
             run = gr.Dropdown(runs, value=runs[0] if runs else None, label="Run (a pixel run)", elem_id="img-run")
@@ -103,5 +114,7 @@ def build(ctx: Context, runs: list[str]) -> None:
         with gr.Column():
             gallery = gr.Gallery(label="Result", columns=3, elem_id="img-result")
             said = gr.Markdown(elem_id="img-said")
+    run.input(lambda n: run_modes(ctx, n), run, mode)
+    demo.load(lambda n: run_modes(ctx, n), run, mode)
     go.click(lambda *a: run_edit(ctx, *a), [run, editor, mode, strength, sampler, steps, seed, draws],
              [gallery, said], concurrency_limit=1)
