@@ -116,6 +116,7 @@ class DataConfig:
     task: str = "generate"
     scale: int = 4
     outside: bool = False  # a COCO file may name images outside its folder (--allow-outside; data.coco)
+    frames: int = 0  # video (model dims 3): frames per clip, the first spatial axis; 0: image_size, a cube
     modality: str = "image"  # what the samples are (diffusely.data.MODALITIES): image, audio
     sample_rate: int = 0  # audio: Hz of the clips (image_size is their length in samples)
 
@@ -133,10 +134,15 @@ class DataConfig:
             raise ConfigError(f"data.scale {self.scale} does not divide data.image_size {self.image_size}: the "
                               f"low-resolution image must be a whole {self.image_size}/{self.scale} pixels; pick a "
                               f"scale that divides the image size")
+        check_count("data.frames", self.frames, 0, MAX_IMAGE_SIZE)
         if self.max_shapes < 1:
             raise ConfigError(f"data.max_shapes must be >= 1, got {self.max_shapes}")
         if self.paraphrases < 0:
             raise ConfigError(f"data.paraphrases must be >= 0, got {self.paraphrases}")
+
+    def spatial(self, dims: int) -> tuple[int, ...]:
+        """The spatial axes of a sample for a model of `dims`: (size,) * dims, a video's (frames, size, size)."""
+        return (self.frames, *[self.image_size] * 2) if dims == 3 and self.frames else (self.image_size,) * dims
 
 
 # text encoders that are not a folder path: none, the one trained with the model, the pretrained one of the `text` extra
@@ -295,6 +301,8 @@ class RunConfig(JsonConfig):
     def sample_shape(self) -> tuple[int, ...]:
         """(C, *spatial) of what the network denoises: an image, or in a latent run the image's latent."""
         size = self.data.image_size // (self.latent.factor if self.latent else 1)
+        if self.model.dims == 3 and self.data.frames:  # a video: an autoencoder applied per frame keeps the frames
+            return (self.model.in_channels, self.data.frames, size, size)
         return (self.model.in_channels, *[size] * self.model.dims)
 
     def use_autoencoder(self, autoencoder: str | Path) -> None:

@@ -22,6 +22,7 @@ FIELDS = {
     "image_size": ("data", "image_size"), "max_shapes": ("data", "max_shapes"), "classes": ("data", "classes"),
     "layout": ("data", "layout"), "paraphrases": ("data", "paraphrases"), "directions": ("data", "directions"),
     "task": ("data", "task"), "scale": ("data", "scale"), "allow_outside": ("data", "outside"),
+    "frames": ("data", "frames"), "factorised": ("model", "factorised"),
     "channels": ("model", "channels"), "blocks_per_level": ("model", "blocks_per_level"),
     "attention_levels": ("model", "attention_levels"), "patch_size": ("model", "patch_size"),
     "latent_channels": ("model", "latent_channels"),
@@ -57,7 +58,6 @@ def new_run_config(data: Optional[str], options: dict, config_file: Optional[str
     if options.get("recipe"):
         config.diffusion = RECIPES[options["recipe"]]()
     config.data = DataConfig(**{**config.data.__dict__, "source": data})
-    set_modality(config, data)
     _set_options(config, options, {**FIELDS, **RESUMABLE})
     _set_flags(config, options)
     if options.get("text") or options.get("text_encoder"):

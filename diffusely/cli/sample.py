@@ -51,10 +51,11 @@ def from_png(ctx: click.Context, image, run_dir, out_dir, overwrite, cuda_graphs
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Folder for the samples (default RUN_DIR/generated).")
 @click.option("--overwrite", is_flag=True, help="Replace samples of the same names in --out (by default a folder that "
               "holds any of them is refused: choose another --seed or --out to add samples).")
-@click.option("--format", "fmt", type=click.Choice(["png", "wav", "npy"]),
-              help="png (images) or wav (audio, 16-bit PCM), the default for the run's data; or npy.")
+@click.option("--format", "fmt", type=click.Choice(["png", "wav", "gif", "mp4", "npy"]),
+              help="png (images), wav (audio, 16-bit PCM) or gif (video), the default for the run's data; mp4 "
+                   "(video, H.264: pip install 'diffusely[video]'); or npy.")
 @click.option("--grid", type=click.Path(dir_okay=False), help="Also save all samples as one grid PNG (audio: "
-              "waveforms over log-mel spectrograms).")
+              "waveforms over log-mel spectrograms; video: a strip of frames per clip).")
 @click.option("--batch-size", type=COUNT, default=64, show_default=True, help="Samples per batch (bounds memory).")
 @CONDITIONS
 @INFERENCE
@@ -170,8 +171,9 @@ def synth(run_dir, out_dir, count, classes, balance, layouts_file, val_fraction,
 def forward(image, out, size, seed):
     """Show the forward process: IMAGE at rising noise levels sigma (VP scale).
 
-    IMAGE is an image or audio file (WAV, FLAC, OGG: shown as waveform over log-mel spectrogram), or `shapes`
-    (`sounds`) for the first sample of the built-in data.
+    IMAGE is an image or audio file (WAV, FLAC, OGG: shown as waveform over log-mel spectrogram), a video (GIF,
+    MP4, WebM: its first 8 frames, a strip each), or `shapes` (`sounds`, `moving-shapes`) for the first sample of the
+    built-in data.
     """
     from .. import viz
     from ..data import modality_of
@@ -180,7 +182,8 @@ def forward(image, out, size, seed):
 
     writable(Path(out).parent)
     x = strip_image(image, size)
-    rows, scale = strip_pictures([forward_strip(x, seed=seed)], "audio" if x.ndim == 2 else modality_of(image))
+    kind = {2: "audio", 4: "video"}.get(x.ndim, modality_of(image))  # the sample's axes say, whatever its name
+    rows, scale = strip_pictures([forward_strip(x, seed=seed)], kind)
     viz.save_strip(rows, out, labels=[f"σ={s:g}" for s in FORWARD_SIGMAS], scale=scale)
     click.echo(f"forward process: {out}")
 

@@ -51,6 +51,11 @@ def _steps_line(start: int, end: int) -> str:
                    "average-pooled --scale times smaller; then `diffusely upscale`).")
 @click.option("--scale", type=click.IntRange(2, 64), help="The factor of --task upscale (default 4): 64 px images learn "
               "from 16 px ones.")
+@click.option("--frames", type=click.IntRange(2, 256),
+              help="Video (moving-shapes, a folder of GIF/MP4/WebM): frames per clip (default 8).")
+@click.option("--factorised/--no-factorised", default=None,
+              help="Video: factorised space-time blocks (2-D layers per frame, temporal conv and attention) instead of "
+                   "3-D ones.")
 @click.option("--autoencoder", type=click.Path(file_okay=False),
               help="Latent diffusion: learn the latents of this autoencoder run (`diffusely train-autoencoder`).")
 @click.option("--compile/--no-compile", "compile", default=None,
@@ -68,6 +73,7 @@ def train(data, run_dir, resume, quiet, **options):
     diffusely train ~/photos --out runs/photos --image-size 64 --channels 64,128,256,256
     diffusely train shapes --out runs/text --text --max-shapes 2
     diffusely train shapes --image-size 64 --autoencoder runs/ae64 --out runs/latent64
+    diffusely train moving-shapes --classes --factorised --out runs/video
     diffusely train defects --image-size 64 --layout --out runs/defects
     diffusely train phantoms --image-size 64 --grayscale --task upscale --scale 4 --out runs/sr4
     diffusely train --out runs/shapes --resume --steps 4000

@@ -29,6 +29,7 @@ from .transforms import to_uint8
 
 VIDEO_EXTENSIONS = (".gif", ".mp4", ".webm", ".mov", ".mkv", ".avi")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+DEFAULT_FPS = 8.0  # frames a second of a run's clips when its data.sample_rate is 0
 CODECS = {"mp4": "libx264", "webm": "libvpx-vp9"}
 
 
@@ -129,6 +130,19 @@ def clips_of(path: Path, size: int, frames: int, fps: float) -> list[np.ndarray]
     return [np.stack(shown[i:i + frames]) for i in range(0, len(shown), frames)]
 
 
+def first_clip(path, size: int, frames: int = 8, fps: float = DEFAULT_FPS) -> np.ndarray:
+    """The first (frames, size, size, 3) clip of a video file; DataError naming it when it cannot be read or is short."""
+    try:
+        clips = clips_of(Path(path), size, frames, fps)
+    except DataError:
+        raise
+    except Exception as error:  # noqa: BLE001 - whatever the decoder raises, said in one line
+        raise DataError(f"cannot read {path} as a video ({str(error).splitlines()[0] if str(error) else error!r})")
+    if not clips:
+        raise DataError(f"{path} holds fewer than {frames} frames at {fps:g} fps")
+    return clips[0]
+
+
 def load_video_folder(root, size: int, frames: int, fps: float, classes: bool = False) -> VideoFolder:
     """Every clip under `root` (see the module's docstring for the policy)."""
     root = Path(root)
@@ -157,15 +171,16 @@ def load_video_folder(root, size: int, frames: int, fps: float, classes: bool = 
                        [str(paths[i]) for i in rows])
 
 
-def write_video(path, clip: np.ndarray, fps: float, comment: str | None = None) -> None:
-    """(T, H, W, 3) uint8 frames to a GIF (looping; `comment` in its comment block), MP4 (H.264) or WebM (VP9)."""
+def write_video(path, clip: np.ndarray, fps: float, comment: str | None = None, fmt: str | None = None) -> None:
+    """(T, H, W, 3) uint8 frames to a GIF (looping; `comment` in its comment block), MP4 (H.264) or WebM (VP9);
+    fmt: gif, mp4 or webm (default: the path's suffix)."""
     path = Path(path)
-    fmt = path.suffix.lower().lstrip(".")
+    fmt = fmt or path.suffix.lower().lstrip(".")
     if fmt == "gif":
         images = [Image.fromarray(f) for f in clip]
         extra = {"comment": comment.encode()} if comment else {}
-        images[0].save(path, save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0,
-                       optimize=False, **extra)
+        images[0].save(path, format="GIF", save_all=True, append_images=images[1:], duration=round(1000 / fps),
+                       loop=0, optimize=False, **extra)
         return
     if fmt not in CODECS:
         raise DataError(f"cannot write {path.name}: choose .gif, .mp4 or .webm")
@@ -195,7 +210,7 @@ def write_sample(x: torch.Tensor, path, fmt: str, rate: float, parameters: dict 
             np.save(f, frames, allow_pickle=False)
         return
     rgb = np.repeat(frames, 3, -1) if frames.shape[-1] == 1 else frames
-    write_video(path, rgb, rate or 8.0, json.dumps(parameters) if parameters and fmt == "gif" else None)
+    write_video(path, rgb, rate or DEFAULT_FPS, json.dumps(parameters) if parameters and fmt == "gif" else None, fmt)
 
 
 def tiles(x: torch.Tensor, rate: float = 0) -> torch.Tensor:
@@ -205,3 +220,11 @@ def tiles(x: torch.Tensor, rate: float = 0) -> torch.Tensor:
     gap = torch.ones(b, c, t, h, 1, dtype=x.dtype, device=x.device)
     strip = torch.cat([x, gap], -1).permute(0, 1, 3, 2, 4).reshape(b, c, h, t * (w + 1))
     return strip[..., :-1]
+
+
+def save_grid(x: torch.Tensor, path, rate: float = 0, nrow: int | None = None) -> Path:
+    """Save clips (B, C, T, H, W) in [-1, 1] as one PNG of frame strips, a clip a row, enlarged twice."""
+    from .. import viz
+
+    strips = tiles(x)
+    return viz.save_grid(strips.repeat_interleave(2, -1).repeat_interleave(2, -2), path, nrow=nrow or 1)

@@ -12,6 +12,7 @@ from ..audio import DEFAULT_RATE, EXTENSIONS as AUDIO_EXTENSIONS, read_audio, to
 from ..data import BUILTIN, MODALITIES, DataError, load_dataset, modality_of, to_tensor
 from ..data.reading import regular_file
 from ..data.folder import load_image
+from ..data.video import VIDEO_EXTENSIONS, first_clip
 from ..schedules import add_noise, ve_to_vp
 from .generate import generate
 
@@ -31,6 +32,8 @@ def strip_image(source: str, size: int | None = None, rate: int = 0) -> torch.Te
         array = load_dataset(source, size, rate=rate).images[0]
     elif audio:
         array = to_codes(read_audio(regular_file(source, "audio file"), rate or DEFAULT_RATE, size)[None])[0]
+    elif Path(source).suffix.lower() in VIDEO_EXTENSIONS:  # a clip: its first 8 frames at 8 fps
+        array = first_clip(regular_file(source, "video"), size)
     else:
         array = load_image(source, size)
     return to_tensor(array[None])[0]

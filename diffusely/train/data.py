@@ -71,8 +71,8 @@ def prepare_data(config: RunConfig, data: Optional[Dataset] = None) -> Dataset:
         data = load_dataset(config.data.source, config.data.image_size, config.data.channels, config.data.classes,
                             seed=config.train.seed, captions=config.text.enabled, max_shapes=config.data.max_shapes, outside=config.data.outside,
                             directions=config.data.directions if config.data.layout else "labels",  # layouts only
-                            rate=config.data.sample_rate)
-    shape = (config.data.image_size,) * config.model.dims
+                            rate=config.data.sample_rate, frames=config.data.frames)
+    shape = config.data.spatial(config.model.dims)
     if tuple(data.images.shape[1:-1]) != shape:
         raise DataError(f"{config.data.source} holds samples of {tuple(data.images.shape[1:-1])}, but the model (dims "
                         f"{config.model.dims}, image size {config.data.image_size}) takes {shape}")
