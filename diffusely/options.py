@@ -58,6 +58,7 @@ def new_run_config(data: Optional[str], options: dict, config_file: Optional[str
     if options.get("recipe"):
         config.diffusion = RECIPES[options["recipe"]]()
     config.data = DataConfig(**{**config.data.__dict__, "source": data})
+    set_modality(config, data)
     _set_options(config, options, {**FIELDS, **RESUMABLE})
     _set_flags(config, options)
     if options.get("text") or options.get("text_encoder"):
