@@ -128,6 +128,19 @@ def _eroofs(*args, **kwargs):
     raise OSError(errno.EROFS, "Read-only file system", kwargs.get("dir"))
 
 
+def test_sampler_options_are_checked_before_a_folder_is_made(tiny, tmp_path, monkeypatch):
+    generate = importlib.import_module("diffusely.pipelines.generate")
+
+    def reached(*args, **kwargs):
+        raise AssertionError("sampling started before the options were checked")
+    monkeypatch.setattr(generate, "_batches", reached)
+    for options, words in ((["-o", "bad=1"], "takes no option bad"),
+                           (["--sampler", "adaptive", "-o", "rtol=-1"], "rtol must be a finite number")):
+        r = invoke("sample", tiny / "run", "-n", "1", *options, "--out", tmp_path / "s", "--quiet")
+        assert r.exit_code == 1 and words in r.output, r.output
+        assert not (tmp_path / "s").exists()  # was an empty folder left behind
+
+
 def test_read_only_run_directory_is_refused_before_the_work(tiny, monkeypatch):
     run = tiny / "run"
     before = digest(run)

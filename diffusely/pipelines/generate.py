@@ -27,7 +27,7 @@ from .._util import generators, randn
 from ..checkpoint import LoadedRun, load_run
 from ..data import MODALITIES, to_uint8
 from ..nets.fast import sampling_precision
-from ..samplers import nfe as nfe_of, resolve_sampler, resolve_steps, sample
+from ..samplers import check_options, nfe as nfe_of, resolve_sampler, resolve_steps, sample
 from ..schedules import Spacing, get_sigmas
 from ..viz import save_grid
 from .conditioning import Conditioning, conditioning
@@ -97,9 +97,11 @@ def recipe(run: LoadedRun, *, steps: Optional[int] = None, nfe: Optional[int] = 
     sampler, steps = sampling_plan(run, sampler, steps, nfe)
     stored = None if spacing else stored_spacing(run, sampler, steps)
     spacing = spacing or stored or sampler.spacing
+    options = {**sampler.options, **options}
+    check_options(sampler, options)  # a bad -o name or value is refused before any folder is made
     conditions = conditioning(run, classes=classes, prompts=prompts, negative_prompts=negative_prompts,
                               guidance=guidance, layouts=layouts)
-    return Recipe(sampler, steps, spacing, {**sampler.options, **options}, conditions, stored is not None)
+    return Recipe(sampler, steps, spacing, options, conditions, stored is not None)
 
 
 def generate(run: LoadedRun, n: int, *, seed: int = 0, batch_size: int = 64, progress: bool = True,
