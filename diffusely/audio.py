@@ -187,7 +187,33 @@ def save_grid(x: torch.Tensor, path, rate: int, nrow: int | None = None) -> Path
                          nrow=nrow or max(1, min(4, len(pictures))))
 
 
-def length_of(path: str | Path) -> float:
-    """A file's duration in seconds, from its header."""
-    info = _soundfile().info(str(path))
-    return info.frames / info.samplerate
+# ------------------------------------------------------------------------------ a spectrogram classifier
+
+
+def mel_input(x: torch.Tensor, rate: int) -> torch.Tensor:
+    """(B, C, L) companded clips in [-1, 1] -> (B, 1, N_MELS, frames): log-mel power, centred and scaled to about
+    unit spread (log power -11.5 .. +5 maps to -1.5 .. +2.6), what the classifier reads."""
+    return ((log_mel(mu_expand(x.float().clamp(-1, 1).mean(1)), rate) + 5.0) / 4.0).unsqueeze(1)
+
+
+def train_sound_classifier(x: torch.Tensor, labels: torch.Tensor, num_classes: int, rate: int, *, steps: int = 300,
+                           batch_size: int = 64, seed: int = 0) -> torch.nn.Module:
+    """Fit the domain classifier of diffusely.metrics.domain (three conv stages, 128-d features) to the log-mel
+    spectrograms of clips x (N, C, L) with labels (N,); no flips (a clip played backwards is another sound).
+    Deterministic given seed; returns the network in eval mode, its `body` giving the features."""
+    from torch.nn.functional import cross_entropy
+
+    from .metrics.domain import DomainClassifier, _fit
+
+    torch.manual_seed(seed)
+    mels = torch.cat([mel_input(x[i:i + 256], rate) for i in range(0, len(x), 256)])
+    net = DomainClassifier(1, num_classes)
+    return _fit(net, lambda idx, g: cross_entropy(net(mels[idx]), labels[idx]), len(mels), steps=steps,
+                batch_size=batch_size, seed=seed, progress=False, desc="training the sound classifier")
+
+
+@torch.no_grad()
+def classify(net: torch.nn.Module, x: torch.Tensor, rate: int, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clips x (N, C, L) -> (features (N, 128), class probabilities (N, K)) from a train_sound_classifier network."""
+    features = torch.cat([net.body(mel_input(x[i:i + batch_size], rate)) for i in range(0, len(x), batch_size)])
+    return features, net.head(features).softmax(-1)

@@ -1,0 +1,175 @@
+"""Audio as a modality: files in and out, resampling, the built-in sounds, audio folders, and an audio run through
+the CLI (train, sample, resume, strips)."""
+
+import json
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+sf = pytest.importorskip("soundfile")
+pytest.importorskip("soxr")
+
+from diffusely import audio  # noqa: E402
+from diffusely.cli import main  # noqa: E402
+from diffusely.data import DataError, load_dataset, modality_of, to_tensor  # noqa: E402
+from diffusely.data.audio import load_audio_folder  # noqa: E402
+from diffusely.data.sounds import CLASSES, render_sounds  # noqa: E402
+from diffusely.options import new_run_config  # noqa: E402
+
+TINY_AUDIO = ["--image-size", "1024", "--channels", "16,32", "--blocks-per-level", "1", "--attention-levels", "1",
+              "--batch-size", "4", "--quiet"]
+
+
+def sine(frequency, rate, seconds=1.0, channels=1):
+    t = np.arange(int(rate * seconds)) / rate
+    wave = 0.5 * np.sin(2 * np.pi * frequency * t).astype(np.float32)
+    return np.repeat(wave[:, None], channels, 1) if channels > 1 else wave
+
+
+def peak_hz(wave, rate):
+    spectrum = np.abs(np.fft.rfft(wave * np.hanning(len(wave))))
+    return np.fft.rfftfreq(len(wave), 1 / rate)[spectrum.argmax()]
+
+
+def test_wav_round_trip_is_bit_exact(tmp_path):
+    pcm = np.random.default_rng(0).integers(-32768, 32768, 4000).astype(np.int16)
+    pcm[:2] = (-32768, 32767)  # the extremes survive too
+    audio.write_wav(tmp_path / "a.wav", pcm, 16000, json.dumps({"seed": 3}))
+    back, rate = sf.read(tmp_path / "a.wav", dtype="int16")
+    assert rate == 16000 and np.array_equal(back, pcm)
+    assert sf.info(tmp_path / "a.wav").subtype == "PCM_16"
+    assert audio.read_comment(tmp_path / "a.wav") == {"seed": 3}
+    # float samples on the 16-bit grid come back as the same integers
+    assert np.array_equal(audio.to_pcm16(pcm / 32767.0), pcm)
+
+
+def test_mu_law_codes_round_trip():
+    x = np.linspace(-1, 1, 1001)
+    assert np.allclose(audio.mu_expand(audio.mu_compress(x)), x, atol=1e-12)
+    back = audio.from_codes(audio.to_codes(x[None]))[0]
+    # one code step of companded amplitude: fine near 0, coarse near full scale (G.711's point)
+    step = np.abs(audio.mu_expand(audio.mu_compress(np.abs(x)) + 1 / 127.5) - np.abs(x))
+    assert np.all(np.abs(back - x) <= step / 2 + 1e-6)
+    assert np.abs(back[np.abs(x) < 0.01] - x[np.abs(x) < 0.01]).max() < 2e-4  # quiet detail kept (8-bit linear: 4e-3)
+
+
+def test_resampling_keeps_a_sines_frequency_and_removes_what_cannot_be_kept(tmp_path):
+    # 44.1 kHz stereo in, 8 kHz mono out: 440 and 3000 Hz stay where they were; 5 kHz lies above the new Nyquist
+    # (4 kHz) and is filtered out, not folded to 3 kHz as taking every 5.5th sample would
+    for frequency in (440, 3000):
+        sf.write(tmp_path / f"{frequency}.wav", sine(frequency, 44100, channels=2), 44100)
+        wave = audio.read_audio(tmp_path / f"{frequency}.wav", 8000, 8000)
+        assert wave.shape == (8000,) and peak_hz(wave, 8000) == frequency
+        assert 0.45 < np.abs(wave[100:-100]).max() < 0.55  # amplitude kept
+    sf.write(tmp_path / "5000.wav", sine(5000, 44100), 44100)
+    assert np.abs(audio.read_audio(tmp_path / "5000.wav", 8000, 8000)[200:-200]).max() < 0.01  # edges: the cut-in
+
+
+def test_read_audio_pads_short_clips_at_the_end_and_keeps_the_start_of_long_ones(tmp_path):
+    sf.write(tmp_path / "short.wav", sine(440, 8000, 0.1), 8000)
+    short = audio.read_audio(tmp_path / "short.wav", 8000, 1000)
+    assert np.abs(short[:800]).max() > 0.4 and not short[800:].any()
+    ramp = np.linspace(-0.5, 0.5, 4000).astype(np.float32)
+    sf.write(tmp_path / "long.wav", ramp, 8000, subtype="FLOAT")
+    assert np.array_equal(audio.read_audio(tmp_path / "long.wav", 8000, 1000), ramp[:1000])
+
+
+def test_sounds_are_seeded_per_clip_and_loud_enough():
+    a, b = render_sounds(12, 800, seed=0), render_sounds(6, 800, seed=0)
+    assert np.array_equal(a.images[:6], b.images) and list(a.labels[:6]) == list(range(6))
+    assert not np.array_equal(render_sounds(6, 800, seed=1).images, b.images)
+    peaks = np.abs(audio.from_codes(a.images)).max(1)
+    assert a.images.shape == (12, 800, 1) and np.all((peaks > 0.28) & (peaks < 0.92))
+
+
+def test_sounds_classes_are_told_apart_by_the_spectrogram_classifier():
+    # 240 training clips of 1024 samples (128 ms at 8 kHz), 100 steps of 32: ~8-15 s on two busy cores
+    train, held_out = render_sounds(240, 1024, seed=0), render_sounds(120, 1024, seed=1)
+    net = audio.train_sound_classifier(to_tensor(train.images), torch.from_numpy(train.labels), len(CLASSES), 8000,
+                                       steps=100, batch_size=32)
+    features, probs = audio.classify(net, to_tensor(held_out.images), 8000)
+    assert features.shape == (120, 128)
+    assert (probs.argmax(1).numpy() == held_out.labels).mean() > 0.95
+
+
+def write_folder(root):
+    (root / "bell").mkdir(parents=True)
+    (root / "hum").mkdir()
+    sf.write(root / "bell" / "a.wav", sine(880, 16000, channels=2), 16000)
+    sf.write(root / "bell" / "b.flac", sine(660, 22050), 22050)
+    sf.write(root / "hum" / "c.ogg", sine(220, 8000), 8000, format="OGG", subtype="VORBIS")
+    (root / "hum" / "broken.wav").write_bytes(b"RIFF\x10\x00\x00\x00WAVEjunk that is not audio")
+    sf.write(root / "hum" / "empty.wav", np.zeros(0, np.int16), 8000)
+    (root / "hum" / "notes.txt").write_text("not audio")
+
+
+def test_audio_folder_loads_labels_and_counts_what_it_skips(tmp_path):
+    write_folder(tmp_path / "clips")
+    assert modality_of(tmp_path / "clips") == "audio" and modality_of("sounds") == "audio"
+    with pytest.warns(UserWarning, match=r"skipped 2 of 5 audio files .*broken\.wav.*empty\.wav"):
+        data = load_audio_folder(tmp_path / "clips", 2000, 8000, classes=True)
+    assert data.images.shape == (3, 2000, 1) and data.class_names == ["bell", "hum"]
+    assert list(data.labels) == [0, 0, 1]
+    waves = audio.from_codes(data.images)
+    assert [peak_hz(w, 8000) for w in waves] == [880, 660, 220]
+    with pytest.warns(UserWarning):
+        assert load_dataset(tmp_path / "clips", 2000, classes=True, rate=8000).images.shape == (3, 2000, 1)
+
+
+def test_a_folder_with_no_readable_audio_is_refused_with_a_message(tmp_path):
+    (tmp_path / "none").mkdir()
+    (tmp_path / "none" / "a.txt").write_text("x")
+    with pytest.raises(DataError, match=r"no audio files under .*none.*\.wav"):
+        load_audio_folder(tmp_path / "none", 100, 8000)
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "x.wav").write_bytes(b"")
+    with pytest.raises(DataError, match=r"none of the 1 audio files under .*bad.* could be read, e\.g\. .*x\.wav"):
+        load_audio_folder(tmp_path / "bad", 100, 8000)
+
+
+def test_new_runs_pick_their_modality_from_the_data():
+    config = new_run_config("sounds", {})
+    assert (config.data.modality, config.model.dims, config.data.channels, config.data.flip) == ("audio", 1, 1, False)
+    assert (config.data.sample_rate, config.data.image_size, config.model.patch_size) == (8000, 8000, 16)
+    assert new_run_config("sounds", {"image_size": 2048}).data.image_size == 2048  # options win over the defaults
+    image = new_run_config("shapes", {})
+    assert (image.data.modality, image.model.dims, image.data.image_size) == ("image", 2, 32)
+
+
+def test_audio_run_trains_samples_and_resumes_through_the_cli(tmp_path):
+    runner, run = CliRunner(), tmp_path / "run"
+    result = runner.invoke(main, ["train", "sounds", "--out", str(run), "--steps", "2", "--classes", *TINY_AUDIO])
+    assert result.exit_code == 0, result.output
+    config = json.loads((run / "config.json").read_text())
+    assert config["data"]["modality"] == "audio" and config["model"]["dims"] == 1
+    result = runner.invoke(main, ["sample", str(run), "-n", "3", "--steps", "2", "--class", "bell",
+                                  "--grid", str(tmp_path / "grid.png"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    for i in range(3):
+        path = run / "generated" / f"{i:06d}.wav"
+        info = sf.info(path)
+        assert (info.samplerate, info.frames, info.channels, info.subtype) == (8000, 1024, 1, "PCM_16")
+        assert audio.read_comment(path)["class"] == "bell" and audio.read_comment(path)["seed"] == i
+        if shutil.which("sox"):
+            assert subprocess.run(["sox", "--info", str(path)], capture_output=True).returncode == 0
+    with Image.open(tmp_path / "grid.png") as grid:  # three tiles of waveform over spectrogram, enlarged twice
+        assert grid.size == (3 * (2 * 17 + 2) + 2, 2 * (audio.WAVE_ROWS + audio.N_MELS) + 4)
+    result = runner.invoke(main, ["sample", str(run), "-n", "1", "--steps", "2", "--format", "npy", "--out",
+                                  str(tmp_path / "npy"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    wave = np.load(tmp_path / "npy" / "000000.npy")
+    assert wave.shape == (1024, 1) and wave.dtype == np.float32 and np.abs(wave).max() <= 1
+    result = runner.invoke(main, ["sample", str(run), "-n", "1", "--format", "png", "--out", str(tmp_path / "p")])
+    assert result.exit_code == 1 and "png" in result.output and "wav, npy" in result.output
+    result = runner.invoke(main, ["train", "--out", str(run), "--resume", "--steps", "3", "--quiet"])
+    assert result.exit_code == 0 and "from step 2 to 3" in result.output, result.output
+    for command in (["forward", "sounds", "--size", "1024"], ["reverse", str(run), "--steps", "3"]):
+        result = runner.invoke(main, [*command, "--out", str(tmp_path / f"{command[0]}.png")])
+        assert result.exit_code == 0, result.output
+        with Image.open(tmp_path / f"{command[0]}.png") as strip:  # spectrogram tiles (96 rows twice), not 1-px lines
+            assert strip.size[1] > 2 * (audio.WAVE_ROWS + audio.N_MELS)
