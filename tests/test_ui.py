@@ -197,3 +197,39 @@ def test_paint_a_mask_and_inpaint(page, server, tmp_path):
     assert np.abs(made - given)[mask].max() <= 1  # the known pixels kept, to a grey level
     assert np.abs(made - given)[~mask].max() > 8  # the painted ones drawn anew
     shot(page, "image-to-image")
+
+
+def _status_step(page) -> int:
+    text = page.inner_text("#train-status")
+    return int(text.split("step ")[1].split(",")[0]) if "step " in text else 0
+
+
+def test_train_watch_the_loss_stop_and_resume(page, server):
+    url, runs, demo = server
+    page.get_by_role("tab", name="Train").click()
+    fill(page, "train-out", "trained/tiny")
+    fill(page, "train-size", 8)
+    fill(page, "train-steps", 100000)
+    fill(page, "train-batch", 4)
+    fill(page, "train-ch", "8,16")
+    fill(page, "train-every", 5)
+    page.click("#train-start")
+    page.wait_for_function("/step \\d+, loss [0-9.]+/.test(document.querySelector('#train-status').innerText)")
+    page.wait_for_function("document.querySelectorAll('#train-grids img').length >= 1")  # grids as written
+    page.click("#train-start")  # a second start of a running run is refused, and says why
+    page.wait_for_selector("text=busy with a job")
+    page.click("#train-stop")
+    page.wait_for_selector("#train-status:has-text('stopped at step')")
+    stopped = int(page.inner_text("#train-status").split("stopped at step ")[1].split()[0])
+    run = runs / "trained" / "tiny"
+    assert int(weights(run)["optim.0.step"].item()) == stopped > 0  # the checkpoint of the step it stopped at
+    page.wait_for_timeout(1200)  # the curve drawn at rest, for the screenshot
+    page.evaluate("document.querySelectorAll('.toast-wrap, [data-testid=toast-body]').forEach(e => e.remove())")
+    shot(page, "train")
+    page.click("#train-resume")
+    page.wait_for_selector(f"#train-said:has-text('resumed from step {stopped}')")
+    page.wait_for_function(f"(/step (\\d+)/.exec(document.querySelector('#train-status').innerText) || [0, 0])[1] > "
+                           f"{stopped + 2}")
+    page.click("#train-stop")
+    page.wait_for_selector("#train-status:has-text('stopped at step')")
+    assert int(weights(run)["optim.0.step"].item()) > stopped + 2

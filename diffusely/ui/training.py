@@ -46,6 +46,7 @@ def start(ctx: Context, resume: bool, data, out, *form) -> str:
             config, begin = new_run_config(data, opts), 0
 
         def work(job) -> str:
+            job.message = f"training {run_dir.name}"
             result = train(config, run_dir, resume=resume, progress=False, should_stop=job.stop.is_set)
             if job.stop.is_set() and result["step"] < config.train.steps:
                 return (f"stopped at step {result['step']} with a checkpoint: Resume continues from there "
