@@ -233,3 +233,37 @@ def test_train_watch_the_loss_stop_and_resume(page, server):
     page.click("#train-stop")
     page.wait_for_selector("#train-status:has-text('stopped at step')")
     assert int(weights(run)["optim.0.step"].item()) > stopped + 2
+
+
+def test_type_a_layout_generate_it_and_synth_a_dataset(page, server, tmp_path):
+    url, runs, demo = server
+    page.get_by_role("tab", name="Datasets").click()
+    fill(page, "ds-boxes", "scratch 2 2 14 10\nspot 18 18 30 30 0")
+    fill(page, "ds-steps", 3)
+    page.click("#ds-go")
+    page.wait_for_selector("#ds-png a[download]")
+    png = download(page, "#ds-png a[download]", tmp_path / "layout.png")
+    with Image.open(png) as im:
+        p = __import__("json").loads(im.text["diffusely"])
+    assert im.size == (32, 32) and p["layout"] == [[0, 2.0, 2.0, 14.0, 10.0, 0], [2, 18.0, 18.0, 30.0, 30.0, 0]]
+    fill(page, "ds-boxes", "rust 1 1 5 5")  # not a class of the run: refused, naming the classes
+    page.click("#ds-go")
+    page.wait_for_selector("text=this run's classes: scratch, crack, spot, stain")
+    page.get_by_role("tab", name="Synthetic dataset").click()
+    fill(page, "ds-out", "/etc/synth")  # outside the allowed roots
+    page.click("#ds-launch")
+    page.wait_for_selector("text=outside the folders this UI may use")
+    fill(page, "ds-out", "datasets/tiny")
+    fill(page, "ds-n", 6)
+    fill(page, "ds-ssteps", 2)
+    page.uncheck("#ds-nocopies input")
+    page.click("#ds-launch")
+    page.wait_for_selector("#ds-status:has-text('done: 6 images')")
+    page.wait_for_function("document.querySelectorAll('#ds-browse img').length == 6")
+    assert (runs / "datasets" / "tiny" / "data.yaml").is_file()
+    labels = sum(len(f.read_text().splitlines()) for f in (runs / "datasets" / "tiny").glob("labels/*/*.txt"))
+    counts = page.locator("#ds-counts").inner_text()
+    assert "scratch" in counts and "stain" in counts and labels > 0
+    page.wait_for_timeout(500)
+    page.evaluate("document.querySelectorAll('.toast-wrap, [data-testid=toast-body]').forEach(e => e.remove())")
+    shot(page, "datasets")
