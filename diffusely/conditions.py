@@ -2,8 +2,8 @@
 
 Three kinds cover every use (DESIGN.md): a label (`ClassLabel`: class_labels), a token sequence (`Text`: text and
 text_mask, read through cross-attention) and channels concatenated to the input (`Channels`: `Layout` renders a
-layout's masks, `LowRes` a low-resolution image brought to full size; an inpainting mask with its known pixels, the
-first frames of a clip come next). Each kind knows
+layout's masks, `LowRes` a low-resolution image brought to full size, `Frames` a clip's first frames; an inpainting
+mask with its known pixels comes next). Each kind knows
 
 - `train(rows, generators, flip)`: the inputs for training samples `rows`, each replaced by the null value with
   probability `dropout` (so one model also samples unconditionally, for classifier-free guidance), drawn from
@@ -172,7 +172,28 @@ class Layout(Channels):
         return {self.key: self.render(self.boxes[torch.arange(n, device=self.boxes.device) % len(self.boxes)])}
 
 
-class LowRes(Channels):
+class FromSamples(Channels):
+    """Channels made from the training samples themselves (`images`, uint8 (N, *spatial, C), bound by the training
+    set): `measure(x0)` is what the model is given of each sample x0 (B, C, *spatial), rendered with `render`."""
+
+    images: Optional[torch.Tensor] = None
+
+    def measure(self, x0: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _training_images(self, rows, flip=None) -> torch.Tensor:
+        x0 = to_tensor(self.images[rows])
+        return x0 if flip is None else apply_flips(x0, flip)
+
+    def train(self, rows, generators, flip):
+        return {self.key: self.render(self.measure(self._training_images(rows, flip)), ~self.dropped(generators))}
+
+    def examples(self, n, device):
+        rows = torch.arange(n, device=self.images.device) % len(self.images)
+        return {self.key: self.render(self.measure(self._training_images(rows))).to(device)}
+
+
+class LowRes(FromSamples):
     """Super-resolution (SR3, Saharia et al. 2021): the image average-pooled `data.scale` times smaller (the
     measurement y = A x of diffusely.restoration.Downsample), brought back to full size by A's pseudo-inverse,
     nearest-neighbour (each block filled with its mean), then a "given" channel of ones. Nearest rather than
@@ -187,6 +208,9 @@ class LowRes(Channels):
         super().__init__(config, config.model.lowres_channels)
         self.operator, self.images = Downsample(config.data.scale), images
 
+    def measure(self, x0):
+        return self.operator(x0)
+
     def render(self, values, given=None):
         """(B, C, *spatial / scale) low-res images -> (B, C + 1, *spatial): A^+ y and the "given" channel."""
         given = torch.ones(len(values), dtype=torch.bool, device=values.device) if given is None else given
@@ -194,23 +218,43 @@ class LowRes(Channels):
         full = self.operator.pinv(values) * on
         return torch.cat([full, on.expand(-1, 1, *full.shape[2:])], dim=1)
 
-    def _training_images(self, rows, flip=None) -> torch.Tensor:
-        x0 = to_tensor(self.images[rows])
-        return x0 if flip is None else apply_flips(x0, flip)
+    def given(self, values, device):
+        values = torch.stack(list(values)) if not torch.is_tensor(values) else values
+        return {self.key: self.render(values.to(device))}
 
-    def train(self, rows, generators, flip):
-        return {self.key: self.render(self.operator(self._training_images(rows, flip)), ~self.dropped(generators))}
+
+class Frames(FromSamples):
+    """Frame-conditioned prediction (Ho et al. 2022, sec. 3.1's conditional generation): the clip's first
+    `data.given_frames` frames, the later ones zero, then a "given" channel (1 on the given frames). Null: all zeros.
+    `given` takes the first frames (B, C, k, H, W) in [-1, 1] (k = data.given_frames)."""
+
+    name, key = "frames", "first_frames"
+
+    def __init__(self, config, images: Optional[torch.Tensor] = None):
+        super().__init__(config, config.model.frames_channels)
+        self.k, self.images = config.data.given_frames, images
+
+    def measure(self, x0):
+        return x0[:, :, :self.k]
+
+    def render(self, values, given=None):
+        """(B, C, k, H, W) first frames -> (B, C + 1, T, H, W): them, zero frames after, the "given" channel."""
+        if values.shape[2] != self.k or values.shape[3:] != self.grid[1:]:
+            raise ValueError(f"this model continues {self.k} given frames of {self.grid[1]}x{self.grid[2]}, got "
+                             f"{values.shape[2]} of {values.shape[3]}x{values.shape[4]}")
+        given = torch.ones(len(values), dtype=torch.bool, device=values.device) if given is None else given
+        on = append_dims(given.to(values.device, values.dtype), values.ndim)
+        frames = torch.zeros(len(values), values.shape[1] + 1, *self.grid, dtype=values.dtype, device=values.device)
+        frames[:, :-1, :self.k] = values * on
+        frames[:, -1:, :self.k] = on
+        return frames
 
     def given(self, values, device):
         values = torch.stack(list(values)) if not torch.is_tensor(values) else values
         return {self.key: self.render(values.to(device))}
 
-    def examples(self, n, device):
-        rows = torch.arange(n, device=self.images.device) % len(self.images)
-        return {self.key: self.render(self.operator(self._training_images(rows))).to(device)}
 
-
-KINDS: dict[str, type[Condition]] = {"class": ClassLabel, "text": Text, "layout": Layout, "lowres": LowRes}
+KINDS: dict[str, type[Condition]] = {"class": ClassLabel, "text": Text, "layout": Layout, "lowres": LowRes, "frames": Frames}
 
 
 def conditions(config, sources: Optional[dict] = None) -> list[Condition]:

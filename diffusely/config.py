@@ -117,6 +117,7 @@ class DataConfig:
     scale: int = 4
     outside: bool = False  # a COCO file may name images outside its folder (--allow-outside; data.coco)
     frames: int = 0  # video (model dims 3): frames per clip, the first spatial axis; 0: image_size, a cube
+    given_frames: int = 0  # video: frame-conditioned prediction, the first this many frames given (conditions.Frames)
     modality: str = "image"  # what the samples are (diffusely.data.MODALITIES): image, audio
     sample_rate: int = 0  # audio: Hz of the clips (image_size is their length in samples)
 
@@ -135,6 +136,7 @@ class DataConfig:
                               f"low-resolution image must be a whole {self.image_size}/{self.scale} pixels; pick a "
                               f"scale that divides the image size")
         check_count("data.frames", self.frames, 0, MAX_IMAGE_SIZE)
+        check_count("data.given_frames", self.given_frames, 0, max(0, self.frames - 1))
         if self.max_shapes < 1:
             raise ConfigError(f"data.max_shapes must be >= 1, got {self.max_shapes}")
         if self.paraphrases < 0:
@@ -287,14 +289,15 @@ class RunConfig(JsonConfig):
     version: int = CONFIG_VERSION
 
     def __post_init__(self):
-        _check_network(self.model, ("num_classes", "context_dim", "layout_channels", "lowres_channels", "emb_dim"))
+        _check_network(self.model, ("num_classes", "context_dim", "layout_channels", "lowres_channels", "emb_dim",
+                                    "frames_channels"))
         check_number("model.dropout", self.model.dropout, 0, 0.999)
 
     @property
     def conditions(self) -> tuple[str, ...]:
         """What the model reads besides x and sigma, in the order training draws them (see diffusely.conditions)."""
         used = {"class": self.model.num_classes > 0, "text": self.text.enabled, "layout": self.model.layout_channels > 0,
-                "lowres": self.model.lowres_channels > 0}
+                "lowres": self.model.lowres_channels > 0, "frames": self.model.frames_channels > 0}
         return tuple(name for name, on in used.items() if on)
 
     @property

@@ -23,6 +23,7 @@ FIELDS = {
     "layout": ("data", "layout"), "paraphrases": ("data", "paraphrases"), "directions": ("data", "directions"),
     "task": ("data", "task"), "scale": ("data", "scale"), "allow_outside": ("data", "outside"),
     "frames": ("data", "frames"), "factorised": ("model", "factorised"),
+    "given_frames": ("data", "given_frames"),
     "channels": ("model", "channels"), "blocks_per_level": ("model", "blocks_per_level"),
     "attention_levels": ("model", "attention_levels"), "patch_size": ("model", "patch_size"),
     "latent_channels": ("model", "latent_channels"),

@@ -43,6 +43,16 @@ def from_png(ctx: click.Context, image, run_dir, out_dir, overwrite, cuda_graphs
                    f"on another device or thread count can round differently")
 
 
+def given_frames(run, path) -> "torch.Tensor":
+    """The first data.given_frames frames of the clip at `path`, at the run's size: (C, k, H, W) in [-1, 1]."""
+    from ..data import to_grayscale, to_tensor
+    from ..data.video import first_clip
+
+    d = run.config.data
+    clip = first_clip(path, d.image_size, max(1, d.given_frames))
+    return to_tensor((clip if d.channels == 3 else to_grayscale(clip))[None])[0]
+
+
 @click.command()
 @click.argument("run_dir", type=click.Path(), required=False)
 @click.option("-n", "count", type=COUNT, default=16, show_default=True, help="Number of samples.")
@@ -61,12 +71,15 @@ def from_png(ctx: click.Context, image, run_dir, out_dir, overwrite, cuda_graphs
 @INFERENCE
 @SAMPLER_OPTION
 @QUIET
+@click.option("--first-frames", type=click.Path(dir_okay=False, exists=True),
+              help="A video run trained with --given-frames K: continue this clip (GIF, MP4, WebM) from its first K "
+                   "frames.")
 @click.option("--from-png", "png", type=click.Path(dir_okay=False, exists=True),
               help="Draw this PNG (written by `diffusely sample`) again, bit for bit, from the parameters it holds; "
                    "RUN_DIR defaults to the run it names.")
 @click.pass_context
 def sample(ctx, run_dir, count, steps, nfe, sampler, seed, out_dir, overwrite, fmt, grid, batch_size, classes, prompt,
-           prompts_file, negative_prompt, guidance, precision, cuda_graphs, options, quiet, png):
+           prompts_file, negative_prompt, guidance, precision, cuda_graphs, options, quiet, first_frames, png):
     """Draw N samples from a trained run, of a class or a prompt where it was trained on them.
 
     Sample i is written as OUT/{seed + i:06d}.png, with how it was drawn in its text chunks (A1111's
@@ -83,6 +96,7 @@ def sample(ctx, run_dir, count, steps, nfe, sampler, seed, out_dir, overwrite, f
     diffusely sample runs/text -n 64 --prompts prompts.txt --grid grid.png
     diffusely sample runs/shapes -n 16 --sampler "DPM++ 2M Karras" --nfe 10
     diffusely sample --from-png runs/shapes/generated/000003.png --out again
+    diffusely sample runs/video -n 4 --first-frames clip.gif --format mp4 --grid frames.png
     """
     from ..checkpoint import load_run
     from ..pipelines import write_samples
@@ -95,6 +109,8 @@ def sample(ctx, run_dir, count, steps, nfe, sampler, seed, out_dir, overwrite, f
     out = Path(out_dir) if out_dir else Path(run_dir) / "generated"
     asked = conditions(classes, prompt, prompts_file, negative_prompt, guidance)
     run = load_run(run_dir, device(), precision=precision or "auto", cuda_graphs=cuda_graphs)
+    if first_frames:
+        asked["first_frames"] = [given_frames(run, first_frames)]
     writable(out)
     if grid:
         writable(Path(grid).parent)

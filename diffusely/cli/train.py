@@ -53,6 +53,8 @@ def _steps_line(start: int, end: int) -> str:
               "from 16 px ones.")
 @click.option("--frames", type=click.IntRange(2, 256),
               help="Video (moving-shapes, a folder of GIF/MP4/WebM): frames per clip (default 8).")
+@click.option("--given-frames", type=click.IntRange(1, 255),
+              help="Video: learn to continue clips from their first K frames (then `diffusely sample --first-frames`).")
 @click.option("--factorised/--no-factorised", default=None,
               help="Video: factorised space-time blocks (2-D layers per frame, temporal conv and attention) instead of "
                    "3-D ones.")

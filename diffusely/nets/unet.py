@@ -32,6 +32,8 @@ class UNetConfig:
     factorised: video (dims 3, x (B, C, T, H, W)) with factorised space-time blocks (Ho et al. 2022): every spatial
     layer 2-D and applied to each frame alike, a temporal convolution after each residual block and temporal
     attention after each spatial one (diffusely.nets.video); only H and W are downsampled. False: 3-D layers.
+    frames_channels: 0, or the channels of a clip's given first frames (B, frames_channels, T, H, W), concatenated
+    last (frame-conditioned prediction: the frames' channels and a "given" one; diffusely.conditions.Frames).
     """
 
     dims: int = 2
@@ -50,6 +52,7 @@ class UNetConfig:
     patch_size: int = 1
     lowres_channels: int = 0
     factorised: bool = False
+    frames_channels: int = 0
 
     def __post_init__(self):
         self.channels = tuple(int(c) for c in self.channels)
@@ -71,7 +74,7 @@ class UNetConfig:
     @property
     def concatenated(self) -> dict[str, int]:
         """The inputs concatenated to x, in order, by keyword: {"layout": channels, "lowres": channels}, those used."""
-        used = {"layout": self.layout_channels, "lowres": self.lowres_channels}
+        used = {"layout": self.layout_channels, "lowres": self.lowres_channels, "first_frames": self.frames_channels}
         return {key: channels for key, channels in used.items() if channels}
 
     @property
@@ -80,7 +83,7 @@ class UNetConfig:
         return self.patch_size * 2 ** (len(self.channels) - 1)
 
 
-WITHOUT = {"layout": "layouts", "lowres": "low-resolution images"}  # what a model without each input lacks
+WITHOUT = {"layout": "layouts", "lowres": "low-resolution images", "first_frames": "given first frames"}  # what a model without each input lacks
 
 
 def _call(layer, *args, use_reentrant: bool = False):
@@ -170,10 +173,11 @@ class UNet(nn.Module):
 
     def forward(self, x: torch.Tensor, noise_label: torch.Tensor, class_labels: torch.Tensor | None = None,
                 context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None,
-                layout: torch.Tensor | None = None, lowres: torch.Tensor | None = None) -> torch.Tensor:
+                layout: torch.Tensor | None = None, lowres: torch.Tensor | None = None,
+                first_frames: torch.Tensor | None = None) -> torch.Tensor:
         self.check_input(x)
         cfg = self.config
-        x_in = self.concatenate(x, {"layout": layout, "lowres": lowres})
+        x_in = self.concatenate(x, {"layout": layout, "lowres": lowres, "first_frames": first_frames})
         emb = self.emb(sinusoidal_embedding(noise_label, self.config.channels[0]).to(x.dtype))
         if self.label_emb is not None:
             if class_labels is None:  # unconditional: the null label

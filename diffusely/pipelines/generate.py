@@ -91,9 +91,11 @@ class Recipe:
 def recipe(run: LoadedRun, *, steps: Optional[int] = None, nfe: Optional[int] = None, sampler: Optional[str] = None,
            spacing: Spacing = None, classes: Optional[Sequence] = None, prompts: Optional[Sequence[str]] = None,
            negative_prompts: Optional[Sequence[str]] = None, guidance: Optional[float] = None,
-           layouts: Optional[Sequence] = None, **options) -> Recipe:
+           layouts: Optional[Sequence] = None, first_frames: Optional[Sequence[torch.Tensor]] = None,
+           **options) -> Recipe:
     """Resolve and check the arguments of `generate` (see there) before anything is sampled. A sampler name's own
-    spacing and options ("DPM++ 2M Karras": karras) apply unless `spacing` or `options` give others."""
+    spacing and options ("DPM++ 2M Karras": karras) apply unless `spacing` or `options` give others. first_frames:
+    a video run trained with given frames continues these clips, each (C, k, H, W) in [-1, 1], cycled."""
     sampler, steps = sampling_plan(run, sampler, steps, nfe)
     stored = None if spacing else stored_spacing(run, sampler, steps)
     spacing = spacing or stored or sampler.spacing
@@ -101,6 +103,10 @@ def recipe(run: LoadedRun, *, steps: Optional[int] = None, nfe: Optional[int] = 
     check_options(sampler, options)  # a bad -o name or value is refused before any folder is made
     conditions = conditioning(run, classes=classes, prompts=prompts, negative_prompts=negative_prompts,
                               guidance=guidance, layouts=layouts)
+    if first_frames is not None:
+        if "frames" not in run.config.conditions:
+            raise ValueError("this run was trained without given frames; train with --given-frames K to continue clips")
+        conditions.asked["frames"] = [torch.as_tensor(f) for f in first_frames]
     return Recipe(sampler, steps, spacing, options, conditions, stored is not None)
 
 

@@ -15,7 +15,7 @@ import torch
 
 from .._util import randn_like
 from ..checkpoint import autoencoder_dir, read_config
-from ..conditions import Captions, Condition, LowRes
+from ..conditions import Captions, Condition, FromSamples
 from ..config import AutoencoderRunConfig, RunConfig
 from ..data import DataError, Dataset, apply_flips, draw_flips, load_dataset, to_tensor
 from ..data.shapes import caption_variants
@@ -80,6 +80,7 @@ def prepare_data(config: RunConfig, data: Optional[Dataset] = None) -> Dataset:
         config.latent.latent_channels if config.latent else data.images.shape[-1])
     # an upscale run reads the low-res image's channels and its "given" channel (conditions.LowRes)
     config.model.lowres_channels = config.model.in_channels + 1 if config.data.task == "upscale" else 0
+    config.model.frames_channels = config.model.in_channels + 1 if config.data.given_frames else 0  # conditions.Frames
     if config.data.classes:
         if data.labels is None:
             raise DataError(f"{config.data.source} has no class labels; put images in one subfolder per class")
@@ -134,7 +135,7 @@ class TrainingSet:
         self.batches = Batches(len(data.images), config.train.batch_size, config.train.seed, d)
         self.schedule = config.diffusion.discrete_schedule()
         for condition in conditions:  # the low-res image is drawn from the training images themselves
-            if isinstance(condition, LowRes):
+            if isinstance(condition, FromSamples):
                 condition.images = self.samples
 
     def draw_batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
