@@ -14,7 +14,8 @@ DISTILL_FIELDS = {"nfe": "--nfe", "grid_steps": "--grid-steps", "target_decay": 
 @click.argument("teacher", required=False, type=click.Path(file_okay=False))
 @click.option("--nfe", type=click.IntRange(1, 64), help="Network evaluations the student samples in: 1, 2 or 4 "
               "(default 1).")
-@click.option("--out", "run_dir", required=True, type=click.Path(file_okay=False), help="Student run directory to write.")
+@click.option("--out", "run_dir", required=True, type=click.Path(file_okay=False),
+              help="Student run directory to write.")
 @click.option("--steps", type=COUNT, help="Distillation steps to reach (default 2000). May be changed on --resume.")
 @click.option("--batch-size", type=COUNT, help="Images per step (default: the teacher's).")
 @click.option("--lr", type=Finite(above=0), help="Learning rate of AdamW, constant (default 1e-4).")

@@ -49,9 +49,8 @@ def student_config(teacher_dir: str | Path, nfe: int, grid_steps: int = 18, targ
                                    sigmas=tuple(student_sigmas(nfe, d.sigma_min, d.sigma_max)), grid_steps=grid_steps,
                                    target_decay=target_decay)
     d.sampler, d.sample_steps = "consistency", nfe
-    for name, value in {**STUDENT_TRAIN, **train}.items():
-        if value is not None:
-            setattr(config.train, name, value)
+    for name, value in {**STUDENT_TRAIN, **{k: v for k, v in train.items() if v is not None}}.items():
+        setattr(config.train, name, value)
     return RunConfig.from_dict(config.to_dict())  # checked, field by field
 
 
@@ -110,9 +109,10 @@ def distill(config: RunConfig, run_dir: str | Path, *, resume: bool = False, pro
         if d.main:
             check_room(run_dir, modules, {"optim": optimizer}, tc.keep)
             start_log(run_dir, config, start, LOG_FIELDS)
-        student, target_denoiser = build_denoiser(config, training_net(model, config, d)), build_denoiser(config, target)
-        grid, mixed_precision = distill_grid(dc.grid_steps, config.diffusion.sigma_min, config.diffusion.sigma_max), \
-            autocast(tc.precision, device)
+        student = build_denoiser(config, training_net(model, config, d))
+        target_denoiser = build_denoiser(config, target)
+        grid = distill_grid(dc.grid_steps, config.diffusion.sigma_min, config.diffusion.sigma_max)
+        mixed_precision = autocast(tc.precision, device)
         batches = TrainingSet(config, data, conds, latents, device, d)
         tracker = Tracker(run_dir, LOG_FIELDS, tc, start, d, _saver(run_dir, model, ema, target, optimizer, tc.keep),
                           desc="distilling", progress=progress, on_checkpoint=on_checkpoint, number="{:.6g}")
@@ -125,8 +125,8 @@ def distill(config: RunConfig, run_dir: str | Path, *, resume: bool = False, pro
             set_lr([optimizer], lr_at(step, tc))
             optimize(optimizer, loss, model, tc.grad_clip)
             update_ema(target, model, dc.target_decay)
-            images_seen = (step + 1) * tc.batch_size * d.world
-            update_ema(ema, model, ema_beta(tc.batch_size * d.world, images_seen, tc.ema_halflife_images, tc.ema_rampup))
+            images = tc.batch_size * d.world
+            update_ema(ema, model, ema_beta(images, (step + 1) * images, tc.ema_halflife_images, tc.ema_rampup))
             tracker.after(step, {"loss": loss.item()}, lr_at(step, tc))
         last = tracker.close()
     return {"step": tc.steps, "loss": last.get("loss", float("nan")), "run_dir": str(run_dir), "nfe": dc.nfe,
