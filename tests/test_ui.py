@@ -60,6 +60,48 @@ def test_should_stop_is_not_asked_after_the_last_step(tmp_path):
     assert result["step"] == 3 and int(weights(tmp_path / "run")["optim.0.step"].item()) == 3
 
 
+def test_paths_outside_the_allowed_roots_are_refused(tmp_path):
+    from diffusely.ui.guard import Refused, Roots
+
+    (tmp_path / "runs" / "a").mkdir(parents=True)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "secret").mkdir()
+    (tmp_path / "runs" / "escape").symlink_to(tmp_path / "secret")
+    roots = Roots.of(tmp_path / "runs", allow=[tmp_path / "data"])
+    assert roots.inside("a") == tmp_path / "runs" / "a"
+    assert roots.inside(str(tmp_path / "data" / "photos")) == tmp_path / "data" / "photos"
+    for outside in ("../secret", str(tmp_path / "secret"), "escape/x", "/etc/passwd", "a/../../secret"):
+        with pytest.raises(Refused, match="outside the folders this UI may use"):
+            roots.inside(outside, "data folder")
+
+
+def test_uploads_over_the_limit_are_refused(tmp_path):
+    from diffusely.ui.guard import Refused, Roots
+
+    roots = Roots.of(tmp_path, max_upload_mb=0.01)
+    small, big = tmp_path / "small.bin", tmp_path / "big.bin"
+    small.write_bytes(b"x" * 10_000)
+    big.write_bytes(b"x" * 11_000)
+    assert roots.upload(small) == small
+    with pytest.raises(Refused, match=r"0\.0 MB|over this UI's limit"):
+        roots.upload(big)
+
+
+def test_the_cli_serves_loopback_unless_a_flag_that_says_it_exposes_the_server(monkeypatch, tmp_path):
+    from click.testing import CliRunner
+
+    from diffusely.cli import main
+
+    pytest.importorskip("gradio")
+    calls = []
+    monkeypatch.setattr("diffusely.ui.serve", lambda roots, **kw: calls.append((roots, kw)))
+    result = CliRunner().invoke(main, ["ui", str(tmp_path / "runs")])
+    assert result.exit_code == 0, result.output
+    assert calls[-1][1] == {"host": "127.0.0.1", "port": 7860, "share": False}
+    help_text = " ".join(CliRunner().invoke(main, ["ui", "--help"]).output.split())
+    assert "EXPOSES the server" in help_text and "public Gradio share link" in help_text
+
+
 # ---- the page in a browser ----------------------------------------------------------------------------------------
 
 BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -267,3 +309,25 @@ def test_type_a_layout_generate_it_and_synth_a_dataset(page, server, tmp_path):
     page.wait_for_timeout(500)
     page.evaluate("document.querySelectorAll('.toast-wrap, [data-testid=toast-body]').forEach(e => e.remove())")
     shot(page, "datasets")
+
+
+def test_runs_tab_shows_facts_eval_and_loss(page, server):
+    url, runs, demo = server
+    (runs / "uncond" / "eval.json").write_text('{"fd": 12.5, "steps": 18}')
+    page.get_by_role("tab", name="Runs").click()
+    page.click("#runs-refresh")
+    page.wait_for_selector("#runs-table:has-text('fd 12.5')")
+    pick(page, "runs-pick", "uncond")
+    page.wait_for_selector("#runs-facts:has-text('steps_trained')")
+    assert "12.5" in page.inner_text("#runs-eval")
+    page.wait_for_timeout(800)
+    shot(page, "runs")
+
+
+def test_an_upload_over_the_limit_is_refused_with_a_message(page, server, tmp_path):
+    big = tmp_path / "big.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (800, 800, 3), dtype=np.uint8)).save(big)
+    assert big.stat().st_size > 2**20  # the server under test takes 1 MB at most
+    page.click("#gen-png + * button, .label-wrap:has-text('Load parameters from a PNG')")
+    page.set_input_files("#gen-png input[type=file]", str(big))
+    page.wait_for_selector("text=/exceed|too large|maximum/i")
