@@ -204,3 +204,15 @@ def test_distill_refuses_what_it_cannot_do_in_one_line(teacher, tmp_path):
     shutil.move(teacher, tmp_path / "moved")
     r = cli("distill", "--out", student, "--resume", "--steps", 6, "--quiet")
     assert r.exit_code == 1 and "the teacher run" in r.output and "is gone" in r.output, r.output
+
+
+def test_a_student_of_a_layout_run_synthesises_a_labelled_dataset(tmp_path):
+    shutil.copytree(FIXTURES / "layout", tmp_path / "teacher")
+    student = tmp_path / "student"
+    assert cli("distill", tmp_path / "teacher", "--nfe", 1, "--out", student, "--steps", 2, "--batch-size", 4,
+               "--quiet").exit_code == 0
+    assert (student / "layouts.json").read_bytes() == (tmp_path / "teacher" / "layouts.json").read_bytes()
+    r = cli("synth", student, "--out", tmp_path / "syn", "-n", 2, "--allow-copies")
+    assert r.exit_code == 0, r.output
+    images, labels = sorted((tmp_path / "syn").rglob("*.png")), sorted((tmp_path / "syn" / "labels").rglob("*.txt"))
+    assert len(labels) == 2 and len([p for p in images if p.parent.parent.name == "images"]) == 2
