@@ -219,3 +219,23 @@ def test_a_sampler_name_people_know_brings_its_spacing_and_options(root):
                    "--sampler", name, "--steps", "3", "--out", out, "--quiet")
         assert r.exit_code == 0, r.output
     assert not np.array_equal(read(outs["Euler a"] / "p0.png"), read(outs["euler_ancestral"] / "p0.png"))
+
+
+def test_a_second_job_into_one_folder_is_refused(root, tmp_path):
+    import fcntl
+    import os
+
+    out = tmp_path / "out"
+    out.mkdir()
+    fd = os.open(out / ".lock", os.O_RDWR | os.O_CREAT)  # another job, holding the folder's lock as run_lock does
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, b"4242 restore --out out\n")
+        clean = root / "clean" / "p0.png"
+        for args in (["restore", root / "run", clean, "--task", "deblur"], ["img2img", root / "run", clean],
+                     ["upscale", root / "run", clean]):
+            r = invoke(*args, "--steps", "2", "--out", out, "--quiet")
+            assert r.exit_code == 1 and f"{out} is in use by process 4242 (restore --out out)" in r.output, r.output
+        assert [p.name for p in out.iterdir()] == [".lock"]  # nothing written beside the other job's
+    finally:
+        os.close(fd)

@@ -22,7 +22,7 @@ from PIL import Image, PngImagePlugin
 from tqdm import tqdm
 
 from .. import __version__
-from .._files import RunError, atomic_write, atomic_write_text
+from .._files import RunError, atomic_write, atomic_write_text, run_lock
 from .._util import generators, randn
 from ..checkpoint import LoadedRun, load_run
 from ..data import MODALITIES, to_uint8
@@ -193,9 +193,18 @@ def write_samples(run: LoadedRun, out_dir: str | Path, n: int, *, fmt: Optional[
     asked = {key: list(kwargs[arg]) for key, arg in (("text", "prompts"), ("class", "classes")) if kwargs.get(arg)}
     names = sample_names(n, seed, fmt)
     targets = [out_dir / name for name in names + ([METADATA] if asked else [])] + ([Path(grid)] if grid else [])
-    if not overwrite:
-        _refuse_existing(targets, out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    # the lock makes the check and the writes one step: two jobs into one folder cannot both pass the check
+    with run_lock(out_dir, f"sample --out {out_dir}"):
+        if not overwrite:
+            _refuse_existing(targets, out_dir)
+        return _write_all(run, plan, batches, out_dir, names, fmt=fmt, seed=seed, asked=asked, grid=grid)
+
+
+def _write_all(run: LoadedRun, plan: Recipe, batches: Iterator[torch.Tensor], out_dir: Path, names: list[str], *,
+               fmt: str, seed: int, asked: dict, grid: Optional[str | Path]) -> dict:
+    """`write_samples`' writing, once the folder is locked and checked: each sample as it is made, then the
+    metadata and the grid."""
+    kind = MODALITIES[run.config.data.modality]
     digest = weights_digest(run) if fmt != "npy" else None
     writer = importlib.import_module(kind.writer) if kind.writer else None
     everything, i = [], 0

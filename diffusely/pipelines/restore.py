@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .._files import atomic_write
+from .._files import atomic_write, run_lock
 from .._util import generators, randn
 from ..checkpoint import LoadedRun, RunError
 from ..conditions import LowRes
@@ -148,6 +148,17 @@ def write_draws(out: Path, name: str, draws: torch.Tensor) -> dict[str, torch.Te
     return {"sample": draws[0], "mean": mean, "std": std}
 
 
+def _locked(fn):
+    """`fn(run, source, out, ...)` run holding out's lock (`diffusely/_files.py`), so its check that no file of
+    these names is there and its writes are one step: two jobs into one folder cannot both pass the check."""
+    @functools.wraps(fn)
+    def locked(run: LoadedRun, source, out, *args, **kwargs):
+        with run_lock(out, f"{fn.__name__} --out {out}"):
+            return fn(run, source, out, *args, **kwargs)
+    return locked
+
+
+@_locked
 def upscale(run: LoadedRun, source: str | Path, out: str | Path, plan: Plan, *, consistent: bool = False, classes=None,
             guidance=None, progress=None) -> list[str]:
     """Super-resolve each low-res image of `source` (a file or folder; each image_size / scale a side) with a run
@@ -233,6 +244,7 @@ def in_range(operator, x: torch.Tensor, y: torch.Tensor, iterations: int = POCS_
     return x.clamp(-1, 1)
 
 
+@_locked
 def restore(run: LoadedRun, source: str | Path, out: str | Path, plan: Plan, *, task: str, how: str = "project",
             mask=None, scale=None, acceleration=None, mask_seed: int = 0, measured: bool = False,
             dps_scale: float = 1.0, resample: int = 10, classes=None, guidance=None, progress=None) -> list[dict]:
@@ -275,6 +287,7 @@ def restore(run: LoadedRun, source: str | Path, out: str | Path, plan: Plan, *, 
     return rows
 
 
+@_locked
 def img2img(run: LoadedRun, source: str | Path, out: str | Path, plan: Plan, *, strength: float, classes=None,
             prompts=None, negative_prompts=None, guidance=None, progress=None) -> list[str]:
     """SDEdit each image of `source` (the run's size): noised to the sigma of `strength`, sampled back down, with
