@@ -277,6 +277,26 @@ def test_train_watch_the_loss_stop_and_resume(page, server):
     assert int(weights(run)["optim.0.step"].item()) > stopped + 2
 
 
+def test_a_run_another_process_holds_is_refused_with_the_lock_message(page, server):
+    url, runs, demo = server
+    page.get_by_role("tab", name="Train").click()
+    fill(page, "train-out", "held")
+    fill(page, "train-size", 8)
+    fill(page, "train-steps", 3)
+    fill(page, "train-ch", "8,16")
+    hold = ("import sys, time; from diffusely._files import run_lock\n"
+            "with run_lock(sys.argv[1], 'train --out elsewhere-job'):\n print('held', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(runs / "held")], stdout=subprocess.PIPE, text=True)
+    try:  # as a CLI training in another process holds it (within one process the lock is re-entrant)
+        assert holder.stdout.readline().strip() == "held"
+        page.click("#train-start")
+        page.wait_for_selector("#train-status:has-text('elsewhere-job')")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert "Error" in page.inner_text("#train-status") and not (runs / "held" / "checkpoint.safetensors").exists()
+
+
 def test_type_a_layout_generate_it_and_synth_a_dataset(page, server, tmp_path):
     url, runs, demo = server
     page.get_by_role("tab", name="Datasets").click()
