@@ -45,6 +45,7 @@ ROWS = [
     ("sample -n -1", ["sample", "RUN", "-n", "-1", "--out", "TMP"], ["'-n'", "-1", "x>=1"]),
     ("sample -n 0", ["sample", "RUN", "-n", "0", "--out", "TMP"], ["'-n'", "0"]),
     ("eval -n 0", ["eval", "RUN", "--reference", "DATA", "-n", "0"], ["'-n'", "0", "x>=1"]),
+    ("eval -n 4", ["eval", "RUN", "--reference", "DATA", "-n", "4"], ["-n (count) must be >= 6", "got 4"]),
     ("--guidance inf", ["sample", "RUN", "-n", "1", "--guidance", "inf", "--out", "TMP"], ["'--guidance'", "not finite"]),
     ("--guidance nan", ["sample", "RUN", "-n", "1", "--guidance", "nan", "--out", "TMP"], ["'--guidance'", "not finite"]),
     ("-o S_churn=nan", ["sample", "RUN", "-n", "1", "-o", "S_churn=nan", "--out", "TMP"], ["S_churn=nan", "not finite"]),

@@ -110,10 +110,19 @@ def test_eval_errors_are_one_line(tiny, tmp_path, monkeypatch):
           match=["2048-d", "128-d"])
 
 
-def test_eval_of_no_samples_is_refused_not_the_default(tiny):
-    from diffusely.pipelines.evaluate import evaluate_run
+def test_eval_of_too_few_samples_is_refused_before_any_work(tiny, tmp_path, monkeypatch):
+    from diffusely.pipelines import evaluate
 
     run_dir, images = tiny
-    for count in (0, -3):  # 0 once meant "the default, 1000"
-        with pytest.raises(ValueError, match=f"number of samples \\(-n\\) must be >= 1, got {count}"):
-            evaluate_run(run_dir, str(images), count=count)
+
+    def reached(*args, **kwargs):
+        raise AssertionError("the reference was loaded before the counts were checked")
+    monkeypatch.setattr(evaluate, "load_reference", reached)
+    for count in (0, -3, 5):  # 0 once meant "the default, 1000"; 4 failed after sampling, naming k, not -n
+        with pytest.raises(ValueError, match=f"-n \\(count\\) must be >= 6: density and .* got {count}$"):
+            evaluate.evaluate_run(run_dir, str(images), count=count)
+    with pytest.raises(ValueError, match="--reference-count \\(reference_count\\) must be >= 6: .* got 3$"):
+        evaluate.evaluate_run(run_dir, str(images), reference_count=3)
+    write_shapes_folder(tmp_path / "few", 5, size=16, seed=0)
+    with pytest.raises(ValueError, match=f"{tmp_path / 'few'} holds 5 samples, but the metrics need at least 6"):
+        evaluate.evaluate_run(run_dir, str(images), samples=str(tmp_path / "few"))

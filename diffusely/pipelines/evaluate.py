@@ -35,6 +35,7 @@ COPIES_FIGURE = "copies.png"
 HELD_OUT = 1000  # held-out images of a built-in source the copy check measures (a new seed: never trained on)
 DOMAIN_FILE = "domain_features.safetensors"
 FEATURES = ("domain", "inception")
+MIN_COUNT = 6  # density and coverage measure each point's 5th nearest neighbour among the others (metrics.summary)
 COMPARABLE = {
     "domain": "domain features: comparable only with evaluations that used the same features name "
               "(the same domain network, trained on the same reference), never with published FIDs",
@@ -164,6 +165,23 @@ def copy_check(run_dir: Path, config: RunConfig, fake: np.ndarray, fake_features
     return report
 
 
+def check_counts(count: Optional[int] = None, reference_count: Optional[int] = None) -> None:
+    """Refuse, before any work, fewer samples or reference images than the metrics need (MIN_COUNT): a ValueError
+    naming the flag (-n: `count`; --reference-count: `reference_count`)."""
+    for value, flag in ((count, "-n (count)"), (reference_count, "--reference-count (reference_count)")):
+        if value is not None and value < MIN_COUNT:  # 0 is not "the default": it would measure nothing
+            raise ValueError(f"{flag} must be >= {MIN_COUNT}: density and coverage compare each point with its 5 "
+                             f"nearest neighbours among the others, got {value}")
+
+
+def enough_samples(fake: np.ndarray, folder) -> np.ndarray:
+    """The samples read from `folder`, (N, ...), refused (DataError) where they are fewer than the metrics need."""
+    if len(fake) < MIN_COUNT:
+        raise DataError(f"{folder} holds {len(fake)} samples, but the metrics need at least {MIN_COUNT}: sample more "
+                        f"into it, e.g. diffusely sample RUN_DIR -n {MIN_COUNT} --out {folder}")
+    return fake
+
+
 def _sample_images(run, count: int, *, sampler: Optional[str], steps: Optional[int], nfe: Optional[int], seed: int,
                    batch_size: int, progress: bool, options: dict) -> tuple[np.ndarray, dict]:
     """`count` samples as uint8 (N, S, S, C), and how they were drawn (sampler, steps, NFE, seed, options)."""
@@ -195,15 +213,14 @@ def evaluate_run(run_dir: str | Path, reference: str, *, count: Optional[int] = 
     """
     if features not in FEATURES:
         raise ValueError(f"unknown features {features!r}; choose one of: {', '.join(FEATURES)}")
-    if count is not None and count < 1:  # 0 is not "the default": it would measure nothing
-        raise ValueError(f"the number of samples (-n) must be >= 1, got {count}")
+    check_counts(count, reference_count)
     started = time.perf_counter()
     run_dir = Path(run_dir)
     run = load_run(run_dir, device)
     cfg = run.config
     size, channels = cfg.data.image_size, cfg.data.channels  # the images', also in a latent run
     # everything that can fail fast (files, sizes, weights) before the slow part, sampling
-    fake = load_samples(samples, size, channels, count) if samples else None
+    fake = enough_samples(load_samples(samples, size, channels, count), samples) if samples else None
     held = held_out_images(cfg, held_out)
     ref = load_reference(reference, size, channels, classes=cfg.data.classes, count=reference_count, seed=seed)
     identity = _reference_identity(reference, ref) if isinstance(ref, Dataset) else {"source": str(reference)}
