@@ -206,6 +206,13 @@ def test_generate_then_the_cli_draws_the_png_again_bit_for_bit(page, server, tmp
     assert "identical to" in out.stdout
     assert np.array_equal(np.asarray(Image.open(png)), np.asarray(Image.open(tmp_path / "again" / "000011.png")))
     shot(page, "generate")
+    page.click(".label-wrap:has-text('Load parameters from a PNG')")  # and back in through the page
+    pick(page, "gen-run", "uncond")
+    page.set_input_files("#gen-png input[type=file]", str(png))
+    page.wait_for_function("document.querySelector('#gen-run input').value === 'classes'")
+    assert page.input_value("#gen-class input") == "square" and page.input_value("#gen-seed input") == "11"
+    page.click("#gen-reproduce")
+    page.wait_for_selector("#gen-verdict:has-text('the same, pixel for pixel')")
 
 
 def test_paint_a_mask_and_inpaint(page, server, tmp_path):
