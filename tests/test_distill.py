@@ -12,71 +12,14 @@ import pytest
 import torch
 from click.testing import CliRunner
 from PIL import Image
-from torch import nn
 
 from diffusely.cli import main
-from diffusely.distill import ConsistencyDenoiser, consistency_loss, distill_grid, heun_step, student_sigmas
-from diffusely.samplers.consistency import sample_consistency
+from diffusely.distill import heun_step
+from diffusely.distill.toy import SIGMA_MIN, distill_mixture, endpoint_errors, point_student
 from diffusely.state import load_state
 from diffusely.toy import GaussianMixture
-from diffusely.train.ema import make_ema, update_ema
 
 FIXTURES = Path(__file__).parent / "fixtures" / "v0"
-SIGMA_MIN, SIGMA_MAX = 0.002, 80.0
-
-
-class PointNet(nn.Module):
-    """F(c_in x, c_noise) for 2-D points: an MLP on the point and sines of the noise label. x (B, 2) -> (B, 2)."""
-
-    def __init__(self, width: int = 128, freqs: int = 8):
-        super().__init__()
-        self.register_buffer("freqs", torch.arange(freqs, dtype=torch.float32))
-        self.net = nn.Sequential(nn.Linear(2 + 2 * freqs, width), nn.SiLU(), nn.Linear(width, width), nn.SiLU(),
-                                 nn.Linear(width, width), nn.SiLU(), nn.Linear(width, 2))
-
-    def forward(self, x, c_noise):
-        angle = c_noise[:, None] * self.freqs
-        return self.net(torch.cat([x, angle.sin(), angle.cos()], 1))
-
-
-def student_of(seed: int = 0) -> ConsistencyDenoiser:
-    torch.manual_seed(seed)
-    return ConsistencyDenoiser(PointNet(), sigma_data=1.5, sigma_min=SIGMA_MIN)  # the ring's spread, about 1.5
-
-
-def toy_distill(teacher: GaussianMixture, steps: int, batch: int = 256, grid_steps: int = 18, lr: float = 2e-3,
-                target_decay: float = 0.9) -> ConsistencyDenoiser:
-    """Consistency distillation of the exact denoiser into a PointNet student (from scratch: no teacher network)."""
-    student = student_of()
-    target, g = make_ema(student), torch.Generator().manual_seed(1)
-    optimizer = torch.optim.Adam(student.parameters(), lr=lr)
-    grid = distill_grid(grid_steps, SIGMA_MIN, SIGMA_MAX)
-    exact = lambda x, sigma: teacher(x.double(), sigma.double()).float()  # noqa: E731
-    for _ in range(steps):
-        x0, n = teacher.sample(batch, g).float(), torch.randint(grid_steps, (batch,), generator=g)
-        loss = consistency_loss(student, target, exact, x0, torch.randn(batch, 2, generator=g), n, grid).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        update_ema(target, student, target_decay)
-    return student.eval()
-
-
-def endpoint_errors(student, teacher: GaussianMixture, nfe: int, n: int = 512) -> list[float]:
-    """Mean distance between each of the student's nfe evaluations and the teacher's ODE endpoint from the point
-    that evaluation was given (noise at sigma_max first, then the renoised estimates), over n samples."""
-    errors = []
-
-    def check(info):
-        x, sigma = info["x"].double(), info["sigma"]
-        errors.append((info["denoised"].double() - teacher.ode_endpoint(x, sigma)).norm(dim=1).mean().item())
-
-    noise = torch.randn(n, 2, generator=torch.Generator().manual_seed(5))
-    sigmas = torch.tensor(student_sigmas(nfe, SIGMA_MIN, SIGMA_MAX), dtype=torch.float64)
-    with torch.no_grad():
-        sample_consistency(student, noise * SIGMA_MAX, sigmas, generator=torch.Generator().manual_seed(6),
-                           callback=check)
-    return errors
 
 
 @pytest.fixture(scope="module")
@@ -86,11 +29,11 @@ def ring():
 
 @pytest.fixture(scope="module")
 def toy_student(ring):
-    return toy_distill(ring, steps=1500)
+    return distill_mixture(ring, steps=1500)
 
 
 def test_the_boundary_condition_holds_for_any_network():
-    student = student_of()
+    student = point_student()
     x = torch.randn(16, 2)
     assert torch.equal(student(x, torch.full((16,), SIGMA_MIN)), x)
     assert not torch.allclose(student(x, torch.full((16,), 1.0)), x, atol=1e-3)
@@ -111,7 +54,7 @@ def test_a_distilled_student_lands_on_the_teachers_ode_endpoints(ring, toy_stude
     """1500 steps from scratch (about 5 s): at 1 NFE the student's sample is within 0.3 (mean distance; the ring
     has radius 2, its components stds 0.15 and 0.45) of the endpoint of the teacher's ODE from the same noise
     (measured 0.18), and at 2 NFE both evaluations are (0.18, 0.16). An untrained student misses by 2.0 and 1.1."""
-    untrained = endpoint_errors(student_of().eval(), ring, 2)
+    untrained = endpoint_errors(point_student().eval(), ring, 2)
     one, two = endpoint_errors(toy_student, ring, 1), endpoint_errors(toy_student, ring, 2)
     assert min(untrained) > 1.0, untrained
     assert one[0] < 0.3 and max(two) < 0.3, (one, two)
@@ -216,3 +159,14 @@ def test_a_student_of_a_layout_run_synthesises_a_labelled_dataset(tmp_path):
     assert r.exit_code == 0, r.output
     images, labels = sorted((tmp_path / "syn").rglob("*.png")), sorted((tmp_path / "syn" / "labels").rglob("*.txt"))
     assert len(labels) == 2 and len([p for p in images if p.parent.parent.name == "images"]) == 2
+
+
+def test_a_student_of_a_text_run_takes_prompts(tmp_path):
+    shutil.copytree(FIXTURES / "text", tmp_path / "teacher")
+    student = tmp_path / "student"
+    assert cli("distill", tmp_path / "teacher", "--nfe", 2, "--out", student, "--steps", 2, "--batch-size", 4,
+               "--quiet").exit_code == 0
+    assert (student / "tokenizer.json").read_bytes() == (tmp_path / "teacher" / "tokenizer.json").read_bytes()
+    r = cli("sample", student, "-n", 2, "--prompt", "a red circle", "--out", tmp_path / "s", "--quiet")
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "s" / "metadata.jsonl").read_text().splitlines()[0])["text"] == "a red circle"
