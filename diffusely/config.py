@@ -21,6 +21,7 @@ from .schedules import VP_SCHEDULES, DiscreteSchedule
 
 CONFIG_VERSION = 1
 MAX_IMAGE_SIZE = 4096  # pixels a side: past this a batch cannot fit in memory, and 100000 is a typo, not a wish
+MAX_WIDTH = 4096  # a level's channels: a width of 2**40 is a typo, and would end as "out of memory"
 MAX_SEED = 2**63 - 1  # seeds feed numpy's SeedSequence and torch generators, which take 0..2**63 - 1
 
 
@@ -367,7 +368,7 @@ def _check_network(model, zero_or_more: tuple[str, ...] = ()) -> None:
     """The checks of a network config's sizes: positive widths, block counts, head width, groups (and latent
     channels, where the network has them); `zero_or_more` names fields that must be >= 0."""
     for i, c in enumerate(model.channels):
-        check_count(f"model.channels[{i}]", c)
+        check_count(f"model.channels[{i}]", c, 1, MAX_WIDTH)
     for name in ("in_channels", "blocks_per_level", "head_channels", "groups", "latent_channels"):
         if hasattr(model, name):
             check_count(f"model.{name}", getattr(model, name))

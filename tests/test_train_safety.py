@@ -109,7 +109,8 @@ def test_an_autoencoder_with_a_nan_kl_weight_is_refused_and_one_that_diverges_st
 @pytest.mark.parametrize("section, field, value, message", [
     ("model", "head_channels", 0, "model.head_channels must be an integer >= 1, got 0"),
     ("model", "dropout", float("nan"), "model.dropout must be a finite number in [0, 0.999], got nan"),
-    ("model", "channels", [16, -32], "model.channels[1] must be an integer >= 1, got -32"),
+    ("model", "channels", [16, -32], "model.channels[1] must be an integer between 1 and 4096, got -32"),
+    ("model", "channels", [16, 2**40], "model.channels[1] must be an integer between 1 and 4096, got 1099511627776"),
     ("model", "blocks_per_level", -1, "model.blocks_per_level must be an integer >= 1, got -1"),
     ("data", "image_size", 0, "data.image_size must be an integer between 1 and 4096, got 0"),
     ("data", "image_size", 100000, "data.image_size must be an integer between 1 and 4096, got 100000"),

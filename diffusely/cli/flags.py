@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from ..config import MAX_WIDTH  # one bound for --channels and config.json
 from ..layout import DIRECTIONS
 from ..nets.fast import PRECISIONS
 from ..options import RESUMABLE_HELP
@@ -15,7 +16,6 @@ from ..samplers import SAMPLERS
 
 MAX_SEED = 2 ** 63 - 1
 MAX_IMAGE_SIZE = 4096  # pixel space: beyond this a U-Net's activations do not fit any one device
-MAX_WIDTH = 4096
 
 COUNT = click.IntRange(min=1)
 SEED = click.IntRange(0, MAX_SEED)
