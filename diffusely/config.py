@@ -22,6 +22,9 @@ from .schedules import VP_SCHEDULES, DiscreteSchedule
 CONFIG_VERSION = 1
 MAX_IMAGE_SIZE = 4096  # pixels a side: past this a batch cannot fit in memory, and 100000 is a typo, not a wish
 MAX_WIDTH = 4096  # a level's channels: a width of 2**40 is a typo, and would end as "out of memory"
+# noise levels a float32 sample can carry: below 1e-5 the noise is lost in the rounding of x ~ 1 (and 1e-300 is 0);
+# above 1e10 sigma**2 nears float32's limit (3.4e38 at 1.8e19); every VP schedule of up to 4000 steps fits (linear: 6e8)
+SIGMA_RANGE = (1e-5, 1e10)
 MAX_SEED = 2**63 - 1  # seeds feed numpy's SeedSequence and torch generators, which take 0..2**63 - 1
 
 
@@ -57,8 +60,10 @@ class DiffusionConfig:
             check_choice("diffusion.schedule", self.schedule, VP_SCHEDULES)
         elif self.train_sigmas == "discrete":
             raise ConfigError("diffusion.train_sigmas 'discrete' needs a diffusion.schedule (linear, cosine or sigmoid)")
-        for name in ("sigma_data", "sigma_min", "sigma_max", "P_std"):
+        for name in ("sigma_data", "P_std"):
             check_number(f"diffusion.{name}", getattr(self, name), open_low=True)
+        for name in ("sigma_min", "sigma_max"):
+            check_number(f"diffusion.{name}", getattr(self, name), *SIGMA_RANGE)
         check_number("diffusion.P_mean", self.P_mean, -math.inf)
         check_count("diffusion.timesteps", self.timesteps, 2)
         if not 0 < self.sigma_min < self.sigma_max:

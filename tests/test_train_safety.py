@@ -118,6 +118,8 @@ def test_an_autoencoder_with_a_nan_kl_weight_is_refused_and_one_that_diverges_st
     ("train", "lr", float("inf"), "train.lr must be a finite number > 0, got inf"),
     ("train", "keep", 0, "train.keep must be an integer >= 1, got 0"),
     ("diffusion", "sigma_data", -1.0, "diffusion.sigma_data must be a finite number > 0, got -1.0"),
+    ("diffusion", "sigma_max", 1e308, "diffusion.sigma_max must be a finite number in [1e-05, 1e+10], got 1e+308"),
+    ("diffusion", "sigma_min", 1e-300, "diffusion.sigma_min must be a finite number in [1e-05, 1e+10], got 1e-300"),
     ("latent", "scale_factor", float("nan"), "latent.scale_factor must be a finite number > 0, got nan"),
 ])
 def test_config_values_are_checked_where_they_enter(section, field, value, message):
