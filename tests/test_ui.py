@@ -44,11 +44,11 @@ def weights(run_dir: Path) -> dict[str, torch.Tensor]:
 def test_should_stop_checkpoints_the_step_and_resumes_exactly(tmp_path):
     asked = []
     stop_at_third = lambda: asked.append(1) or len(asked) >= 3  # noqa: E731
-    result = train(tiny(8), tmp_path / "stopped", progress=False, should_stop=stop_at_third)
+    result = train(tiny(5), tmp_path / "stopped", progress=False, should_stop=stop_at_third)
     assert result["step"] == 3 and len(asked) == 3
     assert int(weights(tmp_path / "stopped")["optim.0.step"].item()) == 3  # a checkpoint of the step it stopped at
-    train(tiny(8), tmp_path / "stopped", resume=True, progress=False)
-    train(tiny(8), tmp_path / "straight", progress=False)
+    train(tiny(5), tmp_path / "stopped", resume=True, progress=False)
+    train(tiny(5), tmp_path / "straight", progress=False)
     a, b = weights(tmp_path / "stopped"), weights(tmp_path / "straight")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # stop + resume = never stopped
 

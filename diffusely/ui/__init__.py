@@ -30,15 +30,17 @@ def build_app(roots: Roots):
     with gr.Blocks(title="diffusely") as demo:
         gr.Markdown(f"## diffusely · runs under `{roots.runs}`")
         with gr.Tab("Generate", id="generate"):
-            generate.build(ctx, listed, demo)
+            pickers = [generate.build(ctx, listed, demo)]
         with gr.Tab("Image to image", id="images"):
-            images.build(ctx, listed, demo)
+            pickers.append(images.build(ctx, listed, demo))
         with gr.Tab("Train", id="train"):
             training.build(ctx)
         with gr.Tab("Datasets", id="datasets"):
             datasets.build(ctx, layout_runs)
         with gr.Tab("Runs", id="runs"):
-            runs.build(ctx, listed)
+            pickers.append(runs.build(ctx, listed))
+        # runs trained since the server started appear when the page is (re)loaded
+        demo.load(lambda: [gr.update(choices=roots.list_runs())] * len(pickers), None, pickers)
     demo.ctx = ctx  # tests and callers reach the jobs through it
     return demo
 

@@ -110,8 +110,8 @@ def run_reproduce(ctx: Context, png):
     return str(result["path"]), f"Drawn again from {run_dir} (seed {p['seed']}): {same} as the uploaded PNG."
 
 
-def build(ctx: Context, runs: list[str], demo: gr.Blocks) -> None:
-    """The tab's components and events (call inside a gr.Tab of `demo`)."""
+def build(ctx: Context, runs: list[str], demo: gr.Blocks) -> gr.Dropdown:
+    """The tab's components and events (call inside a gr.Tab of `demo`); returns its run dropdown."""
     with gr.Row():
         with gr.Column(scale=2):
             run = gr.Dropdown(runs, value=runs[0] if runs else None, label="Run", elem_id="gen-run")
@@ -146,6 +146,7 @@ def build(ctx: Context, runs: list[str], demo: gr.Blocks) -> None:
     go.click(lambda *a: run_generate(ctx, *a), form, [grid, files, params], concurrency_limit=1)
     png.upload(lambda f: _fill(ctx, f), png, [*form, params])
     redo.click(lambda f: run_reproduce(ctx, f), png, [again, verdict], concurrency_limit=1)
+    return run
 
 
 def _fill(ctx: Context, png):

@@ -92,7 +92,7 @@ def run_edit(ctx: Context, name, editor, mode, strength, sampler, steps, seed, d
     return [str(p) for p in written], f"{mode} with {name}{note}: {len(written)} image(s) in {result}"
 
 
-def build(ctx: Context, runs: list[str], demo: gr.Blocks) -> None:
+def build(ctx: Context, runs: list[str], demo: gr.Blocks) -> gr.Dropdown:
     with gr.Row():
         with gr.Column():
             run = gr.Dropdown(runs, value=runs[0] if runs else None, label="Run (a pixel run)", elem_id="img-run")
@@ -118,3 +118,4 @@ def build(ctx: Context, runs: list[str], demo: gr.Blocks) -> None:
     demo.load(lambda n: run_modes(ctx, n), run, mode)
     go.click(lambda *a: run_edit(ctx, *a), [run, editor, mode, strength, sampler, steps, seed, draws],
              [gallery, said], concurrency_limit=1)
+    return run

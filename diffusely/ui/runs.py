@@ -47,7 +47,7 @@ def details(ctx: Context, name):
     return facts, _eval(run_dir), loss_frame(run_dir), str(grids[-1]) if grids else None
 
 
-def build(ctx: Context, runs: list[str]) -> None:
+def build(ctx: Context, runs: list[str]) -> gr.Dropdown:
     refresh = gr.Button("Refresh", elem_id="runs-refresh")
     listing = gr.Dataframe(table(ctx), label=f"Runs under {ctx.roots.runs}", interactive=False, elem_id="runs-table")
     pick = gr.Dropdown(runs, value=None, label="Run", elem_id="runs-pick")
@@ -59,3 +59,4 @@ def build(ctx: Context, runs: list[str]) -> None:
         grid = gr.Image(label="Latest sample grid", type="filepath", elem_id="runs-grid")
     refresh.click(lambda: (table(ctx), gr.update(choices=ctx.roots.list_runs())), None, [listing, pick])
     pick.change(lambda n: details(ctx, n), pick, [facts, results, curve, grid])
+    return pick
