@@ -213,7 +213,8 @@ def train_sound_classifier(x: torch.Tensor, labels: torch.Tensor, num_classes: i
 
 
 @torch.no_grad()
-def classify(net: torch.nn.Module, x: torch.Tensor, rate: int, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+def classify(net: torch.nn.Module, x: torch.Tensor, rate: int,
+             batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
     """Clips x (N, C, L) -> (features (N, 128), class probabilities (N, K)) from a train_sound_classifier network."""
     features = torch.cat([net.body(mel_input(x[i:i + batch_size], rate)) for i in range(0, len(x), batch_size)])
     return features, net.head(features).softmax(-1)

@@ -1,0 +1,298 @@
+"""Diffusion on sound: diffusely's waveform U-Net on the built-in `sounds` against the real clips and two peers.
+
+The protocol of the SaShiMi paper (Goel et al. 2022), as DiffWave's SC09 table reports it: a classifier trained on
+the reference data (here the log-mel spectrogram classifier of diffusely.audio, trained on the training clips)
+scores every set of clips by
+  FD        Fréchet distance between its 128-d features and the training clips' (lower is better; comparable within
+            one invocation only: the classifier is trained anew)
+  IS        exp E_x KL(p(y|x) || p(y)): confident and varied (the six classes: at most 6)
+  mIS       modified IS, exp E_{x,x'} KL(p(y|x) || p(y|x')) (Gurumurthy et al. 2017): within-class variety too
+  AM        KL(p_train(y) || p(y)) + E_x H(p(y|x)) (Zhou et al. 2018): lower is better
+  accuracy  share of conditional samples the classifier puts in the class asked for
+The real rows are the ceiling: the training clips themselves (FD 0 by construction) and held-out clips (another
+seed, never trained on: the FD floor a perfect model reaches with this many samples).
+
+diffusely trains for --minutes of CPU time (steps estimated from a short timing run) with class labels, then draws
+--samples clips, classes in turn, with guidance (Heun, --steps). The peers, lucidrains' `audio-diffusion-pytorch`
+(DiffusionModel, UNetV0, v-diffusion) and `denoising-diffusion-pytorch`'s GaussianDiffusion1D (Unet1D), train the
+same minutes on the same clips (μ-law companded waveforms in [-1, 1], as diffusely sees them; both unconditional,
+the way their 1-D models come) in an environment this script makes (--peers): torch 2.11 (what torchaudio pairs
+with today), torchaudio, torchvision (denoising-diffusion-pytorch imports it), both packages from PyPI.
+
+    python benchmarks/audio.py --out bench/audio --peers      # 60 minutes a model + sampling: ~3.5 hours
+    python benchmarks/audio.py --out bench/audio              # diffusely and the real rows: ~70 minutes
+    python benchmarks/audio.py --out /tmp/audio --quick       # ~4 minutes on one busy core: the script works
+
+Writes OUT/results.json, OUT/table.md, OUT/samples.png (generated clips: waveform over log-mel spectrogram) and
+OUT/real.png (training clips, the same picture), and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+PEERS = ("audio-diffusion-pytorch", "denoising-diffusion-pytorch")
+PEER_PACKAGES = ["torch==2.11.*", "torchaudio==2.11.*", "torchvision==0.26.*", "audio-diffusion-pytorch",
+                 "denoising-diffusion-pytorch", "numpy"]
+
+
+# ------------------------------------------------------------------------------ scores
+
+
+def scores(features: np.ndarray, probs: np.ndarray, reference: dict, asked: np.ndarray | None = None) -> dict:
+    """FD against the reference features, IS, modified IS, AM score and (where classes were asked) accuracy."""
+    from diffusely.metrics.frechet import feature_statistics, frechet_distance
+
+    eps = 1e-12
+    mu, sigma = feature_statistics(features)
+    marginal = probs.mean(0)
+    kl = (probs * (np.log(probs + eps) - np.log(marginal + eps))).sum(1)
+    logp = np.log(probs + eps)
+    pairwise = (probs[:, None, :] * (logp[:, None, :] - logp[None, :, :])).sum(-1)  # KL(p_i || p_j)
+    entropy = -(probs * logp).sum(1).mean()
+    am = (reference["marginal"] * (np.log(reference["marginal"] + eps) - np.log(marginal + eps))).sum() + entropy
+    fd = max(0.0, frechet_distance(mu, sigma, reference["mu"], reference["sigma"]))  # not -0.00 from rounding
+    row = {"FD": fd, "IS": float(np.exp(kl.mean())),
+           "mIS": float(np.exp(pairwise.mean())), "AM": float(am), "accuracy": None}
+    if asked is not None:
+        row["accuracy"] = float((probs.argmax(1) == asked).mean())
+    return row
+
+
+def embed(net, clips: np.ndarray, rate: int) -> tuple[np.ndarray, np.ndarray]:
+    """(N, L) companded clips in [-1, 1] -> the classifier's (features, probabilities) as numpy arrays."""
+    import torch
+
+    from diffusely.audio import classify
+
+    features, probs = classify(net, torch.from_numpy(clips).float()[:, None], rate)
+    return features.numpy().astype(np.float64), probs.numpy().astype(np.float64)
+
+
+# ------------------------------------------------------------------------------ diffusely
+
+
+def diffusely_config(args, length: int):
+    from diffusely.options import new_run_config
+
+    widths = (32, 64, 128) if args.quick else (64, 128, 256)
+    config = new_run_config("sounds", {"image_size": length, "classes": True, "channels": widths, "batch_size": 16,
+                                       "seed": 0, "log_every": 10, "checkpoint_every": 10 ** 6,
+                                       "sample_every": 10 ** 6})
+    config.data.sample_rate = args.rate
+    return config
+
+
+def train_diffusely(args, data, length: int, out: Path) -> tuple[Path, dict]:
+    """Train for --minutes: a 20-step timing run first (steps 10 to 20 of its log.csv, past the start-up) gives the
+    steps that fit, so the run trains with its own lr schedule (the peers stop on the clock instead). On a CPU
+    shared with other work the estimate can be off by 2x: the table's "train s" says what each model got.
+    Returns the run directory and its facts."""
+    import csv
+
+    from diffusely.train import train
+
+    probe = diffusely_config(args, length)
+    probe.train.steps = 20
+    train(probe, out / "probe", progress=False, data=data)
+    with open(out / "probe" / "log.csv") as f:
+        seconds = {int(row["step"]): float(row["seconds"]) for row in csv.DictReader(f)}
+    per_step = (seconds[20] - seconds[10]) / 10
+    config = diffusely_config(args, length)
+    config.train.steps = max(10, int(args.minutes * 60 / per_step))
+    config.train.warmup_steps = min(config.train.warmup_steps, config.train.steps // 10)
+    start = time.perf_counter()
+    train(config, out / "diffusely", progress=not args.quick, data=data)
+    return out / "diffusely", {"steps": config.train.steps, "train_seconds": time.perf_counter() - start}
+
+
+def sample_diffusely(run_dir: Path, n: int, steps: int, classes: list[str]) -> tuple[np.ndarray, np.ndarray, float]:
+    """n conditional clips (classes in turn, guidance 2), their class indices and the sampling seconds."""
+    import torch
+
+    from diffusely.checkpoint import load_run
+    from diffusely.pipelines import generate
+
+    run = load_run(run_dir)
+    asked = np.arange(n) % len(classes)
+    start = time.perf_counter()
+    x = torch.cat(list(generate(run, n, steps=steps, classes=[classes[i] for i in asked], batch_size=64,
+                                progress=False)))
+    return x[:, 0].numpy(), asked, time.perf_counter() - start
+
+
+# ------------------------------------------------------------------------------ peers (run inside their environment)
+
+
+def peer_environment(out: Path) -> Path:
+    """A virtual environment with the peers' packages (made once, reused): its python."""
+    env = out / "peer-env"
+    python = env / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(env)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "--quiet", *PEER_PACKAGES], check=True)
+    return python
+
+
+def build_peer(name: str, length: int):
+    """The peer's model: a module whose forward(x) is the training loss and sample(n) draws (n, 1, length)."""
+    import torch
+
+    if name == "audio-diffusion-pytorch":
+        from audio_diffusion_pytorch import DiffusionModel, UNetV0, VDiffusion, VSampler
+
+        model = DiffusionModel(net_t=UNetV0, in_channels=1, channels=[32, 64, 128, 256], factors=[1, 4, 4, 2],
+                               items=[1, 2, 2, 2], attentions=[0, 0, 1, 1], attention_heads=4, attention_features=32,
+                               diffusion_t=VDiffusion, sampler_t=VSampler)
+        model.draw = lambda n: model.sample(torch.randn(n, 1, length), num_steps=18)
+        return model
+    from denoising_diffusion_pytorch import GaussianDiffusion1D, Unet1D
+
+    diffusion = GaussianDiffusion1D(Unet1D(dim=32, dim_mults=(1, 2, 4, 8), channels=1), seq_length=length,
+                                    timesteps=1000, sampling_timesteps=18, objective="pred_v")
+    # it takes data in [0, 1] (auto_normalize maps it to [-1, 1]) and returns samples in [0, 1]
+    diffusion.loss_of = lambda x: diffusion((x + 1) / 2)
+    diffusion.draw = lambda n: diffusion.sample(batch_size=n) * 2 - 1
+    return diffusion
+
+
+def run_peer(name: str, data_path: Path, minutes: float, n: int, out_path: Path) -> None:
+    """Inside the peer environment: train `name` on the clips in data_path for `minutes`, write n samples and the
+    timings to out_path (.npz). Imports no diffusely."""
+    import torch
+
+    clips = torch.from_numpy(np.load(data_path)["train"]).float()[:, None]
+    torch.manual_seed(0)
+    model = build_peer(name, clips.shape[-1])
+    loss_of = getattr(model, "loss_of", model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-4)
+    g, steps, start = torch.Generator().manual_seed(0), 0, time.perf_counter()
+    while time.perf_counter() - start < minutes * 60:
+        loss = loss_of(clips[torch.randint(0, len(clips), (16,), generator=g)])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        steps += 1
+    train_seconds, start = time.perf_counter() - start, time.perf_counter()
+    with torch.no_grad():
+        x = torch.cat([model.draw(min(64, n - i)) for i in range(0, n, 64)])[:, 0].clamp(-1, 1)
+    np.savez(out_path, samples=x.numpy(), steps=steps, train_seconds=train_seconds,
+             sample_seconds=time.perf_counter() - start)
+
+
+def peers(args, train_clips: np.ndarray, out: Path) -> dict:
+    """Each peer trained and sampled in the peer environment: {name: (samples, facts)}."""
+    python = peer_environment(out)
+    np.savez(out / "peer-data.npz", train=train_clips)
+    results = {}
+    for name in PEERS:
+        result = out / f"peer-{name}.npz"
+        subprocess.run([str(python), __file__, "--peer", name, "--peer-data", str(out / "peer-data.npz"),
+                        "--minutes", str(args.minutes), "--samples", str(args.samples), "--out", str(result)],
+                       check=True, env={**os.environ, "PYTHONPATH": ""})
+        got = np.load(result)
+        results[name] = (got["samples"], {k: float(got[k]) for k in ("steps", "train_seconds", "sample_seconds")})
+    return results
+
+
+# ------------------------------------------------------------------------------ the benchmark
+
+
+def table(rows: list[dict]) -> str:
+    head = ("| clips | FD ↓ | IS ↑ | mIS ↑ | AM ↓ | accuracy ↑ | train steps | train s "
+            "| sampling s per s of audio |")
+    lines = [head, "|" + " --- |" * 9]
+    fmt = lambda v, f: "–" if v is None else format(v, f)  # noqa: E731
+    for r in rows:
+        lines.append(f"| {r['name']} | {r['FD']:.2f} | {r['IS']:.2f} | {r['mIS']:.2f} | {r['AM']:.3f} | "
+                     f"{fmt(r['accuracy'], '.3f')} | {fmt(r.get('steps'), 'd')} | "
+                     f"{fmt(r.get('train_seconds'), '.0f')} | {fmt(r.get('rtf'), '.2f')} |")
+    return "\n".join(lines)
+
+
+def main(args) -> None:
+    import torch
+
+    from diffusely import audio
+    from diffusely.data import Dataset
+    from diffusely.data.sounds import render_sounds
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(args.threads)
+    length = int(args.rate * args.seconds)
+    train_set = render_sounds(args.count, length, args.rate, seed=0)
+    held_out = render_sounds(args.held_out, length, args.rate, seed=1)
+    clips = lambda codes: codes[..., 0].astype(np.float32) / 127.5 - 1  # noqa: E731: as to_tensor maps them
+    start = time.perf_counter()
+    net = audio.train_sound_classifier(torch.from_numpy(clips(train_set.images))[:, None],
+                                       torch.from_numpy(train_set.labels), 6, args.rate, steps=args.classifier_steps)
+    print(f"classifier: {args.classifier_steps} steps in {time.perf_counter() - start:.0f} s")
+    features, probs = embed(net, clips(train_set.images), args.rate)
+    mu, sigma = np.mean(features, 0), np.cov(features, rowvar=False)
+    reference = {"mu": mu, "sigma": sigma, "marginal": probs.mean(0)}
+    rows = [{"name": "real: training clips", **scores(features, probs, reference, train_set.labels)},
+            {"name": "real: held-out clips",
+             **scores(*embed(net, clips(held_out.images), args.rate), reference, held_out.labels)}]
+    data = Dataset(train_set.images, train_set.labels, train_set.class_names, None, None, "sounds")
+    run_dir, facts = train_diffusely(args, data, length, out)
+    samples, asked, seconds = sample_diffusely(run_dir, args.samples, args.steps, train_set.class_names)
+    rows.append({"name": f"diffusely ({args.minutes:g} min, Heun {args.steps})",
+                 **scores(*embed(net, samples, args.rate), reference, asked), **facts,
+                 "rtf": seconds / (args.samples * args.seconds)})
+    audio.save_grid(torch.from_numpy(samples[:8])[:, None], out / "samples.png", args.rate)
+    audio.save_grid(torch.from_numpy(clips(train_set.images[:8]))[:, None], out / "real.png", args.rate)
+    if args.peers:
+        for name, (peer_samples, peer_facts) in peers(args, clips(train_set.images), out).items():
+            rows.append({"name": f"{name} ({args.minutes:g} min, unconditional)",
+                         **scores(*embed(net, peer_samples, args.rate), reference), **peer_facts,
+                         "rtf": peer_facts["sample_seconds"] / (args.samples * args.seconds)})
+    for row in rows:
+        row["steps"] = int(row["steps"]) if row.get("steps") is not None else None
+    text = table(rows)
+    (out / "table.md").write_text(text + "\n")
+    (out / "results.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1, default=float))
+    print(text)
+
+
+def parse(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", required=True)
+    p.add_argument("--quick", action="store_true", help="A few minutes: 0.256 s clips (2048 samples: the U-Net takes "
+                   "multiples of 64), a smaller U-Net, 1.5 minutes of training.")
+    p.add_argument("--peers", action="store_true", help="Also train the peers (makes OUT/peer-env; hours).")
+    p.add_argument("--minutes", type=float, help="Training minutes a model (default 60; --quick 1.5).")
+    p.add_argument("--rate", type=int, default=8000)
+    p.add_argument("--seconds", type=float,
+                   help="Clip length (default 1; --quick 0.256); rate x seconds a multiple of 64.")
+    p.add_argument("--count", type=int, help="Training clips (default 1200; --quick 600).")
+    p.add_argument("--held-out", type=int, help="Held-out clips (default 600; --quick 240).")
+    p.add_argument("--samples", type=int, help="Generated clips a model (default 600; --quick 120).")
+    p.add_argument("--steps", type=int, default=18, help="Heun steps (2 x steps - 1 network calls).")
+    p.add_argument("--classifier-steps", type=int, help="Classifier training steps (default 400; --quick 150).")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--peer", choices=PEERS, help=argparse.SUPPRESS)  # the peer environment's entry point
+    p.add_argument("--peer-data", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    quick = args.quick
+    for name, full, small in (("minutes", 60.0, 1.5), ("seconds", 1.0, 0.256), ("count", 1200, 600),
+                              ("held_out", 600, 240), ("samples", 600, 120), ("classifier_steps", 400, 150)):
+        if getattr(args, name) is None:
+            setattr(args, name, small if quick else full)
+    return args
+
+
+if __name__ == "__main__":
+    arguments = parse()
+    if arguments.peer:
+        run_peer(arguments.peer, Path(arguments.peer_data), arguments.minutes, arguments.samples, Path(arguments.out))
+    else:
+        main(arguments)
