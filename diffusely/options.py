@@ -66,9 +66,22 @@ def new_run_config(data: Optional[str], options: dict, config_file: Optional[str
         config.text = TextConfig(**{**config.text.__dict__, "encoder": options.get("text_encoder") or "scratch"})
         config.data.flip = False  # a mirrored image would contradict captions that say left and right
     if options.get("autoencoder"):
+        if config.data.modality == "video":  # the autoencoder encodes images; per-frame latents are not wired yet
+            raise ConfigError("--autoencoder trains on latents of images; a video run trains on its frames' pixels: "
+                              "drop --autoencoder")
         config.use_autoencoder(options["autoencoder"])
     _validate(config, options)
+    _check_frames(config)
     return config
+
+
+def _check_frames(config: RunConfig) -> None:
+    """A 3-D U-Net halves time as it halves space: the clip length must divide as the image size does."""
+    m, frames = config.model, config.data.frames
+    if m.dims == 3 and frames and not m.factorised and frames % m.downsample_factor:
+        f = m.downsample_factor
+        raise ConfigError(f"--frames {frames} is not divisible by {f}, which a 3-D U-Net with {len(m.channels)} levels "
+                          f"halves time by; use --frames {max(f, frames // f * f)}, or --factorised (time not halved)")
 
 
 def new_autoencoder_config(data: Optional[str], options: dict) -> AutoencoderRunConfig:

@@ -188,3 +188,14 @@ def test_frame_conditioned_run_continues_a_given_clip(tmp_path, clips):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert load_dataset("moving-shapes", 16, frames=4).images.shape[1:] == (4, 16, 16, 3)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--frames", "6"], "--frames 6 is not divisible by 4"),
+    (["--given-frames", "8"], "--given-frames: data.given_frames must be an integer between 0 and 7"),
+    (["--autoencoder", "runs/ae"], "drop --autoencoder"),
+])
+def test_bad_video_options_are_refused_naming_the_flag(tmp_path, args, message):
+    result = CliRunner().invoke(main, ["train", "moving-shapes", "--out", str(tmp_path / "run"), *args])
+    assert result.exit_code == 1 and message in result.output, result.output
+    assert not (tmp_path / "run").exists()

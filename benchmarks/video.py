@@ -1,0 +1,235 @@
+"""Video diffusion on the built-in moving shapes: are the frames right, and do they belong together?
+
+Each model trains for the same wall-clock minutes on the same clips (8 frames of 32 x 32, the quick default) and
+draws --samples clips, measured against held-out real clips:
+  frame FD    Fréchet distance of single frames in the features of a shapes-class classifier trained on real
+              frames (diffusely.metrics.domain; comparable only within this benchmark)
+  video FD    the same in the features of a small 3-D classifier trained on real clips' (shape, motion) labels:
+              it sees motion, as FVD's I3D does, without downloaded weights
+  coherence   diffusely.metrics.coherence read from the pixels: identity (the objects of frame 0 in every frame,
+              colour and size kept) x smoothness (centroids on a constant-velocity path with bounces) x flicker
+              (background steadiness); its three parts beside it
+  train s, s/clip   the training time given, and sampling seconds per clip (Heun, --steps steps)
+Rows:
+  real        held-out real clips measured the same way: the ceiling (coherence) and floor (FD) at this N
+  3-D         diffusely's default video model: the U-Net with 3-D convolutions and attention
+  factorised  the U-Net with factorised space-time blocks (--factorised: 2-D layers per frame, temporal conv and
+              attention), same widths
+  image       diffusely's image model trained on the frames as images for the same minutes: the frame FD a
+              video model is held to (its clips are 8 independent frames, so no coherence is reported)
+  peer        lucidrains' video-diffusion-pytorch (Unet3D + GaussianDiffusion, the issue's anchor), same widths and
+              minutes, in its own environment (.venv-peer-video, made on first use: it pins its own torch);
+              benchmarks/_video_peer.py is the script that runs there
+
+    python benchmarks/video.py --quick              # diffusely's 3-D and image models, ~1 minute each (2 CPU cores)
+    python benchmarks/video.py --minutes 60         # every row, the issue's bar: 60 minutes a model
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from diffusely.checkpoint import load_run
+from diffusely.config import DataConfig, RunConfig, TrainConfig
+from diffusely.data import Dataset, to_tensor, to_uint8
+from diffusely.data.moving_shapes import CLASSES, render_moving_shapes
+from diffusely.data.video import write_video
+from diffusely.metrics import feature_statistics, fit_domain_features, frechet_distance
+from diffusely.metrics.coherence import mean_coherence
+from diffusely.nets import UNetConfig
+from diffusely.pipelines import generate
+from diffusely.train import train
+
+ROOT = Path(__file__).resolve().parent
+PEER_ENV = ROOT.parent / ".venv-peer-video"
+PEER_PACKAGES = ["video-diffusion-pytorch==0.7.0", "torch", "numpy"]
+
+
+# ------------------------------------------------------------------------------ features
+
+
+class ClipClassifier(nn.Module):
+    """A small 3-D convolutional classifier of (shape, motion) on clips (B, 3, T, S, S); `body` gives 128-d
+    features."""
+
+    def __init__(self, num_classes: int, width: int = 32):
+        super().__init__()
+        block = lambda cin, cout: [nn.Conv3d(cin, cout, 3, padding=1), nn.GroupNorm(8, cout), nn.SiLU()]  # noqa: E731
+        self.body = nn.Sequential(*block(3, width), nn.AvgPool3d((1, 2, 2)), *block(width, 2 * width),
+                                  nn.AvgPool3d(2), *block(2 * width, 4 * width), nn.AdaptiveAvgPool3d(1), nn.Flatten())
+        self.head = nn.Linear(4 * width, num_classes)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+def fit_clip_features(clips: np.ndarray, labels: np.ndarray, steps: int, seed: int = 0) -> ClipClassifier:
+    """Train ClipClassifier on uint8 clips (N, T, S, S, 3) and their labels with AdamW, batch 32."""
+    torch.manual_seed(seed)
+    net, x, y = ClipClassifier(len(CLASSES)), to_tensor(clips), torch.as_tensor(labels)
+    opt = torch.optim.AdamW(net.parameters(), 2e-3)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        idx = torch.randint(len(x), (32,), generator=g)
+        loss = nn.functional.cross_entropy(net(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return net.eval()
+
+
+@torch.no_grad()
+def clip_features(net: ClipClassifier, clips: np.ndarray) -> np.ndarray:
+    return torch.cat([net.body(to_tensor(clips[i:i + 64])) for i in range(0, len(clips), 64)]).numpy()
+
+
+def fd(a: np.ndarray, b: np.ndarray) -> float:
+    return frechet_distance(*feature_statistics(a), *feature_statistics(b))
+
+
+# ------------------------------------------------------------------------------ models
+
+
+def video_config(args, factorised: bool) -> RunConfig:
+    model = UNetConfig(dims=3, channels=args.channels, attention_levels=(len(args.channels) - 1,), factorised=factorised)
+    data = DataConfig(source="moving-shapes", image_size=32, frames=args.frames, modality="video", classes=False)
+    return RunConfig(model=model, data=data, train=_schedule(args))
+
+
+def image_config(args) -> RunConfig:
+    model = UNetConfig(dims=2, channels=args.channels, attention_levels=(len(args.channels) - 1,))
+    return RunConfig(model=model, data=DataConfig(source="moving-shapes frames", image_size=32), train=_schedule(args))
+
+
+def _schedule(args) -> TrainConfig:
+    # the lr schedule is sized for the steps the minutes allow (measured in the first seconds of each run)
+    return TrainConfig(steps=10 ** 6, batch_size=args.batch_size, lr=2e-3, warmup_steps=50, checkpoint_every=10 ** 6,
+                       sample_every=10 ** 6, log_every=10, decay_from=1.0, ema_halflife_images=args.batch_size * 100)
+
+
+def train_for(config: RunConfig, run_dir: Path, data: Dataset, seconds: float) -> int:
+    """Train `config` on `data` until `seconds` have passed; the step it stopped at."""
+    deadline = time.time() + seconds
+    return train(config, run_dir, data=data, progress=False, should_stop=lambda: time.time() > deadline)["step"]
+
+
+def draw(run_dir: Path, n: int, steps: int) -> tuple[np.ndarray, float]:
+    """n samples of a run as uint8 (N, *spatial, C), and seconds per sample."""
+    run = load_run(run_dir)
+    start = time.time()
+    x = torch.cat(list(generate(run, n, steps=steps, batch_size=16, progress=False)))
+    return to_uint8(x), (time.time() - start) / n
+
+
+def peer_clips(args, clips: np.ndarray, out: Path) -> tuple[np.ndarray, float]:
+    """Train and sample video-diffusion-pytorch in its own environment (made here on first use)."""
+    python = PEER_ENV / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(PEER_ENV)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "--quiet", *PEER_PACKAGES], check=True)
+    np.save(out / "peer-train.npy", clips)
+    subprocess.run([str(python), str(ROOT / "_video_peer.py"), "--clips", str(out / "peer-train.npy"),
+                    "--out", str(out / "peer-samples.npy"), "--seconds", str(args.minutes * 60),
+                    "--samples", str(args.samples), "--dim", str(args.channels[0]),
+                    "--batch-size", str(args.batch_size)], check=True)
+    result = json.loads((out / "peer-samples.json").read_text())
+    return np.load(out / "peer-samples.npy"), result["seconds_per_clip"]
+
+
+# ------------------------------------------------------------------------------ the table
+
+
+def measure(name: str, clips: np.ndarray, real: np.ndarray, frames_net, clip_net, video: bool = True) -> dict:
+    """One row: frame FD, video FD and coherence of clips (N, T, S, S, 3) against the held-out real clips."""
+    flat = lambda c: c.reshape(-1, *c.shape[2:])  # noqa: E731
+    row = {"model": name, "frame FD": fd(frames_net(flat(clips)), frames_net(flat(real)))}
+    if video:
+        row["video FD"] = fd(clip_features(clip_net, clips), clip_features(clip_net, real))
+        row.update(mean_coherence(clips))
+    return row
+
+
+def table(rows: list[dict]) -> str:
+    columns = ["model", "frame FD", "video FD", "coherence", "identity", "smoothness", "flicker", "train s", "steps",
+               "s/clip"]
+    cell = lambda v: "-" if v is None else f"{v:.3g}" if isinstance(v, float) else str(v)  # noqa: E731
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def save_gif(clips: np.ndarray, path: Path, columns: int = 4) -> None:
+    """Clips (N, T, S, S, 3) tiled columns wide into one looping GIF, enlarged 3x, a 2-pixel gap between tiles."""
+    n, t, s = clips.shape[:3]
+    rows = -(-n // columns)
+    sheet = np.full((t, rows * (s + 2) + 2, columns * (s + 2) + 2, 3), 255, np.uint8)
+    for i, clip in enumerate(clips):
+        r, c = divmod(i, columns)
+        sheet[:, 2 + r * (s + 2):2 + r * (s + 2) + s, 2 + c * (s + 2):2 + c * (s + 2) + s] = clip
+    write_video(path, sheet.repeat(3, 1).repeat(3, 2), fps=6)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="diffusely's 3-D and image rows, ~1 minute each")
+    parser.add_argument("--minutes", type=float, default=60.0, help="training minutes per model")
+    parser.add_argument("--clips", type=int, default=2000, help="training clips")
+    parser.add_argument("--samples", type=int, default=64, help="clips drawn per model (and held-out real clips)")
+    parser.add_argument("--frames", type=int, default=8)
+    parser.add_argument("--channels", type=lambda s: tuple(map(int, s.split(","))), default=(32, 64, 64))
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=18, help="Heun steps when sampling")
+    parser.add_argument("--rows", default="3-D,factorised,image,peer")
+    parser.add_argument("--out", type=Path, default=ROOT / "results" / "video")
+    parser.add_argument("--gif", type=Path, help="also write the 3-D model's first 8 clips here as one GIF")
+    args = parser.parse_args()
+    if args.quick:
+        args.minutes, args.clips, args.samples, args.steps, args.rows = 1.0, 400, 16, 12, "3-D,image"
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)))
+    args.out.mkdir(parents=True, exist_ok=True)
+    data = render_moving_shapes(args.clips + args.samples, size=32, frames=args.frames, seed=0)
+    train_clips, real = data.images[:args.clips], data.images[args.clips:]
+    labels = data.labels[:args.clips]
+    start = time.time()
+    frames_net = fit_domain_features(train_clips.reshape(-1, 32, 32, 3), labels.repeat(args.frames) // 3, 4,
+                                     steps=150 if args.quick else 600)
+    clip_net = fit_clip_features(train_clips, labels, steps=100 if args.quick else 600)
+    print(f"features: {time.time() - start:.0f} s", flush=True)
+    rows = [{**measure("real", real, data.images[:args.samples], frames_net, clip_net), "train s": None}]
+    seconds = args.minutes * 60
+    for name in args.rows.split(","):
+        run_dir = args.out / name
+        if name in ("3-D", "factorised"):
+            config = video_config(args, factorised=name == "factorised")
+            step = train_for(config, run_dir, Dataset(train_clips, None, None, None, None, "moving-shapes"), seconds)
+            clips, per_clip = draw(run_dir, args.samples, args.steps)
+            if name == "3-D" and args.gif:
+                save_gif(clips[:8], args.gif)
+        elif name == "image":
+            frames = Dataset(train_clips.reshape(-1, 32, 32, 3), None, None, None, None, "moving-shapes frames")
+            step = train_for(image_config(args), run_dir, frames, seconds)
+            images, per_image = draw(run_dir, args.samples * args.frames, args.steps)
+            clips, per_clip = images.reshape(args.samples, args.frames, 32, 32, 3), per_image * args.frames
+        elif name == "peer":
+            (clips, per_clip), step = peer_clips(args, train_clips, args.out), None
+        else:
+            raise SystemExit(f"unknown row {name!r}; choose from 3-D, factorised, image, peer")
+        row = measure(name, clips, real, frames_net, clip_net, video=name != "image")
+        rows.append({**row, "train s": seconds, "steps": step, "s/clip": per_clip})
+        print(table(rows), flush=True)
+        (args.out / "results.json").write_text(json.dumps(rows, indent=1))
+    (args.out / "table.md").write_text(table(rows) + "\n")
+
+
+if __name__ == "__main__":
+    main()
