@@ -15,7 +15,9 @@ from __future__ import annotations
 from .guard import MAX_UPLOAD_MB, Refused, Roots
 
 LOOPBACK = "127.0.0.1"
-CSS = "img { image-rendering: pixelated; }"  # tiny runs make 8 to 64 px images: enlarge them without blur
+# tiny runs make 8 to 64 px images: show them enlarged, without blur
+CSS = ("img { image-rendering: pixelated; } "
+       "#gen-grid img, #gen-again img, #ds-boxed img { width: 100%; height: 100%; object-fit: contain; }")
 
 
 def build_app(roots: Roots):
