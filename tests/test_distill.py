@@ -170,3 +170,12 @@ def test_a_student_of_a_text_run_takes_prompts(tmp_path):
     r = cli("sample", student, "-n", 2, "--prompt", "a red circle", "--out", tmp_path / "s", "--quiet")
     assert r.exit_code == 0, r.output
     assert json.loads((tmp_path / "s" / "metadata.jsonl").read_text().splitlines()[0])["text"] == "a red circle"
+
+
+def test_train_refuses_to_resume_a_student(teacher, tmp_path):
+    student = tmp_path / "student"
+    assert cli("distill", teacher, "--out", student, *FAST).exit_code == 0
+    before = (student / "checkpoint.safetensors").read_bytes()
+    r = cli("train", "--out", student, "--resume", "--steps", 6, "--quiet")
+    assert r.exit_code == 1 and "is a student run" in r.output and "diffusely distill" in r.output, r.output
+    assert (student / "checkpoint.safetensors").read_bytes() == before

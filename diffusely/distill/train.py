@@ -92,7 +92,7 @@ def distill(config: RunConfig, run_dir: str | Path, *, resume: bool = False, pro
     run_dir, d = Path(run_dir), setup_distributed()
     device = _device(d)
     with locked(run_dir, "distill", d):
-        config = run_config(config, run_dir, resume)
+        config = run_config(config, run_dir, resume, "distill")
         if config.distill is None:
             raise RunError(f"{run_dir} is not a student run (its {CONFIG} has no distill section)")
         teacher = _teacher(config, device)

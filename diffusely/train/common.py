@@ -139,15 +139,19 @@ def locked(run_dir: Path, command: str, d: Dist):
     return run_lock(run_dir, f"{command} --out {run_dir}") if d.main else nullcontext()
 
 
-def run_config(config: JsonConfig, run_dir: Path, resume: bool) -> JsonConfig:
+def run_config(config: JsonConfig, run_dir: Path, resume: bool, command: str = "train") -> JsonConfig:
     """The config to train, checked (a ConfigError naming a field): `config` for a new run (refusing a directory
     that holds one), or, resuming, the saved config with `config`'s step count (resuming may extend a run) and its
-    RESUMABLE settings; all else comes from the run. Call it holding the run's lock."""
+    RESUMABLE settings; all else comes from the run. A student run (diffusely.distill) resumes only under
+    `command` distill: another loss would undo it. Call it holding the run's lock."""
     config.check()
     if resume:
         if not (run_dir / CONFIG).is_file():
             raise RunError(f"nothing to resume in {run_dir}: it has no {CONFIG}")
         saved = read_config(run_dir, type(config))
+        if getattr(saved, "distill", None) is not None and command != "distill":
+            raise RunError(f"{run_dir} is a student run (diffusely distill): continue it with `diffusely distill "
+                           f"--out {run_dir} --resume`")
         for name in ("steps", *RESUMABLE):
             if hasattr(saved.train, name):
                 setattr(saved.train, name, getattr(config.train, name))
