@@ -125,7 +125,7 @@ def test_an_imported_run_is_not_exported_again(tmp_path):
 @pytest.mark.parametrize("name, cond", [("uncond", {}), ("ddpm", {}), ("text", {"prompts": ["a red circle"]})])
 def test_exported_model_samples_bit_for_bit_like_its_run(tmp_path, name, cond):
     out = export_model(V0 / name, tmp_path / "model")
-    assert sorted(p.name for p in out.iterdir()) == sorted(
+    assert sorted(p.name for p in out.iterdir() if p.name != ".lock") == sorted(  # the lock: no content
         ["config.json", MODEL] + (["tokenizer.json"] if name == "text" else []))
     tensors, meta = load_tensors(out / MODEL)
     assert meta["step"] == load_run(V0 / name).step and not any(k.startswith("optim") for k in tensors)
@@ -191,3 +191,24 @@ def test_to_diffusers_refuses_what_does_not_map(tmp_path):
     with pytest.raises(RunError, match="class conditioning"):
         to_diffusers(V0 / "classes", tmp_path / "hf")
     assert not (tmp_path / "hf").exists()
+
+
+def test_a_second_job_into_the_output_folder_is_refused(tmp_path):
+    import fcntl
+
+    from diffusely._files import Busy
+
+    run, pipeline, out = mappable_run(tmp_path, DiffusionConfig()), pipeline_folder(tmp_path), tmp_path / "out"
+    out.mkdir()
+    fd = os.open(out / ".lock", os.O_RDWR | os.O_CREAT)  # another job, holding the folder's lock as run_lock does
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, b"4242 export --out out\n")
+        for write in (lambda: export_model(run, out), lambda: to_diffusers(run, out),
+                      lambda: import_diffusers(pipeline, out)):
+            with pytest.raises(Busy, match=f"{out} is in use by process 4242 \\(export --out out\\)"):
+                write()
+        assert os.listdir(out) == [".lock"]  # nothing written beside the other job's
+    finally:
+        os.close(fd)
+    assert export_model(run, out) == out and (out / MODEL).is_file()  # the folder holds only the lock: it is free

@@ -26,7 +26,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .._files import RunError, atomic_write, atomic_write_text, check_writable, load_tensors
+from .._files import RunError, atomic_write, atomic_write_text, check_writable, load_tensors, run_lock
 from ..checkpoint import CONFIG, LoadedRun, read_schedules, refuse_nonfinite
 from ..config import DataConfig, DiffusionConfig, RunConfig
 from ..denoisers import Denoiser
@@ -156,15 +156,17 @@ def import_diffusers(folder: str | Path, run_dir: str | Path, *, sampler: str = 
     discrete_schedule(scheduler)
     build_unet(unet_dir)
     run_dir = Path(run_dir)
-    if (run_dir / CONFIG).exists():
-        raise RunError(f"{run_dir} already holds a run ({CONFIG}); choose a new --out folder")
     check_writable(run_dir, (unet_dir / WEIGHTS).stat().st_size)
-    (run_dir / "unet").mkdir(parents=True, exist_ok=True)
-    for name in ("config.json", WEIGHTS):
-        atomic_write(run_dir / "unet" / name, lambda tmp, name=name: shutil.copyfile(unet_dir / name, tmp))
-    config = {"kind": DIFFUSERS_KIND, "network": "UNet2DModel", "unet": "unet", "scheduler": scheduler,
-              "sampler": sampler, "sample_steps": sample_steps, "source": str(Path(folder).resolve()), "version": 1}
-    atomic_write_text(run_dir / CONFIG, json.dumps(config, indent=2) + "\n")
+    with run_lock(run_dir, f"import-diffusers --out {run_dir}"):  # two imports into one folder: the second refused
+        if (run_dir / CONFIG).exists():
+            raise RunError(f"{run_dir} already holds a run ({CONFIG}); choose a new --out folder")
+        (run_dir / "unet").mkdir(parents=True, exist_ok=True)
+        for name in ("config.json", WEIGHTS):
+            atomic_write(run_dir / "unet" / name, lambda tmp, name=name: shutil.copyfile(unet_dir / name, tmp))
+        config = {"kind": DIFFUSERS_KIND, "network": "UNet2DModel", "unet": "unet", "scheduler": scheduler,
+                  "sampler": sampler, "sample_steps": sample_steps, "source": str(Path(folder).resolve()),
+                  "version": 1}
+        atomic_write_text(run_dir / CONFIG, json.dumps(config, indent=2) + "\n")
     return run_dir
 
 

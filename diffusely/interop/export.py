@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import json
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .._files import RunError, atomic_write, atomic_write_text, check_writable, save_tensors
+from .._files import LOCK, RunError, atomic_write, atomic_write_text, check_writable, run_lock, save_tensors
 from ..checkpoint import MODEL, read_config, sampling_weights, write_config
 from ..config import RunConfig
 from ..nets.unet import UNet
@@ -43,11 +44,21 @@ def _own_run(run_dir: Path) -> RunConfig:
     return read_config(run_dir)
 
 
-def _fresh(out: Path) -> None:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+def _refuse_full(out: Path) -> None:
+    if out.exists() and (not out.is_dir() or any(p.name != LOCK for p in out.iterdir())):
         raise RunError(f"{out} already exists and is not empty; choose a new --out folder")
-    out.mkdir(parents=True, exist_ok=True)
-    check_writable(out)
+
+
+@contextmanager
+def _fresh(out: Path, command: str):
+    """Hold out's lock (made if need be) for the whole write, so two exports into one folder cannot both find it
+    empty; refused unless out is new or empty (checked before the lock too: a refusal leaves no lock file) and
+    writable."""
+    _refuse_full(out)
+    with run_lock(out, f"{command} --out {out}"):
+        _refuse_full(out)
+        check_writable(out)
+        yield
 
 
 def export_model(run_dir: str | Path, out: str | Path, dtype: str = "fp32") -> Path:
@@ -61,12 +72,13 @@ def export_model(run_dir: str | Path, out: str | Path, dtype: str = "fp32") -> P
     state = {k: v.to(DTYPES[dtype]) if v.is_floating_point() else v for k, v in state.items()}
     if count_nonfinite(state):
         raise RunError(f"the weights of {run_dir} overflow {dtype} (values past its range): export as bf16 or fp32")
-    _fresh(out)
-    write_config(out, config)
-    for name in COMPANIONS:
-        if (run_dir / name).is_file():
-            atomic_write(out / name, lambda tmp, name=name: shutil.copyfile(run_dir / name, tmp))
-    save_tensors(out / MODEL, state, {"step": step, "format": "diffusely-weights-1", "weights": "ema", "dtype": dtype})
+    with _fresh(out, "export"):
+        write_config(out, config)
+        for name in COMPANIONS:
+            if (run_dir / name).is_file():
+                atomic_write(out / name, lambda tmp, name=name: shutil.copyfile(run_dir / name, tmp))
+        save_tensors(out / MODEL, state, {"step": step, "format": "diffusely-weights-1", "weights": "ema",
+                                          "dtype": dtype})
     return out
 
 
@@ -215,11 +227,11 @@ def to_diffusers(run_dir: str | Path, out: str | Path) -> Path:
     check_outputs(net, unet, torch.tensor([-1.5, 0.0, 1.2]) if config.diffusion.schedule is None
                   else torch.tensor([0.0, 411.0, 999.0]))
     scheduler_class, scheduler = scheduler_config(config)
-    _fresh(out)
-    unet.save_pretrained(out / "unet", safe_serialization=True)
-    getattr(diffusers, scheduler_class).from_config(scheduler).save_pretrained(out / "scheduler")
-    if scheduler_class == "DDPMScheduler":
-        index = {"_class_name": "DDPMPipeline", "_diffusers_version": diffusers.__version__,
-                 "scheduler": ["diffusers", scheduler_class], "unet": ["diffusers", "UNet2DModel"]}
-        atomic_write_text(out / "model_index.json", json.dumps(index, indent=2) + "\n")
+    with _fresh(out, "export --diffusers"):
+        unet.save_pretrained(out / "unet", safe_serialization=True)
+        getattr(diffusers, scheduler_class).from_config(scheduler).save_pretrained(out / "scheduler")
+        if scheduler_class == "DDPMScheduler":
+            index = {"_class_name": "DDPMPipeline", "_diffusers_version": diffusers.__version__,
+                     "scheduler": ["diffusers", scheduler_class], "unet": ["diffusers", "UNet2DModel"]}
+            atomic_write_text(out / "model_index.json", json.dumps(index, indent=2) + "\n")
     return out
