@@ -26,6 +26,7 @@ from diffusely.train import train
 FIXTURES = Path(__file__).parent / "fixtures" / "v0"
 DOCS = Path(__file__).parent.parent / "docs" / "ui"
 CHROMIUM = "/usr/bin/chromium"
+pytestmark = pytest.mark.filterwarnings("ignore::Warning:gradio")  # gradio's own pandas deprecations, not ours
 
 
 def tiny(steps: int, **settings) -> RunConfig:
@@ -315,6 +316,7 @@ def test_type_a_layout_generate_it_and_synth_a_dataset(page, server, tmp_path):
     with Image.open(png) as im:
         p = __import__("json").loads(im.text["diffusely"])
     assert im.size == (32, 32) and p["layout"] == [[0, 2.0, 2.0, 14.0, 10.0, 0], [2, 18.0, 18.0, 30.0, 30.0, 0]]
+    shot(page, "datasets-layout")
     fill(page, "ds-boxes", "rust 1 1 5 5")  # not a class of the run: refused, naming the classes
     page.click("#ds-go")
     page.wait_for_selector("text=this run's classes: scratch, crack, spot, stain")
