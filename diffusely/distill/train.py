@@ -11,11 +11,13 @@ trains exactly the weights of one that ran through.
 from __future__ import annotations
 
 import shutil
+from functools import partial
 from pathlib import Path
 from typing import Callable, Optional
 
 import torch
 
+from .._files import atomic_write
 from ..checkpoint import (CONFIG, RunError, build_denoiser, build_model, load_run, read_config, sampling_weights,
                           save_checkpoint, write_schedule)
 from ..config import RunConfig
@@ -79,8 +81,7 @@ def _start(config: RunConfig, run_dir: Path) -> None:
     dc = config.distill
     for name in SHARED_FILES:
         if (Path(dc.teacher) / name).is_file():
-            run_dir.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(Path(dc.teacher) / name, run_dir / name)
+            atomic_write(run_dir / name, partial(shutil.copyfile, Path(dc.teacher) / name))
     write_schedule(run_dir, "consistency", dc.nfe, dc.sigmas)
 
 
