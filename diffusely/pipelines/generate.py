@@ -186,7 +186,8 @@ def write_samples(run: LoadedRun, out_dir: str | Path, n: int, *, fmt: Optional[
     kind = MODALITIES[run.config.data.modality]
     fmt = fmt or kind.formats[0]
     if fmt not in kind.formats:
-        raise ValueError(f"unknown sample format {fmt!r} for {kind.name} samples; choose one of: {', '.join(kind.formats)}")
+        raise ValueError(f"unknown sample format {fmt!r} for {kind.name} samples; choose one of: "
+                         f"{', '.join(kind.formats)}")
     out_dir = Path(out_dir)
     plan = recipe(run, **kwargs)  # checks every argument before a file is touched
     batches = draw(run, plan, n, seed=seed, batch_size=batch_size, progress=progress)
