@@ -148,6 +148,12 @@ def test_distill_refuses_what_it_cannot_do_in_one_line(teacher, tmp_path):
         r = cli(*args)
         assert r.exit_code == 1 and words in r.output and r.output.startswith("Error: "), r.output
     assert (student / "checkpoint.safetensors").read_bytes() == before
+    # a teacher trained on after the student began from it (its step recorded in config.json)
+    config = json.loads((student / "config.json").read_text())
+    config["distill"]["teacher_step"] = 2
+    (student / "config.json").write_text(json.dumps(config))
+    r = cli("distill", "--out", student, "--resume", "--steps", 6, "--quiet")
+    assert r.exit_code == 1 and "is at step 3, but this student was distilled from its step 2" in r.output, r.output
     shutil.move(teacher, tmp_path / "moved")
     r = cli("distill", "--out", student, "--resume", "--steps", 6, "--quiet")
     assert r.exit_code == 1 and "the teacher run" in r.output and "is gone" in r.output, r.output
