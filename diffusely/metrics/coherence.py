@@ -100,7 +100,8 @@ def smoothness(tracks: list[Track], size: int) -> float:
         c = k.centroids
         v = np.diff(c, axis=0)  # (T - 1, 2)
         a = np.diff(v, axis=0)  # (T - 2, 2)
-        usual = np.nanmedian(np.abs(v), axis=0) + STEP_TOLERANCE  # (2,)
+        seen = np.abs(v[~np.isnan(v).any(axis=1)])  # the steps between frames where the object was found
+        usual = (np.median(seen, axis=0) if len(seen) else np.zeros(2)) + STEP_TOLERANCE  # (2,)
         reach = np.minimum(k.low, size - k.high)[1:-1] - BORDER_SLACK  # (T - 2, 2) pixels to a border
         # a reflection inside a step shows as a slower step then a flipped one: either, within reach of a border
         turn = (np.sign(v[:-1]) != np.sign(v[1:])) | (np.abs(v[1:]) < np.abs(v[:-1])) | (np.abs(v[:-1]) < np.abs(v[1:]))
