@@ -173,3 +173,14 @@ def test_audio_run_trains_samples_and_resumes_through_the_cli(tmp_path):
         assert result.exit_code == 0, result.output
         with Image.open(tmp_path / f"{command[0]}.png") as strip:  # spectrogram tiles (96 rows twice), not 1-px lines
             assert strip.size[1] > 2 * (audio.WAVE_ROWS + audio.N_MELS)
+
+
+def test_a_folder_of_audio_trains_as_audio_through_the_cli(tmp_path):
+    write_folder(tmp_path / "clips")
+    with pytest.warns(UserWarning, match="skipped 2 of 5 audio files"):
+        result = CliRunner().invoke(main, ["train", str(tmp_path / "clips"), "--out", str(tmp_path / "run"),
+                                           "--steps", "1", "--classes", *TINY_AUDIO])
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (config["data"]["modality"], config["model"]["dims"], config["data"]["class_names"]) == (
+        "audio", 1, ["bell", "hum"])
