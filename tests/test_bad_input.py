@@ -95,7 +95,9 @@ ROWS = [
     ("train --keep 0", ["train", "DATA", "--out", "TMP", "--keep", "0"], ["'--keep'", "x>=1"]),
     ("synth -n 0", ["synth", "RUN", "--out", "TMP", "-n", "0"], ["'-n'"]),
     ("adaptive -o rtol=0", ["sample", "RUN", "-n", "1", "--sampler", "adaptive", "-o", "rtol=0", "--out", "TMP"],
-     ["rtol", "> 0"]),
+     ["rtol", ">= 1e-10"]),
+    ("adaptive -o rtol=1e-300 -o atol=1e-300", ["sample", "RUN", "-n", "1", "--sampler", "adaptive", "-o", "rtol=1e-300",
+                                                "-o", "atol=1e-300", "--out", "TMP"], ["rtol", ">= 1e-10", "1e-300"]),
     ("--prompts not UTF-8", ["sample", "RUN", "-n", "1", "--prompts", "RUN/../latin1.txt", "--out", "TMP"],
      ["latin1.txt is not UTF-8", "--prompts"]),
 ]

@@ -381,11 +381,15 @@ def test_options_at_the_edges_of_their_ranges_are_taken():
     sample(Gaussian(), noise, method="heun", S_churn=0.0, S_tmax=math.inf, S_noise=0.0, **kw)
     sample(Gaussian(), noise, method="lms", order=2.0, lower_order_final=0.0, **kw)  # as the CLI's -o gives them
     sample(Gaussian(), noise, method="dpmpp_2m_sde", eta=0.0, s_noise=0.0, **kw)
+    sample(Gaussian(), noise.double(), method="adaptive", sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, rtol=1e-10,
+           atol=1e-2)
 
 
-def test_zero_and_nan_tolerances_are_refused_at_once():
-    for tol in (dict(rtol=0.0, atol=0.0), dict(rtol=math.nan), dict(atol=0.0)):
-        with time_limit(1.0), pytest.raises(ValueError, match="sampler option [ra]tol must be a finite number > 0"):
+def test_zero_nan_and_impossible_tolerances_are_refused_at_once():
+    # 1e-300 (both) once ran ~48 s on a tiny model, to max_nfe, before its error
+    for tol in (dict(rtol=0.0, atol=0.0), dict(rtol=math.nan), dict(atol=0.0), dict(rtol=1e-300, atol=1e-300),
+                dict(rtol=1e-300), dict(atol=9e-11)):
+        with time_limit(1.0), pytest.raises(ValueError, match="sampler option [ra]tol must be a finite number >= 1e-10"):
             sample(Gaussian(), torch.randn(2, 3), method="adaptive", sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, **tol)
 
 
@@ -416,7 +420,7 @@ def test_the_cli_refuses_a_zero_tolerance_within_a_second(tmp_path):
             "--out", str(tmp_path / "out"), "--quiet"]
     with time_limit(1.0):
         r = CliRunner().invoke(main, args)
-    assert r.exit_code == 1 and "sampler option rtol must be a finite number > 0, got 0.0" in r.output, r.output
+    assert r.exit_code == 1 and "sampler option rtol must be a finite number >= 1e-10, got 0.0" in r.output, r.output
 
 
 @pytest.mark.parametrize("sigmas, match", [

@@ -97,8 +97,11 @@ OPTION_RANGES: dict[str, tuple[str, Callable[[object], bool]]] = {
     "s_noise": ("a finite number >= 0", _number(0)),
     "order": ("an integer >= 1", _number(1, integer=True)),
     "lower_order_final": ("true or false (1 or 0)", lambda v: isinstance(v, Real) and v in (0, 1)),
-    "rtol": ("a finite number > 0", _number(0, above=True)),
-    "atol": ("a finite number > 0", _number(0, above=True)),
+    # tolerances floored at 1e-10: no sample is solved tighter (float64 rounds at ~1e-16 of |x|, and over thousands of
+    # steps; float32 samples cannot resolve under ~1e-7), so a smaller one (1e-300) is refused at once instead of
+    # spending max_nfe evaluations before its error
+    "rtol": ("a finite number >= 1e-10", _number(1e-10)),
+    "atol": ("a finite number >= 1e-10", _number(1e-10)),
     "h_init": ("a finite number > 0", _number(0, above=True)),
     "max_nfe": ("an integer >= 4 (one evaluation to start, three a step)", _number(4, integer=True)),
 }
