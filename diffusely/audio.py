@@ -21,7 +21,7 @@ import torch
 
 MU = 255.0
 DEFAULT_RATE = 8000  # Hz: the fast CPU default; 16000 is DiffWave's SC09 rate
-EXTENSIONS = (".wav", ".flac", ".ogg", ".oga")
+EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff")  # what the bundled libsndfile 1.2 reads
 N_MELS = 64
 WAVE_ROWS = 32  # height of the waveform panel above a tile's spectrogram
 
