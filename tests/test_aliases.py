@@ -117,3 +117,22 @@ def test_dpmpp_2m_aliases_are_k_diffusions_at_few_steps(name):
     assert torch.allclose(ours, theirs, atol=1e-12), (ours - theirs).abs().max()
     # our own name keeps diffusers' end-of-run rule, which moves the result at 6 steps
     assert not torch.allclose(sample(mixture, noise, method="dpmpp_2m", steps=6, sigma_min=0.01, sigma_max=20.0), theirs)
+
+
+@pytest.mark.parametrize("command", ["sample", "synth", "eval", "reverse", "optimize-schedule"])
+def test_sampler_help_says_it_takes_the_names_people_know(command):
+    from click.testing import CliRunner
+
+    from diffusely.cli import main
+
+    r = CliRunner().invoke(main, [command, "--help"], terminal_width=1000)
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.output.split())
+    assert "or a name A1111, ComfyUI, k-diffusion or diffusers users type" in text and "samplers-aliases.md" in text
+    given = re.search(r"schedule and options: (.*) \(all of them", text)[1]
+    examples = [name.strip(" '") for name in given.split(", ")]
+    assert len(examples) == 5 and all(name in documented_names() for name in examples), examples
+
+
+def documented_names() -> set[str]:
+    return {name for name, *_ in documented()}

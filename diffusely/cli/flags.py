@@ -93,7 +93,10 @@ SAMPLER_OPTION = click.option("-o", "--option", "options", multiple=True, callba
 SAMPLING = stack(
     click.option("--steps", type=COUNT, help="Sampler steps (default: the run's)."),
     NFE,
-    click.option("--sampler", type=str, help=f"One of: {', '.join(SAMPLERS)} (default: the run's)."),
+    click.option("--sampler", type=str, help=f"One of: {', '.join(SAMPLERS)} (default: the run's), or a name "
+                 "A1111, ComfyUI, k-diffusion or diffusers users type, which brings its schedule and options: "
+                 "'DPM++ 2M Karras', 'Euler a', dpmpp_2m_sde_gpu, sample_dpmpp_2m, DPMSolverMultistepScheduler "
+                 "(all of them: docs/samplers-aliases.md)."),
 )
 QUIET = click.option("--quiet", is_flag=True, help="No progress bar.")
 
