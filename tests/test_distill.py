@@ -124,11 +124,16 @@ def test_a_student_samples_and_evaluates_through_the_cli(tmp_path):
     assert config["distill"]["nfe"] == 2 and config["distill"]["sigmas"] == sigmas
     assert config["distill"]["teacher"] == str((tmp_path / "teacher").resolve())
     assert (config["diffusion"]["sampler"], config["diffusion"]["sample_steps"]) == ("consistency", 2)
+    stored = json.loads((student / "schedules.json").read_text())["consistency"]
+    assert stored.keys() == {"1", "2", "4"} and stored["2"] == sigmas and stored["1"] == [80.0, 0.0]
     names = config["data"]["class_names"]
     r = cli("sample", student, "-n", 2, "--class", names[0], "--out", tmp_path / "s", "--quiet")
     assert r.exit_code == 0, r.output
     drawn = json.loads(Image.open(tmp_path / "s" / "000000.png").text["diffusely"])
     assert (drawn["sampler"], drawn["nfe"], drawn["sigmas"], drawn["step"]) == ("consistency", 2, sigmas, 4)
+    r = cli("sample", student, "-n", 1, "--steps", 4, "--class", names[0], "--out", tmp_path / "s4", "--quiet")
+    drawn = json.loads(Image.open(tmp_path / "s4" / "000000.png").text["diffusely"])
+    assert r.exit_code == 0 and (drawn["nfe"], drawn["sigmas"]) == (4, pytest.approx(stored["4"])), r.output
     r = cli("eval", student, "--reference", "shapes", "-n", 8, "--domain-steps", 5, "--batch-size", 8, "--quiet")
     assert r.exit_code == 0, r.output
     assert json.loads((student / "eval.json").read_text())

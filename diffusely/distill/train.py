@@ -77,11 +77,15 @@ def _teacher(config: RunConfig, device) -> torch.nn.Module:
 
 
 def _start(config: RunConfig, run_dir: Path) -> None:
-    """A new student's files: the teacher's tokenizer and layouts, and the few-step schedule (schedules.json)."""
+    """A new student's files: the teacher's tokenizer and layouts, and in schedules.json the sigmas of its nfe and of
+    1, 2 and 4 evaluations, so `sample --steps K` draws from the same weights at those too."""
     dc = config.distill
     for name in SHARED_FILES:
         if (Path(dc.teacher) / name).is_file():
             atomic_write(run_dir / name, partial(shutil.copyfile, Path(dc.teacher) / name))
+    d = config.diffusion
+    for nfe in sorted({1, 2, 4} - {dc.nfe}):
+        write_schedule(run_dir, "consistency", nfe, student_sigmas(nfe, d.sigma_min, d.sigma_max))
     write_schedule(run_dir, "consistency", dc.nfe, dc.sigmas)
 
 
