@@ -2,6 +2,7 @@
 the CLI (train, sample, resume, strips)."""
 
 import json
+import re
 import shutil
 import subprocess
 
@@ -130,6 +131,15 @@ def test_a_folder_with_no_readable_audio_is_refused_with_a_message(tmp_path):
     (tmp_path / "bad" / "x.wav").write_bytes(b"")
     with pytest.raises(DataError, match=r"none of the 1 audio files under .*bad.* could be read, e\.g\. .*x\.wav"):
         load_audio_folder(tmp_path / "bad", 100, 8000)
+
+
+def test_a_folder_with_neither_images_nor_audio_names_what_each_reads(tmp_path):
+    (tmp_path / "songs").mkdir()
+    (tmp_path / "songs" / "track.m4a").write_bytes(b"\0" * 64)  # no reader for it: neither images nor audio
+    result = CliRunner().invoke(main, ["train", str(tmp_path / "songs"), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 1
+    assert re.search(r"Error: no image files under .*songs .*nor audio files; .*image: .*\.png.*audio: .*\.wav, \.flac",
+                     result.output), result.output
 
 
 def test_new_runs_pick_their_modality_from_the_data():

@@ -21,7 +21,8 @@ class DataError(ValueError):
 
 # DataError is defined before these imports because folder.py imports it from here
 from .transforms import apply_flips, draw_flips, random_crops, to_tensor, to_uint8  # noqa: E402
-from .folder import FolderData, load_image_folder  # noqa: E402
+from .folder import EXTENSIONS as IMAGE_EXTENSIONS, FolderData, find_images, load_image_folder  # noqa: E402
+from ..audio import EXTENSIONS as AUDIO_EXTENSIONS  # noqa: E402
 from .defects import DefectsData, render_defects  # noqa: E402
 from .detection import DetectionSet, load_detection, read_coco, read_detection, read_yolo  # noqa: E402
 from .shapes import ShapesData, render_shapes, write_shapes_folder  # noqa: E402
@@ -141,7 +142,11 @@ def load_dataset(source: str, size: int, channels: int = 3, classes: bool = Fals
         images, boxes, paths = load_detection(labelled, size, channels, directions)
         texts = read_captions(Path(source) if Path(source).is_dir() else Path(source).parent, paths) if captions else None
         return Dataset(images, None, labelled.class_names, texts, boxes, source)
-    folder = load_image_folder(source, size, channels=channels, classes=classes)
+    try:
+        folder = load_image_folder(source, size, channels=channels, classes=classes)
+    except DataError:
+        _refuse_empty(Path(source))
+        raise
     texts = read_captions(source, folder.paths) if captions else None
     return Dataset(folder.images, folder.labels, folder.class_names, texts, None, source)
 
@@ -168,6 +173,7 @@ class Modality:
     load: Optional[Callable[..., Dataset]] = None  # (source, size, classes=, seed=, rate=) -> Dataset
     writer: str = ""  # the module of write_sample and tiles, imported when samples are written
     defaults: tuple[tuple[str, object], ...] = ()
+    extensions: tuple[str, ...] = ()  # the files a folder of it holds, for the message when a folder holds none
 
 
 def _load_audio(source: str, size: int, classes: bool = False, seed: int = 0, rate: int = 0) -> Dataset:
@@ -207,14 +213,25 @@ def _is_video_folder(path: Path) -> bool:
 
 # images are the default; each other modality one line (the video engineer: add "video" here)
 MODALITIES: dict[str, Modality] = {
-    "image": Modality("image", 2, ("png", "npy")),
+    "image": Modality("image", 2, ("png", "npy"), extensions=IMAGE_EXTENSIONS),
     "audio": Modality("audio", 1, ("wav", "npy"), ("sounds",), _is_audio_folder, _load_audio, "diffusely.audio", (
         ("data.sample_rate", 8000), ("data.image_size", 8000), ("data.channels", 1), ("data.flip", False),
-        ("model.dims", 1), ("model.patch_size", 16), ("model.channels", (64, 128, 256)))),
+        ("model.dims", 1), ("model.patch_size", 16), ("model.channels", (64, 128, 256))), AUDIO_EXTENSIONS),
     "video": Modality("video", 3, ("gif", "mp4", "npy"), ("moving-shapes",), _is_video_folder, _load_video,
                       "diffusely.data.video", (("data.frames", 8), ("model.dims", 3), ("model.channels", (64, 128, 128)),
                                                ("model.attention_levels", (2,)))),
 }
+
+
+def _refuse_empty(root: Path) -> None:
+    """A folder that holds no file of any modality (no image here, and none of another, or it would have been
+    recognised): one message naming what each modality reads."""
+    if root.is_dir() and not find_images(root):
+        kinds = {name: kind.extensions for name, kind in MODALITIES.items() if kind.extensions}
+        known = "; ".join(f"{name}: {', '.join(extensions)}" for name, extensions in kinds.items())
+        others = " or ".join(name for name in kinds if name != "image")
+        raise DataError(f"no image files under {root} (subfolders searched too), nor {others} files; accepted "
+                        f"extensions: {known}")
 
 
 def modality_of(source) -> str:
