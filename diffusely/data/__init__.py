@@ -29,6 +29,7 @@ from .shapes import ShapesData, render_shapes, write_shapes_folder  # noqa: E402
 from .phantoms import PhantomsData, builtin_phantoms, render_phantoms  # noqa: E402
 from .sounds import SoundsData, builtin_sounds  # noqa: E402
 from .moving_shapes import MovingShapesData, render_moving_shapes  # noqa: E402
+from .video import VIDEO_EXTENSIONS  # noqa: E402  (PyAV itself is imported only where a clip is read)
 
 
 def builtin_shapes(size: int, seed: int = 0, count: int = 10_000, max_shapes: int = 1) -> ShapesData:
@@ -219,7 +220,7 @@ MODALITIES: dict[str, Modality] = {
         ("model.dims", 1), ("model.patch_size", 16), ("model.channels", (64, 128, 256))), AUDIO_EXTENSIONS),
     "video": Modality("video", 3, ("gif", "mp4", "npy"), ("moving-shapes",), _is_video_folder, _load_video,
                       "diffusely.data.video", (("data.frames", 8), ("model.dims", 3), ("model.channels", (64, 128, 128)),
-                                               ("model.attention_levels", (2,)))),
+                                               ("model.attention_levels", (2,))), VIDEO_EXTENSIONS),
 }
 
 
