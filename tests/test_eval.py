@@ -38,8 +38,8 @@ def test_eval_samples_and_writes_eval_json(tiny):
     report = json.loads((run_dir / "eval.json").read_text())
     assert set(report["metrics"]) == {"fd", "kid", "kid_std", "precision", "recall", "density", "coverage"}
     assert all(isinstance(v, float) for v in report["metrics"].values())
-    assert report["samples"] == {"source": "generated", "sampler": "heun", "steps": 2, "nfe": 3, "schedule": "default",
-                                 "seed": 0, "options": {}, "count": 12}
+    assert report["samples"] == {"source": "generated", "sampler": "heun", "sampler_given": "heun", "steps": 2, "nfe": 3,
+                                 "schedule": "default", "seed": 0, "options": {}, "count": 12}
     assert report["reference"]["count"] == 24 and report["step"] == 3
     assert report["features"].startswith("domain-contrastive-") and "comparable only" in report["comparable"]
     for line in ("fd", "kid", "precision", "recall", "density", "coverage", "comparable only", "eval.json"):
@@ -76,6 +76,17 @@ def test_eval_reads_a_samples_folder(tiny, tmp_path):
     report = json.loads((run_dir / "eval.json").read_text())
     assert report["samples"] == {"source": str(tmp_path / "s"), "count": 10}
     assert (tmp_path / "d.safetensors").is_file()
+
+
+def test_eval_json_records_the_sampler_name_as_given_and_its_options(tiny):
+    run_dir, images = tiny
+    r = run("eval", run_dir, "--reference", images, "-n", 6, "--nfe", 3, "--sampler", "DPM++ 2M Karras", *FAST)
+    assert r.exit_code == 0, r.output
+    drawn = json.loads((run_dir / "eval.json").read_text())["samples"]
+    # the name brings karras sigmas and lower_order_final=False (docs/samplers-aliases.md)
+    assert drawn == {"source": "generated", "sampler": "dpmpp_2m", "sampler_given": "DPM++ 2M Karras", "steps": 3,
+                     "nfe": 3, "schedule": "karras", "seed": 0, "options": {"lower_order_final": False},
+                     "count": 6}
 
 
 def fails(*args, match):

@@ -27,7 +27,7 @@ from ..metrics import (DomainFeatures, FeatureExtractor, FeatureStats, Inception
 from ..metrics.copies import copy_report, save_copies_figure
 from ..metrics.features import as_uint8
 from ..samplers import nfe as nfe_of
-from .generate import generate, sampling_plan, stored_spacing
+from .generate import draw, recipe
 
 EVAL_FILE = "eval.json"
 EVAL_DIR = "eval"
@@ -184,15 +184,15 @@ def enough_samples(fake: np.ndarray, folder) -> np.ndarray:
 
 def _sample_images(run, count: int, *, sampler: Optional[str], steps: Optional[int], nfe: Optional[int], seed: int,
                    batch_size: int, progress: bool, options: dict) -> tuple[np.ndarray, dict]:
-    """`count` samples as uint8 (N, S, S, C), and how they were drawn (sampler, steps, NFE, seed, options)."""
-    sampler, steps = sampling_plan(run, sampler, steps, nfe)  # steps None: a sampler that picks its own
-    batches = generate(run, count, steps=steps, sampler=sampler, seed=seed, batch_size=batch_size, progress=progress,
-                       **options)
+    """`count` samples as uint8 (N, S, S, C), and how they were drawn: the sampler (ours, and the name as given,
+    "DPM++ 2M Karras"), steps, NFE, schedule, seed and options (the name's own with those given)."""
+    plan = recipe(run, sampler=sampler, steps=steps, nfe=nfe, **options)  # steps None: a sampler that picks its own
+    batches = draw(run, plan, count, seed=seed, batch_size=batch_size, progress=progress)
     images = np.concatenate([as_uint8(b) for b in batches])
-    info = {"source": "generated", "sampler": sampler, "steps": steps,
-            "nfe": nfe_of(sampler, steps) if steps is not None else None,
-            "schedule": "optimised (schedules.json)" if stored_spacing(run, sampler, steps) else "default",
-            "seed": seed, "options": options}
+    schedule = "optimised (schedules.json)" if plan.optimised else plan.spacing or "default"
+    info = {"source": "generated", "sampler": plan.sampler, "sampler_given": plan.sampler.given, "steps": plan.steps,
+            "nfe": nfe_of(plan.sampler, plan.steps) if plan.steps is not None else None, "schedule": schedule,
+            "seed": seed, "options": plan.options}
     return images, info
 
 
