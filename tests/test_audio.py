@@ -138,7 +138,7 @@ def test_a_folder_with_neither_images_nor_audio_names_what_each_reads(tmp_path):
     (tmp_path / "songs" / "track.m4a").write_bytes(b"\0" * 64)  # no reader for it: neither images nor audio
     result = CliRunner().invoke(main, ["train", str(tmp_path / "songs"), "--out", str(tmp_path / "run")])
     assert result.exit_code == 1
-    assert re.search(r"Error: no image files under .*songs .*nor audio files; .*image: .*\.png.*audio: .*\.wav, \.flac",
+    assert re.search(r"Error: no image files under .*songs .*nor .*audio.* files; .*image: .*\.png.*audio: .*\.wav, \.flac",
                      result.output), result.output
 
 
@@ -194,3 +194,10 @@ def test_a_folder_of_audio_trains_as_audio_through_the_cli(tmp_path):
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert (config["data"]["modality"], config["model"]["dims"], config["data"]["class_names"]) == (
         "audio", 1, ["bell", "hum"])
+
+
+def test_forward_strip_of_a_file_that_is_not_audio_names_it(tmp_path):
+    (tmp_path / "fake.wav").write_text("not audio")
+    result = CliRunner().invoke(main, ["forward", str(tmp_path / "fake.wav"), "--out", str(tmp_path / "f.png")])
+    assert result.exit_code == 1 and result.exception is None or isinstance(result.exception, SystemExit)
+    assert re.search(r"Error: cannot read .*fake\.wav as audio \(.*\); pass a file of one of: \.wav", result.output)

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..audio import EXTENSIONS, read_audio, to_codes
+from ..audio import EXTENSIONS, AudioMissing, read_audio, to_codes
 from . import DataError
 from .folder import _subfolder_labels
+from .reading import regular_file
 
 
 @dataclass
@@ -43,6 +44,26 @@ def is_audio_folder(root) -> bool:
     return root.is_dir() and bool(find_audio(root))
 
 
+def _reason(error: Exception) -> str:
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
+
+
+def load_audio_file(path, length: int, rate: int) -> np.ndarray:
+    """One audio file as (length, 1) uint8 μ-law codes at `rate` Hz, read as the folder loader reads each file; a
+    DataError naming the file when it is missing, not a regular file or cannot be decoded."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"no such audio file: {path}")
+    regular_file(path, "audio file")
+    try:
+        return to_codes(read_audio(path, rate, length)[None])[0]
+    except AudioMissing:
+        raise
+    except (RuntimeError, ValueError, EOFError) as error:
+        raise DataError(f"cannot read {path} as audio ({_reason(error)}); pass a file of one of: "
+                        f"{', '.join(EXTENSIONS)}") from None
+
+
 def load_audio_folder(root, length: int, rate: int, classes: bool = False) -> AudioFolder:
     """Load every .wav/.flac/.ogg under `root` as (length,) clips at `rate` Hz; see the module's docstring."""
     root = Path(root)
@@ -56,8 +77,10 @@ def load_audio_folder(root, length: int, rate: int, classes: bool = False) -> Au
         try:
             waves.append(read_audio(path, rate, length))
             kept.append(i)
+        except AudioMissing:
+            raise
         except (RuntimeError, ValueError, EOFError) as error:  # soundfile's LibsndfileError is a RuntimeError
-            failed.append((path, str(error).splitlines()[0] if str(error) else type(error).__name__))
+            failed.append((path, _reason(error)))
     if not waves:
         path, error = failed[0]
         raise DataError(f"none of the {len(paths)} audio files under {root} could be read, e.g. {path}: {error}")

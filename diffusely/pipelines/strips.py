@@ -8,9 +8,9 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import LoadedRun
-from ..audio import DEFAULT_RATE, EXTENSIONS as AUDIO_EXTENSIONS, read_audio, to_codes
+from ..audio import DEFAULT_RATE, EXTENSIONS as AUDIO_EXTENSIONS
 from ..data import BUILTIN, MODALITIES, DataError, load_dataset, modality_of, to_tensor
-from ..data.reading import regular_file
+from ..data.audio import load_audio_file
 from ..data.folder import load_image
 from ..data.video import VIDEO_EXTENSIONS, first_clip
 from ..schedules import add_noise, ve_to_vp
@@ -31,7 +31,7 @@ def strip_image(source: str, size: int | None = None, rate: int = 0) -> torch.Te
     if source in BUILTIN and not Path(source).exists():
         array = load_dataset(source, size, rate=rate).images[0]
     elif audio:
-        array = to_codes(read_audio(regular_file(source, "audio file"), rate or DEFAULT_RATE, size)[None])[0]
+        array = load_audio_file(source, size, rate or DEFAULT_RATE)
     elif Path(source).suffix.lower() in VIDEO_EXTENSIONS:  # a clip: its first 8 frames at 8 fps
         array = first_clip(regular_file(source, "video"), size)
     else:
