@@ -161,8 +161,11 @@ def test_video_run_trains_samples_and_resumes_through_the_cli(tmp_path):
     assert len(frames) == 4 and frames[0].shape == (16, 16, 3)
     with Image.open(run / "generated" / "000001.gif") as gif:
         assert json.loads(gif.info["comment"])["class"] == "square crossing"
-    with Image.open(tmp_path / "grid.png") as grid:  # a strip of 4 frames (1-pixel gaps) a clip, enlarged twice
-        assert grid.size == (2 * (4 * 17 - 1) + 4, 2 * (2 * 16 + 2) + 2)
+    with Image.open(tmp_path / "grid.png") as grid:  # two film strips of 4 frames (1-pixel gaps), enlarged twice
+        assert grid.size == (2 * (2 * 16 + 2) + 2, 2 * (4 * 17 - 1) + 4)
+        top = np.asarray(grid.convert("RGB"))[2:2 + 2 * 16, 2:2 + 2 * 16]  # clip 0's first frame, as the GIF holds it
+    first, _ = read_video(run / "generated" / "000000.gif")
+    assert np.abs(top[::2, ::2].astype(int) - first[0]).mean() < 3
     result = runner.invoke(main, ["sample", str(run), "-n", "1", "--steps", "2", "--format", "mp4", "--out",
                                   str(tmp_path / "mp4"), "--quiet"])
     assert result.exit_code == 0, result.output

@@ -214,17 +214,16 @@ def write_sample(x: torch.Tensor, path, fmt: str, rate: float, parameters: dict 
 
 
 def tiles(x: torch.Tensor, rate: float = 0) -> torch.Tensor:
-    """(B, C, T, H, W) clips -> (B, C, H, T * W + T - 1) frame strips (frames left to right, a 1-pixel white gap),
-    the picture of each clip in grids and strips."""
+    """(B, C, T, H, W) clips -> (B, C, T * H + T - 1, W) film strips (frames top to bottom, a 1-pixel white gap),
+    the picture of each clip in grids and strips: a row of clips (or of noise levels) reads across, time down."""
     b, c, t, h, w = x.shape
-    gap = torch.ones(b, c, t, h, 1, dtype=x.dtype, device=x.device)
-    strip = torch.cat([x, gap], -1).permute(0, 1, 3, 2, 4).reshape(b, c, h, t * (w + 1))
-    return strip[..., :-1]
+    gap = torch.ones(b, c, t, 1, w, dtype=x.dtype, device=x.device)
+    return torch.cat([x, gap], -2).reshape(b, c, t * (h + 1), w)[..., :-1, :]
 
 
 def save_grid(x: torch.Tensor, path, rate: float = 0, nrow: int | None = None) -> Path:
-    """Save clips (B, C, T, H, W) in [-1, 1] as one PNG of frame strips, a clip a row, enlarged twice."""
+    """Save clips (B, C, T, H, W) in [-1, 1] as one PNG of film strips, up to 16 clips a row, enlarged twice."""
     from .. import viz
 
     strips = tiles(x)
-    return viz.save_grid(strips.repeat_interleave(2, -1).repeat_interleave(2, -2), path, nrow=nrow or 1)
+    return viz.save_grid(strips.repeat_interleave(2, -1).repeat_interleave(2, -2), path, nrow=nrow or min(16, len(x)))
