@@ -138,15 +138,18 @@ def checkpoint_step(run_dir: str | Path) -> int:
 
 def set_modality(config: RunConfig, data: str) -> None:
     """Say what `data` is (data.MODALITIES: the built-in sounds or a folder of audio files are audio) and, where that
-    differs from what the config was made for, start from that modality's defaults (an audio run: 1-D, mono,
-    1 s clips at 8 kHz, patches of 16 samples); options given override them."""
+    differs from what the config was made for (a --config of another modality's run), put back the fields the old
+    modality set and start from the new one's defaults (an audio run: 1-D, mono, 1 s clips at 8 kHz, patches of 16
+    samples); options given override them."""
     from .data import MODALITIES, modality_of
 
-    kind = modality_of(data)
+    kind, fresh = modality_of(data), RunConfig()
     if kind == config.data.modality:
         return
+    undo = [(key, getattr(getattr(fresh, key.split(".")[0]), key.split(".")[1]))
+            for key, _ in MODALITIES[config.data.modality].defaults]
     config.data.modality = kind
-    for key, value in MODALITIES[kind].defaults:
+    for key, value in undo + list(MODALITIES[kind].defaults):
         section, name = key.split(".")
         setattr(getattr(config, section), name, value)
 

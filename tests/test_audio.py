@@ -142,13 +142,19 @@ def test_a_folder_with_neither_images_nor_audio_names_what_each_reads(tmp_path):
                      result.output), result.output
 
 
-def test_new_runs_pick_their_modality_from_the_data():
+def test_new_runs_pick_their_modality_from_the_data(tmp_path):
     config = new_run_config("sounds", {})
     assert (config.data.modality, config.model.dims, config.data.channels, config.data.flip) == ("audio", 1, 1, False)
     assert (config.data.sample_rate, config.data.image_size, config.model.patch_size) == (8000, 8000, 16)
     assert new_run_config("sounds", {"image_size": 2048}).data.image_size == 2048  # options win over the defaults
     image = new_run_config("shapes", {})
     assert (image.data.modality, image.model.dims, image.data.image_size) == ("image", 2, 32)
+    # an audio run's config.json as --config for images: the audio settings go, the rest (the lr) stays
+    config.train.lr = 3e-4
+    (tmp_path / "audio.json").write_text(config.to_json())
+    image = new_run_config("shapes", {}, str(tmp_path / "audio.json"))
+    assert (image.data.modality, image.model.dims, image.data.image_size, image.model.patch_size) == ("image", 2, 32, 1)
+    assert (image.data.channels, image.data.flip, image.data.sample_rate, image.train.lr) == (3, True, 0, 3e-4)
 
 
 def test_audio_run_trains_samples_and_resumes_through_the_cli(tmp_path):
