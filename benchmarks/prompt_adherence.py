@@ -8,7 +8,7 @@ Prompts are the captions of held-out images (another seed); one sample a prompt.
 run stopped halfway) skips what is done.
 
     python benchmarks/prompt_adherence.py --out runs/adherence    # the real run: about 1 h on an idle 2-core CPU
-    python benchmarks/prompt_adherence.py --out runs/adherence --grid docs/prompts.png   # then the README picture
+    python benchmarks/prompt_adherence.py --out runs/adherence --grid docs/prompts.png   # then docs/text.md's picture
     python benchmarks/prompt_adherence.py --out /tmp/adh --tiny   # a smoke test, a few minutes
     python benchmarks/prompt_adherence.py --out runs/adherence --encoder-ceiling   # what MiniLM alone carries
 
@@ -197,7 +197,7 @@ def main():
     p.add_argument("--sample-batch", type=int, default=100)
     p.add_argument("--checker-images", type=int, default=3000)
     p.add_argument("--checker-steps", type=int, default=400)
-    p.add_argument("--grid", type=Path, help="Write the README's grid of prompts and samples here (after training).")
+    p.add_argument("--grid", type=Path, help="Write docs/text.md's grid of prompts and samples here (after training).")
     p.add_argument("--grid-samples", type=int, default=4)
     p.add_argument("--tiny", action="store_true", help="A smoke test: tiny network, few steps and prompts.")
     p.add_argument("--encoder-ceiling", action="store_true",

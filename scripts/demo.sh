@@ -12,7 +12,7 @@ diffusely=.venv/bin/diffusely
 AE="$OUT/autoencoder"
 
 # on the same 2 cores the latent run reaches a Fréchet distance (shapes-classifier features) of 4.4 where
-# pixel diffusion reached 13 to 16, with crisper shapes: see the README's "The demo"
+# pixel diffusion reached 13 to 16, with crisper shapes: see docs/latent.md
 if [ -f "$AE/config.json" ]; then
   $diffusely train-autoencoder --out "$AE" --resume --steps "$AE_STEPS"
 else

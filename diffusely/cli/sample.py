@@ -129,7 +129,7 @@ def sample(ctx, run_dir, count, steps, nfe, sampler, seed, out_dir, overwrite, f
 @click.option("--balance", is_flag=True, help="Draw every class equally often (oversamples the rare ones).")
 @click.option("--layouts", "layouts_file", type=click.Path(dir_okay=False),
               help='Your own layouts: JSON (lines) of [{"class": "crack", "box": [x0, y0, x1, y1]}], corners 0..1, '
-                   'optionally with "direction": 1 or -1 (see the README).')
+                   'optionally with "direction": 1 or -1 (see docs/synth.md).')
 @click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.1, show_default=True,
               help="Share of images in images/val.")
 @click.option("--coco", is_flag=True, help="Also write annotations/instances_{train,val}.json (COCO).")
