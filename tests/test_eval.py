@@ -137,3 +137,8 @@ def test_eval_of_too_few_samples_is_refused_before_any_work(tiny, tmp_path, monk
     write_shapes_folder(tmp_path / "few", 5, size=16, seed=0)
     with pytest.raises(ValueError, match=f"{tmp_path / 'few'} holds 5 samples, but the metrics need at least 6"):
         evaluate.evaluate_run(run_dir, str(images), samples=str(tmp_path / "few"))
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match=f"the reference {tmp_path / 'few'} holds 5 images, but the metrics need at "
+                                         "least 6"):
+        evaluate.evaluate_run(run_dir, str(tmp_path / "few"), domain_file=str(tmp_path / "d.safetensors"))
+    assert not (tmp_path / "d.safetensors").exists()  # refused before domain features were trained on 5 images

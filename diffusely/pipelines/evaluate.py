@@ -85,6 +85,9 @@ def load_reference(source: str, size: int, channels: int, *, classes: bool = Fal
         keep = np.sort(np.random.default_rng(seed).choice(len(data), count, replace=False))
         data = Dataset(data.images[keep], None if data.labels is None else data.labels[keep], data.class_names,
                        None, None, data.source)
+    if len(data) < MIN_COUNT:  # before domain features are trained on them
+        raise DataError(f"the reference {source} holds {len(data)} images, but the metrics need at least {MIN_COUNT}: "
+                        "give more reference images")
     return data
 
 
