@@ -1,7 +1,9 @@
 """diffusely ui: the clean-stop hook of train(), the path and upload guard, and the page itself driven in headless
 Chromium (Debian's package, through Playwright with executable_path: no browser download) against a server on a
 loopback port: generate and reproduce through the CLI bit for bit, paint a mask and inpaint, train / stop /
-resume, a typed layout to an image. Each browser test saves a screenshot of its tab into docs/ui/.
+resume, a typed layout to an image. Each browser test screenshots its tab: into docs/ui/ when
+DIFFUSELY_SCREENSHOTS=1 (how the docs' pictures are made), else into a temporary folder, so the tests
+leave the source tree as they found it.
 
 Without Chromium or Playwright the browser tests skip here, and fail under CI=true (.ci/run installs both)."""
 
@@ -12,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +27,8 @@ from diffusely.nets import UNetConfig
 from diffusely.train import train
 
 FIXTURES = Path(__file__).parent / "fixtures" / "v0"
-DOCS = Path(__file__).parent.parent / "docs" / "ui"
+DOCS = (Path(__file__).parent.parent / "docs" / "ui" if os.environ.get("DIFFUSELY_SCREENSHOTS") == "1"
+        else Path(tempfile.mkdtemp(prefix="diffusely-ui-shots-")))
 CHROMIUM = "/usr/bin/chromium"
 pytestmark = pytest.mark.filterwarnings("ignore::Warning:gradio")  # gradio's own pandas deprecations, not ours
 
