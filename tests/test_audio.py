@@ -159,10 +159,16 @@ def test_new_runs_pick_their_modality_from_the_data(tmp_path):
 
 def test_audio_run_trains_samples_and_resumes_through_the_cli(tmp_path):
     runner, run = CliRunner(), tmp_path / "run"
-    result = runner.invoke(main, ["train", "sounds", "--out", str(run), "--steps", "2", "--classes", *TINY_AUDIO])
+    result = runner.invoke(main, ["train", "sounds", "--out", str(run), "--steps", "2", "--classes",
+                                  "--sample-every", "1", *TINY_AUDIO])
     assert result.exit_code == 0, result.output
     config = json.loads((run / "config.json").read_text())
     assert config["data"]["modality"] == "audio" and config["model"]["dims"] == 1
+    # every --sample-every steps a picture of 16 clips, 4 a row: waveform over spectrogram, enlarged twice
+    assert sorted(p.name for p in (run / "samples").iterdir()) == ["step-0000001.png", "step-0000002.png"]
+    with Image.open(run / "samples" / "step-0000002.png") as picture:
+        assert picture.size == (4 * (2 * 17 + 2) + 2, 4 * (2 * (audio.WAVE_ROWS + audio.N_MELS) + 2) + 2)
+        assert len(set(np.asarray(picture.convert("L")).ravel().tolist())) > 10  # a spectrogram, not a blank
     result = runner.invoke(main, ["sample", str(run), "-n", "3", "--steps", "2", "--class", "bell",
                                   "--grid", str(tmp_path / "grid.png"), "--quiet"])
     assert result.exit_code == 0, result.output

@@ -150,10 +150,14 @@ def test_frames_condition_gives_the_first_frames_and_marks_them():
 def test_video_run_trains_samples_and_resumes_through_the_cli(tmp_path):
     runner, run = CliRunner(), tmp_path / "run"
     result = runner.invoke(main, ["train", "moving-shapes", "--out", str(run), "--steps", "2", "--classes",
-                                  "--factorised", *TINY_VIDEO])
+                                  "--factorised", "--sample-every", "1", *TINY_VIDEO])
     assert result.exit_code == 0, result.output
     config = json.loads((run / "config.json").read_text())
     assert config["data"]["modality"] == "video" and config["model"]["dims"] == 3 and config["data"]["frames"] == 4
+    # every --sample-every steps a row of 16 film strips of 4 frames (1-pixel gaps), enlarged twice
+    assert sorted(p.name for p in (run / "samples").iterdir()) == ["step-0000001.png", "step-0000002.png"]
+    with Image.open(run / "samples" / "step-0000002.png") as picture:
+        assert picture.size == (16 * (2 * 16 + 2) + 2, 2 * (4 * 17 - 1) + 4)
     result = runner.invoke(main, ["sample", str(run), "-n", "2", "--steps", "2", "--class", "square crossing",
                                   "--grid", str(tmp_path / "grid.png"), "--quiet"])
     assert result.exit_code == 0, result.output

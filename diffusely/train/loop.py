@@ -7,6 +7,7 @@ train/common.py logs it, stops at a non-finite loss and writes the checkpoints.
 
 from __future__ import annotations
 
+import importlib
 import math
 from pathlib import Path
 from typing import Callable, Optional
@@ -18,7 +19,7 @@ from .._util import randn
 from ..checkpoint import build_denoiser, build_model, save_checkpoint
 from ..conditions import Condition, conditions
 from ..config import RunConfig
-from ..data import Dataset
+from ..data import MODALITIES, Dataset
 from ..layout import pack_boxes
 from ..layout.model import save_layouts
 from ..loss import denoising_loss, weighting
@@ -134,12 +135,11 @@ def training_net(model: torch.nn.Module, config: RunConfig, d: Dist) -> torch.nn
 
 def sample_grid(denoiser, config: RunConfig, path: Path, conds: list[Condition], n: int = 16, seed: int = 0,
                 decode: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> None:
-    """A grid of `n` samples from fixed noise, so grids from different steps compare like for like, each
+    """A picture of `n` samples from fixed noise, so pictures from different steps compare like for like, each
     condition's examples as the conditions (class runs cycle through the classes, text and layout runs take the
-    captions and layouts of n training images). `decode` turns a latent run's samples into images. Only 2-D
-    data makes a picture; other modalities write theirs through their own data modules."""
-    if config.model.dims != 2:
-        return
+    captions and layouts of n training images). `decode` turns a latent run's samples into images. Images make a
+    grid; other modalities picture theirs through their writer module (data.MODALITIES: audio a waveform over a
+    spectrogram per clip, video a film strip per clip), as `diffusely sample --grid` does."""
     device = next(denoiser.parameters()).device
     g = seeded_generator("cpu", seed, 12345)
     noise = randn((n, *config.sample_shape), g, device)
@@ -152,4 +152,9 @@ def sample_grid(denoiser, config: RunConfig, path: Path, conds: list[Condition],
                    sigma_max=d.sigma_max, generator=g, cond=cond)
         if decode is not None:
             x = decode(x)
-    viz.save_grid(x.clamp(-1, 1).cpu(), path, nrow=int(math.ceil(math.sqrt(n))))
+    x = x.clamp(-1, 1).cpu()
+    writer = MODALITIES[config.data.modality].writer
+    if writer:
+        importlib.import_module(writer).save_grid(x, path, config.data.sample_rate)
+    else:
+        viz.save_grid(x, path, nrow=int(math.ceil(math.sqrt(n))))
