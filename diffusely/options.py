@@ -23,7 +23,7 @@ FIELDS = {
     "layout": ("data", "layout"), "paraphrases": ("data", "paraphrases"), "directions": ("data", "directions"),
     "task": ("data", "task"), "scale": ("data", "scale"), "allow_outside": ("data", "outside"),
     "frames": ("data", "frames"), "factorised": ("model", "factorised"),
-    "given_frames": ("data", "given_frames"),
+    "given_frames": ("data", "given_frames"), "sample_rate": ("data", "sample_rate"),
     "channels": ("model", "channels"), "blocks_per_level": ("model", "blocks_per_level"),
     "attention_levels": ("model", "attention_levels"), "patch_size": ("model", "patch_size"),
     "latent_channels": ("model", "latent_channels"),
@@ -56,10 +56,14 @@ def new_run_config(data: Optional[str], options: dict, config_file: Optional[str
     if options.get("scale") is not None and (options.get("task") or "generate") != "upscale":
         raise ConfigError("--scale is the factor of --task upscale: add --task upscale, or drop --scale")
     config = RunConfig.load(config_file) if config_file else RunConfig()
+    _refuse_student(config, config_file)
     if options.get("recipe"):
         config.diffusion = RECIPES[options["recipe"]]()
     config.data = DataConfig(**{**config.data.__dict__, "source": data})
     set_modality(config, data)
+    if options.get("sample_rate") is not None and config.data.modality != "audio":
+        raise ConfigError(f"--sample-rate is the rate of an audio run's clips; {data} is {config.data.modality} data: "
+                          f"drop --sample-rate")
     _set_options(config, options, {**FIELDS, **RESUMABLE})
     _set_flags(config, options)
     if options.get("text") or options.get("text_encoder"):
@@ -73,6 +77,17 @@ def new_run_config(data: Optional[str], options: dict, config_file: Optional[str
     _validate(config, options)
     _check_frames(config)
     return config
+
+
+def _refuse_student(config: RunConfig, config_file: Optional[str]) -> None:
+    """A student's config.json (diffusely distill) is its teacher's with a distill section, the consistency sampler
+    and the student's learning rate and step count: train would learn a plain denoiser under it and call it a
+    student. Its teacher's config.json is the same network, so refusing loses nothing that dropping would keep."""
+    if config.distill is not None:
+        raise ConfigError(f"--config {config_file} is a student run's config (consistency distillation of "
+                          f"{config.distill.teacher}); train starts a diffusion run: give the teacher's "
+                          f"--config {Path(config.distill.teacher) / CONFIG}, or distill a student with "
+                          f"`diffusely distill`")
 
 
 def _check_frames(config: RunConfig) -> None:

@@ -20,6 +20,7 @@ MAX_IMAGE_SIZE = 4096  # pixel space: beyond this a U-Net's activations do not f
 COUNT = click.IntRange(min=1)
 SEED = click.IntRange(0, MAX_SEED)
 IMAGE_SIZE = click.IntRange(4, MAX_IMAGE_SIZE)
+SAMPLE_RATE = click.IntRange(1000, 192_000)  # Hz: below 1 kHz nothing audible is left; 192 kHz is studio audio's top
 
 
 class Finite(click.ParamType):

@@ -6,7 +6,7 @@ import click
 
 from ..config import RECIPES, TASKS, AutoencoderRunConfig, RunConfig
 from ..options import RESUMABLE_HELP, new_autoencoder_config, new_run_config, resumed_config
-from .flags import DIRECTIONS_OPTION, Finite, TRAINING, int_list
+from .flags import DIRECTIONS_OPTION, SAMPLE_RATE, Finite, TRAINING, int_list
 
 
 def _config(data, run_dir, resume: bool, options: dict, cls):
@@ -55,6 +55,8 @@ def _steps_line(start: int, end: int) -> str:
               help="Video (moving-shapes, a folder of GIF/MP4/WebM): frames per clip (default 8).")
 @click.option("--given-frames", type=click.IntRange(1, 255),
               help="Video: learn to continue clips from their first K frames (then `diffusely sample --first-frames`).")
+@click.option("--sample-rate", type=SAMPLE_RATE, help="Audio (sounds, a folder of WAV/FLAC/...): Hz the clips are "
+              "read at, resampled where they differ (default 8000); --image-size is a clip's length in samples.")
 @click.option("--factorised/--no-factorised", default=None,
               help="Video: factorised space-time blocks (2-D layers per frame, temporal conv and attention) instead of "
                    "3-D ones.")

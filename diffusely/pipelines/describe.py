@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Optional
 
+from ..audio import DEFAULT_RATE
 from ..checkpoint import CONFIG, LoadedRun, load_run
 from ..interop import is_diffusers_run
 from ..layout import has_lines
@@ -36,8 +37,8 @@ def describe_run(run_dir: str | Path, run: Optional[LoadedRun] = None) -> dict:
     return {
         "run_dir": str(run_dir),
         "data": cfg.data.source,
-        "image_size": cfg.data.image_size,
-        "channels": cfg.data.channels,
+        **_sample_facts(cfg),
+        **_task(cfg),
         **_conditions(cfg),
         "text_encoder": cfg.text.encoder,
         "parameterization": cfg.diffusion.parameterization,
@@ -48,6 +49,7 @@ def describe_run(run_dir: str | Path, run: Optional[LoadedRun] = None) -> dict:
         "parameters": sum(p.numel() for p in run.denoiser.parameters()),
         "unet_channels": list(cfg.model.channels),
         "sampler": f"{cfg.diffusion.sampler}, {cfg.diffusion.sample_steps} steps",
+        **_student(cfg),
         "last_loss": last_loss(run_dir),
         **stop_fact(run_dir),  # a run that diverged says so, and which checkpoint it kept
     }
@@ -72,6 +74,39 @@ def _imported(run_dir: str | Path, run: LoadedRun) -> dict:
         "unet_channels": list(run.config.model.channels),
         "sampler": f"{d.sampler}, {d.sample_steps} steps",
     }
+
+
+def _sample_facts(cfg) -> dict:
+    """What one sample is, in its modality's units: an image's side, a clip's length and sample rate, a video's
+    frames and their size."""
+    data = cfg.data
+    if data.modality == "audio":
+        rate = data.sample_rate or DEFAULT_RATE  # 0 in a config: the loader's default
+        return {"clip_length": f"{data.image_size:,} samples ({data.image_size / rate:.4g} s)",
+                "sample_rate": f"{rate:,} Hz", "channels": data.channels}
+    if data.modality == "video":
+        frames, height, width = data.spatial(3)
+        return {"frames": frames, "frame_size": f"{height} x {width}", "channels": data.channels}
+    return {"image_size": data.image_size, "channels": data.channels}
+
+
+def _task(cfg) -> dict:
+    """What the model learns besides generating from noise: an upscale run's factor and the sizes it maps."""
+    data = cfg.data
+    if data.task == "generate":
+        return {}
+    low = data.image_size // data.scale
+    return {"task": f"{data.task} (super-resolution, {low} x {low} to {data.image_size} x {data.image_size})",
+            "scale": data.scale}
+
+
+def _student(cfg) -> dict:
+    """A student run's (diffusely distill) teacher and the few sigmas it samples at."""
+    dc = cfg.distill
+    if dc is None:
+        return {}
+    return {"teacher": f"{dc.teacher} (its step {dc.teacher_step}; {dc.method} distillation)", "nfe": dc.nfe,
+            "student_sigmas": ", ".join(f"{s:.4g}" for s in dc.sigmas)}
 
 
 def _conditions(cfg) -> dict:
