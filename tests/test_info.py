@@ -67,6 +67,7 @@ def test_a_video_run_shows_its_frames_and_their_size(tmp_path):
     facts, text = info(tmp_path / "run")
     assert (facts["frames"], facts["frame_size"], facts["channels"]) == (4, "16 x 16", 3)
     assert "image_size" not in facts and text["frame size"] == "16 x 16"
+    assert facts["frame_rate"] == "8 frames a second"  # data.sample_rate 0: video's default rate
 
 
 def test_an_upscale_run_shows_its_task_and_scale(tmp_path):

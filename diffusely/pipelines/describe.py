@@ -10,6 +10,7 @@ from typing import Optional
 
 from ..audio import DEFAULT_RATE
 from ..checkpoint import CONFIG, LoadedRun, load_run
+from ..data.video import DEFAULT_FPS
 from ..interop import is_diffusers_run
 from ..layout import has_lines
 from ..state import stop_fact
@@ -78,7 +79,7 @@ def _imported(run_dir: str | Path, run: LoadedRun) -> dict:
 
 def _sample_facts(cfg) -> dict:
     """What one sample is, in its modality's units: an image's side, a clip's length and sample rate, a video's
-    frames and their size."""
+    frames, their size and rate."""
     data = cfg.data
     if data.modality == "audio":
         rate = data.sample_rate or DEFAULT_RATE  # 0 in a config: the loader's default
@@ -86,7 +87,8 @@ def _sample_facts(cfg) -> dict:
                 "sample_rate": f"{rate:,} Hz", "channels": data.channels}
     if data.modality == "video":
         frames, height, width = data.spatial(3)
-        return {"frames": frames, "frame_size": f"{height} x {width}", "channels": data.channels}
+        return {"frames": frames, "frame_size": f"{height} x {width}",
+                "frame_rate": f"{data.sample_rate or DEFAULT_FPS:g} frames a second", "channels": data.channels}
     return {"image_size": data.image_size, "channels": data.channels}
 
 
