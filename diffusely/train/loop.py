@@ -139,7 +139,11 @@ def sample_grid(denoiser, config: RunConfig, path: Path, conds: list[Condition],
     condition's examples as the conditions (class runs cycle through the classes, text and layout runs take the
     captions and layouts of n training images). `decode` turns a latent run's samples into images. Images make a
     grid; other modalities picture theirs through their writer module (data.MODALITIES: audio a waveform over a
-    spectrogram per clip, video a film strip per clip), as `diffusely sample --grid` does."""
+    spectrogram per clip, video a film strip per clip), as `diffusely sample --grid` does. Samples of no modality's
+    shape (data given in memory, say (C, L) clips under an image config) get no picture."""
+    kind = MODALITIES[config.data.modality]
+    if kind.dims != config.model.dims:
+        return
     device = next(denoiser.parameters()).device
     g = seeded_generator("cpu", seed, 12345)
     noise = randn((n, *config.sample_shape), g, device)
@@ -153,8 +157,7 @@ def sample_grid(denoiser, config: RunConfig, path: Path, conds: list[Condition],
         if decode is not None:
             x = decode(x)
     x = x.clamp(-1, 1).cpu()
-    writer = MODALITIES[config.data.modality].writer
-    if writer:
-        importlib.import_module(writer).save_grid(x, path, config.data.sample_rate)
+    if kind.writer:
+        importlib.import_module(kind.writer).save_grid(x, path, config.data.sample_rate)
     else:
         viz.save_grid(x, path, nrow=int(math.ceil(math.sqrt(n))))
