@@ -1,6 +1,7 @@
 """The Generate tab: a run, prompt or class, sampler, steps or NFE, guidance, seed, count; a grid and each PNG
 with its parameters (pipelines.generate writes them as A1111 does), and "load parameters from a PNG" to draw one
-again bit for bit (pipelines.generate.reproduce)."""
+again bit for bit (pipelines.generate.reproduce). An audio run's samples come as WAV files, a player and the grid of
+waveforms over spectrograms; a video run's as GIFs, shown playing, and the grid of film strips."""
 
 from __future__ import annotations
 
@@ -40,7 +41,11 @@ def run_summary(ctx: Context, name: str):
     classes = [NO_CLASS, *(cfg.data.class_names or [str(i) for i in range(cfg.model.num_classes)])]
     text = "text" in cfg.conditions
     kind = ", ".join(cfg.conditions) or "unconditional"
-    line = (f"**{name}**: {kind}, {cfg.data.image_size} px, {cfg.data.channels} channel(s); default sampler "
+    data = cfg.data
+    shape = {"audio": f"{data.image_size} samples at {data.sample_rate} Hz",
+             "video": f"{data.image_size} px x {data.frames or data.image_size} frames"}
+    shape = shape.get(data.modality, f"{data.image_size} px")
+    line = (f"**{name}**: {data.modality}, {kind}, {shape}, {data.channels} channel(s); default sampler "
             f"{cfg.diffusion.sampler}, {cfg.diffusion.sample_steps} steps")
     return gr.update(choices=classes, value=NO_CLASS), gr.update(interactive=text), line
 
@@ -60,7 +65,8 @@ def request(prompt, negative, klass, sampler, steps, nfe, guidance) -> dict:
 
 def run_generate(ctx: Context, name, prompt, negative, klass, sampler, steps, nfe, guidance, seed, count,
                  progress=gr.Progress(track_tqdm=True)):
-    """Sample `count` images into a new output folder; returns the grid, the PNGs and the first's parameters."""
+    """Sample `count` images (audio clips, videos) into a new output folder; returns the grid, the files, the first's
+    parameters, the audio player (the first clip of an audio run, else hidden) and the GIFs of a video run."""
     try:
         count = int(count)
         if not 1 <= count <= MAX_COUNT:
@@ -71,15 +77,28 @@ def run_generate(ctx: Context, name, prompt, negative, klass, sampler, steps, nf
                       progress=True, **kwargs)
     except ValueError as e:
         raise gr.Error(str(e), print_exception=False) from None
-    files = sorted(str(p) for p in out.glob("0*.png"))
-    return str(out / "grid.png"), files, parameters_text(files[0])
+    files = sorted(str(p) for p in out.iterdir() if p.stem.isdigit())
+    audio, video = files[0].endswith(".wav"), files[0].endswith(".gif")
+    return (str(out / "grid.png"), files, parameters_text(files[0]),
+            gr.update(value=files[0] if audio else None, visible=audio),
+            gr.update(value=files if video else None, visible=video))
 
 
 def parameters_text(path: str) -> str:
-    """The A1111 `parameters` text chunk of a PNG written by write_samples."""
+    """The parameters write_samples put in a sample: a PNG's A1111 `parameters` text chunk, the JSON in a WAV's
+    INFO comment or a GIF's comment."""
+    import json
+
     from PIL import Image
 
+    if path.endswith(".wav"):
+        from ..audio import read_comment
+
+        return json.dumps(read_comment(path))
     with Image.open(path) as im:
+        if path.endswith(".gif"):
+            comment = im.info.get("comment", b"")
+            return comment.decode() if isinstance(comment, bytes) else str(comment)
         return im.text.get("parameters", "")
 
 
@@ -91,9 +110,10 @@ def load_png(ctx: Context, png):
         name = str(run.relative_to(ctx.roots.runs)) if ctx.roots.runs in run.parents else str(run)
     except ValueError as e:
         raise gr.Error(str(e), print_exception=False) from None
-    klass = p.get("class")
-    return (name, p.get("prompt", ""), p.get("negative_prompt", ""), klass if klass is not None else NO_CLASS,
-            p["sampler"], p["steps"] or 0, 0, "" if p.get("guidance") is None else str(p["guidance"]), p["seed"], 1), parameters_text(png)
+    klass, guidance = p.get("class"), p.get("guidance")
+    values = (name, p.get("prompt", ""), p.get("negative_prompt", ""), klass if klass is not None else NO_CLASS,
+              p["sampler"], p["steps"] or 0, 0, "" if guidance is None else str(guidance), p["seed"], 1)
+    return values, parameters_text(png)
 
 
 def run_reproduce(ctx: Context, png):
@@ -131,8 +151,12 @@ def build(ctx: Context, runs: list[str], demo: gr.Blocks) -> gr.Dropdown:
             go = gr.Button("Generate", variant="primary", elem_id="gen-go")
         with gr.Column(scale=3):
             grid = gr.Image(label="Grid", type="filepath", height=320, elem_id="gen-grid")
-            files = gr.File(label="Images (PNG, parameters inside)", file_count="multiple", elem_id="gen-files")
-            params = gr.Textbox(label="Parameters (as A1111 writes them)", lines=3, elem_id="gen-params")
+            files = gr.File(label="Samples (PNG, WAV or GIF: parameters inside)", file_count="multiple",
+                            elem_id="gen-files")
+            sound = gr.Audio(label="First clip", type="filepath", visible=False, elem_id="gen-audio")
+            clips = gr.Gallery(label="Videos", columns=4, visible=False, elem_id="gen-clips")
+            params = gr.Textbox(label="Parameters (a PNG's as A1111 writes them; a WAV's or GIF's as JSON)", lines=3,
+                                elem_id="gen-params")
     with gr.Accordion("Load parameters from a PNG", open=False):
         with gr.Row():
             png = gr.File(label="A PNG made by diffusely", file_types=[".png"], type="filepath", elem_id="gen-png")
@@ -143,7 +167,7 @@ def build(ctx: Context, runs: list[str], demo: gr.Blocks) -> gr.Dropdown:
     form = [run, prompt, negative, klass, sampler, steps, nfe, guidance, seed, count]
     run.input(lambda n: run_summary(ctx, n), run, [klass, prompt, about])
     demo.load(lambda n: run_summary(ctx, n), run, [klass, prompt, about])
-    go.click(lambda *a: run_generate(ctx, *a), form, [grid, files, params], concurrency_limit=1)
+    go.click(lambda *a: run_generate(ctx, *a), form, [grid, files, params, sound, clips], concurrency_limit=1)
     png.upload(lambda f: _fill(ctx, f), png, [*form, params])
     redo.click(lambda f: run_reproduce(ctx, f), png, [again, verdict], concurrency_limit=1)
     return run
