@@ -15,9 +15,10 @@ from __future__ import annotations
 from .guard import MAX_UPLOAD_MB, Refused, Roots
 
 LOOPBACK = "127.0.0.1"
-# tiny runs make 8 to 64 px images: show them enlarged, without blur
+# tiny runs make 8 to 64 px images: show them enlarged, without blur (the layout is drawn 8x already, and shown
+# at its own size: Gradio maps a click to its pixels only when an image is not enlarged)
 CSS = ("img { image-rendering: pixelated; } "
-       "#gen-grid img, #gen-again img, #ds-boxed img { width: 100%; height: 100%; object-fit: contain; }")
+       "#gen-grid img, #gen-again img { width: 100%; height: 100%; object-fit: contain; }")
 
 
 def build_app(roots: Roots):
@@ -38,7 +39,7 @@ def build_app(roots: Roots):
         with gr.Tab("Train", id="train"):
             training.build(ctx)
         with gr.Tab("Datasets", id="datasets"):
-            datasets.build(ctx, layout_runs)
+            datasets.build(ctx, layout_runs, demo)
         with gr.Tab("Runs", id="runs"):
             pickers.append(runs.build(ctx, listed))
         # runs trained since the server started appear when the page is (re)loaded

@@ -1,7 +1,7 @@
-"""The Datasets tab, for layout runs: type boxes (a table of lines: a canvas to draw boxes on is not a component
-Gradio ships, so boxes are entered as text and previewed on the image), generate an image from them; launch
-`synth` in a background job with its progress, then browse the dataset with its boxes drawn, its class counts and
-its contact sheet."""
+"""The Datasets tab, for layout runs: draw boxes by clicking two opposite corners on the layout preview (each box
+also a line of text, the editable record: typed lines count the same), generate an image from them; launch `synth`
+in a background job with its progress, then browse the dataset with its boxes drawn, its class counts and its
+contact sheet."""
 
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ from .generate import SAMPLER_CHOICES, guidance_value, number
 from .state import Context
 
 EXAMPLE = "scratch 4 4 20 12\nspot 18 18 28 28"
+# the drawn layout's geometry: each pixel SCALE wide, under viz.save_contact_sheet's legend rows and padding
+SCALE, PAD, LEGEND = 8, 4, 20
 
 
 def parse_boxes(text: str) -> list[tuple]:
@@ -38,7 +40,7 @@ def parse_boxes(text: str) -> list[tuple]:
     return boxes
 
 
-def boxed(image: np.ndarray, boxes: list[tuple], names: list[str], path: Path, scale: int = 8) -> str:
+def boxed(image: np.ndarray, boxes: list[tuple], names: list[str], path: Path, scale: int = SCALE) -> str:
     """`image` (H, W, C) uint8 enlarged with its boxes (class index, x0, y0, x1, y1[, direction]) drawn."""
     return str(viz.save_contact_sheet(image[None], [boxes], names, path, ncol=1, scale=scale))
 
@@ -48,17 +50,67 @@ def _indexed(run, boxes: list[tuple]) -> list[tuple]:
     return [(names.index(b[0]) if b[0] in names else int(b[0]) if str(b[0]).isdigit() else 0, *b[1:]) for b in boxes]
 
 
-def preview(ctx: Context, name, text):
-    """The boxes drawn on a grey image of the run's size (before any sampling)."""
+def redraw(ctx: Context, name, text):
+    """The boxes drawn on a grey image of the run's size (before any sampling), and a note: what is wrong with the
+    lines if anything (the last good drawing stays), else how to add a box."""
+    if not name:
+        return gr.update(), ""
     try:
-        run, boxes = ctx.run(name), parse_boxes(text)
-        size = run.config.data.image_size
-        out = ctx.out_dir(name, "layout")
-        out.mkdir(parents=True, exist_ok=True)
-        grey = np.full((size, size, 3), 96, np.uint8)
-        return boxed(grey, _indexed(run, boxes), list(run.config.data.class_names), out / "preview.png")
+        run = ctx.run(name)
+        boxes = parse_boxes(text) if (text or "").strip() else []
     except ValueError as e:
-        raise gr.Error(str(e), print_exception=False) from None
+        return gr.update(), f"**{e}**"
+    size = run.config.data.image_size
+    out = ctx.out_dir(name, "layout").parent  # one preview file a run, redrawn as the lines change
+    out.mkdir(parents=True, exist_ok=True)
+    grey = np.full((size, size, 3), 96, np.uint8)
+    try:
+        drawn = boxed(grey, _indexed(run, boxes), list(run.config.data.class_names), out / "layout-preview.png")
+    except ValueError as e:
+        return gr.update(), f"**{e}**"
+    return drawn, f"{len(boxes)} box(es); click two opposite corners on the image to add one"
+
+
+def corner(index, size: int) -> tuple[int, int]:
+    """A click at pixel (x, y) of the drawn layout (viz.save_contact_sheet's geometry) -> the nearest pixel corner
+    of the run's size x size image, clamped to it."""
+    x, y = index[0], index[1]
+    return (min(size, max(0, round((x - PAD) / SCALE))), min(size, max(0, round((y - LEGEND - PAD) / SCALE))))
+
+
+def box_line(first: tuple[int, int], second: tuple[int, int], klass: str, directed: bool) -> str:
+    """The line "class x0 y0 x1 y1 [direction]" of the box two clicked corners span (at least a pixel each way).
+    A directed box's line joins the clicks: +1 from top-left to bottom-right, -1 from bottom-left to top-right."""
+    (ax, ay), (bx, by) = first, second
+    (x0, x1), (y0, y1) = sorted((ax, bx)), sorted((ay, by))
+    x1, y1 = max(x1, x0 + 1), max(y1, y0 + 1)
+    direction = [1 if (bx - ax) * (by - ay) > 0 else -1] if directed else []
+    return " ".join(str(v) for v in (klass, x0, y0, x1, y1, *direction))
+
+
+def click(ctx: Context, name, text, pending, klass, directed, index):
+    """A click on the layout: the first corner is remembered, the second adds the box's line.
+    Returns (lines, pending corner or None, note)."""
+    if not name or not klass:
+        return text, None, "**pick a layout run and a class first**"
+    point = corner(index, ctx.run(name).config.data.image_size)
+    if pending is None:
+        return text, list(point), f"first corner at {tuple(point)}: click the opposite corner"
+    line = box_line(tuple(pending), point, klass, bool(directed))
+    kept = (text or "").rstrip()
+    return f"{kept}\n{line}" if kept else line, None, f"added `{line}`"
+
+
+def undo(text) -> str:
+    """The lines without the last box."""
+    lines = [line for line in (text or "").splitlines() if line.strip()]
+    return "\n".join(lines[:-1])
+
+
+def run_classes(ctx: Context, name):
+    """The class dropdown for the run picked."""
+    names = list(ctx.run(name).config.data.class_names) if name else []
+    return gr.update(choices=names, value=names[0] if names else None)
 
 
 def generate_layout(ctx: Context, name, text, sampler, steps, guidance, seed, progress=gr.Progress(track_tqdm=True)):
@@ -147,40 +199,66 @@ def _browse(out: Path, count: int = 12) -> list[tuple[str, str]]:
     return shown
 
 
-def build(ctx: Context, runs: list[str]) -> None:
+def build(ctx: Context, runs: list[str], demo: gr.Blocks) -> None:
     run = gr.Dropdown(runs, value=runs[0] if runs else None, label="Layout run", elem_id="ds-run")
     with gr.Tab("Layout to image"):
-        with gr.Row():
-            with gr.Column():
-                boxes = gr.Textbox(EXAMPLE, lines=5, elem_id="ds-boxes",
-                                   label="Boxes, one a line: class x0 y0 x1 y1 [direction +1/-1] in pixels")
-                with gr.Row():
-                    sampler = gr.Dropdown(SAMPLER_CHOICES, value="", allow_custom_value=True, label="Sampler")
-                    steps = gr.Number(0, precision=0, label="Steps (0: the run's)", elem_id="ds-steps")
-                    guidance = gr.Textbox("", label="Guidance (blank: the default)", elem_id="ds-guidance")
-                    seed = gr.Number(0, precision=0, label="Seed", elem_id="ds-seed")
-                with gr.Row():
-                    show = gr.Button("Preview boxes", elem_id="ds-preview")
-                    go = gr.Button("Generate", variant="primary", elem_id="ds-go")
-            with gr.Column():
-                layout = gr.Image(label="Layout / result with boxes", type="filepath", elem_id="ds-boxed")
-                plain = gr.File(label="The image (PNG, parameters inside)", elem_id="ds-png")
-        show.click(lambda r, t: preview(ctx, r, t), [run, boxes], layout)
-        go.click(lambda *a: generate_layout(ctx, *a), [run, boxes, sampler, steps, guidance, seed], [layout, plain],
-                 concurrency_limit=1)
+        _layout_tab(ctx, run, demo)
     with gr.Tab("Synthetic dataset"):
-        with gr.Row():
-            dataset = gr.Textbox("datasets/synth", label="Dataset folder (relative to RUNS_DIR)", elem_id="ds-out")
-            n = gr.Number(16, precision=0, minimum=1, label="Images", elem_id="ds-n")
-            sseed = gr.Number(0, precision=0, label="Seed", elem_id="ds-sseed")
-            ssteps = gr.Number(0, precision=0, label="Steps (0: the run's)", elem_id="ds-ssteps")
-            no_copies = gr.Checkbox(True, label="no near-copies of training images", elem_id="ds-nocopies")
-        launch = gr.Button("Launch synth", variant="primary", elem_id="ds-launch")
-        said, status = gr.Markdown(elem_id="ds-said"), gr.Markdown(elem_id="ds-status")
-        with gr.Row():
-            counts = gr.Dataframe(label="Boxes per class", elem_id="ds-counts")
-            sheet = gr.Image(label="Contact sheet", type="filepath", elem_id="ds-sheet")
-        browse = gr.Gallery(label="Images with their boxes", columns=6, elem_id="ds-browse")
-        launch.click(lambda *a: start_synth(ctx, *a), [run, dataset, n, sseed, ssteps, no_copies], said)
-        gr.Timer(1.0).tick(lambda d, k: watch_synth(ctx, d, k), [dataset, n], [status, counts, sheet, browse],
-                           show_progress="hidden")
+        _synth_tab(ctx, run)
+
+
+def _layout_tab(ctx: Context, run: gr.Dropdown, demo: gr.Blocks) -> None:
+    with gr.Row():
+        with gr.Column():
+            with gr.Row():
+                klass = gr.Dropdown([], label="Class of the next box", elem_id="ds-class")
+                directed = gr.Checkbox(False, label="directed: its line joins the two corners clicked",
+                                       elem_id="ds-directed")
+            boxes = gr.Textbox(EXAMPLE, lines=5, elem_id="ds-boxes",
+                               label="Boxes, one a line: class x0 y0 x1 y1 [direction +1/-1] in pixels (edit freely)")
+            with gr.Row():
+                back = gr.Button("Undo last box", elem_id="ds-undo")
+                clear = gr.Button("Clear", elem_id="ds-clear")
+            with gr.Row():
+                sampler = gr.Dropdown(SAMPLER_CHOICES, value="", allow_custom_value=True, label="Sampler")
+                steps = gr.Number(0, precision=0, label="Steps (0: the run's)", elem_id="ds-steps")
+                guidance = gr.Textbox("", label="Guidance (blank: the default)", elem_id="ds-guidance")
+                seed = gr.Number(0, precision=0, label="Seed", elem_id="ds-seed")
+            go = gr.Button("Generate", variant="primary", elem_id="ds-go")
+        with gr.Column():
+            layout = gr.Image(label="Layout (after Generate: the result)", show_label=False,  # the legend shows
+                              type="filepath", interactive=False, elem_id="ds-boxed")
+            note = gr.Markdown(elem_id="ds-note")
+            plain = gr.File(label="The image (PNG, parameters inside)", elem_id="ds-png")
+    pending = gr.State(None)
+
+    def clicked(name, text, first, chosen, line, evt: gr.SelectData):
+        return click(ctx, name, text, first, chosen, line, evt.index)
+
+    layout.select(clicked, [run, boxes, pending, klass, directed], [boxes, pending, note])
+    boxes.change(lambda r, t: redraw(ctx, r, t), [run, boxes], [layout, note], show_progress="hidden")
+    back.click(undo, boxes, boxes)
+    clear.click(lambda: ("", None), None, [boxes, pending])
+    for event in (run.input, demo.load):
+        event(lambda r: run_classes(ctx, r), run, klass).then(lambda r, t: redraw(ctx, r, t), [run, boxes],
+                                                               [layout, note])
+    go.click(lambda *a: generate_layout(ctx, *a), [run, boxes, sampler, steps, guidance, seed], [layout, plain],
+             concurrency_limit=1)
+
+
+def _synth_tab(ctx: Context, run: gr.Dropdown) -> None:
+    with gr.Row():
+        dataset = gr.Textbox("datasets/synth", label="Dataset folder (relative to RUNS_DIR)", elem_id="ds-out")
+        n = gr.Number(16, precision=0, minimum=1, label="Images", elem_id="ds-n")
+        sseed = gr.Number(0, precision=0, label="Seed", elem_id="ds-sseed")
+        ssteps = gr.Number(0, precision=0, label="Steps (0: the run's)", elem_id="ds-ssteps")
+        no_copies = gr.Checkbox(True, label="no near-copies of training images", elem_id="ds-nocopies")
+    launch = gr.Button("Launch synth", variant="primary", elem_id="ds-launch")
+    said, status = gr.Markdown(elem_id="ds-said"), gr.Markdown(elem_id="ds-status")
+    with gr.Row():
+        counts = gr.Dataframe(label="Boxes per class", elem_id="ds-counts")
+        sheet = gr.Image(label="Contact sheet", type="filepath", elem_id="ds-sheet")
+    browse = gr.Gallery(label="Images with their boxes", columns=6, elem_id="ds-browse")
+    launch.click(lambda *a: start_synth(ctx, *a), [run, dataset, n, sseed, ssteps, no_copies], said)
+    gr.Timer(1.0).tick(lambda d, k: watch_synth(ctx, d, k), [dataset, n], [status, counts, sheet, browse],
+                       show_progress="hidden")
