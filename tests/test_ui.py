@@ -1,9 +1,9 @@
 """diffusely ui: the clean-stop hook of train(), the path and upload guard, and the page itself driven in headless
 Chromium (Debian's package, through Playwright with executable_path: no browser download) against a server on a
-loopback port: generate and reproduce through the CLI bit for bit, paint a mask and inpaint, train / stop /
-resume, a typed layout to an image. Each browser test screenshots its tab: into docs/ui/ when
-DIFFUSELY_SCREENSHOTS=1 (how the docs' pictures are made), else into a temporary folder, so the tests
-leave the source tree as they found it.
+loopback port: generate and reproduce through the CLI bit for bit, audio and video runs' samples, paint a mask
+and inpaint, train / stop / resume, a layout drawn by clicking corners to an image. Each browser test screenshots
+its tab: into docs/ui/ when DIFFUSELY_SCREENSHOTS=1 (how the docs' pictures are made), else into a temporary
+folder, so the tests leave the source tree as they found it.
 
 Without Chromium or Playwright the browser tests skip here, and fail under CI=true (.ci/run installs both)."""
 
@@ -25,6 +25,7 @@ from PIL import Image
 from diffusely.config import DataConfig, RunConfig, TrainConfig
 from diffusely.nets import UNetConfig
 from diffusely.train import train
+from diffusely.viz import BOX_COLORS
 
 FIXTURES = Path(__file__).parent / "fixtures" / "v0"
 DOCS = (Path(__file__).parent.parent / "docs" / "ui" if os.environ.get("DIFFUSELY_SCREENSHOTS") == "1"
@@ -183,8 +184,8 @@ def shot(page, name: str) -> None:
     page.screenshot(path=str(DOCS / f"{name}.png"), full_page=True)
 
 
-def download(page, link_selector: str, path: Path) -> Path:
-    href = page.locator(link_selector).first.get_attribute("href")
+def download(page, link_selector: str, path: Path, attribute: str = "href") -> Path:
+    href = page.locator(link_selector).first.get_attribute(attribute)
     response = page.request.get(href if href.startswith("http") else page.url.rstrip("/") + "/" + href.lstrip("/"))
     assert response.ok, href
     path.write_bytes(response.body())
@@ -218,6 +219,68 @@ def test_generate_then_the_cli_draws_the_png_again_bit_for_bit(page, server, tmp
     assert page.input_value("#gen-class input") == "square" and page.input_value("#gen-seed input") == "11"
     page.click("#gen-reproduce")
     page.wait_for_selector("#gen-verdict:has-text('the same, pixel for pixel')")
+
+
+TINY_MEDIA = {"audio": ["sounds", "--image-size", "1024", "--channels", "16,32", "--attention-levels", "1"],
+              "video": ["moving-shapes", "--image-size", "16", "--frames", "4", "--channels", "8,16",
+                        "--attention-levels", "1"]}
+
+
+@pytest.fixture(scope="module")
+def media(server):
+    """A tiny audio run and a tiny video run (2 steps, classes: tests/test_audio.py, tests/test_video.py) in RUNS_DIR;
+    the page lists them when it loads."""
+    from click.testing import CliRunner
+
+    from diffusely.cli import main
+
+    for name, args in TINY_MEDIA.items():
+        result = CliRunner().invoke(main, ["train", *args[:1], "--out", str(server[1] / name), "--steps", "2",
+                                           "--classes", "--blocks-per-level", "1", "--batch-size", "2", "--quiet",
+                                           *args[1:]])
+        assert result.exit_code == 0, result.output
+    return server[1]
+
+
+def generate_media(page, run: str, klass: str) -> list[str]:
+    """Generate two samples of `run` (2 steps, seed 5); the names of the files offered for download."""
+    pick(page, "gen-run", run)
+    pick(page, "gen-class", klass)
+    fill(page, "gen-steps", 2)
+    fill(page, "gen-seed", 5)
+    fill(page, "gen-count", 2)
+    page.click("#gen-go")
+    page.wait_for_function("document.querySelectorAll('#gen-files a[download]').length >= 2")
+    return [a.get_attribute("href").rsplit("/", 1)[-1] for a in page.locator("#gen-files a[download]").all()]
+
+
+def test_generate_from_an_audio_run_plays_and_offers_the_wavs(media, page, tmp_path):
+    import soundfile as sf
+
+    from diffusely.audio import read_comment
+
+    assert generate_media(page, "audio", "bell") == ["000005.wav", "000006.wav"]
+    page.wait_for_selector("#gen-audio audio, #gen-audio [data-testid=waveform-controls]", state="attached")
+    assert not page.locator("#gen-clips").is_visible()
+    wav = download(page, "#gen-files a[download]", tmp_path / "000005.wav")
+    info = sf.info(str(wav))
+    assert (info.samplerate, info.frames, info.channels) == (8000, 1024, 1)
+    assert read_comment(wav)["class"] == "bell" and read_comment(wav)["seed"] == 5
+    assert '"seed": 5' in page.input_value("#gen-params textarea")
+    grid = download(page, "#gen-grid img", tmp_path / "grid.png", "src")
+    assert Image.open(grid).size[0] == 2 * (2 * 17 + 2) + 2  # two tiles of waveform over spectrogram
+    shot(page, "generate-audio")
+
+
+def test_generate_from_a_video_run_shows_its_gifs(media, page, tmp_path):
+    assert generate_media(page, "video", "square rotating") == ["000005.gif", "000006.gif"]
+    page.wait_for_function("document.querySelectorAll('#gen-clips img').length == 2")
+    assert not page.locator("#gen-audio").is_visible()
+    gif = download(page, "#gen-clips img", tmp_path / "clip.gif", "src")
+    with Image.open(gif) as im:
+        assert (im.format, im.size, im.n_frames) == ("GIF", (16, 16), 4)
+    assert '"class": "square rotating"' in page.input_value("#gen-params textarea")
+    shot(page, "generate-video")
 
 
 def test_paint_a_mask_and_inpaint(page, server, tmp_path):
@@ -309,18 +372,57 @@ def test_a_run_another_process_holds_is_refused_with_the_lock_message(page, serv
     assert "Error" in page.inner_text("#train-status") and not (runs / "held" / "checkpoint.safetensors").exists()
 
 
-def test_type_a_layout_generate_it_and_synth_a_dataset(page, server, tmp_path):
+def click_layout(page, x: int, y: int) -> None:
+    """Click the drawn layout at the corner (x, y) of the run's image (8x enlarged under a legend: ui.datasets)."""
+    from diffusely.ui.datasets import LEGEND, PAD, SCALE
+
+    image = page.locator("#ds-boxed img")
+    box, natural = image.bounding_box(), image.evaluate("e => e.naturalWidth")
+    zoom = box["width"] / natural
+    page.mouse.click(box["x"] + (PAD + x * SCALE) * zoom, box["y"] + (LEGEND + PAD + y * SCALE) * zoom)
+
+
+def boxes_text(page) -> str:
+    return page.input_value("#ds-boxes textarea")
+
+
+def test_draw_a_layout_generate_it_and_synth_a_dataset(page, server, tmp_path):
     url, runs, demo = server
     page.get_by_role("tab", name="Datasets").click()
-    fill(page, "ds-boxes", "scratch 2 2 14 10\nspot 18 18 30 30 0")
+    page.wait_for_selector("#ds-boxed img")
+    page.click("#ds-clear")
+    page.wait_for_function("document.querySelector('#ds-boxes textarea').value === ''")
+    page.wait_for_selector("#ds-note:has-text('0 box(es)')")
+    pick(page, "ds-class", "spot")
+    shown = page.get_attribute("#ds-boxed img", "src")
+    click_layout(page, 18, 18)
+    page.wait_for_selector("#ds-note:has-text('first corner at (18, 18)')")
+    click_layout(page, 30, 28)
+    page.wait_for_function("document.querySelector('#ds-boxes textarea').value === 'spot 18 18 30 28'")
+    page.wait_for_function(f"document.querySelector('#ds-boxed img').src !== {shown!r}")  # redrawn at once
+    preview = download(page, "#ds-boxed img", tmp_path / "preview.png", "src")
+    sheet = np.asarray(Image.open(preview).convert("RGB")).astype(int)
+    left, top = 4 + 18 * 8, 20 + 4 + 18 * 8  # the box's top-left corner on the drawing, in spot's colour
+    assert tuple(sheet[top + 20, left]) == BOX_COLORS[2] and tuple(sheet[top + 20, left - 1]) != BOX_COLORS[2]
+    pick(page, "ds-class", "scratch")
+    page.check("#ds-directed input")
+    for x, y in ((5, 5), (9, 9), (2, 10), (14, 2)):  # a box, undone; then bottom-left to top-right: direction -1
+        click_layout(page, x, y)
+        if (x, y) == (9, 9):
+            page.wait_for_function("document.querySelector('#ds-boxes textarea').value.endsWith('scratch 5 5 9 9 1')")
+            page.click("#ds-undo")
+            page.wait_for_function("document.querySelector('#ds-boxes textarea').value === 'spot 18 18 30 28'")
+    page.wait_for_function("document.querySelector('#ds-boxes textarea').value.endsWith('scratch 2 2 14 10 -1')")
+    shot(page, "datasets-layout")  # the drawn boxes, before sampling hides them in a tiny run's noise
     fill(page, "ds-steps", 3)
     page.click("#ds-go")
     page.wait_for_selector("#ds-png a[download]")
     png = download(page, "#ds-png a[download]", tmp_path / "layout.png")
     with Image.open(png) as im:
         p = __import__("json").loads(im.text["diffusely"])
-    assert im.size == (32, 32) and p["layout"] == [[0, 2.0, 2.0, 14.0, 10.0, 0], [2, 18.0, 18.0, 30.0, 30.0, 0]]
-    shot(page, "datasets-layout")
+    assert im.size == (32, 32) and p["layout"] == [[2, 18.0, 18.0, 30.0, 28.0, 0], [0, 2.0, 2.0, 14.0, 10.0, -1]]
+    fill(page, "ds-boxes", "spot 1 1 5")  # a typed line that is not a box: said, the last drawing kept
+    page.wait_for_selector("#ds-note:has-text('box line 1')")
     fill(page, "ds-boxes", "rust 1 1 5 5")  # not a class of the run: refused, naming the classes
     page.click("#ds-go")
     page.wait_for_selector("text=this run's classes: scratch, crack, spot, stain")
