@@ -182,6 +182,13 @@ def test_from_png_refuses_what_it_cannot_draw_again(tmp_path):
     p = json.loads(Image.open(png).text["diffusely"])
     assert "other weights" in out and p["digest"] in out and out.count("\n") == 1
     assert "drop --steps" in cli("sample", "--from-png", png, "--steps", 4, code=2)
+    # the options come from the file: one naming write_samples' own arguments must not write where it says
+    p["options"] = {"grid": str(tmp_path / "planted.png")}
+    forged = PngImagePlugin.PngInfo()
+    forged.add_text("diffusely", json.dumps(p))
+    Image.open(png).save(tmp_path / "forged.png", pnginfo=forged)
+    out = cli("sample", "--from-png", tmp_path / "forged.png", "--out", tmp_path / "f", code=1)
+    assert "grid" in out and not (tmp_path / "planted.png").exists()
     assert "RUN_DIR" in cli("sample", code=2)
 
 

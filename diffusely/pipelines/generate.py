@@ -348,6 +348,9 @@ def read_parameters(image: str | Path) -> dict:
 def replay(p: dict) -> dict:
     """The keyword arguments of `write_samples` (seed aside) that draw the sample of parameters `p` again."""
     sigmas = p.get("sigmas")
+    # the options come from a file anyone can edit: sampler options only (a key such as "grid" or "fmt" would bind
+    # to write_samples' own arguments and write where the file says), in their ranges
+    check_options(Sampler(p["sampler"]), p["options"])
     kwargs = {"sampler": p["sampler"], "steps": p["steps"], **p["options"], "guidance": p.get("guidance"),
               "spacing": (lambda *_: torch.tensor(sigmas, dtype=torch.float64)) if sigmas else p["spacing"]}
     for key, arg in (("class", "classes"), ("prompt", "prompts"), ("negative_prompt", "negative_prompts"),
