@@ -460,3 +460,16 @@ def test_a_sampler_is_added_by_one_registration():
             register("euler", calls_per_step=1)(sample_denoise_once)
     finally:
         del SAMPLERS["test_denoise_once"]
+
+
+def test_consistency_sampling_stopped_short_of_zero_ends_at_that_noise_level():
+    """RePaint steps a sampler one interval at a time: asked for [sigma, sigma_next > 0] the consistency sampler must
+    return x at sigma_next, its estimate noised to that level, not the clean estimate."""
+    from diffusely.samplers.consistency import sample_consistency
+
+    x = torch.randn(20000, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 80
+    out = sample_consistency(lambda x, sigma, **_: torch.zeros_like(x), x, torch.tensor([80.0, 2.0]),
+                             generator=torch.Generator().manual_seed(1))
+    assert out.std().item() == pytest.approx(2.0, rel=0.03)
+    assert torch.equal(sample_consistency(lambda x, sigma, **_: torch.zeros_like(x), x, torch.tensor([80.0, 0.0])),
+                       torch.zeros_like(x))

@@ -23,4 +23,6 @@ def sample_consistency(denoiser, x, sigmas, *, generator=None, callback=None, co
         denoised = denoise(denoiser, x, sigma, cond)
         report(callback, i, x, sigma, denoised)
         x = denoised
+    if float(sigmas[-1]) > 0:  # asked to stop short of 0 (RePaint steps one interval at a time): noise to its level
+        x = x + float(sigmas[-1]) * randn_like(x, generator)
     return x
