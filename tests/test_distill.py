@@ -147,7 +147,9 @@ def test_distill_refuses_what_it_cannot_do_in_one_line(teacher, tmp_path):
               "--nfe 4 differs from the student's 1"),
              (["distill", teacher, "--out", student], "already holds a run"),
              # the denoising loss would undo the student
-             (["train", "--out", student, "--resume", "--steps", 6, "--quiet"], "is a student run")]
+             (["train", "--out", student, "--resume", "--steps", 6, "--quiet"], "is a student run"),
+             # diffusers would read its network through the teacher's coefficients, not the student's c_skip, c_out
+             (["export", student, "--out", tmp_path / "hf", "--format", "diffusers"], "a consistency student")]
     before = (student / "checkpoint.safetensors").read_bytes()
     for args, words in cases:
         r = cli(*args)

@@ -99,7 +99,7 @@ def _refuse_unmappable(config: RunConfig) -> None:
         (m.num_classes > 0, "class conditioning"), (config.text.enabled or m.context_dim > 0, "text conditioning"),
         (m.layout_channels > 0, "layout conditioning"), (config.latent is not None, "latent diffusion"),
         (m.lowres_channels > 0, "low-resolution conditioning (super-resolution)"),
-        (getattr(m, "lowres_channels", 0) > 0, "a low-resolution input (super-resolution)"),
+        (config.distill is not None, "a consistency student (its network is read through c_skip and c_out of its own)"),
         (m.emb_dim not in (0, 4 * m.channels[0]), "a noise embedding other than 4 x channels[0] wide"),
         (d.parameterization == "edm" and d.schedule is not None, "EDM coefficients over a timestep table"),
         (d.parameterization != "edm" and d.schedule not in ("linear", "cosine"),
