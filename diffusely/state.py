@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from ._files import (NotWritable, RunError, Unreadable, atomic_write, atomic_write_text, load_tensors, read_meta,
-                     save_tensors)
+                     run_lock, save_tensors)
 
 CHECKPOINT = "checkpoint.safetensors"
 FORMAT = "diffusely-checkpoint-1"
@@ -210,19 +210,20 @@ def roll_back(run_dir: str | Path, step: int | None = None) -> int:
     run that went bad late; the checkpoint it replaces is kept as checkpoint-ITS_STEP.safetensors until the next
     save. `load_run` then samples from it and `--resume` continues from it. Returns the step rolled back to."""
     run_dir = Path(run_dir)
-    kept = kept_steps(run_dir)
-    if not kept:
-        raise RunError(f"{run_dir} keeps no older checkpoint (checkpoint-STEP.safetensors) to roll back to")
-    step = kept[0] if step is None else step
-    if step not in kept:
-        raise RunError(f"{run_dir} keeps no checkpoint of step {step}; it keeps steps {', '.join(map(str, kept))}")
-    path = run_dir / CHECKPOINT
-    if path.is_file():
-        try:
-            os.replace(path, _kept(run_dir, step_of(path)))
-        except Unreadable:
-            pass  # a damaged current checkpoint is simply replaced
-    os.replace(_kept(run_dir, step), path)
+    with run_lock(run_dir, "roll back"):  # a training saving beside it would prune the checkpoint rolled back to
+        kept = kept_steps(run_dir)
+        if not kept:
+            raise RunError(f"{run_dir} keeps no older checkpoint (checkpoint-STEP.safetensors) to roll back to")
+        step = kept[0] if step is None else step
+        if step not in kept:
+            raise RunError(f"{run_dir} keeps no checkpoint of step {step}; it keeps steps {', '.join(map(str, kept))}")
+        path = run_dir / CHECKPOINT
+        if path.is_file():
+            try:
+                os.replace(path, _kept(run_dir, step_of(path)))
+            except Unreadable:
+                pass  # a damaged current checkpoint is simply replaced
+        os.replace(_kept(run_dir, step), path)
     return step
 
 

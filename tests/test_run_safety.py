@@ -249,3 +249,42 @@ def test_two_schedule_writers_at_once_both_land(tmp_path, monkeypatch):
     ck.write_schedule(tmp_path, "euler", 4, other)
     first.join()
     assert read(tmp_path) == {"heun": {"3": GOOD}, "euler": {"4": other}}
+
+
+def test_roll_back_waits_for_no_one_it_is_refused_while_a_job_holds_the_run(tmp_path):
+    """A training saving beside a roll-back would prune the checkpoint rolled back to: roll_back takes the lock."""
+    import subprocess
+    import sys
+    import time
+
+    from diffusely._files import Busy
+
+    model, ema, opt = tiny_run(tmp_path)
+    for step in (10, 20):
+        train_step(model, ema, step)
+        ck.save_checkpoint(tmp_path, model=model, ema=ema, optimizer=opt, step=step)
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom diffusely._files import run_lock\n"
+                               f"with run_lock({str(tmp_path)!r}, 'train'):\n    print('held', flush=True)\n"
+                               "    time.sleep(30)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(Busy, match="train"):
+            ck.roll_back(tmp_path)
+        assert ck.step_of(tmp_path / "checkpoint.safetensors") == 20
+    finally:
+        holder.kill()
+        holder.wait()
+    assert ck.roll_back(tmp_path) == 10
+
+
+def test_a_resume_that_fails_writing_the_log_keeps_the_old_log(tmp_path, monkeypatch):
+    import csv
+
+    from diffusely.train.common import start_log
+
+    log = tmp_path / "log.csv"
+    log.write_bytes(b"step,loss\r\n10,0.5\r\n20,0.4\r\n")
+    monkeypatch.setattr(csv.DictWriter, "writerows", lambda self, rows: (_ for _ in ()).throw(OSError(28, "full")))
+    with pytest.raises(OSError):
+        start_log(tmp_path, RunConfig(), 20, ["step", "loss"])
+    assert log.read_bytes() == b"step,loss\r\n10,0.5\r\n20,0.4\r\n"

@@ -5,6 +5,7 @@ after each step (the non-finite check, log rows, checkpoints)."""
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 import time
@@ -19,7 +20,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from .. import viz
-from .._files import check_writable, run_lock
+from .._files import atomic_write_text, check_writable, run_lock
 from ..checkpoint import CHECKPOINT, CONFIG, RunError, load_state, read_config, write_config
 from ..state import STOPPED, note_stop
 from ..config import JsonConfig
@@ -166,10 +167,11 @@ def start_log(run_dir: Path, config: JsonConfig, start: int, fields: list[str]) 
     run_dir.mkdir(parents=True, exist_ok=True)
     write_config(run_dir, config)
     log_rows = read_log(run_dir / LOG, start)
-    with open(run_dir / LOG, "w", newline="") as f:
-        w = csv.DictWriter(f, fields)
-        w.writeheader()
-        w.writerows(log_rows)
+    text = io.StringIO(newline="")
+    w = csv.DictWriter(text, fields)
+    w.writeheader()
+    w.writerows(log_rows)
+    atomic_write_text(run_dir / LOG, text.getvalue())  # a kill or a full disk here leaves the old log whole
 
 
 def append_log(run_dir: Path, fields: list[str], row: dict) -> None:
