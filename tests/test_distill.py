@@ -146,6 +146,7 @@ def test_distill_refuses_what_it_cannot_do_in_one_line(teacher, tmp_path):
              (["distill", "--out", student, "--resume", "--steps", 6, "--nfe", 4],
               "--nfe 4 differs from the student's 1"),
              (["distill", teacher, "--out", student], "already holds a run"),
+             (["distill", FIXTURES / "ddpm", "--out", tmp_path / "eps"], "predicts eps"),
              # the denoising loss would undo the student
              (["train", "--out", student, "--resume", "--steps", 6, "--quiet"], "is a student run"),
              # diffusers would read its network through the teacher's coefficients, not the student's c_skip, c_out

@@ -36,7 +36,8 @@ def consistency_coefficients(sigma: torch.Tensor, sigma_data: float, sigma_min: 
 class ConsistencyDenoiser(Denoiser):
     """f(x, sigma, **cond) -> x0_hat from a raw network F(input, noise_label, **cond), the boundary condition at
     sigma_min built in. Noise labels as the teacher's (EDM's ln(sigma)/4, or a discrete schedule's timestep), so
-    a student initialised from its teacher's network starts close to the teacher's denoiser."""
+    a student initialised from an EDM teacher's network starts close to the teacher's denoiser (student_config
+    refuses other teachers: an eps or v network read through these coefficients starts far from its teacher)."""
 
     def __init__(self, net: torch.nn.Module, *, sigma_data: float, sigma_min: float,
                  schedule: Optional[DiscreteSchedule] = None):

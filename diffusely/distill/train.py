@@ -46,6 +46,10 @@ def student_config(teacher_dir: str | Path, nfe: int, grid_steps: int = 18, targ
     if config.distill is not None:
         raise RunError(f"{teacher_dir} is itself a student (of {config.distill.teacher}); distill its teacher instead")
     d = config.diffusion
+    if d.parameterization != "edm":  # the student starts as its teacher's network, read through c_skip, c_out
+        raise RunError(f"{teacher_dir} predicts {d.parameterization}, and a student begins from its teacher's network "
+                       f"read through EDM-like coefficients (an {d.parameterization} network would start far from its "
+                       f"teacher): distill a run of the edm recipe (the default)")
     step = sampling_weights(teacher_dir)[1]
     config.distill = DistillConfig(teacher=str(teacher_dir.resolve()), teacher_step=step, nfe=nfe,
                                    sigmas=tuple(student_sigmas(nfe, d.sigma_min, d.sigma_max)), grid_steps=grid_steps,
