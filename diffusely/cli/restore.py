@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from ..pipelines.restore import HOW
+from ..restoration.operators import TASKS
 from .flags import COUNT, INFERENCE, QUIET, SAMPLING, Finite, seed_option, stack
 from .sample import device, writable
 
@@ -85,7 +87,7 @@ def _print_scores(rows: list[dict]) -> None:
 @click.command()
 @click.argument("run_dir", type=click.Path())
 @click.argument("source", metavar="INPUT", type=click.Path(exists=True))
-@click.option("--task", required=True, type=click.Choice(["inpaint", "upscale", "mri", "deblur"]),
+@click.option("--task", required=True, type=click.Choice(list(TASKS)),
               help="The measurement: a mask, an average pool, undersampled k-space, a Gaussian blur.")
 @OUT
 @click.option("--mask", type=click.Path(dir_okay=False, exists=True),
@@ -94,7 +96,7 @@ def _print_scores(rows: list[dict]) -> None:
 @click.option("--acceleration", type=float, help="mri: the undersampling (default 4: a quarter of the lines).")
 @click.option("--mask-seed", type=click.IntRange(0), default=0, show_default=True,
               help="mri: seed of the random phase-encode lines (the centre is always measured).")
-@click.option("--how", type=click.Choice(["project", "dps", "repaint"]), default="project", show_default=True,
+@click.option("--how", type=click.Choice(HOW), default="project", show_default=True,
               help="Data consistency: project (DDNM), dps (gradient through the network, ~3x slower) or repaint.")
 @click.option("--measured", is_flag=True, help="INPUT is the measurement: a low-res image (upscale), a blurred one "
               "(deblur), the known pixels (inpaint) or a zero-filled image made with --mask-seed's mask (mri). "

@@ -32,7 +32,7 @@ from ..data import DataError, to_tensor, to_uint8
 from ..data.images import decode
 from ..metrics.restoration import calibration, consistency_error, psnr, ssim
 from ..restoration import TASKS, Projected, img2img as sdedit, make_operator, repaint, restore as consistent_sample
-from ..restoration.operators import MeasurementError
+from ..restoration.operators import TASK_OPTIONS, MeasurementError
 from ..samplers import sample
 from .conditioning import conditioning
 from .generate import _refuse_existing, _write_sample, sampling_plan
@@ -191,7 +191,7 @@ def measurement(task: str, size: int, *, mask=None, scale=None, acceleration=Non
     """The operator of `task` for size x size images, its options checked with the flag that sets them named."""
     if task not in TASKS:
         raise MeasurementError(f"unknown --task {task!r}; choose one of: {', '.join(TASKS)}")
-    takes = {"inpaint": ("mask",), "upscale": ("scale",), "mri": ("acceleration",), "deblur": ()}[task]
+    takes = TASK_OPTIONS[task]  # the flags here are a subset of the operator's options (restoration.operators)
     foreign = [f"--{k}" for k, v in {"mask": mask, "scale": scale, "acceleration": acceleration}.items()
                if v is not None and k not in takes]
     if foreign:
