@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -47,7 +48,9 @@ class Unreadable(ValueError):
 
 # ------------------------------------------------------------------------------------------------------ locks
 
-_held: dict[Path, int] = {}  # directory -> how many times this process entered run_lock on it
+# (thread, directory) -> how many times that thread entered run_lock on it: re-entry is per thread, so two
+# threads of one process (the UI's jobs) exclude each other as two processes do
+_held: dict[tuple[int, Path], int] = {}
 
 
 def _holder(path: Path) -> str:
@@ -65,7 +68,8 @@ def run_lock(directory: str | Path, command: str):
 
     The directory is created if needed. A second process gets Busy naming the holder's PID and command. The
     kernel drops the lock when the holder exits, even on kill -9, so a dead job never leaves a stale lock;
-    the PID and command written in the file only feed the message. Re-entering in the same process is allowed.
+    the PID and command written in the file only feed the message. The thread holding it may enter again;
+    another thread of the same process gets Busy, as another process does.
     A directory this call made is removed again if the work left nothing in it (refused input leaves no trace).
     """
     directory = Path(directory)
@@ -74,7 +78,7 @@ def run_lock(directory: str | Path, command: str):
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise NotWritable(_why(directory, e)) from None
-    key = directory.resolve()
+    key = (threading.get_ident(), directory.resolve())
     if key in _held:
         _held[key] += 1
         try:

@@ -68,6 +68,26 @@ def test_lock_is_reentrant_in_one_process_and_released_after(tmp_path):
     assert try_lock(run).returncode == 0
 
 
+def test_another_thread_of_the_holder_is_refused(tmp_path):
+    """The UI runs jobs in threads: a second thread must not slip into a run another thread holds."""
+    import threading
+
+    errors = []
+    with run_lock(tmp_path, "train"):
+        def second():
+            try:
+                with run_lock(tmp_path, "synth"):
+                    pass
+            except Busy as e:
+                errors.append(str(e))
+        thread = threading.Thread(target=second)
+        thread.start()
+        thread.join()
+    assert len(errors) == 1 and f"in use by process {os.getpid()} (train)" in errors[0]
+    with run_lock(tmp_path, "synth"):  # released: the next one gets it
+        pass
+
+
 def readonly_mount(path: Path):
     """A read-only directory that even root cannot write: a read-only tmpfs (root) or mode 0o500 (others)."""
     path.mkdir()
