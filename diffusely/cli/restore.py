@@ -17,6 +17,9 @@ OUT = stack(click.option("--out", "out_dir", required=True, type=click.Path(file
                          "folder holding any of them is refused)."))
 CLASS = click.option("--class", "classes", multiple=True, metavar="NAME", help="Of this class (a class run).")
 GUIDANCE = click.option("--guidance", type=Finite(), help="Classifier-free guidance scale towards --class/--prompt.")
+# what every command here ends with: the draws and how they are sampled, then (after the conditions) the arithmetic
+DRAWING = stack(DRAWS, SAMPLING, seed_option(help="Draw i of input j uses seed + j * n + i."))
+RUNNING = stack(INFERENCE, QUIET)
 
 
 def _load(run_dir, out_dir, precision, cuda_graphs):
@@ -48,13 +51,10 @@ def _written(out_dir, count, k):
 @OUT
 @click.option("--consistent", is_flag=True, help="Also project each estimate onto the images that average-pool to "
               "INPUT (as restore does): every result pools back to its input exactly.")
-@DRAWS
-@SAMPLING
-@seed_option(help="Draw i of input j uses seed + j * n + i.")
+@DRAWING
 @CLASS
 @GUIDANCE
-@INFERENCE
-@QUIET
+@RUNNING
 def upscale(run_dir, source, out_dir, overwrite, consistent, k, steps, nfe, sampler, seed, classes, guidance, precision,
             cuda_graphs, quiet):
     """Upscale INPUT (a low-res image, or a folder of them) with a super-resolution run (`train --task upscale`).
@@ -104,13 +104,10 @@ def _print_scores(rows: list[dict]) -> None:
 @click.option("--dps-scale", type=Finite(at_least=0), default=1.0, show_default=True, help="dps: the step (1: whole).")
 @click.option("--resample", type=click.IntRange(1, 100), default=10, show_default=True,
               help="repaint: times each step is redone.")
-@DRAWS
-@SAMPLING
-@seed_option(help="Draw i of input j uses seed + j * n + i.")
+@DRAWING
 @CLASS
 @GUIDANCE
-@INFERENCE
-@QUIET
+@RUNNING
 def restore(run_dir, source, task, out_dir, overwrite, mask, scale, acceleration, mask_seed, how, measured, dps_scale,
             resample, k, steps, nfe, sampler, seed, classes, guidance, precision, cuda_graphs, quiet):
     """Restore INPUT (an image, or a folder) with any pixel run and a measurement: every sample agrees with
@@ -142,15 +139,12 @@ def restore(run_dir, source, task, out_dir, overwrite, mask, scale, acceleration
 @OUT
 @click.option("--strength", type=Finite(at_least=0), default=0.6, show_default=True,
               help="How far to noise the image, 0..1 (0 keeps it, 1 redraws it).")
-@DRAWS
-@SAMPLING
-@seed_option(help="Draw i of input j uses seed + j * n + i.")
+@DRAWING
 @CLASS
 @click.option("--prompt", "prompts", multiple=True, metavar="TEXT", help="Towards this prompt (a text run).")
 @click.option("--negative-prompt", "negative_prompts", multiple=True, metavar="TEXT", help="Away from this prompt.")
 @GUIDANCE
-@INFERENCE
-@QUIET
+@RUNNING
 def img2img(run_dir, source, out_dir, overwrite, strength, k, steps, nfe, sampler, seed, classes, prompts,
             negative_prompts, guidance, precision, cuda_graphs, quiet):
     """Transform INPUT (an image of the run's size, or a folder) by SDEdit: noise it part way, sample back down.
