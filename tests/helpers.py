@@ -47,3 +47,17 @@ def time_limit(seconds: float):
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+def train_tiny_folder_run(root):
+    """A run trained for 3 steps on a folder of 24 shapes (16 x 16) under `root`: (run directory, the folder)."""
+    from click.testing import CliRunner
+
+    from diffusely.cli import main
+    from diffusely.data.shapes import write_shapes_folder
+
+    write_shapes_folder(root / "images", 24, size=16, seed=1)
+    r = CliRunner().invoke(main, ["train", str(root / "images"), "--out", str(root / "run"), "--steps", "3",
+                                  *TINY_ARGS], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    return root / "run", root / "images"

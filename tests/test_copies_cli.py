@@ -25,7 +25,7 @@ from diffusely.pipelines import synth as synth_module
 from diffusely.pipelines.synth import copy_detector, synthesize
 from diffusely.train import train
 
-from helpers import TINY_ARGS
+from helpers import train_tiny_folder_run
 
 FAST = ["--domain-steps", 5, "--batch-size", 8, "--quiet"]
 
@@ -37,11 +37,7 @@ def run(*args):
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A run trained for 3 steps on a folder of 24 shapes (16 x 16), and that folder."""
-    root = tmp_path_factory.mktemp("copies")
-    write_shapes_folder(root / "images", 24, size=16, seed=1)
-    r = run("train", root / "images", "--out", root / "run", "--steps", 3, *TINY_ARGS)
-    assert r.exit_code == 0, r.output
-    return root / "run", root / "images"
+    return train_tiny_folder_run(tmp_path_factory.mktemp("copies"))
 
 
 def test_eval_reports_copies_beside_fd_and_draws_copies_png(tiny, tmp_path):

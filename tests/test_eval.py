@@ -12,7 +12,7 @@ from diffusely.cli import main
 from diffusely.data.shapes import write_shapes_folder
 from diffusely.metrics import fit_domain_features, save_domain_features
 
-from helpers import TINY_ARGS
+from helpers import train_tiny_folder_run
 
 FAST = ["--domain-steps", 5, "--batch-size", 8, "--quiet"]
 
@@ -24,11 +24,7 @@ def run(*args):
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A run trained for 3 steps on a folder of 24 shapes (16 x 16), and that folder."""
-    root = tmp_path_factory.mktemp("eval")
-    write_shapes_folder(root / "images", 24, size=16, seed=1)
-    r = run("train", root / "images", "--out", root / "run", "--steps", 3, *TINY_ARGS)
-    assert r.exit_code == 0, r.output
-    return root / "run", root / "images"
+    return train_tiny_folder_run(tmp_path_factory.mktemp("eval"))
 
 
 def test_eval_samples_and_writes_eval_json(tiny):
