@@ -59,19 +59,20 @@ def write_folder(folder: Path, images: np.ndarray) -> Path:
 
 def snapshots(args, dataset: str, count: int, held: Path, out: Path) -> list[dict]:
     """Train on the first `count` images of `dataset` (seed 0), measuring it at each of args.evals steps."""
+    evals = [s for s in args.evals if s <= args.stop.get(count, max(args.evals))]
     images = write_folder(out / "data" / f"{dataset}-{count}", BUILTIN[dataset](SIZE, 0, count=count).images)
     run_dir = out / "runs" / f"{dataset}-{count}"
     shutil.rmtree(run_dir, ignore_errors=True)  # a run of an earlier invocation: trained again from the start
     config = RunConfig(model=UNetConfig(channels=args.channels, dropout=args.dropout,
                                         **({"blocks_per_level": 1, "groups": 8} if args.quick else {})),
                        data=DataConfig(source=str(images), image_size=SIZE, flip=not args.no_flip),
-                       train=TrainConfig(steps=max(args.evals), batch_size=args.batch_size, decay_from=1.0,
-                                         warmup_steps=min(200, min(args.evals) // 2), checkpoint_every=min(args.evals),
-                                         sample_every=max(args.evals), keep=1))
+                       train=TrainConfig(steps=max(evals), batch_size=args.batch_size, decay_from=1.0,
+                                         warmup_steps=min(200, min(evals) // 2), checkpoint_every=min(evals),
+                                         sample_every=max(evals), keep=1))
     rows, started = [], time.perf_counter()
 
     def measure(step: int) -> None:
-        if step not in args.evals:
+        if step not in evals:
             return
         trained = time.perf_counter() - started - sum(r["eval_seconds"] for r in rows)
         t = time.perf_counter()
@@ -141,6 +142,8 @@ def main():
     p.add_argument("--datasets", default=None, help="Comma-separated built-in names (default shapes,defects).")
     p.add_argument("--sizes", default=None, help="Training-set sizes (default 50,200,1000).")
     p.add_argument("--evals", default=None, help="Steps to measure at (default 250,500,1000,2000,4000).")
+    p.add_argument("--stop", default="", help="Fewer steps for some set sizes, e.g. 200=2000,1000=2000: large sets "
+                   "copy last, so the longest runs are spent on the smallest.")
     p.add_argument("--channels", default=None, help="U-Net channels per level (default 32,64,64).")
     p.add_argument("--samples", type=int, default=None, help="Samples per measurement (default 500).")
     p.add_argument("--dropout", type=float, default=0.0, help="U-Net dropout (a recipe choice to compare).")
@@ -150,6 +153,7 @@ def main():
     args.datasets = (args.datasets or ("shapes" if q else "shapes,defects")).split(",")
     args.sizes = [int(s) for s in (args.sizes or ("50,200" if q else "50,200,1000")).split(",")]
     args.evals = [int(s) for s in (args.evals or ("20,40,80" if q else "250,500,1000,2000,4000")).split(",")]
+    args.stop = dict(tuple(int(v) for v in item.split("=")) for item in args.stop.split(",") if item)
     args.channels = tuple(int(c) for c in (args.channels or ("16,32" if q else "32,64,64")).split(","))
     args.samples = args.samples or (64 if q else 500)
     args.sample_steps, args.batch_size = (6, 16) if q else (18, 32)
