@@ -19,13 +19,17 @@ from .nets.unet import UNetConfig
 from .samplers import SAMPLERS
 from .schedules import VP_SCHEDULES, DiscreteSchedule
 
-CONFIG_VERSION = 1
+# version 2: flips off by default (data.flip), as EDM and diffusers; a version-1 file without data.flip meant true
+CONFIG_VERSION = 2
+OLD_DEFAULTS = {1: {"data": {"flip": True}}}
 MAX_IMAGE_SIZE = 4096  # pixels a side: past this a batch cannot fit in memory, and 100000 is a typo, not a wish
 MAX_WIDTH = 4096  # a level's channels: a width of 2**40 is a typo, and would end as "out of memory"
 # noise levels a float32 sample can carry: below 1e-5 the noise is lost in the rounding of x ~ 1 (and 1e-300 is 0);
 # above 1e10 sigma**2 nears float32's limit (3.4e38 at 1.8e19); every VP schedule of up to 4000 steps fits (linear: 6e8)
 SIGMA_RANGE = (1e-5, 1e10)
 MAX_SEED = 2**63 - 1  # seeds feed numpy's SeedSequence and torch generators, which take 0..2**63 - 1
+# a power-function EMA's sigma_rel below sqrt(1/12) ~ 0.2887, where its exponent is 0: the plain average of all steps
+SIGMA_REL_MAX = 0.28
 
 
 @dataclass
@@ -113,7 +117,7 @@ class DataConfig:
     image_size: int = 32
     channels: int = 3
     classes: bool = False
-    flip: bool = True
+    flip: bool = False  # random horizontal flips: wrong for data whose mirror image means something else (text, scans)
     class_names: tuple[str, ...] = ()
     max_shapes: int = 1
     layout: bool = False
@@ -243,12 +247,22 @@ class TrainConfig(TrainingSchedule):
     ema_rampup: float = 0.1  # EMA half-life at most this fraction of the images seen so far (EDM: 0.05)
     compile: bool = False  # torch.compile the network for training steps (pays on GPUs; see benchmarks/NOTES.md)
     activation_checkpointing: bool = False  # recompute block activations in the backward pass: less memory
+    # EDM2's post-hoc EMA (docs/ema.md): the sigma_rel of each power-function EMA tracked (EDM2: 0.05, 0.1; none:
+    # off), each stored every posthoc_every steps in RUN/posthoc/ for `diffusely ema RUN --length L`
+    posthoc_ema: tuple[float, ...] = ()
+    posthoc_every: int = 500
 
     def __post_init__(self):
         super().__post_init__()
         check_number("train.ema_halflife_images", self.ema_halflife_images)
         if self.ema_rampup is not None:
             check_number("train.ema_rampup", self.ema_rampup, open_low=True)
+        self.posthoc_ema = tuple(self.posthoc_ema)
+        for i, sigma_rel in enumerate(self.posthoc_ema):
+            check_number(f"train.posthoc_ema[{i}]", sigma_rel, 0, SIGMA_REL_MAX, open_low=True)
+        if len(set(self.posthoc_ema)) < len(self.posthoc_ema):
+            raise ConfigError(f"train.posthoc_ema {list(self.posthoc_ema)} repeats a value; give distinct sigma_rels")
+        check_count("train.posthoc_every", self.posthoc_every)
 
 
 @dataclass
@@ -293,6 +307,7 @@ class RunConfig(JsonConfig):
     latent: typing.Optional[LatentConfig] = None
     distill: typing.Optional[DistillConfig] = None  # a student run: of which teacher, at which NFE
     version: int = CONFIG_VERSION
+    OLD_DEFAULTS = OLD_DEFAULTS
 
     def __post_init__(self):
         _check_network(self.model, ("num_classes", "context_dim", "layout_channels", "lowres_channels", "emb_dim",
@@ -363,6 +378,7 @@ class AutoencoderRunConfig(JsonConfig):
     train: AutoencoderTrainConfig = field(default_factory=AutoencoderTrainConfig)
     kind: str = "autoencoder"
     version: int = CONFIG_VERSION
+    OLD_DEFAULTS = OLD_DEFAULTS
 
     def __post_init__(self):
         check_choice("kind", self.kind, ("autoencoder",))
