@@ -28,8 +28,7 @@ MAX_WIDTH = 4096  # a level's channels: a width of 2**40 is a typo, and would en
 # above 1e10 sigma**2 nears float32's limit (3.4e38 at 1.8e19); every VP schedule of up to 4000 steps fits (linear: 6e8)
 SIGMA_RANGE = (1e-5, 1e10)
 MAX_SEED = 2**63 - 1  # seeds feed numpy's SeedSequence and torch generators, which take 0..2**63 - 1
-# a power-function EMA's sigma_rel below sqrt(1/12) ~ 0.2887, where its exponent is 0: the plain average of all steps
-SIGMA_REL_MAX = 0.28
+SIGMA_REL_MAX = 0.28  # a power-function EMA's width, below sqrt(1/12) (exponent 0: the plain average of all steps)
 
 
 @dataclass
@@ -257,7 +256,6 @@ class TrainConfig(TrainingSchedule):
         check_number("train.ema_halflife_images", self.ema_halflife_images)
         if self.ema_rampup is not None:
             check_number("train.ema_rampup", self.ema_rampup, open_low=True)
-        self.posthoc_ema = tuple(self.posthoc_ema)
         for i, sigma_rel in enumerate(self.posthoc_ema):
             check_number(f"train.posthoc_ema[{i}]", sigma_rel, 0, SIGMA_REL_MAX, open_low=True)
         if len(set(self.posthoc_ema)) < len(self.posthoc_ema):
