@@ -10,6 +10,7 @@
     cli/interop.py    import-diffusers, export
     cli/ui.py         ui (the web page, diffusely.ui)
     cli/distill.py    distill
+    cli/ema.py        ema (post-hoc EMA)
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import click
 
 from .distill import distill
+from .ema import ema
 from .errors import Group
 from .interop import export, import_diffusers_command
 from .restore import img2img, restore, upscale
@@ -37,5 +39,6 @@ for command in (train, train_autoencoder, sample, synth, optimize_schedule, forw
                 restore, img2img, import_diffusers_command, export, distill):
     main.add_command(command)
 main.add_command(ui)
+main.add_command(ema)
 
 __all__ = ["main"]

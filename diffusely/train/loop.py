@@ -28,7 +28,7 @@ from ..samplers import sample
 from .common import (Dist, Tracker, adamw, autocast, check_room, locked, lr_at, optimize, resume_state, run_config,
                      seeded_generator, set_lr, setup_distributed, start_log)
 from .data import TrainingSet, encode_captions, prepare_data
-from .ema import ema_beta, make_ema, update_ema
+from .ema import PowerEMA, ema_beta, make_ema, update_ema
 from .latents import Latents, prepare_latents
 
 LOG_FIELDS = ["step", "loss", "lr", "images_per_second", "seconds"]
@@ -49,11 +49,11 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, progr
         tc = config.train
         torch.manual_seed(tc.seed)  # the initial weights
         model = build_model(config).to(device)
-        ema, optimizer = make_ema(model), adamw(model, tc, tc.lr, device)
-        start = 0 if not resume else resume_state(run_dir, {"model": model, "ema": ema}, {"optim": optimizer}, device,
-                                                  tc.steps)
+        ema, optimizer, phema = make_ema(model), adamw(model, tc, tc.lr, device), PowerEMA(model, tc.posthoc_ema)
+        modules = {"model": model, "ema": ema, **phema.modules}  # phema: EDM2's post-hoc EMA, where asked for
+        start = 0 if not resume else resume_state(run_dir, modules, {"optim": optimizer}, device, tc.steps)
         if d.main:
-            check_room(run_dir, {"model": model, "ema": ema}, {"optim": optimizer}, tc.keep)
+            check_room(run_dir, modules, {"optim": optimizer}, tc.keep)
             start_log(run_dir, config, start, LOG_FIELDS)
             if "layout" in config.conditions:
                 save_layouts(run_dir, config.data.class_names, config.data.image_size, data.boxes)
@@ -61,7 +61,7 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, progr
         weight_fn, mixed_precision = weighting(config.diffusion.weighting), autocast(tc.precision, device)
         batches = TrainingSet(config, data, conds, latents, device, d)
         save = lambda step: save_checkpoint(run_dir, model=model, ema=ema, optimizer=optimizer, step=step,  # noqa: E731
-                                            keep=tc.keep)
+                                            keep=tc.keep, more=phema.modules)
         tracker = Tracker(run_dir, LOG_FIELDS, tc, start, d, save, desc="training", progress=progress,
                           on_checkpoint=on_checkpoint, number="{:.6f}", should_stop=should_stop)
         model.train()
@@ -74,6 +74,9 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, progr
             optimize(optimizer, loss, model, tc.grad_clip)
             images_seen = (step + 1) * tc.batch_size * d.world
             update_ema(ema, model, ema_beta(tc.batch_size * d.world, images_seen, tc.ema_halflife_images, tc.ema_rampup))
+            phema.update(model, step + 1)
+            if d.main:
+                phema.store(run_dir, step + 1, tc.posthoc_every, tc.steps)
             done = tracker.after(step, {"loss": loss.item()}, lr_at(step, tc))
             # after the checkpoint, so a failing grid never costs the steps before it
             if d.main and (done % tc.sample_every == 0 or done == tc.steps):

@@ -1,0 +1,37 @@
+"""`diffusely ema`: EDM2's post-hoc EMA, an EMA of any length reconstructed from a run's snapshots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .flags import Finite
+from .sample import writable
+
+
+@click.command("ema")
+@click.argument("run_dir", type=click.Path())
+@click.option("--length", type=Finite(above=0), required=True,
+              help="The EMA's length as EDM2's sigma_rel, its width relative to the run's steps, in (0, 0.28] "
+                   "(EDM2's best: around 0.05 to 0.15).")
+@click.option("--out", type=click.Path(dir_okay=False),
+              help="Write the weights to this .safetensors file instead of the run's model.safetensors.")
+def ema(run_dir, length, out):
+    """Reconstruct the EMA of --length from the run's power-function EMA snapshots (EDM2's post-hoc EMA) and make
+    it the run's sampling weights, or write it to --out. A run stores snapshots when its config sets
+    train.posthoc_ema (docs/ema.md); `diffusely eval RUN --ema-length 0.05,0.1,0.2` measures lengths first.
+
+    \b
+    diffusely ema runs/shapes --length 0.1
+    diffusely ema runs/shapes --length 0.05 --out runs/shapes-ema005.safetensors
+    """
+    from ..train.posthoc import write_reconstruction
+
+    writable(Path(out).parent if out else run_dir)
+    path, r = write_reconstruction(run_dir, length, out)
+    sigma_rels = sorted({s.sigma_rel for s in r.snapshots})
+    click.echo(f"EMA of length {length:g} at step {r.step}, from {len(r.snapshots)} snapshots (sigma_rel "
+               f"{', '.join(f'{s:g}' for s in sigma_rels)}); its profile is {r.error:.2%} off the exact one")
+    click.echo(f"wrote {path}" + ("  (the run's sampling weights: sample, eval and the rest now use them)"
+                                  if out is None else ""))
