@@ -48,9 +48,12 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def new_run_config(data: Optional[str], options: dict, config_file: Optional[str] = None) -> RunConfig:
+def new_run_config(data: Optional[str], options: dict, config_file: Optional[str] = None,
+                   run_dir: Optional[str | Path] = None) -> RunConfig:
     """The RunConfig of a new diffusion run on `data` (a folder or a built-in name), from `config_file`'s
-    config.json (or the defaults) with the given options over it. Raises ConfigError naming the option."""
+    config.json (or the defaults) with the given options over it. Raises ConfigError naming the option.
+    A text run into `run_dir` diffuses in the latents of its own autoencoder (RUN_DIR/autoencoder, trained first:
+    train.latents) unless --pixels, --autoencoder or small images say otherwise."""
     if data is None:
         raise ConfigError("give the DATA to train on: a folder of images or a built-in name (shapes)")
     if options.get("scale") is not None and (options.get("task") or "generate") != "upscale":
@@ -69,6 +72,7 @@ def new_run_config(data: Optional[str], options: dict, config_file: Optional[str
     if options.get("text") or options.get("text_encoder"):
         config.text = TextConfig(**{**config.text.__dict__, "encoder": options.get("text_encoder") or "scratch"})
         config.data.flip = False  # a mirrored image would contradict captions that say left and right
+        _text_defaults(config, options, config_file, run_dir)
     if options.get("autoencoder"):
         if config.data.modality == "video":  # the autoencoder encodes images; per-frame latents are not wired yet
             raise ConfigError("--autoencoder trains on latents of images; a video run trains on its frames' pixels: "
@@ -77,6 +81,17 @@ def new_run_config(data: Optional[str], options: dict, config_file: Optional[str
     _validate(config, options)
     _check_frames(config)
     return config
+
+
+def _text_defaults(config: RunConfig, options: dict, config_file: Optional[str], run_dir) -> None:
+    """A new text run: one to three shapes an image on the built-in shapes, and latent diffusion on an autoencoder
+    of its own (see train.latents.latent_by_default) unless --pixels or --autoencoder is given."""
+    from .train.latents import TEXT_MAX_SHAPES, latent_by_default, use_own_autoencoder
+
+    if config.data.source == "shapes" and options.get("max_shapes") is None and not config_file:
+        config.data.max_shapes = TEXT_MAX_SHAPES
+    if run_dir is not None and not options.get("pixels") and not options.get("autoencoder") and latent_by_default(config):
+        use_own_autoencoder(config, run_dir, attention_given=options.get("attention_levels") is not None)
 
 
 def _refuse_student(config: RunConfig, config_file: Optional[str]) -> None:
@@ -127,6 +142,9 @@ def resumed_config(run_dir: str | Path, data: Optional[str], options: dict, cls:
     --steps below the step the checkpoint is at. Returns (config, the checkpoint's step)."""
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG).is_file():
+        if (run_dir / "autoencoder" / CONFIG).is_file():  # a text run stopped while training its autoencoder
+            raise RunError(f"{run_dir} holds only its autoencoder, stopped before the text model began: run the "
+                           f"command that started it again, without --resume; it goes on from the autoencoder's checkpoint")
         raise RunError(f"nothing to resume in {run_dir}: it has no {CONFIG}; drop --resume to start a new run")
     for name in ("config_file", "autoencoder"):
         if options.get(name):

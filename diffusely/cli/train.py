@@ -18,7 +18,7 @@ def _config(data, run_dir, resume: bool, options: dict, cls):
         return resumed_config(run_dir, data, options, cls)
     if cls is AutoencoderRunConfig:
         return new_autoencoder_config(data, options), 0
-    return new_run_config(data, options, options.get("config_file")), 0
+    return new_run_config(data, options, options.get("config_file"), run_dir), 0
 
 
 def _steps_line(start: int, end: int) -> str:
@@ -62,6 +62,10 @@ def _steps_line(start: int, end: int) -> str:
                    "3-D ones.")
 @click.option("--autoencoder", type=click.Path(file_okay=False),
               help="Latent diffusion: learn the latents of this autoencoder run (`diffusely train-autoencoder`).")
+@click.option("--pixels", is_flag=True, default=None, help="A text run diffuses in pixels, without the autoencoder "
+              "it otherwise trains into RUN_DIR/autoencoder first (images of 32 px and more).")
+@click.option("--autoencoder-steps", type=click.IntRange(1), help="Steps of the autoencoder a text run trains for "
+              "itself (default 600; 1500 past 32 px).")
 @click.option("--compile/--no-compile", "compile", default=None,
               help="torch.compile the network for training (minutes to compile; for GPUs, see benchmarks/NOTES.md). "
                    + RESUMABLE_HELP)
@@ -75,7 +79,7 @@ def train(data, run_dir, resume, quiet, **options):
     \b
     diffusely train shapes --out runs/shapes --steps 2000
     diffusely train ~/photos --out runs/photos --image-size 64 --channels 64,128,256,256
-    diffusely train shapes --out runs/text --text --max-shapes 2
+    diffusely train shapes --out runs/text --text      (its autoencoder first, into runs/text/autoencoder)
     diffusely train shapes --image-size 64 --autoencoder runs/ae64 --out runs/latent64
     diffusely train moving-shapes --classes --factorised --out runs/video
     diffusely train defects --image-size 64 --layout --out runs/defects
@@ -84,7 +88,10 @@ def train(data, run_dir, resume, quiet, **options):
     """
     from ..train import train as run_training
 
+    from ..train.latents import prepare_own_autoencoder
+
     config, start = _config(data, run_dir, resume, options, RunConfig)
+    prepare_own_autoencoder(config, run_dir, steps=options.get("autoencoder_steps"), progress=not quiet, say=click.echo)
     result = run_training(config, run_dir, resume=resume, progress=not quiet)
     click.echo(f"{_steps_line(start, result['step'])} (effective batch {result['effective_batch_size']}), "
                f"last loss {result['loss']:.4f}")

@@ -13,17 +13,18 @@ latents, and half the file), so a resumed run trains on exactly the latents the 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from .._files import Unreadable, load_tensors, save_tensors
-from ..checkpoint import RunError, autoencoder_dir, load_autoencoder
-from ..config import RunConfig
+from ..checkpoint import CONFIG, RunError, autoencoder_dir, load_autoencoder, read_config
+from ..config import AutoencoderRunConfig, RunConfig
 from ..data import DataError, to_tensor
 from ..nets.autoencoder import Autoencoder, LatentSpace, latent_scale
 
@@ -96,3 +97,76 @@ def _read_cache(path: Path, digest: str, count: int, flip: bool, device) -> tupl
         raise RunError(f"{path} holds latents of other data or another autoencoder than this run's; "
                        "delete it to encode the data again")
     return tensors["images"].float(), tensors["flipped"].float() if flip else None
+
+
+# ---------------------------------------------------------------------------------------------
+# a text run's own autoencoder: the latent default of `diffusely train DATA --text`
+
+OWN_AUTOENCODER = "autoencoder"  # RUN_DIR/autoencoder
+FACTOR = 4  # the autoencoder's default: 32 x 32 images become 8 x 8 latents
+MIN_LATENT_SIDE = 8  # smaller images (the tests' 16 px folders) stay in pixels: a 4 x 4 latent holds too little
+TEXT_MAX_SHAPES = 3  # a text run on the built-in shapes: captions of one to three shapes
+
+
+def latent_by_default(config: RunConfig) -> bool:
+    """Whether a new text run diffuses in the latents of an autoencoder of its own (RUN_DIR/autoencoder): 2-D
+    images generated from noise, large enough for an 8 x 8 latent, with no autoencoder of the user's."""
+    d = config.data
+    return (config.text.enabled and config.latent is None and d.modality == "image" and config.model.dims == 2
+            and d.task == "generate" and not d.layout and d.image_size // FACTOR >= MIN_LATENT_SIDE)
+
+
+def use_own_autoencoder(config: RunConfig, run_dir, attention_given: bool = False) -> None:
+    """Make `config` a latent run on RUN_DIR/autoencoder (trained by prepare_own_autoencoder before the run), with
+    self- and cross-attention at every level of the U-Net unless the levels were given: on an 8 x 8 latent every
+    level is small, and the text must reach the level that places the shapes (the largest) as well as the rest."""
+    config.use_autoencoder(Path(run_dir) / OWN_AUTOENCODER)
+    if not attention_given:
+        config.model.attention_levels = tuple(range(len(config.model.channels)))
+
+
+def own_autoencoder_config(config: RunConfig, steps: Optional[int] = None) -> AutoencoderRunConfig:
+    """The autoencoder a text run trains for itself, on the run's own data: the demo's (factor 4, 4 latent
+    channels, batch 16; 600 steps gave 33 dB on shapes), with random 32-pixel crops past 32 x 32 images (as
+    docs/latent.md's 64 x 64 autoencoder, 1500 steps)."""
+    from ..config import AutoencoderTrainConfig, DataConfig
+
+    size = config.data.image_size
+    steps = steps or (600 if size <= 32 else 1500)
+    data = DataConfig(source=config.data.source, image_size=size, channels=config.data.channels,
+                      max_shapes=config.data.max_shapes, outside=config.data.outside)
+    train = AutoencoderTrainConfig(steps=steps, crop_size=32 if size > 32 else 0, seed=config.train.seed,
+                                   precision=config.train.precision, checkpoint_every=min(200, steps),
+                                   sample_every=steps, warmup_steps=min(100, steps))
+    return AutoencoderRunConfig(data=data, train=train)
+
+
+def prepare_own_autoencoder(config: RunConfig, run_dir, *, steps: Optional[int] = None, progress: bool = True,
+                            say: Callable[[str], None] = lambda line: None) -> None:
+    """Train, resume or reuse the autoencoder of a run made by use_own_autoencoder, before the run trains on its
+    latents; nothing for other runs. An autoencoder left halfway (the command stopped) resumes from its
+    checkpoint; one of other data is refused. `say` hears a line of what is done."""
+    from ..options import checkpoint_step
+    from .autoencoder import train_autoencoder
+
+    ae_dir = Path(run_dir).resolve() / OWN_AUTOENCODER
+    if config.latent is None or Path(config.latent.autoencoder) != ae_dir:
+        return
+    resume = (ae_dir / CONFIG).is_file()
+    ae_config = read_config(ae_dir, AutoencoderRunConfig) if resume else own_autoencoder_config(config, steps)
+    theirs, ours = ae_config.data, config.data
+    fields = ("source", "image_size", "channels", "max_shapes")
+    if any(getattr(theirs, f) != getattr(ours, f) for f in fields):
+        raise RunError(f"{ae_dir} holds an autoencoder of other data ({', '.join(f'{f} {getattr(theirs, f)}' for f in fields)}) "
+                       f"than this run's; delete it, or train into another --out")
+    done = checkpoint_step(ae_dir) if resume else 0
+    if done >= ae_config.train.steps:
+        say(f"autoencoder: {ae_dir} (trained, {done} steps)")
+        return
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise RunError(f"a text run trains its autoencoder in one process: run `diffusely train-autoencoder "
+                       f"{ours.source} --image-size {ours.image_size} --out {ae_dir}` first, then this command again")
+    say(f"autoencoder: {'resuming' if done else 'training'} {ae_dir} ({ae_config.train.steps} steps"
+        f"{f', from step {done}' if done else ''}), then the text model on its latents")
+    result = train_autoencoder(ae_config, ae_dir, resume=resume, progress=progress)
+    say(f"autoencoder: {result['step']} steps, training PSNR {result.get('psnr', float('nan')):.1f} dB")
