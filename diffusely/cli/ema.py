@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from ..config import SIGMA_REL_MAX
 from .flags import Finite
 from .sample import writable
 
@@ -35,3 +36,31 @@ def ema(run_dir, length, out):
                f"{', '.join(f'{s:g}' for s in sigma_rels)}); its profile is {r.error:.2%} off the exact one")
     click.echo(f"wrote {path}" + ("  (the run's sampling weights: sample, eval and the rest now use them)"
                                   if out is None else ""))
+
+
+def _lengths(ctx, param, value):
+    """--ema-length 0.05,0.1,0.2 -> [0.05, 0.1, 0.2], each in (0, 0.28]."""
+    if value is None:
+        return []
+    try:
+        lengths = [float(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of numbers, e.g. 0.05,0.1,0.2") from None
+    if not lengths or not all(0 < v <= SIGMA_REL_MAX for v in lengths):
+        raise click.BadParameter(f"{value!r}: give lengths (sigma_rel) in (0, {SIGMA_REL_MAX}], e.g. 0.05,0.1,0.2")
+    return lengths
+
+
+EMA_LENGTH = click.option("--ema-length", "ema_lengths", callback=_lengths, metavar="L[,L...]",
+                          help="Sample with the post-hoc EMA of this length (sigma_rel) reconstructed from the run's "
+                               "snapshots (see `diffusely ema`); several, comma-separated, measure each and name the "
+                               "best.")
+
+
+def format_sweep(report: dict) -> str:
+    """The FD of each EMA length of an evaluate_ema_lengths report, the best marked."""
+    sweep = report["ema_sweep"]
+    lines = [f"  ema length {length:>6}  FD {fd:.4g}" + ("  <- best" if float(length) == sweep["best"] else "")
+             for length, fd in sweep["fd"].items()]
+    return "\n".join(["FD by post-hoc EMA length:", *lines, f"best: --ema-length {sweep['best']:g} "
+                      f"(make it the run's weights: diffusely ema RUN --length {sweep['best']:g})"])

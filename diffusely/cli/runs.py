@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 
 import click
 
+from .ema import EMA_LENGTH, format_sweep
 from .flags import COUNT, SAMPLER_OPTION, SAMPLING, seed_option
 from .sample import device, writable
 
@@ -53,9 +55,10 @@ def info(run_dir, as_json):
 @seed_option()
 @click.option("--batch-size", type=COUNT, default=64, show_default=True, help="Images per batch (bounds memory).")
 @SAMPLER_OPTION
+@EMA_LENGTH
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def eval_(run_dir, reference, count, samples, features, inception_weights, domain_file, domain_steps, reference_count,
-          held_out, steps, nfe, sampler, seed, batch_size, options, quiet):
+          held_out, steps, nfe, sampler, seed, batch_size, options, ema_lengths, quiet):
     """Measure a run's samples against real images: FD, KID, precision, recall, density, coverage; and
     whether they are near-copies of its training images (Carlini et al.'s ratio test, docs/eval.md).
 
@@ -65,27 +68,35 @@ def eval_(run_dir, reference, count, samples, features, inception_weights, domai
     diffusely eval runs/shapes --reference shapes -n 1000
     diffusely eval runs/photos --reference ~/photos --features inception --inception-weights pt_inception.pth
     diffusely eval runs/shapes --reference shapes --samples runs/shapes/generated
+    diffusely eval runs/shapes --reference shapes --ema-length 0.05,0.1,0.2
     """
     from ..metrics import format_copies, format_metrics
-    from ..pipelines.evaluate import EVAL_FILE, evaluate_run
+    from ..pipelines.evaluate import EVAL_FILE, evaluate_ema_lengths, evaluate_run
 
     writable(run_dir)
     if domain_file:
         writable(Path(domain_file).parent)
-    report = evaluate_run(run_dir, reference, count=count, samples=samples, features=features, sampler=sampler,
-                          steps=steps, nfe=nfe, seed=seed, batch_size=batch_size, inception_weights=inception_weights,
-                          domain_file=domain_file, domain_steps=domain_steps, reference_count=reference_count,
-                          held_out=held_out, device=device(), progress=not quiet, **options)
+    if ema_lengths and samples:
+        raise click.UsageError("--ema-length samples the run with those weights; it cannot measure --samples")
+    evaluate = (partial(evaluate_ema_lengths, lengths=ema_lengths) if len(ema_lengths) > 1 else
+                partial(evaluate_run, ema_length=ema_lengths[0] if ema_lengths else None))
+    report = evaluate(run_dir, reference, count=count, samples=samples, features=features, sampler=sampler,
+                      steps=steps, nfe=nfe, seed=seed, batch_size=batch_size, inception_weights=inception_weights,
+                      domain_file=domain_file, domain_steps=domain_steps, reference_count=reference_count,
+                      held_out=held_out, device=device(), progress=not quiet, **options)
     s, r = report["samples"], report["reference"]
     if s["source"] != "generated":
         how = s["source"]
     else:
         how = f"{s['sampler']}, " + (f"{s['steps']} steps, {s['nfe']} NFE" if s["steps"] else "adaptive steps")
+        how += f", post-hoc EMA length {s['ema_length']:g}" if "ema_length" in s else ""
     click.echo(f"{s['count']} samples ({how}) at step {report['step']} against {r['count'] or 'statistics of'} "
                f"reference images ({r['source']}), {report['features']} features")
     click.echo(format_metrics(report["metrics"]))
     click.echo(f"note: {report['comparable']}")
     click.echo(format_copies(report["copies"]))
+    if "ema_sweep" in report:
+        click.echo(format_sweep(report))
     click.echo(f"wrote {Path(run_dir) / EVAL_FILE}")
 
 

@@ -27,6 +27,7 @@ from ..metrics import (DomainFeatures, FeatureExtractor, FeatureStats, Inception
 from ..metrics.copies import copy_report, save_copies_figure
 from ..metrics.features import as_uint8
 from ..samplers import nfe as nfe_of
+from ..train.posthoc import load_posthoc_run
 from .generate import draw, recipe
 
 EVAL_FILE = "eval.json"
@@ -204,7 +205,8 @@ def evaluate_run(run_dir: str | Path, reference: str, *, count: Optional[int] = 
                  nfe: Optional[int] = None, seed: int = 0,
                  batch_size: int = 64, inception_weights: Optional[str] = None, domain_file: Optional[str] = None,
                  domain_steps: Optional[int] = None, reference_count: Optional[int] = None,
-                 held_out: Optional[str] = None, device="cpu", progress: bool = True, **options) -> dict:
+                 held_out: Optional[str] = None, ema_length: Optional[float] = None, device="cpu",
+                 progress: bool = True, **options) -> dict:
     """Measure a run's samples against `reference` and write RUN_DIR/eval.json; returns what it wrote.
 
     count: samples to draw (default 1000), or to read from the `samples` folder (default all).
@@ -213,13 +215,14 @@ def evaluate_run(run_dir: str | Path, reference: str, *, count: Optional[int] = 
     (FID's Inception-v3, weights from `inception_weights` or $DIFFUSELY_INCEPTION_WEIGHTS).
     The copy check ("copies", copy_check) measures the samples against the run's training images, and
     `held_out` (a folder; a built-in source brings its own) against them as the scale of a fresh image.
+    ema_length: sample with the EMA of that sigma_rel reconstructed from the run's snapshots (train/posthoc.py).
     """
     if features not in FEATURES:
         raise ValueError(f"unknown features {features!r}; choose one of: {', '.join(FEATURES)}")
     check_counts(count, reference_count)
     started = time.perf_counter()
     run_dir = Path(run_dir)
-    run = load_run(run_dir, device)
+    run = load_run(run_dir, device) if ema_length is None else load_posthoc_run(run_dir, ema_length, device)
     cfg = run.config
     size, channels = cfg.data.image_size, cfg.data.channels  # the images', also in a latent run
     # everything that can fail fast (files, sizes, weights) before the slow part, sampling
@@ -247,7 +250,7 @@ def evaluate_run(run_dir: str | Path, reference: str, *, count: Optional[int] = 
         "run_dir": str(run_dir), "step": run.step,
         "features": extractor.name, "comparable": COMPARABLE[features],
         "reference": {**identity, "count": len(ref_stats.features) if ref_stats.features is not None else None},
-        "samples": {**sample_info, "count": len(fake)},
+        "samples": {**sample_info, "count": len(fake), **({"ema_length": ema_length} if ema_length else {})},
         "metrics": metrics, "copies": copies,
         "seconds": round(time.perf_counter() - started, 1),
     }
@@ -255,6 +258,18 @@ def evaluate_run(run_dir: str | Path, reference: str, *, count: Optional[int] = 
         report["reference_stats"] = str(run_dir / EVAL_DIR / f"reference-{extractor.name}.npz")
         save_stats(report["reference_stats"], ref_stats)
     atomic_write_text(run_dir / EVAL_FILE, json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def evaluate_ema_lengths(run_dir: str | Path, reference: str, lengths: list[float], **options) -> dict:
+    """evaluate_run with the post-hoc EMA of each length (sigma_rel) in turn, the same samples' noise and the domain
+    features trained once; eval.json then holds the report of the length of lowest FD, the FD of each length under
+    "ema_sweep" (copies.png is the last length's)."""
+    reports = {length: evaluate_run(run_dir, reference, ema_length=length, **options) for length in lengths}
+    fd = {f"{length:g}": r["metrics"]["fd"] for length, r in reports.items()}
+    best = min(reports, key=lambda length: reports[length]["metrics"]["fd"])
+    report = {**reports[best], "ema_sweep": {"fd": fd, "best": best}}
+    atomic_write_text(Path(run_dir) / EVAL_FILE, json.dumps(report, indent=2) + "\n")
     return report
 
 
