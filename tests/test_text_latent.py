@@ -1,0 +1,127 @@
+"""Text-to-image as `train --text` makes it by default: latent diffusion on an autoencoder of the run's own, with the
+prompt reaching the U-Net in word order (cross-attention to position-aware tokens, their mean on the noise
+embedding)."""
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from diffusely.checkpoint import load_checkpoint, load_run
+from diffusely.cli import main
+from diffusely.data.shapes import render_shapes
+from diffusely.nets import UNet, UNetConfig
+from diffusely.nets.layers import masked_mean
+from diffusely.text import ScratchTextEncoder, TextUNet, WordTokenizer
+
+SWAPPED = ("a red circle left of a blue square", "a blue circle left of a red square")
+
+
+def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+def test_swapping_two_objects_colours_changes_the_conditioning():
+    """The two prompts hold the same words in another order. Word order must reach the network: the token of
+    "circle" (the same word at the same place in both) must know whether red or blue came before it, and the
+    pooled embedding the noise embedding gets must differ. A bag of words (no position embeddings) gives both
+    prompts the same pooled embedding and the same "circle" token, to float rounding."""
+    torch.manual_seed(0)
+    tokenizer = WordTokenizer.build(list(SWAPPED))
+    encoder = ScratchTextEncoder(len(tokenizer), tokenizer.max_tokens, width=32, layers=2, heads=4).eval()
+    unet = TextUNet(UNet(UNetConfig(in_channels=4, out_channels=4, channels=(16, 32), blocks_per_level=1,
+                                    attention_levels=(0, 1), head_channels=16, groups=8, context_dim=32)), encoder)
+    ids, mask = tokenizer.encode(list(SWAPPED) + [SWAPPED[0]])
+    with torch.no_grad():
+        context = encoder(ids, mask)  # (3, tokens, 32)
+        pooled = unet.unet.text_emb(masked_mean(context, mask))  # what is added to the noise embedding
+    circle = tokenizer.ids(SWAPPED[0]).index(tokenizer.index["circle"])
+    assert circle == tokenizer.ids(SWAPPED[1]).index(tokenizer.index["circle"])
+    # the same prompt twice: identical to float rounding, the yardstick of "more than float noise"
+    assert _relative(context[2], context[0]) < 1e-6 and _relative(pooled[2], pooled[0]) < 1e-6
+    assert _relative(context[1, circle], context[0, circle]) > 1e-3
+    assert _relative(masked_mean(context, mask)[1], masked_mean(context, mask)[0]) > 1e-3
+    assert _relative(pooled[1], pooled[0]) > 1e-3
+    # and the network's output: the same noisy latent, the two prompts, different estimates
+    x, label = torch.randn(1, 4, 8, 8).expand(2, -1, -1, -1), torch.zeros(2)
+    for p in unet.parameters():  # the zero-initialised output layers would hide the text entirely
+        if p.abs().sum() == 0:
+            torch.nn.init.normal_(p, std=0.02)
+    with torch.no_grad():
+        out = unet(x, label, text=ids[:2], text_mask=mask[:2])
+    assert _relative(out[1], out[0]) > 1e-3
+
+
+def _captioned_folder(root, count=12, size=32):
+    """Shapes images with their captions, the first four in a .txt beside the image, the rest in metadata.jsonl."""
+    data = render_shapes(count, size=size, seed=3, max_shapes=2)
+    root.mkdir()
+    rows = []
+    for i, (image, caption) in enumerate(zip(data.images, data.captions)):
+        Image.fromarray(image).save(root / f"{i:03d}.png")
+        if i < 4:
+            (root / f"{i:03d}.txt").write_text(caption)
+        else:
+            rows.append(json.dumps({"file_name": f"{i:03d}.png", "text": caption}))
+    (root / "metadata.jsonl").write_text("\n".join(rows) + "\n")
+    return data.captions
+
+
+def test_a_text_run_trains_its_autoencoder_then_samples_and_resumes(tmp_path):
+    """A user's captioned folder of 32 x 32 images through `train --text`: the autoencoder first, into
+    RUN/autoencoder, then the text model on its latents; samples decode to images; a prompt with unknown words
+    warns; --resume reuses the autoencoder as it is and continues the text model."""
+    captions = _captioned_folder(tmp_path / "photos")
+    run = tmp_path / "run"
+    common = ["--channels", "16,32", "--blocks-per-level", "1", "--batch-size", "4", "--checkpoint-every", "1",
+              "--sample-every", "100", "--quiet"]
+    r = CliRunner().invoke(main, ["train", str(tmp_path / "photos"), "--text", "--out", str(run), "--steps", "2",
+                                  "--autoencoder-steps", "2", *common], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert f"autoencoder: training {(run / 'autoencoder').resolve()} (2 steps)" in r.output
+    config = json.loads((run / "config.json").read_text())
+    assert config["latent"]["autoencoder"] == str((run / "autoencoder").resolve())
+    assert config["latent"]["autoencoder_step"] == 2 and config["model"]["in_channels"] == 4  # 8 x 8 x 4 latents
+    assert config["model"]["attention_levels"] == [0, 1] and config["text"]["encoder"] == "scratch"
+    assert config["diffusion"]["sigma_data"] == 1.0 and config["data"]["flip"] is False
+    assert sorted(WordTokenizer.load(run / "tokenizer.json").vocab[3:]) == sorted(set(" ".join(captions).split()))
+    ae_weights = (run / "autoencoder" / "checkpoint.safetensors").read_bytes()
+
+    r = CliRunner().invoke(main, ["sample", str(run), "-n", "2", "--steps", "2", "--quiet", "--prompt",
+                                  "a large red circle on a navy background", "--out", str(tmp_path / "s")])
+    assert r.exit_code == 0, r.output
+    assert [Image.open(p).size for p in sorted((tmp_path / "s").glob("*.png"))] == [(32, 32), (32, 32)]
+    with pytest.warns(UserWarning, match="never saw in its captions, read as unknown: crimson, disc"):
+        r = CliRunner().invoke(main, ["sample", str(run), "-n", "1", "--steps", "2", "--quiet", "--prompt",
+                                      "a crimson disc", "--out", str(tmp_path / "w")])
+    assert r.exit_code == 0, r.output
+
+    r = CliRunner().invoke(main, ["train", "--out", str(run), "--resume", "--steps", "3", "--quiet"],
+                           catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert f"autoencoder: {(run / 'autoencoder').resolve()} (trained, 2 steps)" in r.output
+    assert load_run(run).step == load_checkpoint(run).step == 3
+    assert (run / "autoencoder" / "checkpoint.safetensors").read_bytes() == ae_weights
+
+
+def test_pixels_and_small_images_keep_pixel_diffusion_and_a_half_trained_autoencoder_says_how_to_go_on(tmp_path):
+    """--pixels (and images too small for an 8 x 8 latent) train text models in pixels, as before; a run stopped
+    while its autoencoder trained tells --resume to run the starting command again."""
+    from diffusely.options import new_run_config, resumed_config
+
+    options = {"text": True, "image_size": 32}
+    assert new_run_config("shapes", options, run_dir=tmp_path / "a").latent is not None
+    assert new_run_config("shapes", {**options, "pixels": True}, run_dir=tmp_path / "a").latent is None
+    assert new_run_config("shapes", {**options, "image_size": 16}, run_dir=tmp_path / "a").latent is None
+    assert new_run_config("shapes", options).latent is None  # no run directory (a library caller): as before
+    assert new_run_config("shapes", options).data.max_shapes == 3
+    (tmp_path / "b" / "autoencoder").mkdir(parents=True)
+    (tmp_path / "b" / "autoencoder" / "config.json").write_text("{}")
+    try:
+        resumed_config(tmp_path / "b", None, {})
+    except ValueError as e:
+        assert "holds only its autoencoder" in str(e) and "without --resume" in str(e)
+    else:
+        raise AssertionError("resuming a run with only its autoencoder must say how to go on")
