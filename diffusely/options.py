@@ -91,7 +91,7 @@ def _text_defaults(config: RunConfig, options: dict, config_file: Optional[str],
     if config.data.source == "shapes" and options.get("max_shapes") is None and not config_file:
         config.data.max_shapes = TEXT_MAX_SHAPES
     if run_dir is not None and not options.get("pixels") and not options.get("autoencoder") and latent_by_default(config):
-        use_own_autoencoder(config, run_dir, attention_given=options.get("attention_levels") is not None)
+        use_own_autoencoder(config, run_dir, [name for name, value in options.items() if value is not None])
 
 
 def _refuse_student(config: RunConfig, config_file: Optional[str]) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -116,13 +116,18 @@ def latent_by_default(config: RunConfig) -> bool:
             and d.task == "generate" and not d.layout and d.image_size // FACTOR >= MIN_LATENT_SIDE)
 
 
-def use_own_autoencoder(config: RunConfig, run_dir, attention_given: bool = False) -> None:
-    """Make `config` a latent run on RUN_DIR/autoencoder (trained by prepare_own_autoencoder before the run), with
-    self- and cross-attention at every level of the U-Net unless the levels were given: on an 8 x 8 latent every
-    level is small, and the text must reach the level that places the shapes (the largest) as well as the rest."""
+def use_own_autoencoder(config: RunConfig, run_dir, given: Sequence[str] = ()) -> None:
+    """Make `config` a latent run on RUN_DIR/autoencoder (trained by prepare_own_autoencoder before the run). Unless
+    `given` (option names) holds them: self- and cross-attention at every level of the U-Net, since on an 8 x 8
+    latent every level is small and the text must reach the level that places the shapes (the largest) as well as
+    the rest; and one residual block a level, as the demo's latent run, which pays for that attention (on the
+    shared 2-core CPU channels 64,128,128 with one block and attention everywhere took a step in about the time of
+    two blocks and attention at level 1 alone)."""
     config.use_autoencoder(Path(run_dir) / OWN_AUTOENCODER)
-    if not attention_given:
+    if "attention_levels" not in given:
         config.model.attention_levels = tuple(range(len(config.model.channels)))
+    if "blocks_per_level" not in given:
+        config.model.blocks_per_level = 1
 
 
 def own_autoencoder_config(config: RunConfig, steps: Optional[int] = None) -> AutoencoderRunConfig:
