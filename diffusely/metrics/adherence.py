@@ -267,22 +267,29 @@ class AdherenceChecker:
             out["background"] = [int(reading.background == scene.background), 1]
         return {k: (r, n) for k, (r, n) in out.items() if n}
 
+    def scores(self, images: np.ndarray, scenes: Sequence[Scene]) -> list[dict[str, tuple[int, int]]]:
+        """`score` of each image against its scene: {attribute: (right, asked)} per image."""
+        if len(images) != len(scenes):
+            raise ValueError(f"got {len(images)} images for {len(scenes)} prompts")
+        return [self.score(reading, scene) for reading, scene in zip(self.read(images), scenes)]
+
     def adherence(self, images: np.ndarray, scenes: Sequence[Scene]) -> dict[str, float]:
         """Accuracy of each attribute over the images (right / asked), and `all`: the fraction of images with
         every asked attribute right."""
-        if len(images) != len(scenes):
-            raise ValueError(f"got {len(images)} images for {len(scenes)} prompts")
-        totals = {k: [0, 0] for k in ATTRIBUTES}
-        perfect = 0
-        for reading, scene in zip(self.read(images), scenes):
-            scores = self.score(reading, scene)
-            perfect += all(r == n for r, n in scores.values())
-            for k, (r, n) in scores.items():
-                totals[k][0] += r
-                totals[k][1] += n
-        out = {k: r / n for k, (r, n) in totals.items() if n}
-        out["all"] = perfect / len(scenes)
-        return out
+        return summarise(self.scores(images, scenes))
+
+
+def summarise(scores: Sequence[dict[str, tuple[int, int]]]) -> dict[str, float]:
+    """Per-image scores (AdherenceChecker.scores, or a subset of them: the prompts of one object count) -> the
+    accuracy of each attribute asked (right / asked) and `all`, the fraction of images with every one right."""
+    totals = {k: [0, 0] for k in ATTRIBUTES}
+    for image in scores:
+        for k, (r, n) in image.items():
+            totals[k][0] += r
+            totals[k][1] += n
+    out = {k: r / n for k, (r, n) in totals.items() if n}
+    out["all"] = sum(all(r == n for r, n in image.values()) for image in scores) / max(1, len(scores))
+    return out
 
 
 def _agree(reading: Reading, s: SeenShape, a: ShapeSpec) -> int:
