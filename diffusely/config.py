@@ -250,6 +250,7 @@ class TrainConfig(TrainingSchedule):
     # off), each stored every posthoc_every steps in RUN/posthoc/ for `diffusely ema RUN --length L`
     posthoc_ema: tuple[float, ...] = ()
     posthoc_every: int = 500
+    schedule_search: float = 0.1  # share of the training's compute spent, once it ends, on the default budgets' schedules
 
     def __post_init__(self):
         super().__post_init__()
@@ -261,6 +262,7 @@ class TrainConfig(TrainingSchedule):
         if len(set(self.posthoc_ema)) < len(self.posthoc_ema):
             raise ConfigError(f"train.posthoc_ema {list(self.posthoc_ema)} repeats a value; give distinct sigma_rels")
         check_count("train.posthoc_every", self.posthoc_every)
+        check_number("train.schedule_search", self.schedule_search)
 
 
 @dataclass

@@ -44,7 +44,7 @@ def test_eval_samples_and_writes_eval_json(tiny):
     # the domain network is kept and reused: the same features, the same numbers for the same samples
     # (heun's 2 steps are 3 network evaluations)
     assert (run_dir / "eval" / "domain_features.safetensors").is_file()
-    again = run("eval", run_dir, "--reference", images, "-n", 12, "--nfe", 3, *FAST)
+    again = run("eval", run_dir, "--reference", images, "-n", 12, "--nfe", 3, "--sampler", "heun", *FAST)
     assert again.exit_code == 0, again.output
     assert json.loads((run_dir / "eval.json").read_text())["metrics"] == report["metrics"]
 

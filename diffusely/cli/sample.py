@@ -43,6 +43,16 @@ def from_png(ctx: click.Context, image, run_dir, out_dir, overwrite, cuda_graphs
                    f"on another device or thread count can round differently")
 
 
+def drawn_with(plan, nfe) -> str:
+    """How a recipe draws, in words: "unipc, 5 steps, schedule optimised for this run; picked for --nfe 5"."""
+    if plan.steps is None:
+        return f"{plan.sampler.given}, adaptive steps"
+    schedule = "schedule optimised for this run" if plan.optimised else \
+        f"{plan.spacing if isinstance(plan.spacing, str) else 'karras' if plan.spacing is None else 'given'} spacing"
+    chosen = f"; picked for --nfe {nfe} (docs/samplers.md)" if plan.sampler.fallback else ""
+    return f"{plan.sampler.given}, {plan.steps} steps, {schedule}{chosen}"
+
+
 def given_frames(run, path) -> "torch.Tensor":
     """The first data.given_frames frames of the clip at `path`, at the run's size: (C, k, H, W) in [-1, 1]."""
     from ..data import to_grayscale, to_tensor
@@ -116,7 +126,7 @@ def sample(ctx, run_dir, count, steps, nfe, sampler, seed, out_dir, overwrite, f
         writable(Path(grid).parent)
     result = write_samples(run, out, count, fmt=fmt, seed=seed, grid=grid, overwrite=overwrite, steps=steps, nfe=nfe,
                            sampler=sampler, batch_size=batch_size, progress=not quiet, **asked, **options)
-    click.echo(f"wrote {result['count']} samples to {out}")
+    click.echo(f"wrote {result['count']} samples to {out} ({drawn_with(result['plan'], nfe)})")
     if grid:
         click.echo(f"grid: {grid}")
 

@@ -27,7 +27,9 @@ from .._util import generators, randn
 from ..checkpoint import LoadedRun, load_run
 from ..data import MODALITIES, to_uint8
 from ..nets.fast import sampling_precision
+from ..config import DiffusionConfig
 from ..samplers import check_options, nfe as nfe_of, resolve_sampler, resolve_steps, sample
+from ..samplers.defaults import budget_default
 from ..schedules import Spacing, get_sigmas
 from ..viz import save_grid
 from .conditioning import Conditioning, conditioning
@@ -44,14 +46,15 @@ def sample_shape(run: LoadedRun) -> tuple[int, ...]:
 
 class Sampler(str):
     """A sampler's name in SAMPLERS (a str, so it goes wherever a name does) that keeps what the name typed brings:
-    `given` ("DPM++ 2M Karras", or the name itself), its `spacing` (None: none of its own) and its `options`."""
+    `given` ("DPM++ 2M Karras", or the name itself), its `spacing` (None: none of its own) and its `options`;
+    `fallback`: the spacing of a sampler picked for a budget, where the run stores no schedule for it."""
 
-    def __new__(cls, given: str) -> "Sampler":
+    def __new__(cls, given: str, fallback: Optional[str] = None) -> "Sampler":
         if isinstance(given, Sampler):
             return given
         name, spacing, options = resolve_sampler(given)  # a ValueError lists every name taken
         self = super().__new__(cls, name)
-        self.given, self.spacing, self.options = str(given), spacing, options
+        self.given, self.spacing, self.options, self.fallback = str(given), spacing, options, fallback
         return self
 
 
@@ -59,8 +62,11 @@ def sampling_plan(run: LoadedRun, sampler: Optional[str], steps: Optional[int],
                   nfe: Optional[int]) -> tuple[Sampler, Optional[int]]:
     """The sampler (the run's unless given; any name `resolve_sampler` takes, such as "DPM++ 2M Karras") and its
     step count: `steps`, or what an `nfe` budget buys, or the run's default; None for a sampler that picks its own
-    steps (adaptive)."""
-    sampler = Sampler(sampler or run.config.diffusion.sampler)
+    steps (adaptive). A budget without a sampler, in a run of the stock sampler (Heun), gets the sampler measured
+    best for it (samplers.defaults: below 35 NFE)."""
+    if sampler is None and nfe is not None and run.config.diffusion.sampler == DiffusionConfig.sampler:
+        sampler = budget_default(nfe)  # (name, spacing where the run stores no schedule), or None from 35 NFE
+    sampler = Sampler(*sampler) if isinstance(sampler, tuple) else Sampler(sampler or run.config.diffusion.sampler)
     if steps is None and nfe is None and nfe_of(sampler, 1) is not None:
         steps = run.config.diffusion.sample_steps
     return sampler, resolve_steps(sampler, steps, nfe)
@@ -98,7 +104,7 @@ def recipe(run: LoadedRun, *, steps: Optional[int] = None, nfe: Optional[int] = 
     a video run trained with given frames continues these clips, each (C, k, H, W) in [-1, 1], cycled."""
     sampler, steps = sampling_plan(run, sampler, steps, nfe)
     stored = None if spacing else stored_spacing(run, sampler, steps)
-    spacing = spacing or stored or sampler.spacing
+    spacing = spacing or stored or sampler.spacing or sampler.fallback
     options = {**sampler.options, **options}
     check_options(sampler, options)  # a bad -o name or value is refused before any folder is made
     conditions = conditioning(run, classes=classes, prompts=prompts, negative_prompts=negative_prompts,
@@ -118,8 +124,8 @@ def generate(run: LoadedRun, n: int, *, seed: int = 0, batch_size: int = 64, pro
 
     Sample i draws its noise from its own generator seeded `seed + i`, so it is the same image
     whatever the batch size or n. kwargs (`recipe`): sampler defaults to the run's config (a name of
-    ours or one A1111, ComfyUI, k-diffusion or diffusers use); steps too, unless `nfe` (a budget of
-    denoiser evaluations) is given. With no `spacing`, the sampler name's own (A1111's "... Karras"), else
+    ours or one A1111, ComfyUI, k-diffusion or diffusers use; for a budget, `nfe`, see `sampling_plan`); steps
+    too, unless `nfe` (denoiser evaluations) is given. With no `spacing`, the sampler name's own ("... Karras"), else
     a schedule optimised for this run, sampler and step count (schedules.json, `diffusely optimize-schedule`)
     is used where there is one. classes (names or indices) and prompts cycle over the samples;
     negative_prompts replace the null caption in classifier-free guidance of scale `guidance` (see
@@ -182,7 +188,7 @@ def write_samples(run: LoadedRun, out_dir: str | Path, n: int, *, fmt: Optional[
     got which; `grid` also saves them all as one PNG (audio: waveforms over log-mel spectrograms). Files of an
     earlier job are never replaced unless `overwrite`: a folder that holds any of these names is refused before
     anything is sampled (choose another --seed or folder to add samples). Returns {"count", "out_dir",
-    "metadata" (a path or None), "grid"}."""
+    "metadata" (a path or None), "grid", "plan" (the Recipe drawn with)}."""
     kind = MODALITIES[run.config.data.modality]
     fmt = fmt or kind.formats[0]
     if fmt not in kind.formats:
@@ -229,7 +235,7 @@ def _write_all(run: LoadedRun, plan: Recipe, batches: Iterator[torch.Tensor], ou
             save_grid(np.concatenate(everything), grid)
         else:
             writer.save_grid(torch.cat(everything), grid, run.config.data.sample_rate)
-    return {"count": i, "out_dir": out_dir, "metadata": metadata, "grid": grid}
+    return {"count": i, "out_dir": out_dir, "metadata": metadata, "grid": grid, "plan": plan}
 
 
 def _write_sample(image: np.ndarray, fmt: str, path: str, text: Optional[dict] = None) -> None:

@@ -24,6 +24,7 @@ from ..layout import pack_boxes
 from ..layout.model import save_layouts
 from ..loss import denoising_loss, weighting
 from ..nets import UNet
+from ..pipelines.schedule import schedules_after_training
 from ..samplers import sample
 from .common import (Dist, Tracker, adamw, autocast, check_room, locked, lr_at, optimize, resume_state, run_config,
                      seeded_generator, set_lr, setup_distributed, start_log)
@@ -85,9 +86,12 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, progr
             if tracker.stopped:
                 break
         last = tracker.close()
+        # the finished model's sigma schedules for the usual budgets (--nfe 5, 10, 20): a share of its compute
+        searched = schedules_after_training(run_dir, device, tc.steps * tc.batch_size * d.world,
+                                            tc.schedule_search) if d.main and not tracker.stopped else []
     return {"step": done if tracker.stopped else tc.steps, "loss": last.get("loss", float("nan")),
             "run_dir": str(run_dir), "images": len(data.images), "world_size": d.world,
-            "effective_batch_size": tc.batch_size * d.world}
+            "effective_batch_size": tc.batch_size * d.world, "schedules": searched}
 
 
 def _device(d: Dist) -> torch.device:
