@@ -186,3 +186,29 @@ def test_a_run_without_snapshots_says_how_to_store_them(tmp_path):
         assert r.exit_code == 1 and "has no post-hoc EMA snapshots" in r.output, r.output
         assert "train.posthoc_ema" in r.output and "Traceback" not in r.output
     assert not (run / "posthoc").exists()
+
+
+def test_eval_sweeps_lengths_and_names_the_best(tmp_path, monkeypatch):
+    # the sweep's own logic, on stand-in evaluations (a real one trains domain features and samples: test_eval.py)
+    from diffusely.pipelines import evaluate
+
+    fd = {0.05: 9.0, 0.1: 7.5, 0.2: 8.0}
+    seen = []
+
+    def fake_evaluate(run_dir, reference, *, ema_length=None, seed=0, **options):
+        seen.append((ema_length, seed))
+        return {"step": 9, "features": "f", "comparable": "", "reference": {"count": 6, "source": reference},
+                "samples": {"source": "generated", "sampler": "heun", "steps": 2, "nfe": 3, "count": 6,
+                            "ema_length": ema_length}, "metrics": {"fd": fd[ema_length]}, "copies": {"skipped": "-"}}
+
+    monkeypatch.setattr(evaluate, "evaluate_run", fake_evaluate)
+    r = CliRunner().invoke(main, ["eval", str(tmp_path), "--reference", "shapes", "--ema-length", "0.05,0.1,0.2",
+                                  "--seed", "3"])
+    assert r.exit_code == 0, r.output
+    assert seen == [(0.05, 3), (0.1, 3), (0.2, 3)]  # the same seed, so the same noise, for every length
+    assert "ema length    0.1  FD 7.5  <- best" in r.output and "best: --ema-length 0.1" in r.output
+    written = json.loads((tmp_path / "eval.json").read_text())
+    assert written["ema_sweep"] == {"fd": {"0.05": 9.0, "0.1": 7.5, "0.2": 8.0}, "best": 0.1}
+    assert written["samples"]["ema_length"] == 0.1
+    r = CliRunner().invoke(main, ["eval", str(tmp_path), "--reference", "shapes", "--ema-length", "0.05,0.5"])
+    assert r.exit_code == 2 and "(0, 0.28]" in r.output
