@@ -3,12 +3,14 @@
 A run directory holds
     config.json              RunConfig: everything needed to rebuild the model and resume
     tokenizer.json           the word tokenizer of a text run whose encoder was trained from scratch
-    checkpoint.safetensors   tensors "model.*", "ema.*", "optim.*"; metadata: step, optimizer groups (for resume)
+    checkpoint.safetensors   tensors "model.*", "ema.*", "optim.*" (and "phema0.*".. under train.posthoc_ema);
+                             metadata: step, optimizer groups (for resume)
     checkpoint-STEP.safetensors  the `keep - 1` checkpoints before it, to roll back to (diffusely.state)
     model.safetensors        the EMA weights alone and their step: what `load_run` samples with
     .lock                    the lock a process writing the run holds (its PID and command inside)
     log.csv, loss.png        the training curve
     samples/                 sample grids written during training
+    posthoc/                 power-function EMA snapshots for `diffusely ema` (train/posthoc.py, docs/ema.md)
     schedules.json           sigma schedules optimised for this model (`diffusely optimize-schedule`)
     latents.safetensors      a latent run's training set, encoded once (see train/latents.py)
 An autoencoder run (`diffusely train-autoencoder`) is a directory of the same kind: config.json

@@ -20,7 +20,7 @@ from diffusely.cli import main
 from diffusely.config import ConfigError, RunConfig
 from diffusely.data.shapes import write_shapes_folder
 from diffusely.train.ema import PowerEMA, gamma_of, power_beta, sigma_rel_of
-from diffusely.train.posthoc import profile_error, profile_products, reconstruct, snapshots, solve_coefficients
+from diffusely.train.posthoc import load_posthoc_run, profile_products, reconstruct, snapshots
 
 from helpers import TINY_ARGS, train_tiny_folder_run
 from test_train import KILLED_RUN
@@ -176,6 +176,10 @@ def test_ema_command_writes_the_reconstruction(posthoc_runs, tmp_path):
     net = load_run(whole).denoiser.net
     assert all(torch.equal(net.state_dict()[k], v) for k, v in expected.weights.items())
     assert any(not torch.equal(net.state_dict()[k], v) for k, v in reconstruct(whole, 0.05).weights.items())
+    # eval --ema-length's run: the reconstruction in memory, at the snapshots' step
+    run = load_posthoc_run(whole, 0.05)
+    assert run.step == 9 and all(torch.equal(run.denoiser.net.state_dict()[k], v)
+                                 for k, v in reconstruct(whole, 0.05).weights.items())
 
 
 def test_a_run_without_snapshots_says_how_to_store_them(tmp_path):
