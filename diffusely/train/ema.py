@@ -109,5 +109,6 @@ class PowerEMA:
             if count_nonfinite(state):
                 return paths
             paths.append(Path(run_dir) / POSTHOC / snapshot_name(sigma_rel, t))
-            save_tensors(paths[-1], state, {"step": t, "sigma_rel": sigma_rel, "gamma": gamma, "format": SNAPSHOT_FORMAT})
+            save_tensors(paths[-1], state, {"step": t, "sigma_rel": sigma_rel, "gamma": gamma,
+                                            "format": SNAPSHOT_FORMAT})
         return paths

@@ -121,8 +121,8 @@ def reconstruct(run_dir: str | Path, sigma_rel: float, device="cpu") -> Reconstr
     found = snapshots(run_dir)
     step = _target_step(run_dir, found)
     used = [s for s in found if s.step <= step]
-    steps, gammas = [s.step for s in used], [s.gamma for s in used]
-    x = solve_coefficients(steps, gammas, step, gamma_of(sigma_rel))
+    steps, gammas, gamma = [s.step for s in used], [s.gamma for s in used], gamma_of(sigma_rel)
+    x = solve_coefficients(steps, gammas, step, gamma)
     total: dict[str, torch.Tensor] = {}
     dtypes: dict[str, torch.dtype] = {}
     for snapshot, coefficient in zip(used, x.tolist()):
@@ -134,7 +134,7 @@ def reconstruct(run_dir: str | Path, sigma_rel: float, device="cpu") -> Reconstr
             else:
                 total[k] = v  # integer buffers are not averaged: the newest
     weights = {k: v.to(dtypes[k]) for k, v in total.items()}
-    return Reconstruction(weights, sigma_rel, step, used, x, profile_error(steps, gammas, step, gamma_of(sigma_rel), x))
+    return Reconstruction(weights, sigma_rel, step, used, x, profile_error(steps, gammas, step, gamma, x))
 
 
 def write_reconstruction(run_dir: str | Path, sigma_rel: float, out: Optional[str | Path] = None) -> tuple[Path,
