@@ -95,8 +95,27 @@ def _convert(tp, v, path: str):
     return v
 
 
+def _with_old_defaults(d, old: dict):
+    """`d` with the fields it leaves out set to the defaults of its version (old, as JsonConfig.OLD_DEFAULTS), the
+    oldest version's first: a file without "version" is of the current one, and is read with today's defaults."""
+    version = d.get("version") if isinstance(d, dict) else None
+    if isinstance(version, bool) or not isinstance(version, int):
+        return d
+    d = dict(d)
+    for _, sections in sorted(item for item in old.items() if item[0] >= version):
+        for section, defaults in sections.items():
+            if isinstance(d.get(section, {}), dict):
+                d[section] = {**defaults, **d.get(section, {})}
+    return d
+
+
 class JsonConfig:
-    """The JSON round trip of a dataclass config (config.json), with readable errors."""
+    """The JSON round trip of a dataclass config (config.json), with readable errors.
+
+    OLD_DEFAULTS: {version: {section: {field: default}}}, the defaults a config of that version was written under
+    where a later version changed them; a file of that version leaving the field out reads as it did then."""
+
+    OLD_DEFAULTS: typing.ClassVar[dict] = {}
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -106,7 +125,7 @@ class JsonConfig:
 
     @classmethod
     def from_dict(cls, d: dict):
-        return _from_dict(cls, d, "")
+        return _from_dict(cls, _with_old_defaults(d, cls.OLD_DEFAULTS), "")
 
     @classmethod
     def from_json(cls, text: str, source: str = "config"):
