@@ -86,6 +86,29 @@ def decode(path, mode: str, draft_size: tuple[int, int] | None = None, notes: No
     return to_8bit(image, path, notes, deep).convert(mode)
 
 
+# modes that hold one channel by their header alone: bilevel, 8-bit, 8-bit with alpha, 16- and 32-bit, float
+GRAY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+
+
+def is_grayscale(path, draft_size: tuple[int, int] | None = None) -> bool:
+    """Whether the image at `path` holds one channel's worth: a mode of GRAY_MODES, read from its header (no pixel
+    decoded), or, decoded to RGB as decode() does (a palette's colours, alpha on white), red, green and blue equal
+    at every pixel. Raises as decode() does."""
+    path = regular_file(path, "image")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                if image.mode in GRAY_MODES:
+                    return True
+    except BOMBS as e:
+        raise UnreadableImage(path, str(e).rstrip(".")) from None
+    except DECODE_ERRORS as e:
+        raise UnreadableImage(path, e) from None
+    rgb = np.asarray(decode(path, "RGB", draft_size))
+    return bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all())
+
+
 def to_8bit(image: Image.Image, path, notes: Notes | None = None, deep: bool = False) -> Image.Image:
     """`image` with 8-bit channels and no alpha: 16-bit and float values scaled, alpha composited on
     ALPHA_BACKGROUND. `deep` says Pillow already cut 16-bit channels to 8 (only counted). Adds the kinds to `notes`."""
