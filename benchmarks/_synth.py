@@ -35,7 +35,7 @@ def layout_run(run_dir: Path, source: str, steps: int, batch_size: int = 16, siz
     if (run_dir / CHECKPOINT).is_file() and load_run(run_dir).step >= steps:
         return 0.0
     config = RunConfig(model=UNetConfig(channels=(32, 64, 128), blocks_per_level=1, attention_levels=(2,), patch_size=2),
-                       data=DataConfig(source=source, image_size=size, layout=True),
+                       data=DataConfig(source=source, image_size=size, layout=True, flip=True),
                        train=TrainConfig(steps=steps, batch_size=batch_size, checkpoint_every=500, sample_every=1000))
     t = time.perf_counter()
     train(config, run_dir, resume=(run_dir / CHECKPOINT).is_file())

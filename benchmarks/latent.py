@@ -93,7 +93,7 @@ def main():
     ae_dir = out / "ae"
     ae_cfg = AutoencoderRunConfig(
         model=AutoencoderConfig(channels=(16, 32, 32) if args.tiny else AutoencoderConfig().channels),
-        data=DataConfig(source=source, image_size=size),
+        data=DataConfig(source=source, image_size=size, flip=True),
         train=AutoencoderTrainConfig(steps=args.ae_steps, batch_size=args.batch_size, crop_size=args.ae_crop,
                                      checkpoint_every=500, sample_every=500))
     ae_seconds = _train_once(ae_dir, args.ae_steps, lambda resume: train_autoencoder(ae_cfg, ae_dir, resume=resume))

@@ -71,7 +71,7 @@ SEED = 10_000  # sampling seed
 
 def train_ours(recipe: str, args, evals: list[int]) -> dict[int, tuple[torch.Tensor, float]]:
     """Train `recipe` for args.steps; at each eval step, sample args.samples images from a snapshot."""
-    cfg = RunConfig(model=copy.deepcopy(NETWORK), diffusion=RECIPES[recipe](), data=DataConfig(source="shapes", image_size=SIZE),
+    cfg = RunConfig(model=copy.deepcopy(NETWORK), diffusion=RECIPES[recipe](), data=DataConfig(source="shapes", image_size=SIZE, flip=True),
                     train=TrainConfig(steps=args.steps, batch_size=args.batch_size,
                                       checkpoint_every=math.gcd(*evals), sample_every=args.steps))
     cfg.diffusion.sampler, cfg.diffusion.sample_steps = args.sampler, args.sample_steps

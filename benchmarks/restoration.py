@@ -77,7 +77,7 @@ def network(s: dict, lowres: bool) -> UNetConfig:
 
 def run_config(s: dict, task: str) -> RunConfig:
     return RunConfig(model=network(s, False), data=DataConfig(source="phantoms", image_size=s["size"], channels=1,
-                                                              task=task, scale=4),
+                                                              task=task, scale=4, flip=True),
                      train=TrainConfig(steps=s["steps"], batch_size=s["batch"], checkpoint_every=s["steps"],
                                        sample_every=s["steps"], warmup_steps=min(200, s["steps"] // 4)))
 

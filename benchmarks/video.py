@@ -102,13 +102,15 @@ def fd(a: np.ndarray, b: np.ndarray) -> float:
 
 def video_config(args, factorised: bool) -> RunConfig:
     model = UNetConfig(dims=3, channels=args.channels, attention_levels=(len(args.channels) - 1,), factorised=factorised)
-    data = DataConfig(source="moving-shapes", image_size=32, frames=args.frames, modality="video", classes=False)
+    data = DataConfig(source="moving-shapes", image_size=32, frames=args.frames, modality="video", classes=False,
+                      flip=True)
     return RunConfig(model=model, data=data, train=_schedule(args))
 
 
 def image_config(args) -> RunConfig:
     model = UNetConfig(dims=2, channels=args.channels, attention_levels=(len(args.channels) - 1,))
-    return RunConfig(model=model, data=DataConfig(source="moving-shapes frames", image_size=32), train=_schedule(args))
+    return RunConfig(model=model, data=DataConfig(source="moving-shapes frames", image_size=32, flip=True),
+                     train=_schedule(args))
 
 
 def _schedule(args) -> TrainConfig:

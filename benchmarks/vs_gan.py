@@ -129,7 +129,7 @@ def samples_of(draw, n: int, shape: tuple[int, ...], batch: int = 250) -> torch.
 def train_diffusely(data: dict, seed: int, args, run_dir: Path) -> dict:
     """Train the default recipe for args.minutes; FD at each checkpoint for the curve."""
     config = RunConfig(model=UNetConfig(**NETWORK), data=DataConfig(source=str(data["folder"]), image_size=data["size"],
-                                                                     channels=data["channels"]),
+                                                                     channels=data["channels"], flip=True),
                        train=TrainConfig(steps=10**6, seed=seed, checkpoint_every=args.checkpoint_every,
                                          sample_every=10**6))
     start, curve = time.perf_counter(), []

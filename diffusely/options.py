@@ -1,20 +1,21 @@
 """Run configs built from options, as the CLI (and a UI) take them: a new run's, or a resumed run's with every
 option that would contradict the run named.
 
-Options arrive as a dict of flag names (the CLI's parameter names, e.g. "image_size", "no_flip") to values,
+Options arrive as a dict of flag names (the CLI's parameter names, e.g. "image_size", "flip") to values,
 None where the user left the option out. FIELDS and RESUMABLE say where each lands in the config; the few
-that are not one field each (grayscale, no_flip, text, text_encoder, recipe, autoencoder, factor) are mapped
-by hand below.
+that are not one field each (grayscale, rgb, flip, text, text_encoder, recipe, autoencoder, factor) are mapped
+by hand below. A new run from options on a folder of grayscale images trains one channel (_fit_channels).
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from .checkpoint import CHECKPOINT, CONFIG, RunError, read_config
-from .config import RECIPES, AutoencoderRunConfig, ConfigError, DataConfig, JsonConfig, RunConfig, TextConfig
+from .config import (CONFIG_VERSION, RECIPES, AutoencoderRunConfig, ConfigError, DataConfig, JsonConfig, RunConfig,
+                     TextConfig)
 from .state import step_of
 
 # option -> (config section, field); the same names in a diffusion run and an autoencoder run
@@ -49,11 +50,12 @@ def flag(name: str) -> str:
 
 
 def new_run_config(data: Optional[str], options: dict, config_file: Optional[str] = None,
-                   run_dir: Optional[str | Path] = None) -> RunConfig:
+                   run_dir: Optional[str | Path] = None, say: Optional[Callable[[str], None]] = None) -> RunConfig:
     """The RunConfig of a new diffusion run on `data` (a folder or a built-in name), from `config_file`'s
     config.json (or the defaults) with the given options over it. Raises ConfigError naming the option.
     A text run into `run_dir` diffuses in the latents of its own autoencoder (RUN_DIR/autoencoder, trained first:
-    train.latents) unless --pixels, --autoencoder or small images say otherwise."""
+    train.latents) unless --pixels, --autoencoder or small images say otherwise. `say(line)` is told each choice
+    made from the data (one channel for a folder of grayscale images)."""
     if data is None:
         raise ConfigError("give the DATA to train on: a folder of images or a built-in name (shapes)")
     if options.get("scale") is not None and (options.get("task") or "generate") != "upscale":
@@ -69,6 +71,9 @@ def new_run_config(data: Optional[str], options: dict, config_file: Optional[str
                           f"drop --sample-rate")
     _set_options(config, options, {**FIELDS, **RESUMABLE})
     _set_flags(config, options)
+    if not config_file:  # a config file says how many channels it means
+        _fit_channels(config, data, options, say)
+    config.version = CONFIG_VERSION  # every field is set now: an older file was read, this run is new
     if options.get("text") or options.get("text_encoder"):
         config.text = TextConfig(**{**config.text.__dict__, "encoder": options.get("text_encoder") or "scratch"})
         config.data.flip = False  # a mirrored image would contradict captions that say left and right
@@ -114,9 +119,11 @@ def _check_frames(config: RunConfig) -> None:
                           f"halves time by; use --frames {max(f, frames // f * f)}, or --factorised (time not halved)")
 
 
-def new_autoencoder_config(data: Optional[str], options: dict) -> AutoencoderRunConfig:
+def new_autoencoder_config(data: Optional[str], options: dict,
+                           say: Optional[Callable[[str], None]] = None) -> AutoencoderRunConfig:
     """The AutoencoderRunConfig of a new autoencoder run on `data`, the defaults with the given options over them.
-    `factor` (4 or 8) picks the default widths of that many halvings; --channels must agree with it."""
+    `factor` (4 or 8) picks the default widths of that many halvings; --channels must agree with it. `say` as
+    new_run_config's."""
     from .nets.autoencoder import DEFAULT_CHANNELS
 
     if data is None:
@@ -130,6 +137,7 @@ def new_autoencoder_config(data: Optional[str], options: dict) -> AutoencoderRun
     options = {**options, "channels": channels or (DEFAULT_CHANNELS[int(factor)] if factor else None)}
     _set_options(config, options, {**FIELDS, **RESUMABLE})
     _set_flags(config, options)
+    _fit_channels(config, data, options, say)
     _validate(config, options)
     return config
 
@@ -195,11 +203,30 @@ def _set_options(config, options: dict, fields: dict) -> None:
 
 
 def _set_flags(config, options: dict) -> None:
-    """The options that are not one field each: --grayscale and --no-flip."""
-    if options.get("grayscale"):
+    """The options that are not one field each: --grayscale or --rgb, and --flip or --no-flip."""
+    if options.get("grayscale") and options.get("rgb"):
+        raise ConfigError("--grayscale trains one channel and --rgb three: give one of them")
+    if options.get("grayscale") or options.get("rgb"):
+        config.data.channels = 1 if options.get("grayscale") else 3
+    if options.get("flip") and (options.get("text") or options.get("text_encoder")):
+        raise ConfigError("--flip mirrors images, and a text run's captions say left and right: drop --flip")
+    if options.get("flip") is not None:
+        config.data.flip = options["flip"]
+
+
+def _fit_channels(config, data: str, options: dict, say: Optional[Callable[[str], None]]) -> None:
+    """One channel for a new run on a folder whose images are all grayscale (data.folder.grayscale_images), with a
+    line to `say`, unless --grayscale or --rgb chose; a single colour image among them keeps three."""
+    from .data import BUILTIN
+    from .data.folder import grayscale_images
+
+    if options.get("grayscale") or options.get("rgb") or config.data.modality != "image" or data in BUILTIN:
+        return
+    count = grayscale_images(data, config.data.image_size)
+    if count and config.data.channels != 1:
         config.data.channels = 1
-    if options.get("no_flip"):
-        config.data.flip = False
+        if say is not None:
+            say(f"all {count} images are grayscale: training one channel; give --rgb to keep three")
 
 
 def _validate(config, options: dict, sections=("diffusion", "data", "text", "model", "train")) -> None:
@@ -235,10 +262,11 @@ def _given(config, options: dict) -> dict:
     for name in ("classes", "layout"):  # flags that are one field each
         if name in given:
             given[name] = (None, *given[name][1:])
-    if options.get("grayscale"):
-        given["grayscale"] = (None, config.data.channels == 1, "data.channels")
-    if options.get("no_flip"):
-        given["no_flip"] = (None, not config.data.flip, "data.flip")
+    for name, channels in (("grayscale", 1), ("rgb", 3)):
+        if options.get(name):
+            given[name] = (None, config.data.channels == channels, "data.channels")
+    if options.get("flip") is not None:
+        given["flip" if options["flip"] else "no_flip"] = (None, config.data.flip == options["flip"], "data.flip")
     if options.get("recipe"):
         ddpm = config.diffusion.schedule is not None
         given["recipe"] = (options["recipe"], options["recipe"] == ("ddpm" if ddpm else "edm"), "diffusion.schedule")

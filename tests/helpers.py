@@ -58,6 +58,6 @@ def train_tiny_folder_run(root):
 
     write_shapes_folder(root / "images", 24, size=16, seed=1)
     r = CliRunner().invoke(main, ["train", str(root / "images"), "--out", str(root / "run"), "--steps", "3",
-                                  *TINY_ARGS], catch_exceptions=False)
+                                  "--flip", *TINY_ARGS], catch_exceptions=False)
     assert r.exit_code == 0, r.output
     return root / "run", root / "images"

@@ -154,7 +154,7 @@ def test_new_runs_pick_their_modality_from_the_data(tmp_path):
     (tmp_path / "audio.json").write_text(config.to_json())
     image = new_run_config("shapes", {}, str(tmp_path / "audio.json"))
     assert (image.data.modality, image.model.dims, image.data.image_size, image.model.patch_size) == ("image", 2, 32, 1)
-    assert (image.data.channels, image.data.flip, image.data.sample_rate, image.train.lr) == (3, True, 0, 3e-4)
+    assert (image.data.channels, image.data.flip, image.data.sample_rate, image.train.lr) == (3, False, 0, 3e-4)
 
 
 def test_audio_run_trains_samples_and_resumes_through_the_cli(tmp_path):

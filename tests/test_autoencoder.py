@@ -92,7 +92,7 @@ def latent_run(tmp_path_factory):
                              *TINY_AE], catch_exceptions=False)
     assert r.exit_code == 0, r.output
     r = runner.invoke(main, ["train", str(root / "images"), "--out", str(root / "run"), "--autoencoder",
-                             str(root / "ae"), "--steps", "2", "--sample-every", "2", *TINY_ARGS], catch_exceptions=False)
+                             str(root / "ae"), "--steps", "2", "--sample-every", "2", "--flip", *TINY_ARGS], catch_exceptions=False)
     assert r.exit_code == 0, r.output
     return root
 

@@ -135,7 +135,7 @@ def test_resume_reports_this_invocation_and_takes_the_resumable_options(trained)
     r = run("train", "--out", trained, "--resume", "--steps", 8, "--checkpoint-every", 1, "--log-every", 1, "--keep", 3,
             "--quiet")
     assert r.exit_code == 0, r.output
-    assert r.output.startswith("trained 2 steps now, from step 6 to 8 (the run's total: 8 steps)"), r.output
+    assert r.output.startswith("augmentations: none\ntrained 2 steps now, from step 6 to 8 (the run's total: 8 steps)"), r.output
     train = json.loads((trained / "config.json").read_text())["train"]
     assert (train["steps"], train["checkpoint_every"], train["log_every"], train["keep"]) == (8, 1, 1, 3)
     assert (trained / "log.csv").read_text().splitlines()[-2].startswith("7,")  # a row each step now

@@ -40,9 +40,9 @@ def test_train_autoencoder_resume_continues_the_run(tmp_path):
     ae = tmp_path / "ae"
     args = ["--image-size", 16, "--channels", "8,16", "--batch-size", 2, "--checkpoint-every", 1, "--quiet"]
     r = run("train-autoencoder", "shapes", "--out", ae, "--steps", 2, *args)
-    assert r.output.startswith("trained 2 steps: factor 2")
+    assert r.output.startswith("augmentations: none\ntrained 2 steps: factor 2")
     r = run("train-autoencoder", "--out", ae, "--resume", "--steps", 3, "--quiet")
-    assert r.output.startswith("trained 1 steps now, from step 2 to 3 (the run's total: 3 steps)"), r.output
+    assert r.output.startswith("augmentations: none\ntrained 1 steps now, from step 2 to 3 (the run's total: 3 steps)"), r.output
     assert step_of(ae / CHECKPOINT) == 3
     log = (ae / "log.csv").read_text().splitlines()
     assert [row.split(",")[0] for row in log[1:]] == ["1", "2", "3"]

@@ -92,7 +92,7 @@ def test_eval_without_its_training_images_says_the_check_was_skipped(tiny, tmp_p
 def layout_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("layout") / "run"
     config = RunConfig(model=UNetConfig(channels=(16, 32), blocks_per_level=1, attention_levels=(1,), groups=8),
-                       data=DataConfig(source="defects", image_size=32, layout=True),
+                       data=DataConfig(source="defects", image_size=32, layout=True, flip=True),
                        train=TrainConfig(steps=2, batch_size=4, checkpoint_every=2, sample_every=2, warmup_steps=1))
     train(config, run_dir, progress=False)
     return run_dir

@@ -113,7 +113,7 @@ def test_the_same_loop_trains_on_1d_and_3d_data(dims, tmp_path):
     data = Dataset(samples, rng.integers(0, 3, 12), ["a", "b", "c"], None, None, f"random {dims}-D")
     config = RunConfig(model=UNetConfig(dims=dims, channels=(8, 16), blocks_per_level=1, attention_levels=(1,),
                                         groups=4, head_channels=8),
-                       data=DataConfig(source=data.source, image_size=size, classes=True),
+                       data=DataConfig(source=data.source, image_size=size, classes=True, flip=True),
                        train=TrainConfig(steps=3, batch_size=4, checkpoint_every=3, sample_every=3, warmup_steps=1))
     result = train(config, tmp_path / "run", data=data, progress=False)
     assert result["step"] == 3 and result["loss"] == result["loss"]  # finite, not NaN

@@ -161,8 +161,11 @@ TRAINING = stack(
     click.option("--lr", type=Finite(above=0), help="Peak learning rate of AdamW."),
     click.option("--max-shapes", type=click.IntRange(1, 64), help="Built-in shapes: up to this many shapes per image "
                  "(default 1)."),
-    click.option("--grayscale", is_flag=True, default=None, help="Train on one channel."),
-    click.option("--no-flip", is_flag=True, default=None, help="Do not mirror images at random (text runs never do)."),
+    click.option("--grayscale", is_flag=True, default=None, help="Train on one channel (the default for a folder "
+                 "whose images are all grayscale)."),
+    click.option("--rgb", is_flag=True, default=None, help="Train on three channels, even when every image is grayscale."),
+    click.option("--flip/--no-flip", default=None, help="Mirror images left to right at random (default: off, as EDM "
+                 "and diffusers; wrong where a mirror image means something else: text, a scan's left and right)."),
     click.option("--allow-outside", is_flag=True, default=None,
                  help="Let a COCO file name images outside its dataset folder (absolute, or with ..)."),
     click.option("--checkpoint-every", type=COUNT, help=_resumable("Steps between checkpoints.")),

@@ -10,15 +10,20 @@ from .flags import DIRECTIONS_OPTION, SAMPLE_RATE, Finite, TRAINING, int_list
 
 
 def _config(data, run_dir, resume: bool, options: dict, cls):
-    """The config to train and the step the run starts from (0, or the checkpoint's on --resume)."""
+    """The config to train and the step the run starts from (0, or the checkpoint's on --resume); says the choices
+    made from the data and the augmentations the run trains with."""
     from .._files import check_writable
+    from ..train.common import augmentations
 
     if resume:
         check_writable(run_dir)  # before a step is trained: a checkpoint must be able to land
-        return resumed_config(run_dir, data, options, cls)
-    if cls is AutoencoderRunConfig:
-        return new_autoencoder_config(data, options), 0
-    return new_run_config(data, options, options.get("config_file"), run_dir), 0
+        config, start = resumed_config(run_dir, data, options, cls)
+    elif cls is AutoencoderRunConfig:
+        config, start = new_autoencoder_config(data, options, say=click.echo), 0
+    else:
+        config, start = new_run_config(data, options, options.get("config_file"), run_dir, say=click.echo), 0
+    click.echo(f"augmentations: {augmentations(config)}")
+    return config, start
 
 
 def _steps_line(start: int, end: int) -> str:

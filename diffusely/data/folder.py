@@ -89,8 +89,8 @@ def grayscale_images(root, size: int) -> int:
 
     A one-channel file is known from its header; an RGB one is decoded (a JPEG at the reduced scale the loader
     decodes it at) and compared channel by channel. The first colour image ends the search, so a colour folder
-    costs a decode or two, and a folder of grayscale files saved as RGB one more decode of each image (0.7 s for
-    1000 640 x 480 PNGs on one core, against 2.2 s for loading them: benchmarks/NOTES.md)."""
+    costs a decode or two, and a folder of grayscale files saved as RGB one more decode of each image: about as
+    long again as loading it (benchmarks/NOTES.md)."""
     root = Path(root)
     if not root.is_dir():
         return 0

@@ -27,6 +27,7 @@ from ..config import JsonConfig
 from ..nets.fast import autocast_dtype
 
 LOG = "log.csv"
+TEXT_LOG = "train.log"  # a line each time training starts or resumes: what it trains with
 # train settings a resumed run may change: how long it runs, how fast a step runs and how often it writes, never
 # what a step computes
 RESUMABLE = ("compile", "activation_checkpointing", "checkpoint_every", "sample_every", "log_every", "keep")
@@ -162,10 +163,25 @@ def run_config(config: JsonConfig, run_dir: Path, resume: bool, command: str = "
     return config
 
 
+def augmentations(config: JsonConfig) -> str:
+    """The random changes training makes to its images, in words ("horizontal flips", "none")."""
+    done = ["horizontal flips"] if config.data.flip else []
+    crop = getattr(config.train, "crop_size", 0)  # an autoencoder run's
+    if crop:
+        done.append(f"random {crop} x {crop} crops")
+    if config.data.paraphrases and getattr(config, "text", None) is not None and config.text.enabled:
+        done.append(f"caption paraphrases ({config.data.paraphrases} a caption)")
+    return ", ".join(done) or "none"
+
+
 def start_log(run_dir: Path, config: JsonConfig, start: int, fields: list[str]) -> None:
-    """Write config.json, and log.csv with the rows up to `start` (those logged after the checkpoint we resume from go)."""
+    """Write config.json, log.csv with the rows up to `start` (those logged after the checkpoint we resume from go),
+    and a line in TEXT_LOG saying what this start trains with."""
     run_dir.mkdir(parents=True, exist_ok=True)
     write_config(run_dir, config)
+    with open(run_dir / TEXT_LOG, "a") as f:  # a line a start, never rewritten: appending cannot lose the others
+        f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {'resumed at' if start else 'started at'} step {start}; "
+                f"augmentations: {augmentations(config)}\n")
     log_rows = read_log(run_dir / LOG, start)
     text = io.StringIO(newline="")
     w = csv.DictWriter(text, fields)
