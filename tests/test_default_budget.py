@@ -99,3 +99,18 @@ def test_the_output_and_the_png_say_which_and_old_pngs_replay_as_drawn(finished,
     r = CliRunner().invoke(main, ["sample", "--from-png", str(tmp_path / "old" / "000000.png"), "--out",
                                   str(tmp_path / "again"), "--quiet"])
     assert r.exit_code == 0 and "heun, 3 steps" in r.output and "identical" in r.output, r.output
+
+
+def test_which_sampler_each_budget_gets(finished):
+    run = load_run(finished[0])
+    picked = {k: recipe(run, nfe=k) for k in (1, 5, 7, 8, 10, 34, 35, 50)}
+    assert {k: (p.sampler, p.steps) for k, p in picked.items()} == {
+        1: ("unipc", 1), 5: ("unipc", 5), 7: ("unipc", 7), 8: ("deis", 8), 10: ("deis", 10), 34: ("deis", 34),
+        35: ("heun", 18), 50: ("heun", 25)}
+    # without a stored schedule: the spacing measured best for the sampler there
+    assert (picked[7].spacing, picked[10].spacing, picked[5].optimised, picked[10].optimised) == \
+        ("log-snr", "karras", True, False)
+    assert recipe(run, steps=5).sampler == "heun"  # steps, not a budget: the run's sampler
+    assert recipe(run, nfe=5, sampler="heun").steps == 3  # a named sampler is kept
+    run.config.diffusion.sampler = "euler"  # a run made with a sampler of its own keeps it for budgets too
+    assert (recipe(run, nfe=5).sampler, recipe(run, nfe=5).spacing) == ("euler", None)

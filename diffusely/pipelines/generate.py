@@ -25,9 +25,9 @@ from .. import __version__
 from .._files import RunError, atomic_write, atomic_write_text, run_lock
 from .._util import generators, randn
 from ..checkpoint import LoadedRun, load_run
+from ..config import DiffusionConfig
 from ..data import MODALITIES, to_uint8
 from ..nets.fast import sampling_precision
-from ..config import DiffusionConfig
 from ..samplers import check_options, nfe as nfe_of, resolve_sampler, resolve_steps, sample
 from ..samplers.defaults import budget_default
 from ..schedules import Spacing, get_sigmas
