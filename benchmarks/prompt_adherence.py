@@ -1,31 +1,32 @@
-"""Prompt adherence of text-conditional models on the built-in shapes (1 or 2 shapes an image), read back
-by diffusely.metrics.adherence: against the guidance scale, against training steps, for the text encoder
-trained from scratch and for the frozen MiniLM one, on prompts worded as the captions are and on the
-same prompts reworded ("a crimson disc over a tiny azure block against a midnight blue backdrop").
+"""Prompt adherence of text-to-image models on the built-in shapes, against minutes of training on this machine.
 
-Prompts are the captions of held-out images (another seed); one sample a prompt. Everything is cached in
---out: trained runs (with snapshots at the --evals steps), the checker, and every result, so a rerun (or a
-run stopped halfway) skips what is done.
+Three contenders train on the same data (the built-in shapes, one to three shapes an image, with their captions;
+10% of captions dropped for classifier-free guidance), each for --minutes of wall-clock time, snapshotted at each
+of --marks minutes:
 
-    python benchmarks/prompt_adherence.py --out runs/adherence    # the real run: about 1 h on an idle 2-core CPU
-    python benchmarks/prompt_adherence.py --out runs/adherence --grid docs/prompts.png   # then docs/text.md's picture
-    python benchmarks/prompt_adherence.py --out /tmp/adh --tiny   # a smoke test, a few minutes
+  latent     what `diffusely train shapes --text` makes: an autoencoder of its own first (its minutes count), then a
+             U-Net (one block a level, self- and cross-attention at every level) on its 8 x 8 x 4 latents
+  pixel      the old pixel setting: 32 x 32 pixels, U-Net channels 32,64,64, attention at level 2 only
+             (`--pixels`; docs/text.md's first measurements)
+  diffusers  diffusers' UNet2DConditionModel on the latent run's latents with the same text encoder, trained by
+             diffusers' own recipe (benchmarks/_text_peer.py); the autoencoder's minutes count for it too
+
+Prompts are the captions of held-out images (another seed), one sample each, read back and scored per attribute by
+diffusely.metrics.adherence, for prompts of one or two objects (the bar) and of three apart: at guidance
+--curve-guidance at every mark (the curve), and at each --guidance and with the prompts reworded at the last.
+Everything is cached in --out (runs, snapshots, the checker, per-image scores), so a rerun, or a run stopped
+halfway, goes on where it was.
+
+    python benchmarks/prompt_adherence.py --out runs/adherence               # the full run (see --help's epilog)
+    python benchmarks/prompt_adherence.py --out runs/adherence --grid docs/prompts.png   # then the picture
+    python benchmarks/prompt_adherence.py --out /tmp/adh --quick             # a smoke test: about two minutes
     python benchmarks/prompt_adherence.py --out runs/adherence --encoder-ceiling   # what MiniLM alone carries
-
-With --paraphrases K the models train on each caption and K paraphrases of it (diffusely.data.shapes.
-PARAPHRASES: "a huge scarlet wedge", never a word of the rewording), which shows how far caption
-augmentation carries an encoder to words it never saw in training.
-
-Measured while sharing 2 cores with other jobs: 800 steps of batch 16 took 9 minutes, and scoring
-60 prompts about a minute a setting. The real run is 4000 steps of batch 32 for each encoder, about
-20 minutes each on an idle machine, plus 16 settings of 200 prompts.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import shutil
 import sys
 import time
@@ -34,108 +35,233 @@ from pathlib import Path
 
 import torch
 
-from diffusely.checkpoint import CHECKPOINT, CONFIG, load_checkpoint, load_run
-from diffusely.config import DataConfig, RunConfig, TextConfig, TrainConfig
-from diffusely.data import render_shapes, to_uint8
-from diffusely.metrics.adherence import (ATTRIBUTES, SYNONYMS, fit_adherence_checker, load_checker, parse_caption, reword,
-                                         save_checker)
-from diffusely.nets import UNetConfig
+from diffusely.checkpoint import CHECKPOINT, CONFIG, MODEL, load_latent_space, load_run, read_config
+from diffusely.data import Dataset, load_dataset, render_shapes, to_uint8
+from diffusely.metrics.adherence import (ATTRIBUTES, SYNONYMS, fit_adherence_checker, load_checker, parse_caption,
+                                         reword, save_checker, summarise)
+from diffusely.options import new_run_config
 from diffusely.pipelines import generate
-from diffusely.text import TOKENIZER
+from diffusely.text import TOKENIZER, WordTokenizer
 from diffusely.train import train
+from diffusely.train.latents import LATENTS, TEXT_MAX_SHAPES, prepare_own_autoencoder
 
 PROMPT_SEED = 12_345  # held-out images: the training data is seed 0
+CONTENDERS = ("latent", "pixel", "diffusers")
 GRID_PROMPTS = [
     "a large red circle on a navy background",
     "a small yellow square on a dark green background",
-    "a large white triangle on a light blue background",
     "a large blue cross above a small orange circle on a beige background",
     "a small green square left of a large pink triangle on a dark gray background",
+    "a small red circle left of a small blue square on a light gray background",
+    "a small blue circle left of a small red square on a light gray background",
+    "a small white triangle above a small red square and below a small cyan circle on a navy background",
     "a big crimson disc against a midnight blue backdrop",
-    "a tiny azure block to the right of a big golden pyramid against a sand backdrop",
 ]
+GROUPS = {"1-2 objects": (1, 2), "3 objects": (3,)}
 
 
-def run_config(args, encoder: str) -> RunConfig:
-    return RunConfig(
-        model=UNetConfig(channels=args.channels, blocks_per_level=1, attention_levels=(len(args.channels) - 1,)),
-        # flips would swap left and right
-        data=DataConfig(source="shapes", image_size=32, max_shapes=2, flip=False, paraphrases=args.paraphrases),
-        train=TrainConfig(steps=args.steps, batch_size=args.batch_size, checkpoint_every=math.gcd(*args.evals),
-                          sample_every=args.steps),
-        text=TextConfig(encoder=encoder.removesuffix(f"-para{args.paraphrases}") if args.paraphrases else encoder))
+# ---------------------------------------------------------------------------------------------
+# training for minutes
 
 
-def snapshot_dir(out: Path, encoder: str, step: int) -> Path:
-    return out / encoder / f"step-{step:06d}"
+def options(args, name: str) -> dict:
+    """The CLI options of each contender: the latent default as `train shapes --text` takes them, the old pixel
+    setting as `--pixels` with docs/text.md's network."""
+    common = {"text": True, "text_encoder": args.encoder, "batch_size": args.batch_size, "max_shapes": TEXT_MAX_SHAPES,
+              "checkpoint_every": args.checkpoint_every, "sample_every": 10**7, "keep": 1}
+    if args.channels:
+        common["channels"] = args.channels
+    if name == "pixel":
+        return {**common, "pixels": True, "channels": args.channels or (32, 64, 64), "blocks_per_level": 1,
+                "attention_levels": (len(args.channels or (32, 64, 64)) - 1,)}
+    return common
 
 
-def train_encoder(args, encoder: str) -> None:
-    """Train (or resume) the run for `encoder`, copying it into step-N/ at each eval step."""
-    run_dir = args.out / encoder
-    if all((snapshot_dir(args.out, encoder, s) / CHECKPOINT).is_file() for s in args.evals):
-        return
-    resume = (run_dir / CONFIG).is_file()
-    if resume and (run_dir / CHECKPOINT).is_file() and load_checkpoint(run_dir).step >= args.steps:
-        raise SystemExit(f"{run_dir} is trained but lacks snapshots at {args.evals}; delete it to train again")
-
-    def snapshot(step: int) -> None:
-        if step in args.evals:
-            target = snapshot_dir(args.out, encoder, step)
-            target.mkdir(parents=True, exist_ok=True)
-            for name in (CONFIG, TOKENIZER, CHECKPOINT):
-                if (run_dir / name).is_file():
-                    shutil.copy2(run_dir / name, target / name)
-
-    t = time.perf_counter()
-    print(f"training {encoder} for {args.steps} steps{' (resumed)' if resume else ''} ...", flush=True)
-    train(run_config(args, encoder), run_dir, resume=resume, progress=args.progress, on_checkpoint=snapshot)
-    print(f"  {time.perf_counter() - t:.0f} s", flush=True)
+def training_data(args) -> Dataset:
+    """The built-in shapes as `train shapes --text` loads them (--quick: the first --images of them)."""
+    if not args.images:
+        return load_dataset("shapes", 32, captions=True, max_shapes=TEXT_MAX_SHAPES)
+    data = render_shapes(args.images, size=32, seed=0, max_shapes=TEXT_MAX_SHAPES)
+    return Dataset(data.images, data.labels, data.class_names, data.captions, data.boxes, "shapes")
 
 
-def evaluate(args, checker, results: dict, encoder: str, step: int, guidance: float, wording: str,
-             prompts: list[str], scenes) -> dict:
-    key = f"{encoder}/{step}/{guidance:g}/{wording}/{len(prompts)}"
+class Clock:
+    """Seconds of training a contender has had, kept at each checkpoint in RUN/clock.json (with the autoencoder's
+    seconds as its start), so a benchmark stopped and run again goes on counting from the checkpoint it resumes."""
+
+    def __init__(self, run_dir: Path, start_seconds: float = 0.0):
+        self.path = run_dir / "clock.json"
+        saved = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        self.start = saved.get("start", start_seconds)
+        self.seconds, self.step = saved.get("seconds", self.start), saved.get("step", 0)
+
+    def mark(self, step: int, seconds: float) -> None:
+        self.step, self.seconds = step, seconds
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps({"start": self.start, "seconds": seconds, "step": step}))
+
+    def total_steps(self, budget_seconds: float) -> int:
+        """Steps the run will have taken at the budget, at its speed so far (a large number before it has one):
+        the length the learning-rate schedule decays over."""
+        trained = self.seconds - self.start
+        if self.step < 20 or trained <= 0:
+            return 10**7
+        return max(self.step + 1, int(self.step + (budget_seconds - self.seconds) * self.step / trained))
+
+
+def snapshot_dir(args, name: str, minutes: float) -> Path:
+    return args.out / name / f"minute-{minutes:g}"
+
+
+def budgeted(args, name: str, segment, start_seconds: float = 0.0) -> None:
+    """Train contender `name` up to each of args.marks minutes and copy it into minute-M/ there.
+    segment(resume, total_steps, should_stop, on_checkpoint) trains until should_stop() says the mark is reached."""
+    run_dir = args.out / name
+    for minutes in args.marks:
+        target = snapshot_dir(args, name, minutes)
+        if (target / "done").is_file():
+            continue
+        clock = Clock(run_dir, start_seconds)
+        began, t = clock.seconds, time.perf_counter()
+        elapsed = lambda: began + time.perf_counter() - t  # noqa: E731
+        print(f"  {name}: training to minute {minutes:g} (at {began / 60:.1f})", flush=True)
+        segment(resume=clock.step > 0 or (run_dir / CONFIG).is_file(), total_steps=clock.total_steps(args.minutes * 60),
+                should_stop=lambda: elapsed() >= minutes * 60, on_checkpoint=lambda step: clock.mark(step, elapsed()))
+        target.mkdir(parents=True, exist_ok=True)
+        for file in (CONFIG, TOKENIZER, MODEL, CHECKPOINT if name == "diffusers" else None):
+            if file and (run_dir / file).is_file():
+                shutil.copy2(run_dir / file, target / file)
+        (target / "done").write_text(json.dumps({"step": clock.step, "seconds": clock.seconds}))
+
+
+def train_ours(args, name: str, data: Dataset) -> None:
+    """The latent default (its autoencoder first, timed) or the old pixel setting, through diffusely's train()."""
+    run_dir = args.out / name
+    config = new_run_config("shapes", options(args, name), run_dir=run_dir)
+    start = 0.0
+    if name == "latent":  # the autoencoder's seconds, over every invocation that trained some of it
+        spent = run_dir / "autoencoder-seconds.json"
+        t, before = time.perf_counter(), json.loads(spent.read_text()) if spent.is_file() else 0.0
+        prepare_own_autoencoder(config, run_dir, steps=args.autoencoder_steps, progress=args.progress, say=print)
+        start = before + time.perf_counter() - t
+        spent.write_text(json.dumps(start))
+
+    def segment(resume, total_steps, should_stop, on_checkpoint):
+        config.train.steps = total_steps
+        train(config, run_dir, resume=resume, progress=args.progress, should_stop=should_stop,
+              on_checkpoint=on_checkpoint, data=data)
+
+    budgeted(args, name, segment, start)
+
+
+def train_diffusers(args, data: Dataset) -> None:
+    """The peer on the latent run's latents (latents.safetensors) and tokenizer, counting its autoencoder's time."""
+    from _text_peer import train_peer
+
+    from diffusely._files import load_tensors
+
+    latent_dir = args.out / "latent"
+    if not (latent_dir / LATENTS).is_file():
+        raise SystemExit("the diffusers peer trains on the latent run's latents: train the latent contender first")
+    latent_run, tokenizer = read_config(latent_dir), WordTokenizer.load(latent_dir / TOKENIZER)
+    latents = load_tensors(latent_dir / LATENTS)[0]["images"].float()
+    start = Clock(latent_dir).start
+
+    def segment(resume, total_steps, should_stop, on_checkpoint):
+        train_peer(latent_run, latents, data.captions, tokenizer, args.out / "diffusers", total_steps=total_steps,
+                   should_stop=should_stop, on_checkpoint=on_checkpoint, checkpoint_every=args.checkpoint_every)
+
+    budgeted(args, "diffusers", segment, start)
+
+
+# ---------------------------------------------------------------------------------------------
+# scoring
+
+
+def load_contender(args, name: str, minutes: float):
+    if name != "diffusers":
+        return load_run(snapshot_dir(args, name, minutes))
+    from _text_peer import load_peer
+
+    latent_dir = args.out / "latent"
+    latent_run = read_config(latent_dir)
+    return load_peer(latent_run, snapshot_dir(args, name, minutes), WordTokenizer.load(latent_dir / TOKENIZER),
+                     load_latent_space(latent_run))
+
+
+def scores(args, checker, results: dict, name: str, minutes: float, guidance: float, wording: str,
+           prompts: list[str], scenes) -> list:
+    """Per-image scores of one sample per prompt from contender `name` at `minutes` (cached in results.json)."""
+    key = f"{name}/{minutes:g}/{guidance:g}/{wording}/{len(prompts)}"
     if key not in results:
-        run = load_run(snapshot_dir(args.out, encoder, step))
-        t = time.perf_counter()
+        run = load_contender(args, name, minutes)
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # words the scratch tokenizer never saw: that is what "reworded" measures
+            warnings.simplefilter("ignore")  # reworded prompts' unknown words are what they measure
             images = torch.cat(list(generate(run, len(prompts), prompts=prompts, guidance=guidance, seed=PROMPT_SEED,
                                              batch_size=args.sample_batch, progress=False)))
-        results[key] = checker.adherence(to_uint8(images), scenes)
-        results[key]["seconds"] = time.perf_counter() - t
-        (args.out / "results.json").write_text(json.dumps(results, indent=1))
+        results[key] = checker.scores(to_uint8(images), scenes)
+        (args.out / "results.json").write_text(json.dumps(results))
     return results[key]
 
 
-def row(label: str, scores: dict) -> str:
-    return f"{label:<34}" + "".join(f"{scores.get(k, float('nan')):>11.2f}" for k in (*ATTRIBUTES, "all"))
+def by_objects(per_image: list, scenes) -> dict[str, dict]:
+    """summarise() over the prompts of each GROUPS entry (by the number of objects the prompt asks for)."""
+    return {group: summarise([s for s, scene in zip(per_image, scenes) if len(scene.shapes) in counts])
+            for group, counts in GROUPS.items()}
 
 
 def header(label: str) -> str:
-    return f"{label:<34}" + "".join(f"{k:>11}" for k in (*ATTRIBUTES, "all"))
+    return f"{label:<30}" + "".join(f"{k:>11}" for k in (*ATTRIBUTES, "all"))
+
+
+def row(label: str, summary: dict) -> str:
+    return f"{label:<30}" + "".join(f"{summary.get(k, float('nan')):>11.2f}" for k in (*ATTRIBUTES, "all"))
+
+
+def report(args, checker, held_out, prompts: list[str], scenes) -> None:
+    results_path = args.out / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    real = by_objects(checker.scores(held_out.images, scenes), scenes)
+    counts = {g: sum(len(s.shapes) in c for s in scenes) for g, c in GROUPS.items()}
+    seconds = {(n, m): json.loads((snapshot_dir(args, n, m) / "done").read_text()) for n in args.contenders
+               for m in args.marks}
+    for group in GROUPS:
+        print(f"\n{group} ({counts[group]} held-out prompts), guidance {args.curve_guidance:g}: fraction of what the "
+              "prompts ask that the samples show (all: samples with everything right)")
+        print(header("contender, minutes (step)"))
+        print(row("real images (the ceiling)", real[group]))
+        for name in args.contenders:
+            for minutes in args.marks:
+                per_image = scores(args, checker, results, name, minutes, args.curve_guidance, "captions", prompts, scenes)
+                done = seconds[name, minutes]
+                print(row(f"{name}, {done['seconds'] / 60:.1f} min ({done['step']})", by_objects(per_image, scenes)[group]),
+                      flush=True)
+    last = args.marks[-1]
+    print(f"\nafter {last:g} minutes, against guidance and wording (1-2 objects / 3 objects: all)")
+    reworded = [reword(p) for p in prompts]
+    for name in args.contenders:
+        for wording, texts in (("captions", prompts), ("reworded", reworded)):
+            for g in args.guidance if wording == "captions" else [args.curve_guidance]:
+                summary = by_objects(scores(args, checker, results, name, last, g, wording, texts, scenes), scenes)
+                print(row(f"{name}, w={g:g}, {wording}", summary["1-2 objects"])
+                      + f"   3 objects: {summary['3 objects']['all']:.2f}", flush=True)
 
 
 def grid(args, path: Path) -> None:
-    """Rows: GRID_PROMPTS; columns: --grid-samples samples from each trained encoder's final run (guidance 3)."""
+    """Rows: GRID_PROMPTS; columns: --grid-samples samples of each contender's last snapshot (guidance 3)."""
     from diffusely import viz
 
-    rows, labels = [], []
-    encoders = [e for e in args.encoders if (snapshot_dir(args.out, e, args.steps) / CHECKPOINT).is_file()]
-    if not encoders:
-        raise SystemExit(f"no trained run in {args.out}: run the benchmark first")
-    per_encoder = {}
-    for encoder in encoders:
-        run = load_run(snapshot_dir(args.out, encoder, args.steps))
+    samples, labels = [], []
+    for name in args.contenders:
+        run = load_contender(args, name, args.marks[-1])
         prompts = [p for p in GRID_PROMPTS for _ in range(args.grid_samples)]
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the scratch encoder's unknown words are the point
-            per_encoder[encoder] = torch.cat(list(generate(run, len(prompts), prompts=prompts, guidance=3.0,
-                                                           seed=0, batch_size=args.sample_batch, progress=False)))
-        labels += [{"scratch": "from scratch", "minilm": "MiniLM"}.get(encoder, encoder)] + [""] * (args.grid_samples - 1)
-    for i in range(len(GRID_PROMPTS)):
-        rows.append(torch.cat([x[i * args.grid_samples:(i + 1) * args.grid_samples] for x in per_encoder.values()]))
+            warnings.simplefilter("ignore")  # the reworded row's unknown words are the point
+            samples.append(torch.cat(list(generate(run, len(prompts), prompts=prompts, guidance=3.0, seed=0,
+                                                   batch_size=args.sample_batch, progress=False))))
+        labels += [name] + [""] * (args.grid_samples - 1)
+    k = args.grid_samples
+    rows = [torch.cat([x[i * k:(i + 1) * k] for x in samples]) for i in range(len(GRID_PROMPTS))]
     viz.save_strip(rows, path, labels=labels, row_labels=GRID_PROMPTS, scale=3)
     print(f"grid: {path}")
 
@@ -181,38 +307,47 @@ def word_ceiling(model) -> None:
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, required=True, help="Folder for runs, the checker and results.json (reused).")
-    p.add_argument("--steps", type=int, default=4000, help="Training steps (the default budget, TrainConfig's).")
-    p.add_argument("--evals", default="1000,2000,4000", help="Steps at which to measure (the last must be --steps).")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="The full run: 3 x 60 minutes of training (the latent run's autoencoder "
+                                       "inside its 60), then 21 settings of 300 prompts to sample and score (the "
+                                       "pixel ones the slowest): about 3.5 to 4 hours on an idle 2-core CPU.")
+    p.add_argument("--out", type=Path, required=True, help="Folder for runs, snapshots, the checker and results.json.")
+    p.add_argument("--minutes", type=float, default=60.0, help="Wall-clock minutes of training per contender.")
+    p.add_argument("--marks", default="5,10,20,30,45,60", help="Minutes at which to snapshot and score (the last: "
+                                                                  "--minutes).")
+    p.add_argument("--contenders", default=",".join(CONTENDERS))
+    p.add_argument("--encoder", default="scratch", help="Text encoder of every contender: scratch or minilm.")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--channels", default="32,64,64", help="U-Net channels (the demo's network).")
-    p.add_argument("--encoders", default="scratch,minilm")
-    p.add_argument("--paraphrases", type=int, default=0,
-                   help="Train on each caption and K paraphrases of it (words the reworded prompts never use); "
-                        "runs and results are named ENCODER-paraK.")
-    p.add_argument("--guidance", default="1,3,7")
-    p.add_argument("--step-guidance", type=float, default=3.0, help="Guidance of the adherence-against-steps table.")
-    p.add_argument("--prompts", type=int, default=200, help="Held-out prompts (one sample each).")
+    p.add_argument("--channels", default="", help="U-Net channels of every contender (default: each one's own).")
+    p.add_argument("--autoencoder-steps", type=int, help="The latent run's autoencoder (default: train --text's).")
+    p.add_argument("--checkpoint-every", type=int, default=250)
+    p.add_argument("--images", type=int, default=0, help="Train on the first N built-in images (0: all 10000).")
+    p.add_argument("--guidance", default="1,3,7", help="Guidance scales scored after the last mark.")
+    p.add_argument("--curve-guidance", type=float, default=3.0, help="Guidance of the adherence-against-minutes curve.")
+    p.add_argument("--prompts", type=int, default=300, help="Held-out prompts of one to three objects, one sample each.")
     p.add_argument("--sample-batch", type=int, default=100)
     p.add_argument("--checker-images", type=int, default=3000)
     p.add_argument("--checker-steps", type=int, default=400)
-    p.add_argument("--grid", type=Path, help="Write docs/text.md's grid of prompts and samples here (after training).")
+    p.add_argument("--grid", type=Path, help="Write the picture of GRID_PROMPTS and samples here (after training).")
     p.add_argument("--grid-samples", type=int, default=4)
-    p.add_argument("--tiny", action="store_true", help="A smoke test: tiny network, few steps and prompts.")
+    p.add_argument("--quick", action="store_true", help="A smoke test of every part: about two minutes.")
     p.add_argument("--encoder-ceiling", action="store_true",
                    help="Only measure how much MiniLM's sentence embeddings carry of a reworded prompt (a minute).")
     p.add_argument("--progress", action="store_true", help="Show training progress bars.")
     args = p.parse_args()
-    if args.tiny:
-        args.steps, args.evals, args.channels, args.batch_size = 20, "10,20", "16,32", 8
-        args.prompts, args.checker_images, args.checker_steps, args.grid_samples = 8, 300, 50, 2
-    args.evals = sorted(int(s) for s in args.evals.split(","))
-    args.channels = tuple(int(c) for c in args.channels.split(","))
-    args.encoders = [e + (f"-para{args.paraphrases}" if args.paraphrases else "") for e in args.encoders.split(",")]
+    if args.quick:
+        args.minutes, args.marks, args.channels, args.autoencoder_steps = 0.3, "0.15,0.3", "16,32", 20
+        args.images, args.prompts, args.checker_images, args.checker_steps = 256, 12, 300, 50
+        args.guidance, args.grid_samples, args.checkpoint_every, args.batch_size = "3", 2, 50, 16
+    args.marks = sorted(float(m) for m in args.marks.split(","))
+    args.channels = tuple(int(c) for c in args.channels.split(",")) if args.channels else None
+    args.contenders = args.contenders.split(",")
     args.guidance = [float(g) for g in args.guidance.split(",")]
-    if args.evals[-1] != args.steps:
-        p.error(f"the last of --evals must be --steps ({args.steps}), got {args.evals}")
+    if args.marks[-1] != args.minutes:
+        p.error(f"the last of --marks must be --minutes ({args.minutes:g}), got {args.marks}")
+    unknown = set(args.contenders) - set(CONTENDERS)
+    if unknown:
+        p.error(f"unknown contenders {sorted(unknown)}; choose from {', '.join(CONTENDERS)}")
     args.out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
 
@@ -223,42 +358,24 @@ def main():
     else:
         checker = fit_adherence_checker(32, count=args.checker_images, steps=args.checker_steps, seed=1)
         save_checker(checker_path, checker)
-    held_out = render_shapes(args.prompts, size=32, seed=PROMPT_SEED, max_shapes=2)
+    held_out = render_shapes(args.prompts, size=32, seed=PROMPT_SEED, max_shapes=TEXT_MAX_SHAPES)
     prompts = held_out.captions
     scenes = [parse_caption(c) for c in prompts]
-    reworded = [reword(c) for c in prompts]
     print(f"checker ready ({time.perf_counter() - t:.0f} s); {len(prompts)} held-out prompts, e.g.\n"
-          f"  {prompts[0]!r}\n  reworded: {reworded[0]!r}", flush=True)
+          f"  {prompts[0]!r}\n  reworded: {reword(prompts[0])!r}", flush=True)
     if args.encoder_ceiling:
-        encoder_ceiling(prompts, reworded)
+        encoder_ceiling(prompts, [reword(c) for c in prompts])
         return
-    results_path = args.out / "results.json"
-    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
-
-    for encoder in args.encoders:
-        train_encoder(args, encoder)
+    data = training_data(args)
+    for name in ("latent", "pixel", "diffusers"):  # the peer trains on the latent run's latents
+        if name in args.contenders:
+            print(f"training {name} for {args.minutes:g} minutes ...", flush=True)
+            train_diffusers(args, data) if name == "diffusers" else train_ours(args, name, data)
     if args.grid:
         grid(args, args.grid)
         return
-
-    print("\nadherence (fraction of asked attributes shown; all: images with every one right)")
-    print(header("real images (the checker's ceiling)"))
-    print(row("", checker.adherence(held_out.images, scenes)), flush=True)
-    final = args.steps
-    print(f"\nagainst guidance, after {final} steps (batch {args.batch_size})")
-    print(header("encoder, guidance, wording"))
-    for encoder in args.encoders:
-        for wording, texts in (("captions", prompts), ("reworded", reworded)):
-            for g in args.guidance:
-                scores = evaluate(args, checker, results, encoder, final, g, wording, texts, scenes)
-                print(row(f"{encoder}, w={g:g}, {wording}", scores), flush=True)
-    print(f"\nagainst training steps, guidance {args.step_guidance:g}, caption wording")
-    print(header("encoder, steps"))
-    for encoder in args.encoders:
-        for step in args.evals:
-            scores = evaluate(args, checker, results, encoder, step, args.step_guidance, "captions", prompts, scenes)
-            print(row(f"{encoder}, {step} steps", scores), flush=True)
-    print(f"\n(total {time.perf_counter() - t:.0f} s; results cached in {results_path})")
+    report(args, checker, held_out, prompts, scenes)
+    print(f"\n(total {time.perf_counter() - t:.0f} s; per-image scores cached in {args.out / 'results.json'})")
 
 
 if __name__ == "__main__":
