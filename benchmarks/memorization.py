@@ -68,7 +68,7 @@ def snapshots(args, dataset: str, count: int, held: Path, out: Path) -> list[dic
                        data=DataConfig(source=str(images), image_size=SIZE, flip=not args.no_flip),
                        train=TrainConfig(steps=max(evals), batch_size=args.batch_size, decay_from=1.0,
                                          warmup_steps=min(200, min(evals) // 2), checkpoint_every=min(evals),
-                                         sample_every=max(evals), keep=1))
+                                         sample_every=max(evals), keep=1, schedule_search=0.0))
     rows, started = [], time.perf_counter()
 
     def measure(step: int) -> None:
