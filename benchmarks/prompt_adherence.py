@@ -363,8 +363,9 @@ def main():
     scenes = [parse_caption(c) for c in prompts]
     print(f"checker ready ({time.perf_counter() - t:.0f} s); {len(prompts)} held-out prompts, e.g.\n"
           f"  {prompts[0]!r}\n  reworded: {reword(prompts[0])!r}", flush=True)
-    if args.encoder_ceiling:
-        encoder_ceiling(prompts, [reword(c) for c in prompts])
+    if args.encoder_ceiling:  # docs/text.md's figures: the 200 prompts of one or two objects they were measured on
+        two = render_shapes(200, size=32, seed=PROMPT_SEED, max_shapes=2).captions
+        encoder_ceiling(two, [reword(c) for c in two])
         return
     data = training_data(args)
     for name in ("latent", "pixel", "diffusers"):  # the peer trains on the latent run's latents
