@@ -9,6 +9,10 @@ U-Net latents the decoder never sees.
 
 The encoded set is cached in the run directory (float16: a relative rounding of 5e-4 on unit-variance
 latents, and half the file), so a resumed run trains on exactly the latents the interrupted one did.
+
+A text run made from options (`diffusely train DATA --text`) is latent by default on an autoencoder of its own:
+use_own_autoencoder points the config at RUN_DIR/autoencoder, and prepare_own_autoencoder trains it there (or
+resumes it, or finds it trained) before the diffusion run starts.
 """
 
 from __future__ import annotations
