@@ -110,6 +110,7 @@ def test_pixels_and_small_images_keep_pixel_diffusion_and_a_half_trained_autoenc
     """--pixels (and images too small for an 8 x 8 latent) train text models in pixels, as before; a run stopped
     while its autoencoder trained tells --resume to run the starting command again."""
     from diffusely.options import new_run_config, resumed_config
+    from diffusely.train.latents import prepare_own_autoencoder
 
     options = {"text": True, "image_size": 32}
     assert new_run_config("shapes", options, run_dir=tmp_path / "a").latent is not None
@@ -117,6 +118,9 @@ def test_pixels_and_small_images_keep_pixel_diffusion_and_a_half_trained_autoenc
     assert new_run_config("shapes", {**options, "image_size": 16}, run_dir=tmp_path / "a").latent is None
     assert new_run_config("shapes", options).latent is None  # no run directory (a library caller): as before
     assert new_run_config("shapes", options).data.max_shapes == 3
+    with pytest.raises(ValueError, match="--autoencoder-steps sets the autoencoder a text run trains for itself"):
+        prepare_own_autoencoder(new_run_config("shapes", {**options, "pixels": True}, run_dir=tmp_path / "a"),
+                                tmp_path / "a", steps=10)
     (tmp_path / "b" / "autoencoder").mkdir(parents=True)
     (tmp_path / "b" / "autoencoder" / "config.json").write_text("{}")
     try:

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from .._files import Unreadable, load_tensors, save_tensors
 from ..checkpoint import CONFIG, RunError, autoencoder_dir, load_autoencoder, read_config
-from ..config import AutoencoderRunConfig, RunConfig
+from ..config import AutoencoderRunConfig, ConfigError, RunConfig
 from ..data import DataError, to_tensor
 from ..nets.autoencoder import Autoencoder, LatentSpace, latent_scale
 
@@ -160,6 +160,9 @@ def prepare_own_autoencoder(config: RunConfig, run_dir, *, steps: Optional[int] 
 
     ae_dir = Path(run_dir).resolve() / OWN_AUTOENCODER
     if config.latent is None or Path(config.latent.autoencoder) != ae_dir:
+        if steps is not None:
+            raise ConfigError("--autoencoder-steps sets the autoencoder a text run trains for itself, and this run has "
+                              "none (not a text run, --pixels, --autoencoder, or images under 32 px): drop it")
         return
     resume = (ae_dir / CONFIG).is_file()
     ae_config = read_config(ae_dir, AutoencoderRunConfig) if resume else own_autoencoder_config(config, steps)
