@@ -11,9 +11,11 @@ from .flags import DIRECTIONS_OPTION, SAMPLE_RATE, Finite, TRAINING, int_list
 
 def _config(data, run_dir, resume: bool, options: dict, cls):
     """The config to train and the step the run starts from (0, or the checkpoint's on --resume); says the choices
-    made from the data and the augmentations the run trains with."""
+    made from the data and, once the run directory takes it, the augmentations the run trains with."""
+    from pathlib import Path
+
     from .._files import check_writable
-    from ..train.common import augmentations
+    from ..train.common import augmentations, run_config
 
     if resume:
         check_writable(run_dir)  # before a step is trained: a checkpoint must be able to land
@@ -22,6 +24,7 @@ def _config(data, run_dir, resume: bool, options: dict, cls):
         config, start = new_autoencoder_config(data, options, say=click.echo), 0
     else:
         config, start = new_run_config(data, options, options.get("config_file"), run_dir, say=click.echo), 0
+    run_config(config, Path(run_dir), resume)  # training checks it again, holding the lock; a refusal is one line
     click.echo(f"augmentations: {augmentations(config)}")
     return config, start
 
