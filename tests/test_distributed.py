@@ -52,5 +52,6 @@ def test_ddp_step_equals_single_process_step_on_joined_batch(tiny_folder, tmp_pa
     # only rank 0 wrote: one log, one checkpoint, no stray temporary files
     files = sorted(p.relative_to(tmp_path / "ddp").as_posix() for p in (tmp_path / "ddp").rglob("*") if p.is_file())
     assert files == [".lock", "checkpoint.safetensors", "config.json", "log.csv", "loss.png", "model.safetensors",
-                     "samples/step-0000001.png"]
+                     "samples/step-0000001.png", "train.log"]
+    assert len((tmp_path / "ddp" / "train.log").read_text().splitlines()) == 1  # one start, said once
     assert (tmp_path / "ddp" / "log.csv").read_text().count("\n") == 2  # header + the row of step 1
