@@ -239,3 +239,21 @@ def test_a_second_job_into_one_folder_is_refused(root, tmp_path):
         assert [p.name for p in out.iterdir()] == [".lock"]  # nothing written beside the other job's
     finally:
         os.close(fd)
+
+
+def test_a_budget_without_a_sampler_draws_on_the_spacing_it_was_picked_for(root):
+    """--nfe 5 alone picks unipc for its log-SNR spacing (samplers/defaults.py): restore must draw on that spacing,
+    not on unipc's default Karras steps."""
+    outs = {}
+    for name, args in (("budget", ()), ("karras", ("--sampler", "unipc"))):
+        out = outs[name] = root / f"budget-{name}"
+        r = invoke("restore", root / "run", root / "clean" / "p0.png", "--task", "inpaint", "--mask", root / "mask.png",
+                   "--nfe", "5", *args, "--out", out, "--quiet")
+        assert r.exit_code == 0, r.output
+    from diffusely.checkpoint import load_run
+    from diffusely.pipelines.restore import Plan
+
+    run = load_run(root / "run")
+    plan = Plan.of(run, nfe=5)
+    assert (plan.sampler, plan.steps, plan.sampling(run, [])["spacing"]) == ("unipc", 5, "log-snr")
+    assert not np.array_equal(read(outs["budget"] / "p0.png"), read(outs["karras"] / "p0.png"))

@@ -121,9 +121,10 @@ class Plan:
 
     def sampling(self, run: LoadedRun, gens) -> dict:
         d = run.config.diffusion
-        # a name such as "DPM++ 2M Karras" brings its spacing and options (pipelines.generate.Sampler)
+        # a name such as "DPM++ 2M Karras" brings its spacing and options (pipelines.generate.Sampler); a sampler
+        # picked for a budget (--nfe alone) the spacing it was picked on
         return dict(method=self.sampler, steps=self.steps, sigma_min=d.sigma_min, sigma_max=d.sigma_max, generator=gens,
-                    spacing=self.sampler.spacing, **self.sampler.options)
+                    spacing=self.sampler.spacing or self.sampler.fallback, **self.sampler.options)
 
 
 def _save(path: Path, x: torch.Tensor) -> Path:
