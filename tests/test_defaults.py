@@ -156,3 +156,14 @@ def test_rgb_config_and_grayscale_choose_over_the_folder(tmp_path):
     r = cli("train", folder, "--out", tmp_path / "run", "--steps", 1, "--rgb", *TINY_ARGS)
     assert r.exit_code == 0 and "images are grayscale" not in r.output, r.output
     assert json.loads((tmp_path / "run" / "config.json").read_text())["model"]["in_channels"] == 3
+
+
+def test_a_grayscale_folder_on_a_colour_autoencoder_names_rgb(tmp_path):
+    """A folder detected as grayscale trains one channel; an autoencoder of three channels then needs --rgb, and
+    the refusal says so (not --grayscale, which is what was chosen already)."""
+    folder = write_images(tmp_path / "scans", GRAY_KINDS)
+    r = CliRunner().invoke(main, ["train", str(folder), "--out", str(tmp_path / "run"), "--autoencoder",
+                                  str(V0 / "ae"), "--steps", "1", *TINY_ARGS])
+    assert r.exit_code == 1 and "encodes 3-channel images, but the data has 1 channels" in r.output, r.output
+    [error] = [line for line in r.output.splitlines() if line.startswith("Error:")]
+    assert "--rgb" in error and "Traceback" not in r.output

@@ -67,7 +67,8 @@ def prepare_latents(config: RunConfig, images: np.ndarray, run_dir: Path, device
     lc, cache = config.latent, Path(run_dir) / LATENTS
     if loaded.config.model.in_channels != images.shape[-1]:
         raise DataError(f"the autoencoder in {lc.autoencoder} encodes {loaded.config.model.in_channels}-channel images, "
-                        f"but the data has {images.shape[-1]} channels (--grayscale?)")
+                        f"but the data has {images.shape[-1]} channels: train with "
+                        f"{'--rgb' if loaded.config.model.in_channels == 3 else '--grayscale'} to match it")
     if resume:
         if cache.is_file():
             cached, flipped = _read_cache(cache, lc.autoencoder_digest, len(images), config.data.flip, device)
