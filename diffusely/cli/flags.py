@@ -87,14 +87,17 @@ def stack(*options):
 
 
 NFE = click.option("--nfe", type=COUNT, help="A budget of network evaluations instead of --steps: "
-                   "the sampler takes as many steps as fit (heun: --nfe 10 -> 5 steps, 9 evaluations).")
+                   "the sampler takes as many steps as fit (heun: --nfe 10 -> 5 steps, 9 evaluations). Without "
+                   "--sampler, a budget under 35 takes the sampler measured best for it (unipc to 7, deis to 34; "
+                   "docs/samplers.md).")
 SAMPLER_OPTION = click.option("-o", "--option", "options", multiple=True, callback=sampler_options, metavar="KEY=VALUE",
                               help="A sampler option, repeatable: -o S_churn=30 -o S_tmax=10 (heun, euler), "
                                    "-o eta=0.5 (ddim).")
 SAMPLING = stack(
     click.option("--steps", type=COUNT, help="Sampler steps (default: the run's)."),
     NFE,
-    click.option("--sampler", type=str, help=f"One of: {', '.join(SAMPLERS)} (default: the run's), or a name "
+    click.option("--sampler", type=str, help=f"One of: {', '.join(SAMPLERS)} (default: the run's, or for --nfe alone the one best at "
+                 "that budget), or a name "
                  "A1111, ComfyUI, k-diffusion or diffusers users type, which brings its schedule and options: "
                  "'DPM++ 2M Karras', 'Euler a', dpmpp_2m_sde_gpu, sample_dpmpp_2m, DPMSolverMultistepScheduler "
                  "(all of them: docs/samplers-aliases.md)."),
@@ -160,7 +163,7 @@ TRAINING = stack(
     click.option("--blocks-per-level", type=click.IntRange(1, 64), help="Residual blocks per network level."),
     click.option("--lr", type=Finite(above=0), help="Peak learning rate of AdamW."),
     click.option("--max-shapes", type=click.IntRange(1, 64), help="Built-in shapes: up to this many shapes per image "
-                 "(default 1)."),
+                 "(default 1; 3 for a text run)."),
     click.option("--grayscale", is_flag=True, default=None, help="Train on one channel (the default for a folder "
                  "whose images are all grayscale)."),
     click.option("--rgb", is_flag=True, default=None, help="Train on three channels, even when every image is grayscale."),
