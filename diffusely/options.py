@@ -267,6 +267,8 @@ def _given(config, options: dict) -> dict:
             given[name] = (None, config.data.channels == channels, "data.channels")
     if options.get("flip") is not None:
         given["flip" if options["flip"] else "no_flip"] = (None, config.data.flip == options["flip"], "data.flip")
+    if options.get("pixels"):  # a text run's latent default is decided when it starts
+        given["pixels"] = (None, getattr(config, "latent", None) is None, "latent.autoencoder")
     if options.get("recipe"):
         ddpm = config.diffusion.schedule is not None
         given["recipe"] = (options["recipe"], options["recipe"] == ("ddpm" if ddpm else "edm"), "diffusion.schedule")

@@ -129,3 +129,20 @@ def test_pixels_and_small_images_keep_pixel_diffusion_and_a_half_trained_autoenc
         assert "holds only its autoencoder" in str(e) and "without --resume" in str(e)
     else:
         raise AssertionError("resuming a run with only its autoencoder must say how to go on")
+
+
+def test_resuming_a_latent_text_run_with_pixels_is_refused(tmp_path):
+    """--pixels decides a text run's space when it starts; on --resume of a latent run it is refused, naming the
+    run's autoencoder, not ignored (the run would go on in latents)."""
+    from diffusely.config import ConfigError
+    from diffusely.options import new_run_config, resumed_config
+
+    config = new_run_config("shapes", {"text": True, "image_size": 32}, run_dir=tmp_path)
+    (tmp_path / "config.json").write_text(config.to_json())
+    assert resumed_config(tmp_path, None, {})[0].latent is not None
+    with pytest.raises(ConfigError, match="--pixels conflicts with the run .* latent.autoencoder"):
+        resumed_config(tmp_path, None, {"pixels": True})
+    pixels = new_run_config("shapes", {"text": True, "image_size": 32, "pixels": True}, run_dir=tmp_path / "p")
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "config.json").write_text(pixels.to_json())
+    assert resumed_config(tmp_path / "p", None, {"pixels": True})[0].latent is None  # agrees: a no-op
