@@ -146,3 +146,13 @@ def test_resuming_a_latent_text_run_with_pixels_is_refused(tmp_path):
     (tmp_path / "p").mkdir()
     (tmp_path / "p" / "config.json").write_text(pixels.to_json())
     assert resumed_config(tmp_path / "p", None, {"pixels": True})[0].latent is None  # agrees: a no-op
+
+
+def test_a_network_too_deep_for_the_latent_is_refused_before_the_autoencoder_trains(tmp_path):
+    """Five levels need 64 px on latents 4 times smaller: said before minutes of autoencoder training, not after."""
+    run = tmp_path / "run"
+    r = CliRunner().invoke(main, ["train", "shapes", "--text", "--out", str(run), "--steps", "1", "--autoencoder-steps",
+                                  "1", "--channels", "8,8,8,8,8", "--batch-size", "2", "--quiet"])
+    assert r.exit_code == 1 and "is not divisible by 64" in r.output and "on latents 4 times smaller" in r.output, \
+        r.output
+    assert "Traceback" not in r.output and not (run / "autoencoder").exists()

@@ -17,6 +17,7 @@ resumes it, or finds it trained) before the diffusion run starts.
 
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -179,7 +180,18 @@ def prepare_own_autoencoder(config: RunConfig, run_dir, *, steps: Optional[int] 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise RunError(f"a text run trains its autoencoder in one process: run `diffusely train-autoencoder "
                        f"{ours.source} --image-size {ours.image_size} --out {ae_dir}` first, then this command again")
+    _check_latent_size(config, ae_config.model.factor)
     say(f"autoencoder: {'resuming' if done else 'training'} {ae_dir} ({ae_config.train.steps} steps"
         f"{f', from step {done}' if done else ''}), then the text model on its latents")
     result = train_autoencoder(ae_config, ae_dir, resume=resume, progress=progress)
     say(f"autoencoder: {result['step']} steps, training PSNR {result.get('psnr', float('nan')):.1f} dB")
+
+
+def _check_latent_size(config: RunConfig, factor: int) -> None:
+    """The U-Net's size check on latents `factor` times smaller (train.data.check_image_size), made before the
+    autoencoder trains for minutes rather than after."""
+    from .data import check_image_size
+
+    probe = copy.deepcopy(config)
+    probe.latent.factor = factor
+    check_image_size(probe)
