@@ -156,3 +156,4 @@ def test_a_network_too_deep_for_the_latent_is_refused_before_the_autoencoder_tra
     assert r.exit_code == 1 and "is not divisible by 64" in r.output and "on latents 4 times smaller" in r.output, \
         r.output
     assert "Traceback" not in r.output and not (run / "autoencoder").exists()
+    assert "use --image-size 64\n" in r.output  # no size below 32 fits: one to suggest, not "64 or 64"

@@ -42,7 +42,7 @@ def check_image_size(config: RunConfig) -> None:
         on_latents = f" on latents {ae_factor} times smaller than the images" if ae_factor > 1 else ""
         patch = f" and patch size {config.model.patch_size}" if config.model.patch_size > 1 else ""
         raise DataError(f"image size {config.data.image_size} is not divisible by {f}, which a U-Net with "
-                        f"{len(config.model.channels)} levels{patch}{on_latents} needs; use --image-size {lo or hi} or {hi}")
+                        f"{len(config.model.channels)} levels{patch}{on_latents} needs; use --image-size {f'{lo} or {hi}' if lo else hi}")
 
 
 def check_task(config: RunConfig) -> None:
