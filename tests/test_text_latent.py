@@ -157,3 +157,16 @@ def test_a_network_too_deep_for_the_latent_is_refused_before_the_autoencoder_tra
         r.output
     assert "Traceback" not in r.output and not (run / "autoencoder").exists()
     assert "use --image-size 64\n" in r.output  # no size below 32 fits: one to suggest, not "64 or 64"
+
+
+def test_autoencoder_steps_other_than_the_started_autoencoders_are_refused(tmp_path):
+    """An autoencoder begun for N steps keeps them (the command run again goes on to N): another --autoencoder-steps
+    is refused, naming both, not ignored."""
+    from diffusely.options import new_run_config
+    from diffusely.train.latents import own_autoencoder_config, prepare_own_autoencoder
+
+    config = new_run_config("shapes", {"text": True, "image_size": 32}, run_dir=tmp_path)
+    (tmp_path / "autoencoder").mkdir()
+    (tmp_path / "autoencoder" / "config.json").write_text(own_autoencoder_config(config, 2).to_json())
+    with pytest.raises(ValueError, match="--autoencoder-steps 5: .* begun for 2 steps"):
+        prepare_own_autoencoder(config, tmp_path, steps=5, progress=False)

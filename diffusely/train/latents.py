@@ -168,6 +168,9 @@ def prepare_own_autoencoder(config: RunConfig, run_dir, *, steps: Optional[int] 
         return
     resume = (ae_dir / CONFIG).is_file()
     ae_config = read_config(ae_dir, AutoencoderRunConfig) if resume else own_autoencoder_config(config, steps)
+    if steps is not None and steps != ae_config.train.steps:
+        raise ConfigError(f"--autoencoder-steps {steps}: {ae_dir} was begun for {ae_config.train.steps} steps and "
+                          f"keeps them; drop --autoencoder-steps, or delete {ae_dir} to train another")
     theirs, ours = ae_config.data, config.data
     fields = ("source", "image_size", "channels", "max_shapes")
     if any(getattr(theirs, f) != getattr(ours, f) for f in fields):
