@@ -44,6 +44,7 @@ from .state import (CHECKPOINT, NonFiniteError, State, count_nonfinite, kept_ste
                     save_run_state, save_state, step_of)
 
 CONFIG = "config.json"
+OWN_AUTOENCODER = "autoencoder"  # RUN_DIR/autoencoder: the one a run trains for itself (text runs)
 MODEL = "model.safetensors"
 SCHEDULES = "schedules.json"
 SIGMA_FLOOR = 1e-5  # below this a sigma underflows float32 arithmetic (sigma², log sigma) into black images
@@ -311,9 +312,13 @@ def load_autoencoder(ae_dir: str | Path, device="cpu") -> LoadedAutoencoder:
 
 
 def autoencoder_dir(config: RunConfig, run_dir: str | Path | None = None) -> Path:
-    """The autoencoder directory of a latent run; a RunError in one line if it is not there."""
+    """The autoencoder directory of a latent run; a RunError in one line if it is not there. A run that trained
+    its own (RUN_DIR/autoencoder, the text default) finds it there after the run was moved or copied."""
     path = Path(config.latent.autoencoder)
-    if not (path / CONFIG).is_file() or not (path / CHECKPOINT).is_file():
+    holds = lambda p: (p / CONFIG).is_file() and (p / CHECKPOINT).is_file()
+    if not holds(path) and run_dir is not None and path.name == OWN_AUTOENCODER and holds(Path(run_dir) / path.name):
+        return Path(run_dir) / path.name  # the digest check in load_latent_space still warns if it is another one
+    if not holds(path):
         where = f"{run_dir}/{CONFIG}" if run_dir is not None else "the run's config.json"
         raise RunError(f"this latent diffusion run needs its autoencoder, and {path} holds none (moved or deleted?): "
                        f"put the autoencoder run back there, or set latent.autoencoder in {where} to where it is now")

@@ -4,6 +4,7 @@ embedding)."""
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -104,6 +105,16 @@ def test_a_text_run_trains_its_autoencoder_then_samples_and_resumes(tmp_path):
     assert f"autoencoder: {(run / 'autoencoder').resolve()} (trained, 2 steps)" in r.output
     assert load_run(run).step == load_checkpoint(run).step == 3
     assert (run / "autoencoder" / "checkpoint.safetensors").read_bytes() == ae_weights
+
+    # the run moved (its config still names the old place): it samples as before, with the autoencoder it carries
+    def pixels(run_dir, out):
+        r = CliRunner().invoke(main, ["sample", str(run_dir), "-n", "1", "--steps", "2", "--quiet", "--prompt",
+                                      "a red circle", "--out", str(tmp_path / out)])
+        assert r.exit_code == 0, r.output
+        return [np.asarray(Image.open(p)) for p in sorted((tmp_path / out).glob("*.png"))]
+    before = pixels(run, "before")
+    run.rename(tmp_path / "moved")
+    assert np.array_equal(pixels(tmp_path / "moved", "after")[0], before[0])
 
 
 def test_pixels_and_small_images_keep_pixel_diffusion_and_a_half_trained_autoencoder_says_how_to_go_on(tmp_path):

@@ -28,7 +28,7 @@ import torch
 from tqdm import tqdm
 
 from .._files import Unreadable, load_tensors, save_tensors
-from ..checkpoint import CONFIG, RunError, autoencoder_dir, load_autoencoder, read_config
+from ..checkpoint import CONFIG, OWN_AUTOENCODER, RunError, autoencoder_dir, load_autoencoder, read_config
 from ..config import AutoencoderRunConfig, ConfigError, RunConfig
 from ..data import DataError, to_tensor
 from ..nets.autoencoder import Autoencoder, LatentSpace, latent_scale
@@ -108,7 +108,6 @@ def _read_cache(path: Path, digest: str, count: int, flip: bool, device) -> tupl
 # ---------------------------------------------------------------------------------------------
 # a text run's own autoencoder: the latent default of `diffusely train DATA --text`
 
-OWN_AUTOENCODER = "autoencoder"  # RUN_DIR/autoencoder
 FACTOR = 4  # the autoencoder's default: 32 x 32 images become 8 x 8 latents
 MIN_LATENT_SIDE = 8  # smaller images (the tests' 16 px folders) stay in pixels: a 4 x 4 latent holds too little
 TEXT_MAX_SHAPES = 3  # a text run on the built-in shapes: captions of one to three shapes
