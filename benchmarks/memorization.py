@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from diffusely._files import atomic_write_text
 from diffusely.config import DataConfig, RunConfig, TrainConfig
 from diffusely.data import BUILTIN
 from diffusely.nets import UNetConfig
@@ -148,6 +149,8 @@ def main():
     p.add_argument("--samples", type=int, default=None, help="Samples per measurement (default 500).")
     p.add_argument("--dropout", type=float, default=0.0, help="U-Net dropout (a recipe choice to compare).")
     p.add_argument("--no-flip", action="store_true", help="Train without mirrored images (the default flips).")
+    p.add_argument("--rows", type=Path, default=None, help="An earlier invocation's results.json: its rows go first "
+                   "in the table and the plot (e.g. shapes measured before, defects now).")
     args = p.parse_args()
     q = args.quick
     args.datasets = (args.datasets or ("shapes" if q else "shapes,defects")).split(",")
@@ -160,15 +163,15 @@ def main():
     args.domain_steps = 60 if q else None
     args.out.mkdir(parents=True, exist_ok=True)
 
-    rows = []
+    rows = json.loads(args.rows.read_text())["rows"] if args.rows else []
+    settings = {k: v if not isinstance(v, Path) else str(v) for k, v in vars(args).items()}
     print(HEADER, flush=True)
     for dataset in args.datasets:
         held = write_folder(args.out / "data" / f"{dataset}-held-out", BUILTIN[dataset](SIZE, 1, count=400 if q else 1000).images)
         for count in args.sizes:
             rows += snapshots(args, dataset, count, held, args.out)
-    (args.out / "results.json").write_text(json.dumps({"settings": {k: v if not isinstance(v, Path) else str(v)
-                                                                    for k, v in vars(args).items()}, "rows": rows},
-                                                      indent=2))
+            # after each run, so a benchmark stopped later keeps what it measured (--rows takes it up again)
+            atomic_write_text(args.out / "results.json", json.dumps({"settings": settings, "rows": rows}, indent=2))
     plot(rows, args.out / "memorization.png")
     print("\n" + HEADER)
     for r in rows:
