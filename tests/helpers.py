@@ -1,6 +1,8 @@
 """Shared test settings."""
 
 import contextlib
+import fcntl
+import os
 import signal
 
 # a U-Net small enough that a training step takes milliseconds
@@ -31,6 +33,18 @@ def wake_zero_layers(net, std: float = 0.1):
         if isinstance(m, torch.nn.Conv2d) and not m.weight.any():
             torch.nn.init.normal_(m.weight, std=std)
     return net
+
+
+@contextlib.contextmanager
+def held_lock(folder, holder: str):
+    """Hold `folder`'s lock as another job's run_lock does (`holder`: its "PID command" line) in the block."""
+    fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, f"{holder}\n".encode())
+        yield
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager

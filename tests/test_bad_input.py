@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from diffusely.cli import main
 from diffusely.data.shapes import write_shapes_folder
 
-from helpers import TINY_ARGS
+from helpers import TINY_ARGS, held_lock
 
 
 def invoke(*args):
@@ -146,20 +146,12 @@ def test_sampler_options_are_checked_before_a_folder_is_made(tiny, tmp_path, mon
 
 
 def test_a_second_sample_job_into_one_folder_is_refused(tiny, tmp_path):
-    import fcntl
-    import os
-
     out = tmp_path / "s"
     out.mkdir()
-    fd = os.open(out / ".lock", os.O_RDWR | os.O_CREAT)  # another job, holding the folder's lock as run_lock does
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        os.write(fd, b"4242 sample --out s\n")
+    with held_lock(out, "4242 sample --out s"):  # another job
         r = invoke("sample", tiny / "run", "-n", "1", "--steps", "2", "--out", out, "--quiet")
         assert r.exit_code == 1 and f"{out} is in use by process 4242 (sample --out s)" in r.output, r.output
         assert [p.name for p in out.iterdir()] == [".lock"]  # nothing written beside the other job's
-    finally:
-        os.close(fd)
     r = invoke("sample", tiny / "run", "-n", "1", "--steps", "2", "--out", out, "--quiet")
     assert r.exit_code == 0 and (out / "000000.png").is_file(), r.output
 

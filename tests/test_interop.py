@@ -21,6 +21,7 @@ from diffusely.config import DataConfig, DiffusionConfig, RunConfig, _recipe_ddp
 from diffusely.interop import export_model, import_diffusers, to_diffusers
 from diffusely.nets.unet import UNet, UNetConfig
 from diffusely.pipelines import generate
+from helpers import held_lock
 
 diffusers = importlib.import_module("diffusers") if os.environ.get("CI") else pytest.importorskip("diffusers")
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
@@ -194,21 +195,14 @@ def test_to_diffusers_refuses_what_does_not_map(tmp_path):
 
 
 def test_a_second_job_into_the_output_folder_is_refused(tmp_path):
-    import fcntl
-
     from diffusely._files import Busy
 
     run, pipeline, out = mappable_run(tmp_path, DiffusionConfig()), pipeline_folder(tmp_path), tmp_path / "out"
     out.mkdir()
-    fd = os.open(out / ".lock", os.O_RDWR | os.O_CREAT)  # another job, holding the folder's lock as run_lock does
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        os.write(fd, b"4242 export --out out\n")
+    with held_lock(out, "4242 export --out out"):  # another job
         for write in (lambda: export_model(run, out), lambda: to_diffusers(run, out),
                       lambda: import_diffusers(pipeline, out)):
             with pytest.raises(Busy, match=f"{out} is in use by process 4242 \\(export --out out\\)"):
                 write()
         assert os.listdir(out) == [".lock"]  # nothing written beside the other job's
-    finally:
-        os.close(fd)
     assert export_model(run, out) == out and (out / MODEL).is_file()  # the folder holds only the lock: it is free

@@ -15,7 +15,7 @@ from diffusely.cli import main
 from diffusely.data import load_dataset, to_tensor
 from diffusely.restoration import Downsample
 
-from helpers import time_limit
+from helpers import held_lock, time_limit
 
 TINY = ["--image-size", "16", "--channels", "8,16", "--blocks-per-level", "1", "--batch-size", "4", "--quiet"]
 V0 = Path(__file__).parent / "fixtures" / "v0"
@@ -222,23 +222,15 @@ def test_a_sampler_name_people_know_brings_its_spacing_and_options(root):
 
 
 def test_a_second_job_into_one_folder_is_refused(root, tmp_path):
-    import fcntl
-    import os
-
     out = tmp_path / "out"
     out.mkdir()
-    fd = os.open(out / ".lock", os.O_RDWR | os.O_CREAT)  # another job, holding the folder's lock as run_lock does
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        os.write(fd, b"4242 restore --out out\n")
+    with held_lock(out, "4242 restore --out out"):  # another job
         clean = root / "clean" / "p0.png"
         for args in (["restore", root / "run", clean, "--task", "deblur"], ["img2img", root / "run", clean],
                      ["upscale", root / "run", clean]):
             r = invoke(*args, "--steps", "2", "--out", out, "--quiet")
             assert r.exit_code == 1 and f"{out} is in use by process 4242 (restore --out out)" in r.output, r.output
         assert [p.name for p in out.iterdir()] == [".lock"]  # nothing written beside the other job's
-    finally:
-        os.close(fd)
 
 
 def test_a_budget_without_a_sampler_draws_on_the_spacing_it_was_picked_for(root):
