@@ -3,11 +3,7 @@ from stored snapshots (train/posthoc.py), `diffusely ema` and `eval --ema-length
 bit for bit."""
 
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -23,7 +19,7 @@ from diffusely.train.ema import PowerEMA, gamma_of, power_beta, sigma_rel_of
 from diffusely.train.posthoc import load_posthoc_run, profile_products, reconstruct, snapshots
 
 from helpers import TINY_ARGS, train_tiny_folder_run
-from test_train import KILLED_RUN
+from test_train import train_killed_in_step_6
 
 STEPS, EVERY = 200, 10  # the toy trajectory's steps, and its snapshots' interval
 
@@ -138,10 +134,7 @@ def posthoc_runs(tmp_path_factory):
               "--sample-every", "100", "--log-every", "1", *TINY_ARGS]
     r = CliRunner().invoke(main, ["train", *common, "--out", str(root / "whole")], catch_exceptions=False)
     assert r.exit_code == 0, r.output
-    env = dict(os.environ, PYTHONPATH=os.getcwd(), TEST_THREADS=str(torch.get_num_threads()))
-    p = subprocess.run([sys.executable, "-c", KILLED_RUN, "train", *common, "--out", str(root / "killed")],
-                       env=env, capture_output=True, text=True, timeout=300)
-    assert p.returncode == -signal.SIGKILL, p.stderr
+    train_killed_in_step_6([*common, "--out", str(root / "killed")])
     assert sorted(f.name for f in (root / "killed" / "posthoc").iterdir()) == [
         "ema-0.05-0000002.safetensors", "ema-0.05-0000004.safetensors", "ema-0.1-0000002.safetensors",
         "ema-0.1-0000004.safetensors"]

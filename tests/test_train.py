@@ -34,6 +34,14 @@ main(sys.argv[1:])
 """
 
 
+def train_killed_in_step_6(args: list[str]) -> None:
+    """`diffusely train ARGS` in a subprocess with this process's thread count, SIGKILLed inside step 6."""
+    env = dict(os.environ, PYTHONPATH=os.getcwd(), TEST_THREADS=str(torch.get_num_threads()))
+    p = subprocess.run([sys.executable, "-c", KILLED_RUN, "train", *args], env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == -signal.SIGKILL, p.stderr
+
+
 def test_killed_and_resumed_equals_uninterrupted(tiny_folder, tmp_path):
     common = [str(tiny_folder), "--steps", "9", "--checkpoint-every", "3", "--sample-every", "100", "--log-every", "1",
               *TINY_ARGS]
@@ -42,10 +50,7 @@ def test_killed_and_resumed_equals_uninterrupted(tiny_folder, tmp_path):
     assert r.exit_code == 0, r.output
 
     # the same run, SIGKILLed right after its checkpoint at step 4 (and with steps 5.. never saved)
-    env = dict(os.environ, PYTHONPATH=os.getcwd(), TEST_THREADS=str(torch.get_num_threads()))
-    p = subprocess.run([sys.executable, "-c", KILLED_RUN, "train", *common, "--out", str(tmp_path / "killed")],
-                       env=env, capture_output=True, text=True, timeout=300)
-    assert p.returncode == -signal.SIGKILL, p.stderr
+    train_killed_in_step_6([*common, "--out", str(tmp_path / "killed")])
     assert load_file(str(tmp_path / "killed" / "checkpoint.safetensors"))["optim.0.step"].item() == 3
     assert len((tmp_path / "killed" / "log.csv").read_text().splitlines()) == 1 + 5  # rows 4 and 5 beyond it
 
