@@ -167,12 +167,18 @@ def test_distill_refuses_what_it_cannot_do_in_one_line(teacher, tmp_path):
     assert r.exit_code == 1 and "the teacher run" in r.output and "is gone" in r.output, r.output
 
 
-def test_a_student_of_a_layout_run_synthesises_a_labelled_dataset(tmp_path):
-    shutil.copytree(FIXTURES / "layout", tmp_path / "teacher")
+def distilled(fixture: str, tmp_path, nfe: int):
+    """A student of `nfe` distilled for 2 steps from a copy of tests/fixtures/v0/FIXTURE: (teacher, student)."""
+    shutil.copytree(FIXTURES / fixture, tmp_path / "teacher")
     student = tmp_path / "student"
-    assert cli("distill", tmp_path / "teacher", "--nfe", 1, "--out", student, "--steps", 2, "--batch-size", 4,
+    assert cli("distill", tmp_path / "teacher", "--nfe", nfe, "--out", student, "--steps", 2, "--batch-size", 4,
                "--quiet").exit_code == 0
-    assert (student / "layouts.json").read_bytes() == (tmp_path / "teacher" / "layouts.json").read_bytes()
+    return tmp_path / "teacher", student
+
+
+def test_a_student_of_a_layout_run_synthesises_a_labelled_dataset(tmp_path):
+    teacher, student = distilled("layout", tmp_path, nfe=1)
+    assert (student / "layouts.json").read_bytes() == (teacher / "layouts.json").read_bytes()
     r = cli("synth", student, "--out", tmp_path / "syn", "-n", 2, "--allow-copies")
     assert r.exit_code == 0, r.output
     images, labels = sorted((tmp_path / "syn").rglob("*.png")), sorted((tmp_path / "syn" / "labels").rglob("*.txt"))
@@ -180,11 +186,8 @@ def test_a_student_of_a_layout_run_synthesises_a_labelled_dataset(tmp_path):
 
 
 def test_a_student_of_a_text_run_takes_prompts(tmp_path):
-    shutil.copytree(FIXTURES / "text", tmp_path / "teacher")
-    student = tmp_path / "student"
-    assert cli("distill", tmp_path / "teacher", "--nfe", 2, "--out", student, "--steps", 2, "--batch-size", 4,
-               "--quiet").exit_code == 0
-    assert (student / "tokenizer.json").read_bytes() == (tmp_path / "teacher" / "tokenizer.json").read_bytes()
+    teacher, student = distilled("text", tmp_path, nfe=2)
+    assert (student / "tokenizer.json").read_bytes() == (teacher / "tokenizer.json").read_bytes()
     r = cli("sample", student, "-n", 2, "--prompt", "a red circle", "--out", tmp_path / "s", "--quiet")
     assert r.exit_code == 0, r.output
     assert json.loads((tmp_path / "s" / "metadata.jsonl").read_text().splitlines()[0])["text"] == "a red circle"
