@@ -15,6 +15,7 @@ from diffusely.cli import main
 from diffusely.data.shapes import render_shapes
 from diffusely.nets import UNet, UNetConfig
 from diffusely.nets.layers import masked_mean
+from diffusely.options import checkpoint_step
 from diffusely.text import ScratchTextEncoder, TextUNet, WordTokenizer
 
 SWAPPED = ("a red circle left of a blue square", "a blue circle left of a red square")
@@ -181,3 +182,26 @@ def test_autoencoder_steps_other_than_the_started_autoencoders_are_refused(tmp_p
     (tmp_path / "autoencoder" / "config.json").write_text(own_autoencoder_config(config, 2).to_json())
     with pytest.raises(ValueError, match="--autoencoder-steps 5: .* begun for 2 steps"):
         prepare_own_autoencoder(config, tmp_path, steps=5, progress=False)
+
+
+def test_a_text_run_started_in_the_ui_trains_its_own_autoencoder_and_stops_inside_it(tmp_path):
+    """The page's Train tab makes the CLI's run: a text run on 32 px shapes gets its own autoencoder, trained first,
+    and the Stop button ends that training at a checkpoint, which Start then goes on from."""
+    pytest.importorskip("gradio")
+    from diffusely.ui.guard import Roots
+    from diffusely.ui.state import Context
+    from diffusely.ui.training import start
+
+    ctx = Context(Roots.of(tmp_path))
+    # image size, steps, batch, lr, channels, classes, layout, text, checkpoint every, sample every
+    form = (32, 3, 4, 0, "8,16", False, False, True, 0, 0)
+    ae = tmp_path / "text" / "autoencoder"
+    for steps_done in (1, 2):  # Start, Stop after a step; Start again goes on from that checkpoint
+        start(ctx, False, "shapes", "text", *form)
+        job = ctx.jobs.get(str(tmp_path / "text"))
+        job.stop.set()  # asked after each step of the autoencoder
+        job.wait(120)
+        assert job.error is None and "stopped while training the run's autoencoder" in job.message
+        assert checkpoint_step(ae) == steps_done
+    assert not (tmp_path / "text" / "config.json").exists()  # the text model has not begun
+    assert json.loads((ae / "config.json").read_text())["data"]["image_size"] == 32

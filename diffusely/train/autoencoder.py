@@ -30,10 +30,12 @@ SHOWN = 8  # images in each reconstruction picture
 
 
 def train_autoencoder(config: AutoencoderRunConfig, run_dir: str | Path, *, resume: bool = False,
-                      progress: bool = True, on_checkpoint: Optional[Callable[[int], None]] = None) -> dict:
+                      progress: bool = True, on_checkpoint: Optional[Callable[[int], None]] = None,
+                      should_stop: Optional[Callable[[], bool]] = None) -> dict:
     """Train `config` into `run_dir`; with resume=True continue the run saved there. Returns final stats. The run
     directory is locked for the whole job; a non-finite loss stops the run with a RunError, its last good
-    checkpoint kept."""
+    checkpoint kept. `should_stop()`, asked after each step (a UI's stop button), ends it early at a checkpoint
+    (the returned "step" says where)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise RunError("train-autoencoder runs in one process; start it without torchrun")
     run_dir, d = Path(run_dir), Dist()
@@ -55,7 +57,7 @@ def train_autoencoder(config: AutoencoderRunConfig, run_dir: str | Path, *, resu
         save = lambda step: save_run_state(run_dir, step=step, modules=modules, optimizers=optimizers,  # noqa: E731
                                            keep=tc.keep)
         tracker = Tracker(run_dir, LOG_FIELDS, tc, start, d, save, desc="training autoencoder", progress=progress,
-                          shown=("loss", "psnr"), on_checkpoint=on_checkpoint)
+                          shown=("loss", "psnr"), on_checkpoint=on_checkpoint, should_stop=should_stop)
         for step in range(start, tc.steps):
             x, gens = draw_batch(images, batches, step, config)
             lr = lr_at(step, tc)
@@ -65,8 +67,10 @@ def train_autoencoder(config: AutoencoderRunConfig, run_dir: str | Path, *, resu
             done = tracker.after(step, values, lr)
             if done % tc.sample_every == 0 or done == tc.steps:
                 save_reconstructions(ae, shown, run_dir / RECONSTRUCTIONS / f"step-{done:07d}.png")
+            if tracker.stopped:
+                break
         last = tracker.close()
-    return {"step": tc.steps, "run_dir": str(run_dir), "images": len(images), "factor": mc.factor,
+    return {"step": done if tracker.stopped else tc.steps, "run_dir": str(run_dir), "images": len(images), "factor": mc.factor,
             "latent_channels": mc.latent_channels, **last}
 
 

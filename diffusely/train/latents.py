@@ -152,10 +152,12 @@ def own_autoencoder_config(config: RunConfig, steps: Optional[int] = None) -> Au
 
 
 def prepare_own_autoencoder(config: RunConfig, run_dir, *, steps: Optional[int] = None, progress: bool = True,
-                            say: Callable[[str], None] = lambda line: None) -> None:
+                            say: Callable[[str], None] = lambda line: None,
+                            should_stop: Optional[Callable[[], bool]] = None) -> bool:
     """Train, resume or reuse the autoencoder of a run made by use_own_autoencoder, before the run trains on its
     latents; nothing for other runs. An autoencoder left halfway (the command stopped) resumes from its
-    checkpoint; one of other data is refused. `say` hears a line of what is done."""
+    checkpoint; one of other data is refused. `say` hears a line of what is done. False when `should_stop()` ended
+    the autoencoder's training early (the run must not start on it yet), else True."""
     from ..options import checkpoint_step
     from .autoencoder import train_autoencoder
 
@@ -178,15 +180,16 @@ def prepare_own_autoencoder(config: RunConfig, run_dir, *, steps: Optional[int] 
     done = checkpoint_step(ae_dir) if resume else 0
     if done >= ae_config.train.steps:
         say(f"autoencoder: {ae_dir} (trained, {done} steps)")
-        return
+        return True
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise RunError(f"a text run trains its autoencoder in one process: run `diffusely train-autoencoder "
                        f"{ours.source} --image-size {ours.image_size} --out {ae_dir}` first, then this command again")
     _check_latent_size(config, ae_config.model.factor)
     say(f"autoencoder: {'resuming' if done else 'training'} {ae_dir} ({ae_config.train.steps} steps"
         f"{f', from step {done}' if done else ''}), then the text model on its latents")
-    result = train_autoencoder(ae_config, ae_dir, resume=resume, progress=progress)
+    result = train_autoencoder(ae_config, ae_dir, resume=resume, progress=progress, should_stop=should_stop)
     say(f"autoencoder: {result['step']} steps, training PSNR {result.get('psnr', float('nan')):.1f} dB")
+    return result["step"] >= ae_config.train.steps
 
 
 def _check_latent_size(config: RunConfig, factor: int) -> None:

@@ -33,7 +33,9 @@ def options(image_size, steps, batch_size, lr, channels, classes, layout, text, 
 def start(ctx: Context, resume: bool, data, out, *form) -> str:
     """Start (or resume) training `out` (under RUNS_DIR) on `data` in a background job; a line saying so."""
     from ..train import train
+    from ..train.latents import prepare_own_autoencoder
 
+    said = []  # what the config chose from the data (one channel for grayscale images), told on the page
     try:
         run_dir = ctx.roots.inside(out, "run folder")
         if not resume and data not in BUILTIN:
@@ -42,11 +44,15 @@ def start(ctx: Context, resume: bool, data, out, *form) -> str:
         if resume:
             config, begin = resumed_config(run_dir, None, {k: v for k, v in opts.items()
                                                           if k in ("steps", "checkpoint_every", "sample_every")})
-        else:
-            config, begin = new_run_config(data, opts), 0
+        else:  # with run_dir, a text run gets the CLI's latent default: an autoencoder of its own, trained first
+            config, begin = new_run_config(data, opts, run_dir=run_dir, say=said.append), 0
 
         def work(job) -> str:
             job.message = f"training {run_dir.name}"
+            if not prepare_own_autoencoder(config, run_dir, progress=False, say=lambda line: setattr(job, "message", line),
+                                           should_stop=job.stop.is_set):
+                return ("stopped while training the run's autoencoder: Start (not Resume) goes on from its checkpoint, "
+                        "then trains the run")
             result = train(config, run_dir, resume=resume, progress=False, should_stop=job.stop.is_set)
             if job.stop.is_set() and result["step"] < config.train.steps:
                 return (f"stopped at step {result['step']} with a checkpoint: Resume continues from there "
@@ -56,7 +62,7 @@ def start(ctx: Context, resume: bool, data, out, *form) -> str:
         ctx.jobs.start(str(run_dir), work)
     except ValueError as e:
         raise gr.Error(str(e), print_exception=False) from None
-    return f"{'resumed from step ' + str(begin) if resume else 'started'}: training {run_dir}"
+    return " ".join([f"{'resumed from step ' + str(begin) if resume else 'started'}: training {run_dir}", *said])
 
 
 def stop(ctx: Context, out) -> str:
