@@ -249,3 +249,27 @@ def test_a_budget_without_a_sampler_draws_on_the_spacing_it_was_picked_for(root)
     plan = Plan.of(run, nfe=5)
     assert (plan.sampler, plan.steps, plan.sampling(run, [])["spacing"]) == ("unipc", 5, "log-snr")
     assert not np.array_equal(read(outs["budget"] / "p0.png"), read(outs["karras"] / "p0.png"))
+
+
+def test_restore_and_upscale_draw_on_the_runs_optimised_schedule_and_img2img_does_not(root, tmp_path):
+    """A run's schedules.json (optimize-schedule, or training's own search) is what `sample` draws on for that sampler
+    and step count; restore and upscale too. img2img starts part-way down, where a whole schedule does not fit."""
+    from diffusely.checkpoint import load_run
+    from diffusely.pipelines.restore import Plan
+
+    tuned = tmp_path / "tuned"
+    shutil.copytree(root / "run", tuned)
+    sigmas = [80.0, 9.0, 2.0, 0.4, 0.05, 0.0]
+    (tuned / "schedules.json").write_text(json.dumps({"unipc": {"5": sigmas}}))
+    run = load_run(tuned)
+    plan = Plan.of(run, nfe=5)
+    assert plan.sampling(run, [])["spacing"](5, 0.002, 80.0).tolist() == sigmas
+    assert plan.sampling(run, [], whole=False)["spacing"] == "log-snr"
+    clean = root / "clean" / "p0.png"
+    for command, args, differs in (("restore", ("--task", "inpaint", "--mask", root / "mask.png"), True),
+                                   ("img2img", (), False)):
+        outs = [tmp_path / f"{command}-{i}" for i in range(2)]
+        for run_dir, out in zip((root / "run", tuned), outs):
+            r = invoke(command, run_dir, clean, *args, "--nfe", "5", "--out", out, "--quiet")
+            assert r.exit_code == 0, r.output
+        assert np.array_equal(read(outs[0] / "p0.png"), read(outs[1] / "p0.png")) != differs, command

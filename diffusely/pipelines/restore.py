@@ -35,7 +35,7 @@ from ..restoration import TASKS, Projected, img2img as sdedit, make_operator, re
 from ..restoration.operators import TASK_OPTIONS, MeasurementError
 from ..samplers import sample
 from .conditioning import conditioning
-from .generate import _refuse_existing, _write_sample, sampling_plan
+from .generate import _refuse_existing, _write_sample, sampling_plan, stored_spacing
 
 STD_WHITE = 0.25  # a std map's white: 0.25 in the data's [-1, 1] units, an eighth of the range; fixed, so maps compare
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
@@ -119,12 +119,16 @@ class Plan:
         gens = self.generators(j)
         return randn((self.k, *run.config.sample_shape), gens, run.device), gens
 
-    def sampling(self, run: LoadedRun, gens) -> dict:
+    def sampling(self, run: LoadedRun, gens, whole: bool = True) -> dict:
+        """diffusely.sample's arguments. A name such as "DPM++ 2M Karras" brings its spacing and options
+        (pipelines.generate.Sampler); else the run's optimised schedule for this sampler and steps is used where
+        it has one (schedules.json, as `sample` does), else a budget's sampler (--nfe alone) gets the spacing it
+        was picked on. whole=False (img2img, which starts part-way down) never takes a stored schedule, which
+        would start at sigma_max whatever the strength."""
         d = run.config.diffusion
-        # a name such as "DPM++ 2M Karras" brings its spacing and options (pipelines.generate.Sampler); a sampler
-        # picked for a budget (--nfe alone) the spacing it was picked on
+        stored = stored_spacing(run, self.sampler, self.steps) if whole else None
         return dict(method=self.sampler, steps=self.steps, sigma_min=d.sigma_min, sigma_max=d.sigma_max, generator=gens,
-                    spacing=self.sampler.spacing or self.sampler.fallback, **self.sampler.options)
+                    spacing=stored or self.sampler.spacing or self.sampler.fallback, **self.sampler.options)
 
 
 def _save(path: Path, x: torch.Tensor) -> Path:
@@ -306,7 +310,7 @@ def img2img(run: LoadedRun, source: str | Path, out: str | Path, plan: Plan, *, 
         gens = plan.generators(j)
         with torch.no_grad():
             z = x if run.latent is None else run.latent.encode(x)
-            z = sdedit(denoiser, z, strength=strength, cond=cond, **plan.sampling(run, gens))
+            z = sdedit(denoiser, z, strength=strength, cond=cond, **plan.sampling(run, gens, whole=False))
             draws = run.decode(z).clamp(-1, 1)
         write_draws(Path(out), name, draws)
         if progress:
