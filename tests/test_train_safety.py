@@ -207,3 +207,24 @@ def test_two_resumes_of_one_run_leave_one_whole_run_and_a_refusal(tiny_folder, t
     # once both had exited 0: config.json said one step count, the checkpoint another, log rows were missing
     assert RunConfig.load(run_dir / "config.json").train.steps == 60 and saved_step(run_dir) == 60
     assert [int(r.split(",")[0]) for r in (run_dir / "log.csv").read_text().splitlines()[1:]] == list(range(1, 61))
+
+
+def test_the_room_asked_for_counts_the_post_hoc_ema_snapshots(tiny_folder, tmp_path, monkeypatch):
+    """Post-hoc EMA snapshots are all kept (docs/ema.md: 445 MB for 4000 steps of the default network): a disk with
+    room for the checkpoints but not for them is refused before the first step, not found full at the end."""
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    free = [10**12]
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**12, 10**12 - free[0], free[0]))
+    config = tiny(tiny_folder, steps=3, posthoc_ema=(0.05, 0.1), posthoc_every=1)
+    train(config, tmp_path / "run", progress=False)
+    snapshots = sum(p.stat().st_size for p in (tmp_path / "run" / "posthoc").iterdir())  # 2 averages, 3 steps
+    checkpoint = (tmp_path / "run" / "checkpoint.safetensors").stat().st_size
+    free[0] = 3 * checkpoint + snapshots // 2  # room for the states and a half of the snapshots
+    with pytest.raises(ValueError, match=r"needs \d+\.\d MB and the disk has"):
+        train(config, tmp_path / "again", progress=False)
+    assert not (tmp_path / "again" / "checkpoint.safetensors").exists()
+    free[0] = int(1.05 * (3 * checkpoint + snapshots))  # and with room for both, it trains
+    train(config, tmp_path / "again", progress=False)

@@ -217,15 +217,16 @@ def resume_state(run_dir: Path, modules: dict[str, torch.nn.Module], optimizers:
 
 
 def check_room(run_dir: Path, modules: dict[str, torch.nn.Module], optimizers: dict[str, torch.optim.Optimizer],
-               keep: int) -> None:
+               keep: int, more_bytes: int = 0) -> None:
     """Before the first step: refuse a run directory that cannot be written or lacks room for its checkpoints, so a
     read-only or full disk is found before the training, not after it. A training state holds the modules'
     tensors and AdamW's two moments of each parameter it steps; the run keeps `keep` of them while writing one more
-    (and the sampling weights, smaller than a state)."""
+    (and the sampling weights, smaller than a state). `more_bytes`: what else the run will write (post-hoc EMA
+    snapshots, which are all kept)."""
     nbytes = lambda tensors: sum(t.numel() * t.element_size() for t in tensors)  # noqa: E731
     state = sum(nbytes(m.state_dict().values()) for m in modules.values()) + sum(
         2 * nbytes(p for group in o.param_groups for p in group["params"]) for o in optimizers.values())
-    check_writable(run_dir, need_bytes=(keep + 1) * state)
+    check_writable(run_dir, need_bytes=(keep + 1) * state + more_bytes)
 
 
 def set_lr(optimizers, lr: float) -> None:

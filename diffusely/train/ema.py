@@ -96,6 +96,11 @@ class PowerEMA:
         for gamma, ema in zip(self.gammas, self.emas):
             update_ema(ema, model, power_beta(gamma, t))
 
+    def bytes_to_store(self, start: int, every: int, last: int) -> int:
+        """What `store` will write after steps start + 1 .. last (every `every` steps and at the last), in bytes."""
+        times = last // every - start // every + int(last % every != 0 and start < last)
+        return times * sum(t.numel() * t.element_size() for ema in self.emas for t in ema.state_dict().values())
+
     def store(self, run_dir: Path, t: int, every: int, last: int) -> list[Path]:
         """After step t, every `every` steps and at the `last`: write each average as
         RUN/posthoc/ema-<sigma_rel>-<t>.safetensors, atomically. Called before the step's checkpoint, so a run killed

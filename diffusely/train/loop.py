@@ -54,7 +54,8 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, progr
         modules = {"model": model, "ema": ema, **phema.modules}  # phema: EDM2's post-hoc EMA, where asked for
         start = 0 if not resume else resume_state(run_dir, modules, {"optim": optimizer}, device, tc.steps)
         if d.main:
-            check_room(run_dir, modules, {"optim": optimizer}, tc.keep)
+            check_room(run_dir, modules, {"optim": optimizer}, tc.keep,
+                       more_bytes=phema.bytes_to_store(start, tc.posthoc_every, tc.steps))
             start_log(run_dir, config, start, LOG_FIELDS)
             if "layout" in config.conditions:
                 save_layouts(run_dir, config.data.class_names, config.data.image_size, data.boxes)
