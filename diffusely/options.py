@@ -32,6 +32,7 @@ FIELDS = {
     "precision": ("train", "precision"), "kl_weight": ("train", "kl_weight"),
     "frequency_weight": ("train", "frequency_weight"), "crop_size": ("train", "crop_size"),
     "disc_weight": ("train", "disc_weight"), "disc_start": ("train", "disc_start"),
+    "posthoc_ema": ("train", "posthoc_ema"), "posthoc_every": ("train", "posthoc_every"),
 }
 # options a resumed run may change: how long it trains, how fast a step runs and how often it writes, never what
 # a step computes

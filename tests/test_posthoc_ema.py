@@ -123,18 +123,20 @@ def test_the_option_round_trips_through_config_json():
 
 @pytest.fixture(scope="module")
 def posthoc_runs(tmp_path_factory):
-    """A tiny run with snapshots of sigma_rel 0.05 and 0.1 every 2 of its 9 steps, trained whole, and the same run
-    SIGKILLed inside step 6 (its checkpoint of step 3 on disk, the snapshot of step 4 written) and resumed."""
+    """A tiny run with snapshots of sigma_rel 0.05 and 0.1 every 2 of its 9 steps, trained whole (asked for by
+    flags), and the same run (asked for by a --config) SIGKILLed inside step 6 (its checkpoint of step 3 on disk,
+    the snapshot of step 4 written) and resumed."""
     root = tmp_path_factory.mktemp("posthoc")
     write_shapes_folder(root / "images", 24, size=16, seed=1)
     config = RunConfig()
     config.train.posthoc_ema, config.train.posthoc_every = (0.05, 0.1), 2
     (root / "config.json").write_text(config.to_json())
-    common = [str(root / "images"), "--config", str(root / "config.json"), "--steps", "9", "--checkpoint-every", "3",
-              "--sample-every", "100", "--log-every", "1", *TINY_ARGS]
-    r = CliRunner().invoke(main, ["train", *common, "--out", str(root / "whole")], catch_exceptions=False)
+    common = [str(root / "images"), "--steps", "9", "--checkpoint-every", "3", "--sample-every", "100",
+              "--log-every", "1", *TINY_ARGS]
+    r = CliRunner().invoke(main, ["train", *common, "--posthoc-ema", "0.05,0.1", "--posthoc-every", "2",
+                                  "--out", str(root / "whole")], catch_exceptions=False)
     assert r.exit_code == 0, r.output
-    train_killed_in_step_6([*common, "--out", str(root / "killed")])
+    train_killed_in_step_6([*common, "--config", str(root / "config.json"), "--out", str(root / "killed")])
     assert sorted(f.name for f in (root / "killed" / "posthoc").iterdir()) == [
         "ema-0.05-0000002.safetensors", "ema-0.05-0000004.safetensors", "ema-0.1-0000002.safetensors",
         "ema-0.1-0000004.safetensors"]
@@ -181,7 +183,7 @@ def test_a_run_without_snapshots_says_how_to_store_them(tmp_path):
                  ["eval", str(run), "--reference", "shapes", "--ema-length", "0.05,0.1"]):
         r = CliRunner().invoke(main, args)
         assert r.exit_code == 1 and "has no post-hoc EMA snapshots" in r.output, r.output
-        assert "train.posthoc_ema" in r.output and "Traceback" not in r.output
+        assert "--posthoc-ema 0.05,0.1" in r.output and "Traceback" not in r.output
     assert not (run / "posthoc").exists()
 
 
@@ -209,3 +211,14 @@ def test_eval_sweeps_lengths_and_names_the_best(tmp_path, monkeypatch):
     assert written["samples"]["ema_length"] == 0.1
     r = CliRunner().invoke(main, ["eval", str(tmp_path), "--reference", "shapes", "--ema-length", "0.05,0.5"])
     assert r.exit_code == 2 and "(0, 0.28]" in r.output
+
+
+def test_posthoc_flags_are_checked_and_kept_on_resume(posthoc_runs, tmp_path):
+    whole = shutil.copytree(posthoc_runs[0], tmp_path / "run")
+    for value, words in (("0.5", "(0, 0.28]"), ("0.1,0.1", "repeats a value")):
+        r = CliRunner().invoke(main, ["train", "shapes", "--out", str(tmp_path / "new"), "--posthoc-ema", value])
+        assert r.exit_code != 0 and words in r.output, r.output
+    r = CliRunner().invoke(main, ["train", "--out", str(whole), "--resume", "--posthoc-ema", "0.05,0.2"])
+    assert r.exit_code == 1 and "posthoc" in r.output and "0.2" in r.output, r.output
+    r = CliRunner().invoke(main, ["train", "--out", str(whole), "--resume", "--posthoc-ema", "0.05,0.1", "--quiet"])
+    assert r.exit_code == 0 and "trained 0 steps now" in r.output, r.output

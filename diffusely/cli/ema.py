@@ -20,8 +20,8 @@ from .sample import writable
               help="Write the weights to this .safetensors file instead of the run's model.safetensors.")
 def ema(run_dir, length, out):
     """Reconstruct the EMA of --length from the run's power-function EMA snapshots (EDM2's post-hoc EMA) and make
-    it the run's sampling weights, or write it to --out. A run stores snapshots when its config sets
-    train.posthoc_ema (docs/ema.md); `diffusely eval RUN --ema-length 0.05,0.1,0.2` measures lengths first.
+    it the run's sampling weights, or write it to --out. A run stores snapshots when trained with
+    `train --posthoc-ema` (docs/ema.md); `diffusely eval RUN --ema-length 0.05,0.1,0.2` measures lengths first.
 
     \b
     diffusely ema runs/shapes --length 0.1

@@ -25,8 +25,7 @@ from ..nets.fast import FastNet
 from ..state import step_of
 from .ema import POSTHOC, SIGMA_REL_MAX, SNAPSHOT_FORMAT, gamma_of
 
-HOW_TO_STORE = ('set train.posthoc_ema in the run\'s config, e.g. "posthoc_ema": [0.05, 0.1] with "posthoc_every": '
-                '500, and train with `diffusely train DATA --config FILE` (docs/ema.md)')
+HOW_TO_STORE = "train a run with `diffusely train DATA --posthoc-ema 0.05,0.1` (docs/ema.md)"
 
 
 @dataclass
