@@ -311,18 +311,35 @@ def load_autoencoder(ae_dir: str | Path, device="cpu") -> LoadedAutoencoder:
     return LoadedAutoencoder(config, autoencoder.eval().requires_grad_(False), state.step, file_digest(path))
 
 
-def autoencoder_dir(config: RunConfig, run_dir: str | Path | None = None) -> Path:
-    """The autoencoder directory of a latent run; a RunError in one line if it is not there. A run that trained
-    its own (RUN_DIR/autoencoder, the text default) finds it there after the run was moved or copied."""
+def _found_autoencoder(config: RunConfig, run_dir: str | Path | None) -> Optional[Path]:
+    """Where a latent run's autoencoder is: its config's path, else (a run that trained its own, RUN_DIR/autoencoder,
+    the text default, and was moved or copied since) the one it carries; None where neither holds one."""
     path = Path(config.latent.autoencoder)
-    holds = lambda p: (p / CONFIG).is_file() and (p / CHECKPOINT).is_file()
+    holds = lambda p: (p / CONFIG).is_file() and (p / CHECKPOINT).is_file()  # noqa: E731
     if not holds(path) and run_dir is not None and path.name == OWN_AUTOENCODER and holds(Path(run_dir) / path.name):
         return Path(run_dir) / path.name  # the digest check in load_latent_space still warns if it is another one
-    if not holds(path):
+    return path if holds(path) else None
+
+
+def autoencoder_dir(config: RunConfig, run_dir: str | Path | None = None) -> Path:
+    """The autoencoder directory of a latent run (see _found_autoencoder); a RunError in one line if it is not there."""
+    found = _found_autoencoder(config, run_dir)
+    if found is None:
         where = f"{run_dir}/{CONFIG}" if run_dir is not None else "the run's config.json"
-        raise RunError(f"this latent diffusion run needs its autoencoder, and {path} holds none (moved or deleted?): "
-                       f"put the autoencoder run back there, or set latent.autoencoder in {where} to where it is now")
-    return path
+        raise RunError(f"this latent diffusion run needs its autoencoder, and {config.latent.autoencoder} holds none "
+                       f"(moved or deleted?): put the autoencoder run back there, or set latent.autoencoder in {where} "
+                       f"to where it is now")
+    return found
+
+
+def relocate_autoencoder(config, run_dir: str | Path):
+    """A latent run being resumed: its config pointed at the autoencoder it carries when it was moved (see
+    _found_autoencoder), so training, and the config.json it writes, name that place. Other configs, and a run
+    whose autoencoder is nowhere (loading its latents says so), are left alone."""
+    found = _found_autoencoder(config, run_dir) if getattr(config, "latent", None) is not None else None
+    if found is not None and found != Path(config.latent.autoencoder):
+        config.latent.autoencoder = str(found.resolve())
+    return config
 
 
 def load_latent_space(config: RunConfig, device="cpu", run_dir: str | Path | None = None) -> LatentSpace:

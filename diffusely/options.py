@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Callable, Optional
 
-from .checkpoint import CHECKPOINT, CONFIG, RunError, read_config
+from .checkpoint import CHECKPOINT, CONFIG, RunError, read_config, relocate_autoencoder
 from .config import (CONFIG_VERSION, RECIPES, AutoencoderRunConfig, ConfigError, DataConfig, JsonConfig, RunConfig,
                      TextConfig)
 from .state import step_of
@@ -159,7 +159,7 @@ def resumed_config(run_dir: str | Path, data: Optional[str], options: dict, cls:
         if options.get(name):
             raise ConfigError(f"{flag(name.replace('_file', ''))} starts a new run; a resumed run keeps the config it "
                               f"began with: drop it, or drop --resume and choose another --out")
-    config = read_config(run_dir, cls)
+    config = relocate_autoencoder(read_config(run_dir, cls), run_dir)  # a moved run's own, where it is now
     _check_data(config, data, run_dir)
     _check_agrees(config, options, run_dir)
     start = checkpoint_step(run_dir)

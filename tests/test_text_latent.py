@@ -116,6 +116,11 @@ def test_a_text_run_trains_its_autoencoder_then_samples_and_resumes(tmp_path):
     before = pixels(run, "before")
     run.rename(tmp_path / "moved")
     assert np.array_equal(pixels(tmp_path / "moved", "after")[0], before[0])
+    # and it resumes there, its config naming the autoencoder's new place from then on
+    r = CliRunner().invoke(main, ["train", "--out", str(tmp_path / "moved"), "--resume", "--steps", "4", "--quiet"])
+    assert r.exit_code == 0, r.output
+    config = json.loads((tmp_path / "moved" / "config.json").read_text())
+    assert config["latent"]["autoencoder"] == str((tmp_path / "moved" / "autoencoder").resolve())
 
 
 def test_pixels_and_small_images_keep_pixel_diffusion_and_a_half_trained_autoencoder_says_how_to_go_on(tmp_path):

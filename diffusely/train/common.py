@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from .. import viz
 from .._files import atomic_write_text, check_writable, run_lock
-from ..checkpoint import CHECKPOINT, CONFIG, RunError, load_state, read_config, write_config
+from ..checkpoint import CHECKPOINT, CONFIG, RunError, load_state, read_config, relocate_autoencoder, write_config
 from ..state import STOPPED, note_stop
 from ..config import JsonConfig
 from ..nets.fast import autocast_dtype
@@ -150,7 +150,7 @@ def run_config(config: JsonConfig, run_dir: Path, resume: bool, command: str = "
     if resume:
         if not (run_dir / CONFIG).is_file():
             raise RunError(f"nothing to resume in {run_dir}: it has no {CONFIG}")
-        saved = read_config(run_dir, type(config))
+        saved = relocate_autoencoder(read_config(run_dir, type(config)), run_dir)  # a moved run's own
         if getattr(saved, "distill", None) is not None and command != "distill":
             raise RunError(f"{run_dir} is a student run (diffusely distill): continue it with `diffusely distill "
                            f"--out {run_dir} --resume`")
