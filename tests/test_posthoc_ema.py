@@ -212,6 +212,16 @@ def test_eval_sweeps_lengths_and_names_the_best(tmp_path, monkeypatch):
     r = CliRunner().invoke(main, ["eval", str(tmp_path), "--reference", "shapes", "--ema-length", "0.05,0.5"])
     assert r.exit_code == 2 and "(0, 0.28]" in r.output
 
+    def drawing(run_dir, reference, *, ema_length=None, **options):  # each length's copy-check picture is its own
+        figure = tmp_path / f"copies-ema{ema_length:g}.png"
+        figure.write_bytes(str(ema_length).encode())
+        return {**fake_evaluate(run_dir, reference, ema_length=ema_length), "copies": {"figure": str(figure)}}
+
+    monkeypatch.setattr(evaluate, "evaluate_run", drawing)
+    report = evaluate.evaluate_ema_lengths(tmp_path, "shapes", [0.05, 0.1, 0.2])
+    assert (tmp_path / "copies.png").read_bytes() == b"0.1"  # the best length's, not the last one's
+    assert report["copies"]["figure"] == str(tmp_path / "copies.png")
+
 
 def test_posthoc_flags_are_checked_and_kept_on_resume(posthoc_runs, tmp_path):
     whole = shutil.copytree(posthoc_runs[0], tmp_path / "run")

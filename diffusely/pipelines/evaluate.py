@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Optional
@@ -17,7 +18,7 @@ from typing import Optional
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .._files import atomic_write_text
+from .._files import atomic_write, atomic_write_text
 from ..checkpoint import load_run
 from ..config import RunConfig
 from ..data import BUILTIN, DataError, Dataset, load_dataset, to_grayscale, to_tensor
@@ -147,10 +148,10 @@ def held_out_images(config: RunConfig, folder: Optional[str] = None) -> tuple[Op
 
 def copy_check(run_dir: Path, config: RunConfig, fake: np.ndarray, fake_features: Optional[np.ndarray],
                extractor: Optional[FeatureExtractor], held_out: tuple[Optional[np.ndarray], str], *,
-               seed: int = 0) -> dict:
+               seed: int = 0, figure: str = COPIES_FIGURE) -> dict:
     """Are the samples (N, S, S, C) uint8 copies of the run's training images? metrics.copies.copy_report in
     pixels, and in the extractor's features where it and the samples' are given; held_out: held_out_images'
-    answer; copies.png written in run_dir. Training images that cannot be read (a folder moved since) skip the
+    answer; the picture (copies.png) written in run_dir as `figure`. Training images that cannot be read (a folder moved since) skip the
     check, saying so."""
     try:
         train = training_images(config)
@@ -165,7 +166,7 @@ def copy_check(run_dir: Path, config: RunConfig, fake: np.ndarray, fake_features
     report.update(samples=len(fake), train_count=len(train), held_out=held_source,
                   feature_space=extractor.name if features else None)
     if fake.ndim == 4:  # a picture of 2-D images only
-        report["figure"] = str(save_copies_figure(run_dir / COPIES_FIGURE, to_tensor(fake), to_tensor(train), report))
+        report["figure"] = str(save_copies_figure(run_dir / figure, to_tensor(fake), to_tensor(train), report))
     return report
 
 
@@ -244,7 +245,8 @@ def evaluate_run(run_dir: str | Path, reference: str, *, count: Optional[int] = 
     fake_features = extractor(fake, progress=progress)
     metrics = quality_metrics(ref_stats, fake_features, seed=seed)
     # domain features are a small network's, cheap on the whole training set; Inception's are not on a CPU
-    copies = copy_check(run_dir, cfg, fake, fake_features if features == "domain" else None, extractor, held, seed=seed)
+    copies = copy_check(run_dir, cfg, fake, fake_features if features == "domain" else None, extractor, held, seed=seed,
+                        figure=COPIES_FIGURE if ema_length is None else f"copies-ema{ema_length:g}.png")
 
     report = {
         "run_dir": str(run_dir), "step": run.step,
@@ -264,11 +266,15 @@ def evaluate_run(run_dir: str | Path, reference: str, *, count: Optional[int] = 
 def evaluate_ema_lengths(run_dir: str | Path, reference: str, lengths: list[float], **options) -> dict:
     """evaluate_run with the post-hoc EMA of each length (sigma_rel) in turn, the same samples' noise and the domain
     features trained once; eval.json then holds the report of the length of lowest FD, the FD of each length under
-    "ema_sweep" (copies.png is the last length's)."""
+    "ema_sweep". Each length's copy-check picture is RUN_DIR/copies-ema<length>.png, the best one's also copies.png."""
     reports = {length: evaluate_run(run_dir, reference, ema_length=length, **options) for length in lengths}
     fd = {f"{length:g}": r["metrics"]["fd"] for length, r in reports.items()}
     best = min(reports, key=lambda length: reports[length]["metrics"]["fd"])
     report = {**reports[best], "ema_sweep": {"fd": fd, "best": best}}
+    if "figure" in report["copies"]:
+        figure = Path(report["copies"]["figure"])
+        atomic_write(Path(run_dir) / COPIES_FIGURE, lambda tmp: shutil.copyfile(figure, tmp))
+        report["copies"] = {**report["copies"], "figure": str(Path(run_dir) / COPIES_FIGURE)}
     atomic_write_text(Path(run_dir) / EVAL_FILE, json.dumps(report, indent=2) + "\n")
     return report
 
