@@ -5,10 +5,10 @@ It imports torchvision, which diffusely does not install, so race.py makes a sec
 for Ultralytics. The top half (env_path, ensure_env, worker_env, run_worker) runs in diffusely's environment; the
 worker below it (`python _race_peer.py SPEC.json`) runs in the peer's and imports nothing of diffusely.
 
-PACKAGES pins torch 2.13.0, the torch of diffusely's own environment, rather than a newer one: the race is on the
-clock, so every contender runs the same torch build (and the CPU wheel of it lies on this machine's disk, where a
-newer torch would pull gigabytes of CUDA libraries a CPU run never uses). torchvision 0.28.0 is the release built
-for that torch.
+PACKAGES are those of benchmarks/_yolo.py's environment: torch 2.14.1 and the torchvision built for it (PyPI's
+torchvision wheels are CUDA builds, whose operators do not load under the CPU torch of diffusely's environment, so the
+peer cannot share diffusely's torch 2.13.0). The peer so runs a newer torch than the other contenders, on the same
+oneDNN CPU kernels; note it beside any timing that looks like a kernel difference.
 
 The worker's tasks (SPEC["task"]):
   train   the README's Trainer recipe on an image folder (Unet of dim_mults (1, 2, 4, 8) at the `dim` whose
@@ -33,7 +33,7 @@ import sys
 import time
 from pathlib import Path
 
-PACKAGES = ("torch==2.13.0", "torchvision==0.28.0", "denoising-diffusion-pytorch==2.3.4")
+PACKAGES = ("torch==2.14.1", "torchvision==0.29.1", "denoising-diffusion-pytorch==2.3.4")
 ENV_VARIABLE = "DIFFUSELY_RACE_ENV"
 DEFAULT_ENV = Path.home() / ".cache" / "diffusely-bench" / "race-env"
 SAMPLING_STEPS = 20  # DDIM steps: one network call each
@@ -50,7 +50,7 @@ def ensure_env(path: Path) -> Path:
     probe = [str(python), "-c", "import torch, torchvision, denoising_diffusion_pytorch; print(torch.__version__)"]
     if python.is_file() and subprocess.run(probe, capture_output=True, env=worker_env()).returncode == 0:
         return python
-    print(f"making the peer environment in {path} (once: {', '.join(PACKAGES)}; minutes)", flush=True)
+    print(f"making the peer environment in {path} (once: {', '.join(PACKAGES)}; minutes, ~5 GB)", flush=True)
     subprocess.run([sys.executable, "-m", "venv", str(path)], check=True)
     subprocess.run([str(python), "-m", "pip", "install", "-q", *PACKAGES], check=True)
     done = subprocess.run(probe, capture_output=True, text=True, env=worker_env())
@@ -60,8 +60,9 @@ def ensure_env(path: Path) -> Path:
 
 
 def worker_env() -> dict:
-    """The worker's environment: nothing of diffusely's leaks in, no hub access, no progress bars (a 60-minute
-    bar floods a log), and OpenMP threads that sleep when idle (a busy-waiting one steals a core)."""
+    """The worker's environment: nothing of diffusely's leaks in, no hub access, no sampling progress bars (the
+    Trainer's own bar stays: it sets `disable` itself), and OpenMP threads that sleep when idle (a busy-waiting one
+    steals a core)."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", TQDM_DISABLE="1")
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     env.pop("PYTHONPATH", None)
@@ -89,9 +90,10 @@ def build(spec: dict, dim: int):
 
 
 def matched_dim(spec: dict) -> tuple[int, int]:
-    """(dim, parameters) of the Unet whose parameter count is nearest the target, dim a multiple of 8."""
+    """(dim, parameters) of the Unet whose parameter count is nearest the target, dim even (its sinusoidal time
+    embedding's width)."""
     counts = {}
-    for dim in range(8, 257, 8):
+    for dim in range(8, 513, 2):
         counts[dim] = sum(p.numel() for p in build(spec, dim).model.parameters())
         if counts[dim] > spec["target_params"]:  # counts grow with dim: no nearer one lies beyond
             break

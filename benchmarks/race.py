@@ -20,7 +20,8 @@ Contenders:
               order 2, diffusers' recommendation for ~20 steps) at 20 steps.
   lucidrains  denoising-diffusion-pytorch's Unet + GaussianDiffusion + Trainer with its README's settings, amp off
               (benchmarks/_race_peer.py says what and why); its own DDIM at 20 steps. Runs in an environment of its
-              own (made on first use: --peer-env, $DIFFUSELY_RACE_ENV, or ~/.cache/diffusely-bench/race-env).
+              own (made on first use, ~5.7 GB: --peer-env, $DIFFUSELY_RACE_ENV, or ~/.cache/diffusely-bench/race-env),
+              on torch 2.14.1 where the others run diffusely's 2.13.0 (see there why).
   default     `diffusely train FOLDER --image-size S` as it stands (diffusely.options.new_run_config: its step count,
               lr schedule and all), stopped on the clock; sampled as `diffusely sample RUN --nfe 20` samples it (the
               budget's default sampler, and the run's optimised schedule where training finished and wrote one). A run
