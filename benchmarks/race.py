@@ -61,7 +61,8 @@ sweep), so about 10 h more, most of it defects64. Run it piecewise:
     python benchmarks/race.py --out bench/race                     # all of it (what is cached is skipped): ~22 h
     python benchmarks/race.py --out bench/race --table             # the table and race.png of what is cached
     python benchmarks/race.py --out /tmp/race-quick --quick        # 1-minute runs, marks 0.5 and 1, 16 samples, tiny
-                                                                   # features: shows every path runs; measures nothing
+                                                                   # features: shows every path runs, measures nothing;
+                                                                   # ~30 min on one busy thread (+ the peer env once)
 """
 
 from __future__ import annotations
@@ -578,7 +579,8 @@ def summary(out: Path, s: dict) -> tuple[str, dict]:
     found, marks = collect(out), [label(m) for m in s["marks"]]
     lines, summaries = [], {}
     head = f"{'dataset':<14} {'contender':<11} {'params':>10} " + " ".join(f"{'FD@' + m:>9}" for m in marks)
-    for dataset, by_contender in found["scores"].items():
+    for dataset in (name for name in DATASETS if name in found["scores"]):  # the table's order, not the files'
+        by_contender = found["scores"][dataset]
         last = {c: rows[marks[-1]]["fd"] for c, rows in by_contender.items() if marks[-1] in rows}
         peer_fds = {c: fd for c, fd in last.items() if c in PEERS}
         target = min(peer_fds.values()) if peer_fds else None
@@ -623,14 +625,14 @@ def plot(out: Path, s: dict) -> Path | None:
     _, results = summary(out, s)
     if not results["scores"]:
         return None
-    names = list(results["scores"])
+    names = [name for name in DATASETS if name in results["scores"]]
     fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 4), squeeze=False)
     for ax, dataset in zip(axes[0], names):
         for contender in CONTENDERS:
             rows = results["scores"][dataset].get(contender, {})
             points = sorted((float(m), r["fd"]) for m, r in rows.items())
             if points:
-                ax.plot(*zip(*points), marker="o", label=contender)
+                ax.plot(*zip(*points), marker="o", label=contender, color=f"C{CONTENDERS.index(contender)}")
         target = results["summary"][dataset]["target"]
         if target is not None:
             ax.axhline(target, color="gray", linestyle="--", linewidth=1, label="best peer at the end")
