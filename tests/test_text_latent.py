@@ -210,3 +210,8 @@ def test_a_text_run_started_in_the_ui_trains_its_own_autoencoder_and_stops_insid
         assert checkpoint_step(ae) == steps_done
     assert not (tmp_path / "text" / "config.json").exists()  # the text model has not begun
     assert json.loads((ae / "config.json").read_text())["data"]["image_size"] == 32
+    # a run with no autoencoder of its own goes straight on to training
+    from diffusely.config import RunConfig
+    from diffusely.train.latents import prepare_own_autoencoder
+
+    assert prepare_own_autoencoder(RunConfig(), tmp_path / "pixels") is True

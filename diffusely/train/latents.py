@@ -166,7 +166,7 @@ def prepare_own_autoencoder(config: RunConfig, run_dir, *, steps: Optional[int] 
         if steps is not None:
             raise ConfigError("--autoencoder-steps sets the autoencoder a text run trains for itself, and this run has "
                               "none (not a text run, --pixels, --autoencoder, or images under 32 px): drop it")
-        return
+        return True
     resume = (ae_dir / CONFIG).is_file()
     ae_config = read_config(ae_dir, AutoencoderRunConfig) if resume else own_autoencoder_config(config, steps)
     if steps is not None and steps != ae_config.train.steps:
