@@ -33,6 +33,8 @@ import sys
 import time
 from pathlib import Path
 
+from _venv import ensure_venv
+
 PACKAGES = ("torch==2.14.1", "torchvision==0.29.1", "denoising-diffusion-pytorch==2.3.4")
 ENV_VARIABLE = "DIFFUSELY_RACE_ENV"
 DEFAULT_ENV = Path.home() / ".cache" / "diffusely-bench" / "race-env"
@@ -46,17 +48,8 @@ def env_path(option: Path | None) -> Path:
 
 def ensure_env(path: Path) -> Path:
     """The python of a virtual environment at `path` holding PACKAGES; made (minutes) when missing."""
-    python = path / "bin" / "python"
-    probe = [str(python), "-c", "import torch, torchvision, denoising_diffusion_pytorch; print(torch.__version__)"]
-    if python.is_file() and subprocess.run(probe, capture_output=True, env=worker_env()).returncode == 0:
-        return python
-    print(f"making the peer environment in {path} (once: {', '.join(PACKAGES)}; minutes, ~5 GB)", flush=True)
-    subprocess.run([sys.executable, "-m", "venv", str(path)], check=True)
-    subprocess.run([str(python), "-m", "pip", "install", "-q", *PACKAGES], check=True)
-    done = subprocess.run(probe, capture_output=True, text=True, env=worker_env())
-    if done.returncode != 0:
-        raise SystemExit(f"Error: the peer environment {path} does not import its packages:\n{done.stderr}")
-    return python
+    return ensure_venv(path, PACKAGES, "torch, torchvision, denoising_diffusion_pytorch", worker_env(),
+                       "the peer environment", "5 GB")
 
 
 def worker_env() -> dict:

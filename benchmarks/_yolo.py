@@ -36,10 +36,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 from diffusely.data.defects import CLASS_NAMES
+
+from _venv import ensure_venv
 
 PACKAGES = ("torch==2.14.1", "torchvision==0.29.1", "ultralytics==8.4.190")
 ENV_VARIABLE = "DIFFUSELY_YOLO_ENV"
@@ -54,17 +55,8 @@ def env_path(option: Path | None) -> Path:
 
 def ensure_env(path: Path) -> Path:
     """The python of a virtual environment at `path` holding PACKAGES; made (minutes, ~5.5 GB) when missing."""
-    python = path / "bin" / "python"
-    probe = [str(python), "-c", "import torch, torchvision, ultralytics; print(ultralytics.__version__)"]
-    if python.is_file() and subprocess.run(probe, capture_output=True, env=worker_env(path)).returncode == 0:
-        return python
-    print(f"making the YOLO environment in {path} (once: {', '.join(PACKAGES)}; minutes, ~5.5 GB)", flush=True)
-    subprocess.run([sys.executable, "-m", "venv", str(path)], check=True)
-    subprocess.run([str(python), "-m", "pip", "install", "-q", *PACKAGES], check=True)
-    done = subprocess.run(probe, capture_output=True, text=True, env=worker_env(path))
-    if done.returncode != 0:
-        raise SystemExit(f"Error: the YOLO environment {path} does not import its packages:\n{done.stderr}")
-    return python
+    return ensure_venv(path, PACKAGES, "torch, torchvision, ultralytics", worker_env(path), "the YOLO environment",
+                       "5.5 GB")
 
 
 def worker_env(path: Path) -> dict:
