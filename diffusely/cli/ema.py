@@ -6,8 +6,7 @@ from pathlib import Path
 
 import click
 
-from ..config import SIGMA_REL_MAX
-from .flags import Finite
+from .flags import Finite, sigma_rel_list
 from .sample import writable
 
 
@@ -38,20 +37,7 @@ def ema(run_dir, length, out):
                                   if out is None else ""))
 
 
-def _lengths(ctx, param, value):
-    """--ema-length 0.05,0.1,0.2 -> [0.05, 0.1, 0.2], each in (0, 0.28]."""
-    if value is None:
-        return []
-    try:
-        lengths = [float(v) for v in value.split(",") if v.strip()]
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a comma-separated list of numbers, e.g. 0.05,0.1,0.2") from None
-    if not lengths or not all(0 < v <= SIGMA_REL_MAX for v in lengths):
-        raise click.BadParameter(f"{value!r}: give lengths (sigma_rel) in (0, {SIGMA_REL_MAX}], e.g. 0.05,0.1,0.2")
-    return lengths
-
-
-EMA_LENGTH = click.option("--ema-length", "ema_lengths", callback=_lengths, metavar="L[,L...]",
+EMA_LENGTH = click.option("--ema-length", "ema_lengths", callback=sigma_rel_list, metavar="L[,L...]",
                           help="Sample with the post-hoc EMA of this length (sigma_rel) reconstructed from the run's "
                                "snapshots (see `diffusely ema`); several, comma-separated, measure each and name the "
                                "best.")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from ..config import MAX_WIDTH  # one bound for --channels and config.json
+from ..config import MAX_WIDTH, SIGMA_REL_MAX  # MAX_WIDTH: one bound for --channels and config.json
 from ..layout import DIRECTIONS
 from ..nets.fast import PRECISIONS
 from ..options import RESUMABLE_HELP
@@ -59,6 +59,20 @@ def int_list(lowest: int, highest: int, example: str):
             raise click.BadParameter(f"each value must lie in {lowest}..{highest}, got {value!r}")
         return values
     return read
+
+
+def sigma_rel_list(ctx, param, value) -> list[float]:
+    """--ema-length 0.05,0.1,0.2 -> [0.05, 0.1, 0.2] (empty when not given), each an EMA length (sigma_rel) in
+    (0, 0.28]."""
+    if value is None:
+        return []
+    try:
+        lengths = [float(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of numbers, e.g. 0.05,0.1,0.2") from None
+    if not lengths or not all(0 < v <= SIGMA_REL_MAX for v in lengths):
+        raise click.BadParameter(f"{value!r}: give lengths (sigma_rel) in (0, {SIGMA_REL_MAX}], e.g. 0.05,0.1,0.2")
+    return lengths
 
 
 def sampler_options(ctx, param, values):

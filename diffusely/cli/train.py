@@ -6,8 +6,7 @@ import click
 
 from ..config import RECIPES, TASKS, AutoencoderRunConfig, RunConfig
 from ..options import RESUMABLE_HELP, new_autoencoder_config, new_run_config, resumed_config
-from .ema import _lengths
-from .flags import DIRECTIONS_OPTION, SAMPLE_RATE, Finite, TRAINING, int_list
+from .flags import DIRECTIONS_OPTION, SAMPLE_RATE, Finite, TRAINING, int_list, sigma_rel_list
 
 
 def _config(data, run_dir, resume: bool, options: dict, cls):
@@ -75,7 +74,7 @@ def _steps_line(start: int, end: int) -> str:
               "it otherwise trains into RUN_DIR/autoencoder first (images of 32 px and more).")
 @click.option("--autoencoder-steps", type=click.IntRange(1), help="Steps of the autoencoder a text run trains for "
               "itself (default 600; 1500 past 32 px).")
-@click.option("--posthoc-ema", callback=lambda ctx, param, value: tuple(_lengths(ctx, param, value)) or None,
+@click.option("--posthoc-ema", callback=lambda ctx, param, value: tuple(sigma_rel_list(ctx, param, value)) or None,
               metavar="L[,L...]", help="Store EDM2's post-hoc EMA: snapshots of averages of these lengths (sigma_rel; "
               "EDM2's: 0.05,0.1), from which `diffusely ema` and `eval --ema-length` make an EMA of any length after "
               "training (docs/ema.md).")
