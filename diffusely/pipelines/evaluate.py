@@ -151,8 +151,8 @@ def copy_check(run_dir: Path, config: RunConfig, fake: np.ndarray, fake_features
                seed: int = 0, figure: str = COPIES_FIGURE) -> dict:
     """Are the samples (N, S, S, C) uint8 copies of the run's training images? metrics.copies.copy_report in
     pixels, and in the extractor's features where it and the samples' are given; held_out: held_out_images'
-    answer; the picture (copies.png) written in run_dir as `figure`. Training images that cannot be read (a folder moved since) skip the
-    check, saying so."""
+    answer; the picture (copies.png) written in run_dir as `figure`. Training images that cannot be read (a folder
+    moved since) skip the check, saying so."""
     try:
         train = training_images(config)
     except DataError as e:

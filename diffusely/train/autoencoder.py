@@ -70,8 +70,8 @@ def train_autoencoder(config: AutoencoderRunConfig, run_dir: str | Path, *, resu
             if tracker.stopped:
                 break
         last = tracker.close()
-    return {"step": done if tracker.stopped else tc.steps, "run_dir": str(run_dir), "images": len(images), "factor": mc.factor,
-            "latent_channels": mc.latent_channels, **last}
+    return {"step": done if tracker.stopped else tc.steps, "run_dir": str(run_dir), "images": len(images),
+            "factor": mc.factor, "latent_channels": mc.latent_channels, **last}
 
 
 def load_images(config: AutoencoderRunConfig, device) -> torch.Tensor:

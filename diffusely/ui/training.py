@@ -49,8 +49,8 @@ def start(ctx: Context, resume: bool, data, out, *form) -> str:
 
         def work(job) -> str:
             job.message = f"training {run_dir.name}"
-            if not prepare_own_autoencoder(config, run_dir, progress=False, say=lambda line: setattr(job, "message", line),
-                                           should_stop=job.stop.is_set):
+            say = lambda line: setattr(job, "message", line)  # noqa: E731 - the autoencoder's progress, as job status
+            if not prepare_own_autoencoder(config, run_dir, progress=False, say=say, should_stop=job.stop.is_set):
                 return ("stopped while training the run's autoencoder: Start (not Resume) goes on from its checkpoint, "
                         "then trains the run")
             result = train(config, run_dir, resume=resume, progress=False, should_stop=job.stop.is_set)
