@@ -8,11 +8,13 @@ Trains on the 4000 built-in phantoms (slices 0..3999) and scores held-out slices
   LDM's baseline.
 Rows:
   SR x4      bicubic (of the 4x average-pooled image), regression U-Net, SR3 one sample and the mean of K samples,
-             SR3 with each estimate projected onto the measurement (`upscale --consistent`), zero-shot projection
-             (DDNM) and DPS with the unconditional model
+             SR3 with each estimate projected onto the measurement (`upscale --consistent`), SR3 with Heun, zero-shot
+             projection (DDNM) and DPS with the unconditional model
   MRI 4x/8x  zero-filled inverse FFT (A^+ y), total-variation compressed sensing (isotropic TV, Chambolle-Pock's
              primal-dual algorithm 1 (2011), --tv-iterations iterations, lambda picked from a grid on 4 training
-             slices), zero-shot projection one sample / mean of K, DPS
+             slices), zero-shot projection one sample / mean of K / with Heun, DPS
+Every diffusion row spends 35 NFE a sample, with the commands' default samplers (`upscale`: Euler ancestral,
+`restore`: DPM++ 2M SDE, 35 steps each), and the "Heun" rows with the stock sampler's 18 steps.
 Columns: PSNR (dB) and SSIM of [-1, 1] images (torchmetrics), consistency error (RMS of A x - y in [-1, 1]
 units), NFE (network evaluations per sample; DPS also backpropagates each), seconds per image (each method's
 wall time over the test set, divided by the images), calibration (K-sample rows: correlation of the std map with
@@ -54,7 +56,7 @@ from diffusely.metrics import FeatureStats, fit_domain_features, frechet_distanc
 from diffusely.metrics.restoration import calibration, consistency_error, psnr, ssim
 from diffusely.nets import UNet, UNetConfig
 from diffusely.options import checkpoint_step
-from diffusely.pipelines.restore import in_range
+from diffusely.pipelines.restore import RESTORE_SAMPLER, UPSCALE_SAMPLER, in_range
 from diffusely.restoration import Downsample, KSpace, Projected, restore
 from diffusely.samplers import sample
 from diffusely.train import train
@@ -62,11 +64,13 @@ from diffusely.train.common import lr_at
 from diffusely.train.ema import ema_beta, make_ema, update_ema
 from diffusely.viz import save_strip
 
-FULL = dict(size=64, channels=(32, 64, 64), attention=(2,), steps=2000, batch=16, test=64, k=8, sample_steps=18,
+FULL = dict(size=64, channels=(32, 64, 64), attention=(2,), steps=2000, batch=16, test=64, k=8, nfe=35,
             tv_iterations=300, fd_steps=600, fd_reference=2000)
-QUICK = dict(size=32, channels=(16, 32), attention=(), steps=60, batch=8, test=4, k=2, sample_steps=4,
+QUICK = dict(size=32, channels=(16, 32), attention=(), steps=60, batch=8, test=4, k=2, nfe=7,
              tv_iterations=60, fd_steps=20, fd_reference=64)
-SAMPLER = "heun"  # 18 steps: 35 NFE, under the issue's 50
+# the commands' own defaults (diffusely.pipelines.restore), at --nfe steps (one evaluation each; 35: under the
+# issue's 50), and Heun's ODE at the same NFE, the stock sampler, for comparison
+SAMPLERS = {"upscale": UPSCALE_SAMPLER[0], "restore": RESTORE_SAMPLER[0]}
 SEED = 1234
 
 
@@ -223,16 +227,21 @@ def noise_for(truth: torch.Tensor, i: int):
     return randn(truth.shape, gens), gens
 
 
-def zero_shot(run, A, y, truth, s, how: str, i: int = 0) -> torch.Tensor:
+def steps_of(method: str, s: dict) -> int:
+    """Steps of `method` that spend s["nfe"] network evaluations (Heun: 2 a step, less one for the last)."""
+    return (s["nfe"] + 1) // 2 if method == "heun" else s["nfe"]
+
+
+def zero_shot(run, A, y, truth, s, how: str, i: int = 0, method: str = SAMPLERS["restore"]) -> torch.Tensor:
     d = run.config.diffusion
     noise, gens = noise_for(truth, i)
-    x = restore(run.denoiser, A, y, noise, method=SAMPLER, how=how, steps=s["sample_steps"], sigma_min=d.sigma_min,
+    x = restore(run.denoiser, A, y, noise, method=method, how=how, steps=steps_of(method, s), sigma_min=d.sigma_min,
                 sigma_max=d.sigma_max, generator=gens)
     return in_range(A, x, y) if how == "project" else x  # as `diffusely restore` writes it
 
 
 def super_resolution(s, truth, prior, sr, regression, fd) -> tuple[dict, list]:
-    A, n = Downsample(4), nfe_of(SAMPLER, s["sample_steps"])
+    A, n, method = Downsample(4), s["nfe"], SAMPLERS["upscale"]
     y = A(truth)
     score, rows, pictures = Scorer(truth, A, y, fd), {}, {}
     x, t = timed(lambda: F.interpolate(y, scale_factor=4, mode="bicubic", align_corners=False))
@@ -241,16 +250,18 @@ def super_resolution(s, truth, prior, sr, regression, fd) -> tuple[dict, list]:
     rows["regression U-Net (L1)"], pictures["regression"] = score(x, t, 1), x
     d, cond = sr.config.diffusion, {"lowres": LowRes(sr.config).render(y)}
 
-    def draw(i, consistent=False):
+    def draw(i, consistent=False, method=method):
         noise, gens = noise_for(truth, i)
-        x = sample(Projected(sr.denoiser, A, y) if consistent else sr.denoiser, noise, method=SAMPLER,
-                   steps=s["sample_steps"], sigma_min=d.sigma_min, sigma_max=d.sigma_max, generator=gens, cond=cond)
+        x = sample(Projected(sr.denoiser, A, y) if consistent else sr.denoiser, noise, method=method,
+                   steps=steps_of(method, s), sigma_min=d.sigma_min, sigma_max=d.sigma_max, generator=gens, cond=cond)
         return in_range(A, x, y) if consistent else x  # as `diffusely upscale [--consistent]` writes it
     first, mean, std, t = posterior(draw, s["k"])
     rows["SR3 (diffusely upscale), 1 sample"] = score(first, t / s["k"], n)
     rows[f"SR3, mean of {s['k']}"] = score(mean, t, n * s["k"], std)
     x, t = timed(lambda: draw(0, consistent=True))
     rows["SR3 --consistent, 1 sample"] = score(x, t, n)
+    x, t = timed(lambda: draw(0, method="heun"))
+    rows["SR3, 1 sample, Heun"] = score(x, t, nfe_of("heun", steps_of("heun", s)))
     for how in ("project", "dps"):
         x, t = timed(lambda: zero_shot(prior, A, y, truth, s, how))
         rows[f"zero-shot {how}, 1 sample"] = score(x, t, n)
@@ -263,7 +274,7 @@ def super_resolution(s, truth, prior, sr, regression, fd) -> tuple[dict, list]:
 
 def mri(s, truth, prior, acceleration: int, tuning: torch.Tensor, fd) -> tuple[dict, list]:
     """The MRI rows at `acceleration`; TV's weight tuned on the `tuning` slices (training ones)."""
-    A, n = KSpace.random(s["size"], acceleration, seed=0), nfe_of(SAMPLER, s["sample_steps"])
+    A, n = KSpace.random(s["size"], acceleration, seed=0), s["nfe"]
     lam = pick_lambda(A, tuning, s["tv_iterations"])
     y = A(truth)
     score, rows = Scorer(truth, A, y, fd), {}
@@ -274,6 +285,8 @@ def mri(s, truth, prior, acceleration: int, tuning: torch.Tensor, fd) -> tuple[d
     first, mean, std, t = posterior(lambda i: zero_shot(prior, A, y, truth, s, "project", i), s["k"])
     rows["zero-shot project, 1 sample"] = score(first, t / s["k"], n)
     rows[f"zero-shot project, mean of {s['k']}"] = score(mean, t, n * s["k"], std)
+    x, t = timed(lambda: zero_shot(prior, A, y, truth, s, "project", method="heun"))
+    rows["zero-shot project, 1 sample, Heun"] = score(x, t, nfe_of("heun", steps_of("heun", s)))
     x, t = timed(lambda: zero_shot(prior, A, y, truth, s, "dps"))
     rows["zero-shot DPS, 1 sample"] = score(x, t, n)
     row = lambda *xs: torch.stack([v[0] for v in xs])  # noqa: E731
@@ -308,12 +321,23 @@ def table(title: str, rows: dict) -> str:
     return "\n".join(lines)
 
 
+def earlier_results(path: Path, s: dict) -> dict:
+    """The tables an earlier invocation with the same settings wrote to `path` (none if it did not)."""
+    if not path.is_file():
+        return {}
+    earlier = json.loads(path.read_text())
+    same = earlier["settings"] == json.loads(json.dumps(s))
+    return earlier["results"] if same else {}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, type=Path, help="Folder for the pictures and results.json.")
     parser.add_argument("--quick", action="store_true", help="Tiny sizes, to see it work (a minute or two).")
     parser.add_argument("--runs", type=Path, help="Keep the trained networks here (default: a temporary folder); a "
                         "second invocation with the same settings loads them instead of training again.")
+    parser.add_argument("--only", action="append", choices=["sr", "mri4", "mri8"], help="Score only these tables "
+                        "(repeatable), keeping the others' from an earlier results.json in --out.")
     args = parser.parse_args()
     s = copy.deepcopy(QUICK if args.quick else FULL)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -329,12 +353,15 @@ def main():
         floor = fd(truth)  # the test slices themselves: the FD a perfect method scores at this N
         print(f"trained {s['steps']} steps each: prior {t_prior:.0f} s, SR3 {t_sr:.0f} s, regression {t_reg:.0f} s")
         warm_up(prior, sr, truth)
-        tasks = {"SR x4": ("sr.png", lambda: super_resolution(s, truth, prior, sr, regression, fd))}
+        tasks = {"SR x4": ("sr", lambda: super_resolution(s, truth, prior, sr, regression, fd))}
         for acceleration in (4, 8):
-            tasks[f"MRI {acceleration}x"] = (f"mri{acceleration}.png", functools.partial(
+            tasks[f"MRI {acceleration}x"] = (f"mri{acceleration}", functools.partial(
                 mri, s, truth, prior, acceleration, train_images[:4], fd))
-        results = {}
+        results = earlier_results(args.out / "results.json", s) if args.only else {}
         for key, (picture, run) in tasks.items():
+            if args.only and picture not in args.only:
+                continue
+            picture = f"{picture}.png"
             results[key], (images, labels) = run()
             save_strip([images], args.out / picture, labels=labels, scale=max(1, 128 // s["size"]))
             print(table(f"{key} ({s['size']}x{s['size']}, {s['test']} held-out phantoms; FD of the truths: "

@@ -273,3 +273,25 @@ def test_restore_and_upscale_draw_on_the_runs_optimised_schedule_and_img2img_doe
             r = invoke(command, run_dir, clean, *args, "--nfe", "5", "--out", out, "--quiet")
             assert r.exit_code == 0, r.output
         assert np.array_equal(read(outs[0] / "p0.png"), read(outs[1] / "p0.png")) != differs, command
+
+
+def test_restore_defaults_to_the_stochastic_sampler_measured_best(root, tmp_path):
+    """With no --sampler, --steps or --nfe, a run of the stock Heun restores with RESTORE_SAMPLER (DPM++ 2M SDE, 35
+    steps: 4 dB ahead of Heun's ODE for zero-shot projection, docs/restoration.md); --how repaint, which needs
+    --steps, and a run trained with another sampler keep their own."""
+    from diffusely.checkpoint import load_run
+    from diffusely.pipelines.restore import RESTORE_SAMPLER, Plan
+
+    clean, outs = root / "clean" / "p0.png", {}
+    for name, args in (("default", ()), ("named", ("--sampler", "dpmpp_2m_sde", "--steps", "35")),
+                       ("heun", ("--sampler", "heun"))):
+        out = outs[name] = tmp_path / name
+        r = invoke("restore", root / "run", clean, "--task", "deblur", *args, "--out", out, "--quiet")
+        assert r.exit_code == 0, r.output
+    assert np.array_equal(read(outs["default"] / "p0.png"), read(outs["named"] / "p0.png"))
+    assert not np.array_equal(read(outs["default"] / "p0.png"), read(outs["heun"] / "p0.png"))
+    run = load_run(root / "run")
+    assert (Plan.of(run, default=RESTORE_SAMPLER).sampler, Plan.of(run, default=RESTORE_SAMPLER).steps) == RESTORE_SAMPLER
+    assert Plan.of(run, steps=4, default=RESTORE_SAMPLER).sampler == "heun"  # steps asked: the run's sampler
+    run.config.diffusion.sampler = "euler"
+    assert (Plan.of(run, default=RESTORE_SAMPLER).sampler, Plan.of(run, default=RESTORE_SAMPLER).steps) == ("euler", 18)

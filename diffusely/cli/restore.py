@@ -30,10 +30,10 @@ def _load(run_dir, out_dir, precision, cuda_graphs):
     return run
 
 
-def _plan(run, sampler, steps, nfe, k, seed, overwrite):
+def _plan(run, sampler, steps, nfe, k, seed, overwrite, default=None):
     from ..pipelines.restore import Plan
 
-    return Plan.of(run, sampler, steps, nfe, k, seed, overwrite)
+    return Plan.of(run, sampler, steps, nfe, k, seed, overwrite, default)
 
 
 def _shown(quiet):
@@ -58,16 +58,17 @@ def _written(out_dir, count, k):
 def upscale(run_dir, source, out_dir, overwrite, consistent, k, steps, nfe, sampler, seed, classes, guidance, precision,
             cuda_graphs, quiet):
     """Upscale INPUT (a low-res image, or a folder of them) with a super-resolution run (`train --task upscale`).
+    Unless --sampler, --steps or --nfe say otherwise (or the run names its own sampler): Euler ancestral, 35 steps.
 
     \b
     diffusely upscale runs/sr4 lowres.png --out upscaled
     diffusely upscale runs/sr4 scans/ --out upscaled -n 8      # mean and std map of 8 samples each
     diffusely upscale runs/sr4 lowres.png --out upscaled --consistent
     """
-    from ..pipelines.restore import upscale as run_upscale
+    from ..pipelines.restore import UPSCALE_SAMPLER, upscale as run_upscale
 
     run = _load(run_dir, out_dir, precision, cuda_graphs)
-    plan = _plan(run, sampler, steps, nfe, k, seed, overwrite)
+    plan = _plan(run, sampler, steps, nfe, k, seed, overwrite, UPSCALE_SAMPLER)
     names = run_upscale(run, source, out_dir, plan, consistent=consistent, classes=list(classes) or None,
                         guidance=guidance, progress=_shown(quiet))
     _written(out_dir, len(names), k)
@@ -111,7 +112,8 @@ def _print_scores(rows: list[dict]) -> None:
 def restore(run_dir, source, task, out_dir, overwrite, mask, scale, acceleration, mask_seed, how, measured, dps_scale,
             resample, k, steps, nfe, sampler, seed, classes, guidance, precision, cuda_graphs, quiet):
     """Restore INPUT (an image, or a folder) with any pixel run and a measurement: every sample agrees with
-    what was measured (exactly, with --how project). A research tool, not a medical device.
+    what was measured (exactly, with --how project). A research tool, not a medical device. Unless --sampler,
+    --steps or --nfe say otherwise (or the run names its own sampler): DPM++ 2M SDE, 35 steps.
 
     \b
     diffusely restore runs/phantoms scan.png --task mri --acceleration 4 --out recon -n 8
@@ -119,11 +121,11 @@ def restore(run_dir, source, task, out_dir, overwrite, mask, scale, acceleration
     diffusely restore runs/shapes image.png --task inpaint --mask mask.png --how repaint --steps 25 --out filled
     diffusely restore runs/shapes lowres.png --task upscale --measured --out sr
     """
-    from ..pipelines.restore import restore as run_restore
+    from ..pipelines.restore import RESTORE_SAMPLER, restore as run_restore
 
     # DPS differentiates through the network, which a replayed CUDA graph cannot
     run = _load(run_dir, out_dir, precision, False if how == "dps" else cuda_graphs)
-    plan = _plan(run, sampler, steps, nfe, k, seed, overwrite)
+    plan = _plan(run, sampler, steps, nfe, k, seed, overwrite, None if how == "repaint" else RESTORE_SAMPLER)
     rows = run_restore(run, source, out_dir, plan, task=task, how=how, mask=mask, scale=scale, acceleration=acceleration,
                        mask_seed=mask_seed, measured=measured, dps_scale=dps_scale, resample=resample,
                        classes=list(classes) or None, guidance=guidance, progress=_shown(quiet))

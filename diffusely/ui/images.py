@@ -77,7 +77,8 @@ def run_edit(ctx: Context, name, editor, mode, strength, sampler, steps, seed, d
     try:
         run, out = ctx.run(name), ctx.out_dir(name, "image")
         source, mask, note = _inputs(ctx, editor, run, out, mode)
-        plan = pipeline.Plan.of(run, sampler or None, number(steps), None, k=int(draws), seed=int(seed))
+        default = {IMG2IMG: None, UPSCALE: pipeline.UPSCALE_SAMPLER}.get(mode, pipeline.RESTORE_SAMPLER)
+        plan = pipeline.Plan.of(run, sampler or None, number(steps), None, k=int(draws), seed=int(seed), default=default)
         result = out / "result"
         if mode == IMG2IMG:
             pipeline.img2img(run, source, result, plan, strength=float(strength))
