@@ -25,7 +25,7 @@ Pictures under --out: sr.png, mri4.png, mri8.png (input, baselines, a sample, th
 the truth, the mean's error map x4) and results.json.
 
     python benchmarks/restoration.py --out benchmarks/results/restoration --runs /tmp/restoration-runs
-                                        # ~3 hours on 2 free CPU cores (CPU only); --runs keeps the trained networks,
+                                        # ~1.5 hours on 2 free CPU cores; --runs keeps the trained networks,
                                         # so a second invocation re-scores without training again
     python benchmarks/restoration.py --out /tmp/restoration-quick --quick   # ~1 minute: shows it runs, not results
 """
