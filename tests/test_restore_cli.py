@@ -276,22 +276,29 @@ def test_restore_and_upscale_draw_on_the_runs_optimised_schedule_and_img2img_doe
 
 
 def test_restore_defaults_to_the_stochastic_sampler_measured_best(root, tmp_path):
-    """With no --sampler, --steps or --nfe, a run of the stock Heun restores with RESTORE_SAMPLER (DPM++ 2M SDE, 35
-    steps: 4 dB ahead of Heun's ODE for zero-shot projection, docs/restoration.md); --how repaint, which needs
-    --steps, and a run trained with another sampler keep their own."""
+    """With no --sampler or --nfe, a run of the stock Heun restores with RESTORE_SAMPLER (DPM++ 2M SDE, 35 steps or
+    --steps: ahead of Heun's ODE for zero-shot projection, docs/restoration.md); --how repaint, --nfe alone (the
+    budget's pick) and a run trained with another sampler keep what they had."""
     from diffusely.checkpoint import load_run
     from diffusely.pipelines.restore import RESTORE_SAMPLER, Plan
 
-    clean, outs = root / "clean" / "p0.png", {}
-    for name, args in (("default", ()), ("named", ("--sampler", "dpmpp_2m_sde", "--steps", "35")),
-                       ("heun", ("--sampler", "heun"))):
-        out = outs[name] = tmp_path / name
-        r = invoke("restore", root / "run", clean, "--task", "deblur", *args, "--out", out, "--quiet")
+    clean, mask = root / "clean" / "p0.png", ("--mask", root / "mask.png")
+    deblur = ("--task", "deblur")
+    cases = {"default": deblur, "named": (*deblur, "--sampler", "dpmpp_2m_sde", "--steps", "35"),
+             "heun": (*deblur, "--sampler", "heun"), "steps": (*deblur, "--steps", "3"),
+             "named-3": (*deblur, "--sampler", "dpmpp_2m_sde", "--steps", "3"),
+             "repaint": ("--task", "inpaint", *mask, "--how", "repaint", "--steps", "3", "--resample", "2"),
+             "repaint-heun": ("--task", "inpaint", *mask, "--how", "repaint", "--steps", "3", "--resample", "2",
+                              "--sampler", "heun")}
+    for name, args in cases.items():
+        r = invoke("restore", root / "run", clean, *args, "--out", tmp_path / name, "--quiet")
         assert r.exit_code == 0, r.output
-    assert np.array_equal(read(outs["default"] / "p0.png"), read(outs["named"] / "p0.png"))
-    assert not np.array_equal(read(outs["default"] / "p0.png"), read(outs["heun"] / "p0.png"))
+    got = {name: read(tmp_path / name / "p0.png") for name in cases}
+    assert np.array_equal(got["default"], got["named"]) and not np.array_equal(got["default"], got["heun"])
+    assert np.array_equal(got["steps"], got["named-3"]) and np.array_equal(got["repaint"], got["repaint-heun"])
     run = load_run(root / "run")
-    assert (Plan.of(run, default=RESTORE_SAMPLER).sampler, Plan.of(run, default=RESTORE_SAMPLER).steps) == RESTORE_SAMPLER
-    assert Plan.of(run, steps=4, default=RESTORE_SAMPLER).sampler == "heun"  # steps asked: the run's sampler
+    plans = {args: Plan.of(run, **dict(args), default=RESTORE_SAMPLER) for args in ((), (("steps", 4),), (("nfe", 5),))}
+    got = [(plan.sampler, plan.steps) for plan in plans.values()]
+    assert got == [RESTORE_SAMPLER, ("dpmpp_2m_sde", 4), ("unipc", 5)]
     run.config.diffusion.sampler = "euler"
     assert (Plan.of(run, default=RESTORE_SAMPLER).sampler, Plan.of(run, default=RESTORE_SAMPLER).steps) == ("euler", 18)

@@ -132,8 +132,9 @@ def test_upscale_run_trains_resumes_and_upscales(sr_run):
 def test_consistent_upscale_pools_back_to_its_input(sr_run):
     low = np.random.default_rng(1).integers(30, 220, (4, 4), dtype=np.uint8)
     Image.fromarray(low).save(sr_run / "low2.png")
+    # Heun: the 2-step model's estimates under Euler ancestral's last step are flat enough to project onto the blocks
     r = invoke("upscale", sr_run / "run", sr_run / "low2.png", "--out", sr_run / "up2", "--consistent", "--steps", "2",
-               "--quiet")
+               "--sampler", "heun", "--quiet")
     assert r.exit_code == 0, r.output
     x = to_tensor(np.asarray(Image.open(sr_run / "up2" / "low2.png"))[None, ..., None])
     y = to_tensor(low[None, ..., None])

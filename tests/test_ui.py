@@ -66,6 +66,18 @@ def test_should_stop_is_not_asked_after_the_last_step(tmp_path):
     assert result["step"] == 3 and int(weights(tmp_path / "run")["optim.0.step"].item()) == 3
 
 
+def test_each_image_mode_samples_as_its_command_does():
+    """Upscaling and every restoration mode take their command's default sampler (docs/restoration.md); img2img the
+    run's."""
+    from diffusely.pipelines.restore import RESTORE_SAMPLER, UPSCALE_SAMPLER
+    from diffusely.ui import images
+
+    assert images.default_sampler(images.IMG2IMG) is None
+    assert images.default_sampler(images.UPSCALE) == UPSCALE_SAMPLER
+    others = [mode for mode in images.modes() if mode not in (images.IMG2IMG, images.UPSCALE)]
+    assert images.INPAINT in others and {images.default_sampler(mode) for mode in others} == {RESTORE_SAMPLER}
+
+
 def test_paths_outside_the_allowed_roots_are_refused(tmp_path):
     from diffusely.ui.guard import Refused, Roots
 

@@ -108,10 +108,10 @@ SAMPLER_OPTION = click.option("-o", "--option", "options", multiple=True, callba
                               help="A sampler option, repeatable: -o S_churn=30 -o S_tmax=10 (heun, euler), "
                                    "-o eta=0.5 (ddim).")
 SAMPLING = stack(
-    click.option("--steps", type=COUNT, help="Sampler steps (default: the run's)."),
+    click.option("--steps", type=COUNT, help="Sampler steps (default: the run's; restore, upscale: 35)."),
     NFE,
     click.option("--sampler", type=str, help=f"One of: {', '.join(SAMPLERS)} (default: the run's, or for --nfe alone the one best at "
-                 "that budget), or a name "
+                 "that budget; restore, upscale: see their help), or a name "
                  "A1111, ComfyUI, k-diffusion or diffusers users type, which brings its schedule and options: "
                  "'DPM++ 2M Karras', 'Euler a', dpmpp_2m_sde_gpu, sample_dpmpp_2m, DPMSolverMultistepScheduler "
                  "(all of them: docs/samplers-aliases.md)."),

@@ -58,7 +58,7 @@ def _written(out_dir, count, k):
 def upscale(run_dir, source, out_dir, overwrite, consistent, k, steps, nfe, sampler, seed, classes, guidance, precision,
             cuda_graphs, quiet):
     """Upscale INPUT (a low-res image, or a folder of them) with a super-resolution run (`train --task upscale`).
-    Unless --sampler, --steps or --nfe say otherwise (or the run names its own sampler): Euler ancestral, 35 steps.
+    Without --sampler or --nfe, in a run of the stock sampler (Heun): Euler ancestral, 35 steps (or --steps).
 
     \b
     diffusely upscale runs/sr4 lowres.png --out upscaled
@@ -112,8 +112,8 @@ def _print_scores(rows: list[dict]) -> None:
 def restore(run_dir, source, task, out_dir, overwrite, mask, scale, acceleration, mask_seed, how, measured, dps_scale,
             resample, k, steps, nfe, sampler, seed, classes, guidance, precision, cuda_graphs, quiet):
     """Restore INPUT (an image, or a folder) with any pixel run and a measurement: every sample agrees with
-    what was measured (exactly, with --how project). A research tool, not a medical device. Unless --sampler,
-    --steps or --nfe say otherwise (or the run names its own sampler): DPM++ 2M SDE, 35 steps.
+    what was measured (exactly, with --how project). A research tool, not a medical device. Without --sampler or
+    --nfe, in a run of the stock sampler (Heun): DPM++ 2M SDE, 35 steps (or --steps); --how repaint: the run's.
 
     \b
     diffusely restore runs/phantoms scan.png --task mri --acceleration 4 --out recon -n 8

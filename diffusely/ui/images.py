@@ -71,14 +71,20 @@ def _inputs(ctx: Context, editor, run, out: Path, mode: str) -> tuple[Path, Path
     return source, mask, note
 
 
+def default_sampler(mode: str):
+    """The (sampler, steps) of the command each mode runs where none is asked: `upscale`'s, `restore`'s (inpainting
+    too), none for img2img (the run's)."""
+    return {IMG2IMG: None, UPSCALE: pipeline.UPSCALE_SAMPLER}.get(mode, pipeline.RESTORE_SAMPLER)
+
+
 def run_edit(ctx: Context, name, editor, mode, strength, sampler, steps, seed, draws,
              progress=gr.Progress(track_tqdm=True)):
     """Run the chosen mode on the upload; returns the images written (result first) and a line saying what ran."""
     try:
         run, out = ctx.run(name), ctx.out_dir(name, "image")
         source, mask, note = _inputs(ctx, editor, run, out, mode)
-        default = {IMG2IMG: None, UPSCALE: pipeline.UPSCALE_SAMPLER}.get(mode, pipeline.RESTORE_SAMPLER)
-        plan = pipeline.Plan.of(run, sampler or None, number(steps), None, k=int(draws), seed=int(seed), default=default)
+        plan = pipeline.Plan.of(run, sampler or None, number(steps), None, k=int(draws), seed=int(seed),
+                                default=default_sampler(mode))
         result = out / "result"
         if mode == IMG2IMG:
             pipeline.img2img(run, source, result, plan, strength=float(strength))
@@ -107,7 +113,7 @@ def build(ctx: Context, runs: list[str], demo: gr.Blocks) -> gr.Dropdown:
             with gr.Row():
                 sampler = gr.Dropdown(SAMPLER_CHOICES, value="", allow_custom_value=True, label="Sampler",
                                       elem_id="img-sampler")
-                steps = gr.Number(0, precision=0, label="Steps (0: the run's)", elem_id="img-steps")
+                steps = gr.Number(0, precision=0, label="Steps (0: the default)", elem_id="img-steps")
                 seed = gr.Number(0, precision=0, label="Seed", elem_id="img-seed")
                 draws = gr.Number(1, precision=0, minimum=1, maximum=16, label="Draws (>1: mean and std too)",
                                   elem_id="img-draws")
