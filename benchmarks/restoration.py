@@ -19,8 +19,9 @@ Columns: PSNR (dB) and SSIM of [-1, 1] images (torchmetrics), consistency error 
 units), NFE (network evaluations per sample; DPS also backpropagates each), seconds per image (each method's
 wall time over the test set, divided by the images), calibration (K-sample rows: correlation of the std map with
 the mean's absolute error), FD (Fréchet distance of the outputs' features to held-out real slices', in a lesion
-classifier trained on the training slices: diffusely.metrics.fit_domain_features; biased upwards at the test
-set's size, so the title gives the FD of the test truths themselves, what a perfect method scores).
+classifier trained on the training slices: diffusely.metrics.fit_domain_features) and FD-c (the same in a SimCLR
+encoder of the training slices, no labels); both biased upwards at the test set's size, so the title gives the
+FDs of the test truths themselves, what a perfect method scores.
 Pictures under --out: sr.png, mri4.png, mri8.png (input, baselines, a sample, the posterior mean, the std map,
 the truth, the mean's error map x4) and results.json.
 
@@ -178,7 +179,7 @@ def pick_lambda(A, truth: torch.Tensor, iterations: int) -> float:
 
 class Scorer:
     """The row of each method on one task: PSNR and SSIM of its output clipped to [-1, 1], consistency of the output
-    itself, and FD of the clipped outputs' domain features against held-out real slices (`fd`)."""
+    itself, and FD of the clipped outputs' domain features against held-out real slices (`fd`: each space's)."""
 
     def __init__(self, truth: torch.Tensor, A, y: torch.Tensor, fd):
         self.truth, self.A, self.y, self.fd = truth, A, y, fd
@@ -186,7 +187,7 @@ class Scorer:
     def __call__(self, x: torch.Tensor, seconds: float, nfe: int, std=None) -> dict:
         clipped = x.clamp(-1, 1)
         row = {"psnr": float(psnr(clipped, self.truth).mean()), "ssim": float(ssim(clipped, self.truth).mean()),
-               "fd": self.fd(clipped), "consistency": float(consistency_error(self.A, x, self.y).mean()), "nfe": nfe,
+               **self.fd(clipped), "consistency": float(consistency_error(self.A, x, self.y).mean()), "nfe": nfe,
                "seconds": seconds / len(x)}
         if std is not None:
             row["calibration"] = float(calibration(std, (x - self.truth).abs()).nanmean())
@@ -194,17 +195,22 @@ class Scorer:
 
 
 def domain_fd(s: dict):
-    """x (N, 1, S, S) -> the Fréchet distance of its features to those of s["fd_reference"] held-out slices, in a
-    lesion classifier trained on the training slices (diffusely.metrics.fit_domain_features); with N test images it
-    is biased upwards at small N and comparable only within one run of this benchmark."""
+    """x (N, 1, S, S) -> {"fd": ..., "fd_contrastive": ...}: the Fréchet distance of its features to those of
+    s["fd_reference"] held-out slices, in two feature spaces trained on the training slices
+    (diffusely.metrics.fit_domain_features): a lesion classifier (the labels the phantoms have), and a SimCLR
+    encoder (no labels: it must tell slices apart, so it keeps what makes one differ from another). With N test
+    images an FD is biased upwards at small N and comparable only within one run of this benchmark."""
     data = load_dataset("phantoms", s["size"], 1, classes=True)
-    extractor = fit_domain_features(data.images, data.labels, len(data.class_names), steps=s["fd_steps"])
-    real = extractor(render_phantoms(s["fd_reference"], s["size"], start=200_000).images[..., :1])
-    reference = FeatureStats.of(real, extractor.name)
+    reference_images = render_phantoms(s["fd_reference"], s["size"], start=200_000).images[..., :1]
+    spaces = {"fd": fit_domain_features(data.images, data.labels, len(data.class_names), steps=s["fd_steps"]),
+              "fd_contrastive": fit_domain_features(data.images, steps=s["fd_steps"])}
+    references = {key: FeatureStats.of(extractor(reference_images), extractor.name)
+                  for key, extractor in spaces.items()}
 
-    def fd(x: torch.Tensor) -> float:
-        fake = FeatureStats.of(extractor(x))
-        return frechet_distance(reference.mu, reference.sigma, fake.mu, fake.sigma)
+    def fd(x: torch.Tensor) -> dict:
+        fakes = {key: FeatureStats.of(extractor(x)) for key, extractor in spaces.items()}
+        return {key: frechet_distance(references[key].mu, references[key].sigma, fakes[key].mu, fakes[key].sigma)
+                for key in spaces}
     return fd
 
 
@@ -312,22 +318,26 @@ def error_picture(x: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
 
 
 def table(title: str, rows: dict) -> str:
-    lines = [f"\n{title}", f"{'method':42s} {'PSNR':>7s} {'SSIM':>6s} {'FD':>7s} {'consist.':>9s} {'NFE':>5s} "
-             f"{'s/img':>8s} {'calib.':>6s}"]
+    lines = [f"\n{title}", f"{'method':42s} {'PSNR':>7s} {'SSIM':>6s} {'FD':>8s} {'FD-c':>7s} {'consist.':>9s} "
+             f"{'NFE':>5s} {'s/img':>8s} {'calib.':>6s}"]
     for name, r in rows.items():
         calib = f"{r['calibration']:6.2f}" if "calibration" in r else ""
-        lines.append(f"{name:42s} {r['psnr']:7.2f} {r['ssim']:6.3f} {r['fd']:7.3g} {r['consistency']:9.4f} "
-                     f"{r['nfe']:5d} {r['seconds']:8.3f} {calib}")
+        contrastive = f"{r['fd_contrastive']:7.3g}" if "fd_contrastive" in r else " " * 7  # not in older results
+        lines.append(f"{name:42s} {r['psnr']:7.2f} {r['ssim']:6.3f} {r['fd']:8.3g} {contrastive} "
+                     f"{r['consistency']:9.4f} {r['nfe']:5d} {r['seconds']:8.3f} {calib}")
     return "\n".join(lines)
 
 
 def earlier_results(path: Path, s: dict) -> dict:
-    """The tables an earlier invocation with the same settings wrote to `path` (none if it did not)."""
+    """The tables an earlier invocation with the same settings wrote to `path`, which --only keeps; refused where
+    there are none to keep, or they were made with other settings (rewriting the file would lose them, or mix)."""
     if not path.is_file():
-        return {}
+        raise SystemExit(f"--only keeps the other tables of {path}, which does not exist: run without --only first")
     earlier = json.loads(path.read_text())
-    same = earlier["settings"] == json.loads(json.dumps(s))
-    return earlier["results"] if same else {}
+    if earlier["settings"] != json.loads(json.dumps(s)):
+        raise SystemExit(f"{path} was made with other settings ({earlier['settings']}); --only would mix them: "
+                         f"give another --out, or run without --only")
+    return earlier["results"]
 
 
 def main():
@@ -365,9 +375,10 @@ def main():
             results[key], (images, labels) = run()
             save_strip([images], args.out / picture, labels=labels, scale=max(1, 128 // s["size"]))
             print(table(f"{key} ({s['size']}x{s['size']}, {s['test']} held-out phantoms; FD of the truths: "
-                        f"{floor:.3g})", results[key]), flush=True)
+                        f"{floor['fd']:.3g}, FD-c {floor['fd_contrastive']:.3g})", results[key]), flush=True)
             # written after each task: a late failure keeps the tables before it
-            (args.out / "results.json").write_text(json.dumps({"settings": s, "results": results}, indent=2))
+            written = {"settings": s, "truths": floor, "results": results}
+            (args.out / "results.json").write_text(json.dumps(written, indent=2))
     print(f"\npictures and results.json in {args.out}")
 
 
