@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from diffusely import nfe as nfe_of
+from diffusely._files import atomic_write_text
 from diffusely._util import generators, randn
 from diffusely.checkpoint import load_run
 from diffusely.conditions import LowRes
@@ -59,7 +60,7 @@ from diffusely.nets import UNet, UNetConfig
 from diffusely.options import checkpoint_step
 from diffusely.pipelines.restore import RESTORE_SAMPLER, UPSCALE_SAMPLER, in_range
 from diffusely.restoration import Downsample, KSpace, Projected, restore
-from diffusely.samplers import sample
+from diffusely.samplers import sample, steps_for_nfe
 from diffusely.train import train
 from diffusely.train.common import lr_at
 from diffusely.train.ema import ema_beta, make_ema, update_ema
@@ -233,16 +234,11 @@ def noise_for(truth: torch.Tensor, i: int):
     return randn(truth.shape, gens), gens
 
 
-def steps_of(method: str, s: dict) -> int:
-    """Steps of `method` that spend s["nfe"] network evaluations (Heun: 2 a step, less one for the last)."""
-    return (s["nfe"] + 1) // 2 if method == "heun" else s["nfe"]
-
-
 def zero_shot(run, A, y, truth, s, how: str, i: int = 0, method: str = SAMPLERS["restore"]) -> torch.Tensor:
     d = run.config.diffusion
     noise, gens = noise_for(truth, i)
-    x = restore(run.denoiser, A, y, noise, method=method, how=how, steps=steps_of(method, s), sigma_min=d.sigma_min,
-                sigma_max=d.sigma_max, generator=gens)
+    x = restore(run.denoiser, A, y, noise, method=method, how=how, steps=steps_for_nfe(method, s["nfe"]),
+                sigma_min=d.sigma_min, sigma_max=d.sigma_max, generator=gens)
     return in_range(A, x, y) if how == "project" else x  # as `diffusely restore` writes it
 
 
@@ -259,7 +255,8 @@ def super_resolution(s, truth, prior, sr, regression, fd) -> tuple[dict, list]:
     def draw(i, consistent=False, method=method):
         noise, gens = noise_for(truth, i)
         x = sample(Projected(sr.denoiser, A, y) if consistent else sr.denoiser, noise, method=method,
-                   steps=steps_of(method, s), sigma_min=d.sigma_min, sigma_max=d.sigma_max, generator=gens, cond=cond)
+                   steps=steps_for_nfe(method, s["nfe"]), sigma_min=d.sigma_min, sigma_max=d.sigma_max, generator=gens,
+                   cond=cond)
         return in_range(A, x, y) if consistent else x  # as `diffusely upscale [--consistent]` writes it
     first, mean, std, t = posterior(draw, s["k"])
     rows["SR3 (diffusely upscale), 1 sample"] = score(first, t / s["k"], n)
@@ -267,7 +264,7 @@ def super_resolution(s, truth, prior, sr, regression, fd) -> tuple[dict, list]:
     x, t = timed(lambda: draw(0, consistent=True))
     rows["SR3 --consistent, 1 sample"] = score(x, t, n)
     x, t = timed(lambda: draw(0, method="heun"))
-    rows["SR3, 1 sample, Heun"] = score(x, t, nfe_of("heun", steps_of("heun", s)))
+    rows["SR3, 1 sample, Heun"] = score(x, t, nfe_of("heun", steps_for_nfe("heun", s["nfe"])))
     for how in ("project", "dps"):
         x, t = timed(lambda: zero_shot(prior, A, y, truth, s, how))
         rows[f"zero-shot {how}, 1 sample"] = score(x, t, n)
@@ -292,7 +289,7 @@ def mri(s, truth, prior, acceleration: int, tuning: torch.Tensor, fd) -> tuple[d
     rows["zero-shot project, 1 sample"] = score(first, t / s["k"], n)
     rows[f"zero-shot project, mean of {s['k']}"] = score(mean, t, n * s["k"], std)
     x, t = timed(lambda: zero_shot(prior, A, y, truth, s, "project", method="heun"))
-    rows["zero-shot project, 1 sample, Heun"] = score(x, t, nfe_of("heun", steps_of("heun", s)))
+    rows["zero-shot project, 1 sample, Heun"] = score(x, t, nfe_of("heun", steps_for_nfe("heun", s["nfe"])))
     x, t = timed(lambda: zero_shot(prior, A, y, truth, s, "dps"))
     rows["zero-shot DPS, 1 sample"] = score(x, t, n)
     row = lambda *xs: torch.stack([v[0] for v in xs])  # noqa: E731
@@ -368,17 +365,16 @@ def main():
             tasks[f"MRI {acceleration}x"] = (f"mri{acceleration}", functools.partial(
                 mri, s, truth, prior, acceleration, train_images[:4], fd))
         results = earlier_results(args.out / "results.json", s) if args.only else {}
-        for key, (picture, run) in tasks.items():
-            if args.only and picture not in args.only:
+        for key, (name, run) in tasks.items():
+            if args.only and name not in args.only:
                 continue
-            picture = f"{picture}.png"
             results[key], (images, labels) = run()
-            save_strip([images], args.out / picture, labels=labels, scale=max(1, 128 // s["size"]))
+            save_strip([images], args.out / f"{name}.png", labels=labels, scale=max(1, 128 // s["size"]))
             print(table(f"{key} ({s['size']}x{s['size']}, {s['test']} held-out phantoms; FD of the truths: "
                         f"{floor['fd']:.3g}, FD-c {floor['fd_contrastive']:.3g})", results[key]), flush=True)
-            # written after each task: a late failure keeps the tables before it
+            # written after each task (atomically: --only reads it back): a late failure keeps the tables before it
             written = {"settings": s, "truths": floor, "results": results}
-            (args.out / "results.json").write_text(json.dumps(written, indent=2))
+            atomic_write_text(args.out / "results.json", json.dumps(written, indent=2))
     print(f"\npictures and results.json in {args.out}")
 
 
