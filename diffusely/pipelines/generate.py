@@ -58,14 +58,18 @@ class Sampler(str):
         return self
 
 
-def sampling_plan(run: LoadedRun, sampler: Optional[str], steps: Optional[int],
-                  nfe: Optional[int]) -> tuple[Sampler, Optional[int]]:
+def sampling_plan(run: LoadedRun, sampler: Optional[str], steps: Optional[int], nfe: Optional[int],
+                  default: Optional[tuple[str, int]] = None) -> tuple[Sampler, Optional[int]]:
     """The sampler (the run's unless given; any name `resolve_sampler` takes, such as "DPM++ 2M Karras") and its
     step count: `steps`, or what an `nfe` budget buys, or the run's default; None for a sampler that picks its own
-    steps (adaptive). A budget without a sampler, in a run of the stock sampler (Heun), gets the sampler measured
-    best for it (samplers.defaults: below 35 NFE)."""
-    if sampler is None and nfe is not None and run.config.diffusion.sampler == DiffusionConfig.sampler:
-        sampler = budget_default(nfe)  # (name, spacing where the run stores no schedule), or None from 35 NFE
+    steps (adaptive). In a run of the stock sampler (Heun) where no sampler is named, a budget gets the sampler
+    measured best for it (samplers.defaults: below 35 NFE), and no budget gets the caller's `default` (sampler,
+    steps) where it gives one (restore's and upscale's), at `steps` where they are given."""
+    if sampler is None and run.config.diffusion.sampler == DiffusionConfig.sampler:
+        if nfe is not None:
+            sampler = budget_default(nfe)  # (name, spacing where the run stores no schedule), or None from 35 NFE
+        elif default:
+            sampler, steps = default[0], steps or default[1]
     sampler = Sampler(*sampler) if isinstance(sampler, tuple) else Sampler(sampler or run.config.diffusion.sampler)
     if steps is None and nfe is None and nfe_of(sampler, 1) is not None:
         steps = run.config.diffusion.sample_steps

@@ -28,7 +28,6 @@ from .._files import atomic_write, run_lock
 from .._util import generators, randn
 from ..checkpoint import LoadedRun, RunError
 from ..conditions import LowRes
-from ..config import DiffusionConfig
 from ..data import DataError, to_tensor, to_uint8
 from ..data.images import decode
 from ..metrics.restoration import calibration, consistency_error, psnr, ssim
@@ -106,13 +105,10 @@ class Plan:
     @classmethod
     def of(cls, run: LoadedRun, sampler=None, steps=None, nfe=None, k: int = 1, seed: int = 0,
            overwrite: bool = False, default: Optional[tuple[str, int]] = None) -> "Plan":
-        """`default`: the (sampler, steps) to use in a run of the stock sampler (Heun) where no sampler is named: with
-        `steps` where they are given; not with `nfe`, whose budget picks its own sampler (as `sample` does)."""
+        """`default`: the (sampler, steps) of a run of the stock sampler where none is named (sampling_plan)."""
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"-n must be a whole number >= 1 (draws per input), got {k!r}")
-        if default and sampler is None and nfe is None and run.config.diffusion.sampler == DiffusionConfig.sampler:
-            sampler, steps = default[0], steps or default[1]
-        return cls(*sampling_plan(run, sampler, steps, nfe), k, seed, overwrite)
+        return cls(*sampling_plan(run, sampler, steps, nfe, default), k, seed, overwrite)
 
     def check_free(self, out: str | Path, images: Sequence[tuple[str, torch.Tensor]], inputs: bool = False) -> None:
         """Refuse, before any work, an output folder holding files this would write, unless `overwrite`."""
