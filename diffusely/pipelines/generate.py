@@ -62,9 +62,8 @@ def sampling_plan(run: LoadedRun, sampler: Optional[str], steps: Optional[int], 
                   default: Optional[tuple[str, int]] = None) -> tuple[Sampler, Optional[int]]:
     """The sampler (the run's unless given; any name `resolve_sampler` takes, such as "DPM++ 2M Karras") and its
     step count: `steps`, or what an `nfe` budget buys, or the run's default; None for a sampler that picks its own
-    steps (adaptive). In a run of the stock sampler (Heun) where no sampler is named, a budget gets the sampler
-    measured best for it (samplers.defaults: below 35 NFE), and no budget gets the caller's `default` (sampler,
-    steps) where it gives one (restore's and upscale's), at `steps` where they are given."""
+    steps (adaptive). A run of the stock Heun with no sampler named takes, for a budget, the sampler measured best
+    at it (samplers.defaults: below 35 NFE), else the caller's `default` (sampler, steps) at any given `steps`."""
     if sampler is None and run.config.diffusion.sampler == DiffusionConfig.sampler:
         if nfe is not None:
             sampler = budget_default(nfe)  # (name, spacing where the run stores no schedule), or None from 35 NFE
