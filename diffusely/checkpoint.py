@@ -128,9 +128,11 @@ def build_model(config: RunConfig) -> UNet | TextUNet:
 def build_denoiser(config: RunConfig, net: torch.nn.Module) -> Denoiser:
     """The run's network as a denoiser: its parameterization, or a student's consistency function (diffusely.distill)."""
     d = config.diffusion
+    residual = "lowres" if d.residual and "lowres" in config.conditions else None
     if config.distill is not None:
-        return ConsistencyDenoiser(net, sigma_data=d.sigma_data, sigma_min=d.sigma_min, schedule=d.discrete_schedule())
-    return Denoiser(net, d.parameterization, sigma_data=d.sigma_data, schedule=d.discrete_schedule())
+        return ConsistencyDenoiser(net, sigma_data=d.sigma_data, sigma_min=d.sigma_min, schedule=d.discrete_schedule(),
+                                   residual=residual)
+    return Denoiser(net, d.parameterization, sigma_data=d.sigma_data, schedule=d.discrete_schedule(), residual=residual)
 
 
 def read_schedules(run_dir: str | Path) -> dict[str, dict[str, list[float]]]:

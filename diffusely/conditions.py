@@ -198,7 +198,8 @@ class LowRes(FromSamples):
     measurement y = A x of diffusely.restoration.Downsample), brought back to full size by A's pseudo-inverse,
     nearest-neighbour (each block filled with its mean), then a "given" channel of ones. Nearest rather than
     bilinear or bicubic: A^+ y adds nothing y does not hold, the network learns the interpolation itself, and it is
-    the same image zero-shot restoration starts from. Null: all zeros, the "given" channel 0 (a mid-grey low-res
+    the same image zero-shot restoration starts from, and the base a residual denoiser (diffusion.residual) adds its
+    estimate of the detail to. Null: all zeros, the "given" channel 0 (a mid-grey low-res
     image stays distinct from none). source: the training samples, uint8 (N, *spatial, C) (bound by the
     training set); `given` takes low-res images (B, C, *spatial / scale) in [-1, 1]."""
 

@@ -20,7 +20,8 @@ from .samplers import SAMPLERS
 from .schedules import VP_SCHEDULES, DiscreteSchedule
 
 # version 2: flips off by default (data.flip), as EDM and diffusers; a version-1 file without data.flip meant true
-CONFIG_VERSION = 2
+# version 3: an upscale run denoises the detail over A^+ y (diffusion.residual); before, the whole image
+CONFIG_VERSION = 3
 OLD_DEFAULTS = {1: {"data": {"flip": True}}}
 MAX_IMAGE_SIZE = 4096  # pixels a side: past this a batch cannot fit in memory, and 100000 is a typo, not a wish
 MAX_WIDTH = 4096  # a level's channels: a width of 2**40 is a typo, and would end as "out of memory"
@@ -38,7 +39,7 @@ class DiffusionConfig:
     parameterization: eps | v | x0 | edm. schedule: a discrete VP schedule (linear | cosine | sigmoid)
     for networks conditioned on DDPM timesteps, or None for EDM's continuous ln(sigma)/4.
     train_sigmas: lognormal (EDM, P_mean/P_std) | discrete (uniform timesteps of `schedule`).
-    weighting: a name in diffusely.loss.WEIGHTINGS.
+    weighting: a name in diffusely.loss.WEIGHTINGS. residual: an upscale run denoises x - A^+ y (Denoiser's residual).
     """
 
     parameterization: str = "edm"
@@ -53,6 +54,7 @@ class DiffusionConfig:
     weighting: str = "edm"
     sampler: str = "heun"
     sample_steps: int = 18
+    residual: bool = True
 
     def __post_init__(self):
         check_choice("diffusion.parameterization", self.parameterization, PARAMETERIZATIONS)
@@ -71,8 +73,7 @@ class DiffusionConfig:
         check_count("diffusion.timesteps", self.timesteps, 2)
         if not 0 < self.sigma_min < self.sigma_max:
             raise ConfigError(f"diffusion needs 0 < sigma_min < sigma_max, got {self.sigma_min}, {self.sigma_max}")
-        if self.sample_steps < 1:
-            raise ConfigError(f"diffusion.sample_steps must be >= 1, got {self.sample_steps}")
+        check_count("diffusion.sample_steps", self.sample_steps)
         if self.schedule is not None:
             sched = self.discrete_schedule()
             if self.sigma_min < sched.sigma_min * (1 - 1e-6) or self.sigma_max > sched.sigma_max * (1 + 1e-6):
@@ -307,7 +308,7 @@ class RunConfig(JsonConfig):
     latent: typing.Optional[LatentConfig] = None
     distill: typing.Optional[DistillConfig] = None  # a student run: of which teacher, at which NFE
     version: int = CONFIG_VERSION
-    OLD_DEFAULTS = OLD_DEFAULTS
+    OLD_DEFAULTS = {**OLD_DEFAULTS, 2: {"diffusion": {"residual": False}}}
 
     def __post_init__(self):
         _check_network(self.model, ("num_classes", "context_dim", "layout_channels", "lowres_channels", "emb_dim",

@@ -62,10 +62,14 @@ class Denoiser(nn.Module):
     parameterization: one of PARAMETERIZATIONS. noise label c_noise: the fractional timestep when a
     discrete `schedule` is given (a network trained on DDPM timesteps), else EDM's ln(sigma)/4.
     sigma_data: data std for "edm", "v" and "x0" (1 recovers the VP forms); "eps" ignores it.
+    residual: None, or a condition whose first channels are a base image b of x's shape (an upscale run's A^+ y,
+    diffusely.conditions.LowRes): the network then denoises x - b, and b is added back, D(x) = b + D'(x - b), so it
+    learns only the detail the base lacks (SRDiff, Li et al. 2022; ResShift, Yue et al. 2023). Without the
+    condition (its null) b is 0.
     """
 
     def __init__(self, net: nn.Module, parameterization: str = "edm", *, sigma_data: float = 0.5,
-                 schedule: Optional[DiscreteSchedule] = None):
+                 schedule: Optional[DiscreteSchedule] = None, residual: Optional[str] = None):
         super().__init__()
         if parameterization not in PARAMETERIZATIONS:
             raise ValueError(f"unknown parameterization {parameterization!r}; choose one of: {', '.join(PARAMETERIZATIONS)}")
@@ -73,6 +77,7 @@ class Denoiser(nn.Module):
         self.parameterization = parameterization
         self.sigma_data = sigma_data
         self.schedule = schedule
+        self.residual = residual
 
     def coefficients(self, sigma: torch.Tensor) -> Coefficients:
         return PARAMETERIZATIONS[self.parameterization](sigma, self.sigma_data)
@@ -84,8 +89,21 @@ class Denoiser(nn.Module):
             return self.schedule.sigma_to_t(sigma.clamp(self.schedule.sigma_min, self.schedule.sigma_max))
         return sigma.log() / 4  # EDM table 1, c_noise
 
+    def base(self, x: torch.Tensor, cond: dict) -> torch.Tensor | float:
+        """The image a residual denoiser adds its estimate to (see `residual`), or 0."""
+        given = cond.get(self.residual) if self.residual else None
+        return 0.0 if given is None else given[:, :x.shape[1]].to(x.dtype)
+
     def raw(self, x: torch.Tensor, sigma, **cond) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The network's output F and the (broadcastable) c_skip, c_out that turn it into x0_hat."""
+        """The network's output F and the (broadcastable) c_skip, c_out that turn it into x0_hat, c_skip x + c_out F
+        (the training loss's form: a residual denoiser's base is folded into F, as (1 - c_skip) b / c_out)."""
+        if not self.residual:
+            return self._raw(x, sigma, cond)
+        b = self.base(x, cond)
+        F, c_skip, c_out = self._raw(x - b, sigma, cond)
+        return F + (1 - c_skip) * b / c_out, c_skip, c_out
+
+    def _raw(self, x: torch.Tensor, sigma, cond: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         sigma = as_sigma(sigma, x)
         # coefficients in float32 at least: sigma^2 overflows float16 at sigma = 256
         s = sigma.to(torch.promote_types(sigma.dtype, torch.float32))
@@ -94,8 +112,12 @@ class Denoiser(nn.Module):
         return F.to(c_out.dtype), c_skip, c_out
 
     def forward(self, x: torch.Tensor, sigma, **cond) -> torch.Tensor:
-        F, c_skip, c_out = self.raw(x, sigma, **cond)
-        return (c_skip * x + c_out * F).to(x.dtype)
+        if not self.residual:
+            F, c_skip, c_out = self._raw(x, sigma, cond)
+            return (c_skip * x + c_out * F).to(x.dtype)
+        b = self.base(x, cond)  # added here, not folded as in raw: a consistency student's c_out is 0 at sigma_min
+        F, c_skip, c_out = self._raw(x - b, sigma, cond)
+        return (b + c_skip * (x - b) + c_out * F).to(x.dtype)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -137,7 +137,7 @@ def test_config_validation_catches_bad_sampling_settings():
     from diffusely.config import ConfigError, DiffusionConfig
     with pytest.raises(ConfigError, match="leaves the linear schedule's \\[0.0100005, 157.407\\]"):
         DiffusionConfig(parameterization="eps", schedule="linear", train_sigmas="discrete")  # sigma_min 0.002
-    with pytest.raises(ConfigError, match="sample_steps must be >= 1"):
+    with pytest.raises(ConfigError, match="sample_steps must be an integer >= 1, got 0"):
         DiffusionConfig(sample_steps=0)
 
 

@@ -44,6 +44,26 @@ def test_oracle_network_gives_x0_at_every_sigma(kind, sigma_data):
     assert torch.allclose(D(x, SIGMAS), x0, rtol=0, atol=1e-10)
 
 
+@pytest.mark.parametrize("kind, sigma_data", [("edm", 0.5), ("eps", 1.0), ("v", 1.0)])
+def test_residual_denoiser_learns_the_detail_over_its_base(kind, sigma_data):
+    # an oracle of the residual x0 - b (b: the condition's first channels) denoises to x0 at every sigma, so b is
+    # added back; the loss trains raw's F, which must be zero exactly at that oracle's output; the null is b = 0
+    torch.manual_seed(0)
+    x0, noise = torch.randn(2, len(SIGMAS), 3, 4, 4, dtype=torch.float64)
+    lowres = torch.cat([torch.randn_like(x0), torch.ones_like(x0[:, :1])], 1)  # A^+ y, then the "given" channel
+    base = lowres[:, :3]
+    D = Denoiser(Oracle(kind, x0 - base, noise, SIGMAS, sigma_data), kind, sigma_data=sigma_data, residual="lowres")
+    x = add_noise(x0, SIGMAS, noise)
+    assert torch.allclose(D(x, SIGMAS, lowres=lowres), x0, rtol=0, atol=1e-10)
+    loss = denoising_loss(D, x0, SIGMAS, torch.ones_like(SIGMAS), noise, lowres=lowres)
+    assert loss.max() < 1e-9  # (the loss rounds F and its target to float32)
+    c_in = (SIGMAS**2 + sigma_data**2).rsqrt().view(-1, 1, 1, 1)
+    assert torch.allclose(D.net.calls[0][0], c_in * (x - base), rtol=0, atol=1e-12)  # the network saw x - b
+    assert D.base(x, {}) == 0
+    plain = Denoiser(Oracle(kind, x0, noise, SIGMAS, sigma_data), kind, sigma_data=sigma_data)
+    assert torch.equal(plain(x, SIGMAS, lowres=lowres), plain(x, SIGMAS))  # residual off: the condition adds nothing
+
+
 def test_eps_denoiser_feeds_vp_input_and_timesteps():
     sched = DiscreteSchedule.named("linear")
     t = torch.tensor([0, 250, 999])

@@ -10,6 +10,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
+from diffusely.checkpoint import load_run
 from diffusely.cli import main
 from diffusely.conditions import LowRes, conditions
 from diffusely.config import LatentConfig, RunConfig
@@ -112,6 +113,12 @@ def test_upscale_run_trains_resumes_and_upscales(sr_run):
     run = sr_run / "run"
     config = json.loads((run / "config.json").read_text())
     assert (config["data"]["task"], config["data"]["scale"], config["model"]["lowres_channels"]) == ("upscale", 4, 2)
+    assert config["diffusion"]["residual"] is True and config["version"] == 3
+    # a run of version 2 or before, which left the field out, denoised the whole image and still does
+    older = {**config, "version": 2, "diffusion": {k: v for k, v in config["diffusion"].items() if k != "residual"}}
+    assert RunConfig.from_dict(older).diffusion.residual is False
+    assert RunConfig.from_dict({**older, "version": 3}).diffusion.residual is True
+    assert load_run(run).denoiser.residual == "lowres"
     r = invoke("train", "--out", run, "--resume", "--steps", "3", "--quiet")
     assert r.exit_code == 0 and "from step 2 to 3" in r.output, r.output
     r = invoke("train", "--out", run, "--resume", "--steps", "4", "--scale", "2")

@@ -40,8 +40,8 @@ class ConsistencyDenoiser(Denoiser):
     refuses other teachers: an eps or v network read through these coefficients starts far from its teacher)."""
 
     def __init__(self, net: torch.nn.Module, *, sigma_data: float, sigma_min: float,
-                 schedule: Optional[DiscreteSchedule] = None):
-        super().__init__(net, "edm", sigma_data=sigma_data, schedule=schedule)
+                 schedule: Optional[DiscreteSchedule] = None, residual: Optional[str] = None):
+        super().__init__(net, "edm", sigma_data=sigma_data, schedule=schedule, residual=residual)
         self.parameterization, self.sigma_min = "consistency", sigma_min
 
     def coefficients(self, sigma: torch.Tensor) -> Coefficients:
