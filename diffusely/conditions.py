@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch
+from torch.nn.functional import pixel_unshuffle
 
 from ._util import append_dims
 from .data.transforms import apply_flips, to_tensor, uniform
@@ -199,9 +200,11 @@ class LowRes(FromSamples):
     nearest-neighbour (each block filled with its mean), then a "given" channel of ones. Nearest rather than
     bilinear or bicubic: A^+ y adds nothing y does not hold, the network learns the interpolation itself, and it is
     the same image zero-shot restoration starts from, and the base a residual denoiser (diffusion.residual) adds its
-    estimate of the detail to. Null: all zeros, the "given" channel 0 (a mid-grey low-res
-    image stays distinct from none). source: the training samples, uint8 (N, *spatial, C) (bound by the
-    training set); `given` takes low-res images (B, C, *spatial / scale) in [-1, 1]."""
+    estimate of the detail to. A latent run (grid H / f) gets y on its grid, as LDM's SR concatenates the low-res
+    image to the latents: each pixel repeated s / f times a side where the scale s >= f, else each f / s x f / s
+    block of pixels stacked as channels (pixel_unshuffle); nothing of y is lost either way. Null: all zeros, the
+    "given" channel 0 (a mid-grey low-res image stays distinct from none). source: the training images, uint8
+    (N, *spatial, C) (bound by the training set); `given` takes low-res images (B, C, *spatial / scale) in [-1, 1]."""
 
     name, key = "lowres", "lowres"
 
@@ -209,14 +212,22 @@ class LowRes(FromSamples):
         super().__init__(config, config.model.lowres_channels)
         self.operator, self.images = Downsample(config.data.scale), images
 
+    @staticmethod
+    def channels_for(config, image_channels: int) -> int:
+        """The channels the network reads: y's on the run's grid (see the class), and the "given" channel."""
+        factor, scale = config.latent.factor if config.latent else 1, config.data.scale
+        return image_channels * max(1, factor // scale) ** 2 + 1
+
     def measure(self, x0):
         return self.operator(x0)
 
     def render(self, values, given=None):
-        """(B, C, *spatial / scale) low-res images -> (B, C + 1, *spatial): A^+ y and the "given" channel."""
+        """(B, C, *spatial / scale) low-res images -> (B, channels, *grid): y on the grid, the "given" channel."""
         given = torch.ones(len(values), dtype=torch.bool, device=values.device) if given is None else given
         on = append_dims(given.to(values.device, values.dtype), values.ndim)
-        full = self.operator.pinv(values) * on
+        side, grid = values.shape[-1], self.grid[-1]  # in pixels grid / side = s: A^+ y
+        up = Downsample(grid // side).pinv(values) if grid >= side else pixel_unshuffle(values, side // grid)
+        full = up * on
         return torch.cat([full, on.expand(-1, 1, *full.shape[2:])], dim=1)
 
     def given(self, values, device):

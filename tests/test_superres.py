@@ -91,12 +91,37 @@ def test_old_configs_read_unchanged():
     assert [c.name for c in conditions(RunConfig.load(V0 / "classes" / "config.json"))] == ["class"]
 
 
-def test_check_task_refuses_latent_and_text_runs():
+def test_check_task_refuses_text_runs_and_scales_that_miss_the_latent_grid():
     config = sr_config(3)
     check_task(config)
-    config.latent = LatentConfig(autoencoder="/ae")
-    with pytest.raises(DataError, match=r"--task upscale trains on images in pixels, not on latents \(--autoencoder\)"):
+    config.text.encoder = "scratch"
+    with pytest.raises(DataError, match=r"--task upscale trains on images, not with text \(--text\): drop that"):
         check_task(config)
+    config = sr_config(3, size=48, scale=3)
+    config.latent = LatentConfig(autoencoder="/ae", factor=4)
+    with pytest.raises(DataError, match="--scale 3 does not nest with the autoencoder's factor 4"):
+        check_task(config)
+    for scale in (2, 4, 8):
+        config.data.scale = scale
+        check_task(config)
+
+
+@pytest.mark.parametrize("scale, channels", [(8, 1), (4, 1), (2, 4)])
+def test_lowres_on_a_latent_grid_keeps_every_pixel(scale, channels):
+    # a latent run (factor 4: a 32 x 32 image is 8 x 8 latents) reads y on its grid: pixels repeated (scale >= 4)
+    # or 2 x 2 blocks stacked as channels (scale 2); either way y comes back exactly, and the null is all zeros
+    config = sr_config(4, size=32, scale=scale)
+    config.latent = LatentConfig(autoencoder="/ae", factor=4, latent_channels=4)
+    config.model.lowres_channels = LowRes.channels_for(config, 3)
+    assert config.model.lowres_channels == 3 * channels + 1
+    y = torch.rand(2, 3, 32 // scale, 32 // scale, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    lowres = LowRes(config)
+    rendered = lowres.given(y, "cpu")["lowres"]
+    assert rendered.shape == (2, 3 * channels + 1, 8, 8) and torch.equal(rendered[:, -1], torch.ones(2, 8, 8))
+    ys = rendered[:, :-1]
+    back = torch.nn.functional.pixel_shuffle(ys, 2) if scale == 2 else Downsample(scale // 4)(ys)
+    assert torch.equal(back, y)
+    assert torch.equal(lowres.render(y, torch.tensor([False, True]))[0], torch.zeros(3 * channels + 1, 8, 8))
 
 
 @pytest.fixture(scope="module")
@@ -134,6 +159,29 @@ def test_upscale_run_trains_resumes_and_upscales(sr_run):
     std = np.asarray(Image.open(sr_run / "up" / "low.std.png"), dtype=np.float64)
     expected = np.clip(draws.std(0, ddof=1) / 127.5 / 0.25, 0, 1) * 255  # white at a std of 0.25 in [-1, 1] units
     assert np.abs(std - expected).mean() < 3
+
+
+def test_a_latent_upscale_run_trains_and_upscales(tmp_path):
+    # scale 2 on an autoencoder of factor 4: the 8 x 8 input reaches the 4 x 4 latents as 2 x 2 blocks in channels
+    with time_limit(120):
+        r = invoke("train-autoencoder", "phantoms", "--out", tmp_path / "ae", "--steps", "2", "--grayscale",
+                   "--image-size", "16", "--channels", "8,16,16", "--batch-size", "4", "--quiet")
+        assert r.exit_code == 0, r.output
+        r = invoke("train", "phantoms", "--out", tmp_path / "run", "--steps", "2", "--grayscale", "--task", "upscale",
+                   "--scale", "2", "--autoencoder", tmp_path / "ae", "--sample-every", "2", *TINY)
+        assert r.exit_code == 0, r.output
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (config["latent"]["factor"], config["model"]["in_channels"], config["model"]["lowres_channels"]) == (4, 4, 5)
+    assert config["diffusion"]["residual"] is False and load_run(tmp_path / "run").denoiser.residual is None
+    low = np.random.default_rng(2).integers(30, 220, (8, 8), dtype=np.uint8)
+    Image.fromarray(low).save(tmp_path / "low.png")
+    r = invoke("upscale", tmp_path / "run", tmp_path / "low.png", "--out", tmp_path / "up", "-n", "2", "--steps", "2",
+               "--consistent", "--quiet")
+    assert r.exit_code == 0, r.output
+    for i in range(2):  # decoded to 16 x 16, then projected: each pools back to the input
+        x = to_tensor(np.asarray(Image.open(tmp_path / "up" / f"low.{i}.png"))[None, ..., None])
+        assert x.shape == (1, 1, 16, 16)
+        assert float(((Downsample(2)(x) - to_tensor(low[None, ..., None])) / 2).pow(2).mean().sqrt()) <= 1 / 255
 
 
 def test_consistent_upscale_pools_back_to_its_input(sr_run):

@@ -176,7 +176,8 @@ def upscale(run: LoadedRun, source: str | Path, out: str | Path, plan: Plan, *, 
     """Super-resolve each low-res image of `source` (a file or folder; each image_size / scale a side) with a run
     trained with --task upscale: K samples per input, written to `out`. Returns the names written. `consistent`:
     each x0 estimate is also projected onto the images that average-pool to the input (DDNM, as `restore` does),
-    so every result pools back to its input exactly; same cost."""
+    so every result pools back to its input exactly; same cost. A latent run's estimates are latents, so there only
+    the decoded result is projected."""
     if "lowres" not in run.config.conditions:
         raise RunError("this run was not trained to upscale: train one with --task upscale --scale S, or restore "
                        "with any run: diffusely restore RUN --task upscale")
@@ -191,8 +192,9 @@ def upscale(run: LoadedRun, source: str | Path, out: str | Path, plan: Plan, *, 
         cond.update(lowres.given(ys, run.device))
         noise, gens = plan.noise(run, j)
         with torch.no_grad():
-            draws = sample(Projected(denoiser, lowres.operator, ys) if consistent else denoiser, noise, cond=cond,
-                           **plan.sampling(run, gens))
+            project = consistent and run.latent is None
+            draws = run.decode(sample(Projected(denoiser, lowres.operator, ys) if project else denoiser, noise,
+                                      cond=cond, **plan.sampling(run, gens)))
         write_draws(Path(out), name, in_range(lowres.operator, draws, ys) if consistent else draws.clamp(-1, 1))
         if progress:
             progress(name)

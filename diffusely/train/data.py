@@ -15,7 +15,7 @@ import torch
 
 from .._util import randn_like
 from ..checkpoint import autoencoder_dir, read_config
-from ..conditions import Captions, Condition, FromSamples
+from ..conditions import Captions, Condition, FromSamples, LowRes
 from ..config import AutoencoderRunConfig, RunConfig
 from ..data import DataError, Dataset, apply_flips, draw_flips, load_dataset, to_tensor
 from ..data.shapes import caption_variants
@@ -46,26 +46,30 @@ def check_image_size(config: RunConfig) -> None:
 
 
 def check_task(config: RunConfig) -> None:
-    """Refuse what an upscale run cannot be (yet): a latent run (the low-res image would have to be brought to the
-    latent grid, H / factor, and the sample decoded before it is compared with the low-res input), a text run (the
-    text network passes no low-res channels) or data that is not images."""
+    """Refuse what an upscale run cannot be (yet): a text run (the text network passes no low-res channels), data
+    that is not images, or a latent run whose scale and autoencoder factor do not nest (conditions.LowRes brings
+    the low-res image to the latent grid by whole repeats or whole blocks)."""
     if config.data.task != "upscale":
         return
-    why = [text for bad, text in [(config.latent is not None, "on latents (--autoencoder)"),
-                                  (config.text.enabled, "with text (--text)"),
+    why = [text for bad, text in [(config.text.enabled, "with text (--text)"),
                                   (config.model.dims != 2, f"on {config.model.dims}-D data")] if bad]
     if why:
-        raise DataError(f"--task upscale trains on images in pixels, not {' or '.join(why)}: drop "
+        raise DataError(f"--task upscale trains on images, not {' or '.join(why)}: drop "
                         f"{'that option' if len(why) == 1 else 'those options'}, or train without --task upscale")
+    factor, scale = (config.latent.factor or 0) if config.latent else 1, config.data.scale
+    if factor and scale % factor and factor % scale:
+        raise DataError(f"--scale {scale} does not nest with the autoencoder's factor {factor} (the latents are "
+                        f"1/{factor} of the image a side, the low-res input 1/{scale}): give a scale that divides "
+                        f"{factor} or is a multiple of it")
 
 
 def prepare_data(config: RunConfig, data: Optional[Dataset] = None) -> Dataset:
     """Load the run's data (or take `data`, samples of the model's dims) and fit the model config to it (input
     channels, number of classes, layout and low-res channels, text width)."""
-    check_task(config)
     if config.latent is not None:  # the U-Net sees the autoencoder's latents
         ae = read_config(autoencoder_dir(config), AutoencoderRunConfig).model
         config.latent.factor, config.latent.latent_channels = ae.factor, ae.latent_channels
+    check_task(config)
     check_image_size(config)
     if data is None:
         data = load_dataset(config.data.source, config.data.image_size, config.data.channels, config.data.classes,
@@ -78,8 +82,11 @@ def prepare_data(config: RunConfig, data: Optional[Dataset] = None) -> Dataset:
                         f"{config.model.dims}, image size {config.data.image_size}) takes {shape}")
     config.model.in_channels = config.model.out_channels = (
         config.latent.latent_channels if config.latent else data.images.shape[-1])
-    # an upscale run reads the low-res image's channels and its "given" channel (conditions.LowRes)
-    config.model.lowres_channels = config.model.in_channels + 1 if config.data.task == "upscale" else 0
+    # an upscale run reads the low-res image's channels, on its grid, and its "given" channel (conditions.LowRes)
+    upscale = config.data.task == "upscale"
+    config.model.lowres_channels = LowRes.channels_for(config, data.images.shape[-1]) if upscale else 0
+    if upscale and config.latent is not None:  # latents and low-res pixels: no base of x's shape to add to
+        config.diffusion.residual = False
     config.model.frames_channels = config.model.in_channels + 1 if config.data.given_frames else 0  # conditions.Frames
     if config.data.classes:
         if data.labels is None:
@@ -132,11 +139,14 @@ class TrainingSet:
                  device, d: Dist):
         self.config, self.conditions, self.latents, self.device = config, conditions, latents, device
         self.samples = torch.from_numpy(data.images).to(device) if latents is None else None  # decoded once
+        images = self.samples if latents is None else None
         self.batches = Batches(len(data.images), config.train.batch_size, config.train.seed, d)
         self.schedule = config.diffusion.discrete_schedule()
         for condition in conditions:  # the low-res image is drawn from the training images themselves
             if isinstance(condition, FromSamples):
-                condition.images = self.samples
+                if images is None:  # a latent run's: the images in pixels too
+                    images = torch.from_numpy(data.images).to(device)
+                condition.images = images
 
     def draw_batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """This rank's share of step `step`: x0 (B, C, *spatial), sigma (B,), noise like x0 and the conditions'
