@@ -406,7 +406,7 @@ def main():
                 results["SR x4 FD"] = sr_fd(s, sr, regression, fd)
                 print(fd_table(f"SR x4, FD over {s['fd_images']} held-out phantoms", results["SR x4 FD"]), flush=True)
             # written after each task (atomically: --only reads it back): a late failure keeps the tables before it
-            written = {"settings": s, "truths": floor, "results": results}
+            written = {"settings": s, "sr_residual": sr.config.diffusion.residual, "truths": floor, "results": results}
             atomic_write_text(args.out / "results.json", json.dumps(written, indent=2))
     print(f"\npictures and results.json in {args.out}")
 

@@ -128,7 +128,8 @@ def build_model(config: RunConfig) -> UNet | TextUNet:
 def build_denoiser(config: RunConfig, net: torch.nn.Module) -> Denoiser:
     """The run's network as a denoiser: its parameterization, or a student's consistency function (diffusely.distill)."""
     d = config.diffusion
-    residual = "lowres" if d.residual and "lowres" in config.conditions else None
+    # a latent run's low-res channels are pixels, not a base of the latents' shape (train.data sets it off there)
+    residual = "lowres" if d.residual and "lowres" in config.conditions and config.latent is None else None
     if config.distill is not None:
         return ConsistencyDenoiser(net, sigma_data=d.sigma_data, sigma_min=d.sigma_min, schedule=d.discrete_schedule(),
                                    residual=residual)

@@ -96,7 +96,8 @@ class Denoiser(nn.Module):
 
     def raw(self, x: torch.Tensor, sigma, **cond) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The network's output F and the (broadcastable) c_skip, c_out that turn it into x0_hat, c_skip x + c_out F
-        (the training loss's form: a residual denoiser's base is folded into F, as (1 - c_skip) b / c_out)."""
+        (the training loss's form: a residual denoiser's base is folded into F, as (1 - c_skip) b / c_out, so not for
+        a consistency student at sigma_min, where c_out is 0: its loss calls the denoiser itself)."""
         if not self.residual:
             return self._raw(x, sigma, cond)
         b = self.base(x, cond)

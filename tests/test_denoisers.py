@@ -64,6 +64,16 @@ def test_residual_denoiser_learns_the_detail_over_its_base(kind, sigma_data):
     assert torch.equal(plain(x, SIGMAS, lowres=lowres), plain(x, SIGMAS))  # residual off: the condition adds nothing
 
 
+def test_residual_consistency_student_keeps_its_boundary_condition():
+    # f(x, sigma_min) = x exactly, base or not: forward adds b back rather than folding it through c_out (0 there)
+    from diffusely.distill.consistency import ConsistencyDenoiser
+    x, lowres = torch.randn(2, 1, 4, 4, dtype=torch.float64), torch.randn(2, 2, 4, 4, dtype=torch.float64)
+    f = ConsistencyDenoiser(lambda inp, label, **cond: torch.ones_like(inp), sigma_data=0.5, sigma_min=0.002,
+                            residual="lowres")
+    assert torch.allclose(f(x, torch.full((2,), 0.002, dtype=torch.float64), lowres=lowres), x, rtol=0, atol=1e-12)
+    assert f(x, torch.full((2,), 1.0, dtype=torch.float64), lowres=lowres).sub(x).abs().max() > 0.1
+
+
 def test_eps_denoiser_feeds_vp_input_and_timesteps():
     sched = DiscreteSchedule.named("linear")
     t = torch.tensor([0, 250, 999])
