@@ -111,6 +111,11 @@ def regression_baseline(s: dict, images: torch.Tensor, root: Path) -> tuple[UNet
     return net, seconds
 
 
+def regress(net: UNet, A, lowres: LowRes, y: torch.Tensor) -> torch.Tensor:
+    """The regression U-Net's estimate from y: A^+ y plus the residual it predicts (SR3's input, no noise)."""
+    return A.pinv(y) + net(A.pinv(y), torch.zeros(len(y)), lowres=lowres.render(y))
+
+
 def train_regression(s: dict, images: torch.Tensor) -> tuple[UNet, float]:
     """The regression baseline: the same U-Net as SR3's, its input A^+ y (and SR3's low-res channels), trained with
     L1 towards x - A^+ y (a residual, as EDM's c_skip gives the diffusion model), diffusely's AdamW schedule and EMA."""
@@ -126,7 +131,7 @@ def train_regression(s: dict, images: torch.Tensor) -> tuple[UNet, float]:
         flip = torch.rand(len(rows), generator=g) < 0.5
         x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
         y = A(x0)
-        loss = (A.pinv(y) + net(A.pinv(y), torch.zeros(len(y)), lowres=lowres.render(y)) - x0).abs().mean()
+        loss = (regress(net, A, lowres, y) - x0).abs().mean()
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, tc)
         optimizer.zero_grad(set_to_none=True)
@@ -250,7 +255,7 @@ def super_resolution(s, truth, prior, sr, regression, fd) -> tuple[dict, list]:
     score, rows, pictures = Scorer(truth, A, y, fd), {}, {}
     x, t = timed(lambda: F.interpolate(y, scale_factor=4, mode="bicubic", align_corners=False))
     rows["bicubic"], pictures["bicubic"] = score(x, t, 0), x
-    x, t = timed(lambda: A.pinv(y) + regression(A.pinv(y), torch.zeros(len(y)), lowres=LowRes(sr.config).render(y)))
+    x, t = timed(lambda: regress(regression, A, LowRes(sr.config), y))
     rows["regression U-Net (L1)"], pictures["regression"] = score(x, t, 1), x
     d, cond = sr.config.diffusion, {"lowres": LowRes(sr.config).render(y)}
 
@@ -292,8 +297,7 @@ def sr_fd(s, sr, regression, fd) -> dict:
         return x
     methods = {"truths": lambda t, i: t,
                "bicubic": lambda t, i: F.interpolate(A(t), scale_factor=4, mode="bicubic", align_corners=False),
-               "regression U-Net (L1)": lambda t, i: A.pinv(A(t)) + regression(A.pinv(A(t)), torch.zeros(len(t)),
-                                                                              lowres=lowres.render(A(t))),
+               "regression U-Net (L1)": lambda t, i: regress(regression, A, lowres, A(t)),
                "SR3 (diffusely upscale), 1 sample": sr3}
     with torch.no_grad():
         return {name: fd(torch.cat([fn(t, i) for i, t in enumerate(truth.split(s["test"]))]).clamp(-1, 1))
