@@ -51,7 +51,7 @@ class PeerNet(nn.Module):
         from diffusers import UNet2DConditionModel
 
         t, m = config.text, config.model
-        self.encoder = ScratchTextEncoder(t.vocab_size, t.max_tokens, t.width, t.layers, t.heads)
+        self.encoder = ScratchTextEncoder(t.vocab_size, t.max_tokens, t.width, t.layers, t.heads, t.ngram)
         levels = len(m.channels)
         down = tuple("CrossAttnDownBlock2D" if i < levels - 1 else "DownBlock2D" for i in range(levels))
         up = tuple("UpBlock2D" if i == 0 else "CrossAttnUpBlock2D" for i in range(levels))

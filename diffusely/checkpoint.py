@@ -119,7 +119,7 @@ def build_model(config: RunConfig) -> UNet | TextUNet:
     if config.model.context_dim != t.width:
         raise ConfigError(f"model.context_dim ({config.model.context_dim}) must equal text.width ({t.width}) in a text run")
     if t.encoder == "scratch":
-        encoder = ScratchTextEncoder(t.vocab_size, t.max_tokens, t.width, t.layers, t.heads)
+        encoder = ScratchTextEncoder(t.vocab_size, t.max_tokens, t.width, t.layers, t.heads, t.ngram)
     else:
         encoder = TokenProjection(t.embed_dim, t.width)
     return TextUNet(UNet(config.model), encoder)

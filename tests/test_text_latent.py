@@ -1,6 +1,6 @@
 """Text-to-image as `train --text` makes it by default: latent diffusion on an autoencoder of the run's own, with the
-prompt reaching the U-Net in word order (cross-attention to position-aware tokens, their mean on the noise
-embedding)."""
+prompt reaching the U-Net in word order (cross-attention to position-aware tokens, each starting from its phrase;
+optionally their mean on the noise embedding)."""
 
 import json
 
@@ -14,7 +14,7 @@ from diffusely.checkpoint import load_checkpoint, load_run
 from diffusely.cli import main
 from diffusely.data.shapes import render_shapes
 from diffusely.nets import UNet, UNetConfig
-from diffusely.nets.layers import masked_mean
+from diffusely.nets.layers import CrossAttention, coordinates, masked_mean
 from diffusely.options import checkpoint_step
 from diffusely.text import ScratchTextEncoder, TextUNet, WordTokenizer
 
@@ -28,13 +28,14 @@ def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_swapping_two_objects_colours_changes_the_conditioning():
     """The two prompts hold the same words in another order. Word order must reach the network: the token of
     "circle" (the same word at the same place in both) must know whether red or blue came before it, and the
-    pooled embedding the noise embedding gets must differ. A bag of words (no position embeddings) gives both
-    prompts the same pooled embedding and the same "circle" token, to float rounding."""
+    pooled embedding the noise embedding gets (where the model has one) must differ. A bag of words (no position
+    embeddings) gives both prompts the same pooled embedding and the same "circle" token, to float rounding."""
     torch.manual_seed(0)
     tokenizer = WordTokenizer.build(list(SWAPPED))
-    encoder = ScratchTextEncoder(len(tokenizer), tokenizer.max_tokens, width=32, layers=2, heads=4).eval()
+    encoder = ScratchTextEncoder(len(tokenizer), tokenizer.max_tokens, width=32, layers=2, heads=4, ngram=3).eval()
     unet = TextUNet(UNet(UNetConfig(in_channels=4, out_channels=4, channels=(16, 32), blocks_per_level=1,
-                                    attention_levels=(0, 1), head_channels=16, groups=8, context_dim=32)), encoder)
+                                    attention_levels=(0, 1), head_channels=16, groups=8, context_dim=32,
+                                    pooled_text=True)), encoder)
     ids, mask = tokenizer.encode(list(SWAPPED) + [SWAPPED[0]])
     with torch.no_grad():
         context = encoder(ids, mask)  # (3, tokens, 32)
@@ -54,6 +55,37 @@ def test_swapping_two_objects_colours_changes_the_conditioning():
     with torch.no_grad():
         out = unet(x, label, text=ids[:2], text_mask=mask[:2])
     assert _relative(out[1], out[0]) > 1e-3
+
+
+@pytest.mark.parametrize("ngram", [0, 3])
+def test_the_word_convolution_starts_each_word_from_its_phrase(ngram):
+    """With no transformer layers, "circle" is the same token after "red" as after "blue" unless the encoder's
+    convolution over neighbouring words (text.ngram) reads its adjective."""
+    torch.manual_seed(0)
+    prompts = ["a red circle", "a blue circle"]
+    tokenizer = WordTokenizer.build(prompts)
+    encoder = ScratchTextEncoder(len(tokenizer), tokenizer.max_tokens, width=16, layers=0, heads=4, ngram=ngram)
+    ids, mask = tokenizer.encode(prompts)
+    with torch.no_grad():
+        tokens = encoder(ids, mask)
+    assert (_relative(tokens[1, 2], tokens[0, 2]) > 1e-3) == (ngram == 3)  # "circle" after red / after blue
+    assert UNet(UNetConfig(context_dim=32)).text_emb is None  # no pooled embedding by default
+
+
+def test_placed_queries_let_a_word_ask_for_a_place():
+    """Features alike at every position (a convolution's, away from the borders) give every position the same
+    cross-attention unless the queries carry their coordinates (CrossAttention's positions)."""
+    torch.manual_seed(0)
+    x, context = torch.randn(1, 16, 1, 1).expand(1, 16, 4, 4), torch.randn(1, 3, 8)
+    for positions in (False, True):
+        attention = CrossAttention(2, 16, 8, head_channels=8, groups=4, positions=positions)
+        torch.nn.init.normal_(attention.proj.weight, std=0.1)  # zero-initialised: the block would be the identity
+        with torch.no_grad():
+            out = attention(x, context)
+        assert ((out - out[..., :1, :1]).abs().max() > 1e-4) == positions
+    features = coordinates((3, 5))  # rows in flatten order; the first feature is sin(pi/2 y), y on [-1, 1]
+    assert features.shape == (15, 16)
+    assert torch.allclose(features[:, 0].reshape(3, 5), torch.tensor([-1.0, 0.0, 1.0])[:, None].expand(3, 5), atol=1e-6)
 
 
 def _captioned_folder(root, count=12, size=32):

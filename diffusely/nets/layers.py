@@ -156,9 +156,12 @@ class CrossAttention(nn.Module):
 
     x: (B, channels, *spatial); context: (B, tokens, context_dim); mask: (B, tokens) bool, True for real tokens
     (each row needs at least one). The zero-initialised output projection makes a new block the identity.
+    positions: each query also carries where it is (a learned projection of `coordinates`), so a word can ask for
+    a place ("above", "left of"), which a convolution's features know only near the borders.
     """
 
-    def __init__(self, dims: int, channels: int, context_dim: int, head_channels: int = 64, groups: int = 32):
+    def __init__(self, dims: int, channels: int, context_dim: int, head_channels: int = 64, groups: int = 32,
+                 positions: bool = False):
         super().__init__()
         self.heads = max(1, channels // head_channels)
         if channels % self.heads:
@@ -167,15 +170,31 @@ class CrossAttention(nn.Module):
         self.q = conv_nd(dims, channels, channels, 1)
         self.kv = nn.Linear(context_dim, 2 * channels)
         self.proj = zero_module(conv_nd(dims, channels, channels, 1))
+        self.positions = nn.Linear(dims * 2 * len(FREQUENCIES), channels) if positions else None
 
     def forward(self, x, context, mask=None):
         b, c = x.shape[:2]
-        q = _pointwise(self.q, self.norm(x).flatten(2).transpose(1, 2))  # (b, positions, c): see Attention
+        h = self.norm(x).flatten(2).transpose(1, 2)  # (b, positions, c): see Attention
+        if self.positions is not None:
+            h = h + self.positions(coordinates(x.shape[2:], x.device, h.dtype))
+        q = _pointwise(self.q, h)
         q = q.reshape(b, -1, self.heads, c // self.heads).transpose(1, 2)  # (b, heads, positions, hc)
         k, v = self.kv(context).reshape(b, context.shape[1], 2, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
         attn_mask = None if mask is None else mask[:, None, None, :]  # broadcast over heads and query positions
         h = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=attn_mask)
         return x + _pointwise(self.proj, h.transpose(1, 2).reshape(b, -1, c)).transpose(1, 2).reshape(x.shape)
+
+
+FREQUENCIES = (1.0, 2.0, 4.0, 8.0)  # of coordinates' features, in half-turns across the image
+
+
+def coordinates(spatial: tuple[int, ...], device=None, dtype=torch.float32) -> torch.Tensor:
+    """(prod(spatial), 2 x axes x 4): the sines and cosines of each position's coordinates, every axis mapped to
+    [-1, 1] whatever its size, at FREQUENCIES (pi/2, pi, 2 pi, 4 pi per unit), rows in x.flatten(2)'s order."""
+    axes = [torch.linspace(-1.0, 1.0, n, device=device, dtype=torch.float32) for n in spatial]
+    grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, len(spatial))
+    angles = (grid[..., None] * torch.tensor(FREQUENCIES, device=device) * math.pi / 2).flatten(1)
+    return torch.cat([angles.sin(), angles.cos()], dim=-1).to(dtype)
 
 
 def _pointwise(conv: nn.Module, tokens: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,9 @@ class UNetConfig:
     the resolution). attention_levels: indices of the levels with self-attention (the middle block
     always has it). num_classes: 0 for an unconditional model; otherwise label `num_classes` is the
     null label used for classifier-free guidance. context_dim: 0, or the width of the text tokens that
-    cross-attention reads at every attention block (their mean is also added to the noise embedding).
+    cross-attention reads at every attention block. pooled_text: their mean is also added to the noise embedding
+    (Imagen's pooled embedding; off by default, as it did not pay: docs/text.md). query_positions: cross-attention
+    queries carry their coordinates (CrossAttention's positions), so words can place things.
     layout_channels: 0, or the channels of a layout map (B, layout_channels, *spatial) concatenated to the
     input (layout-conditioned models: one mask per class and a "layout given" channel).
     lowres_channels: 0, or the channels of a low-resolution image brought to the input's size (B, lowres_channels,
@@ -48,6 +50,8 @@ class UNetConfig:
     groups: int = 32
     emb_dim: int = field(default=0)  # 0: 4 x channels[0]
     context_dim: int = 0
+    pooled_text: bool = False
+    query_positions: bool = True
     layout_channels: int = 0
     patch_size: int = 1
     lowres_channels: int = 0
@@ -121,8 +125,9 @@ class UNet(nn.Module):
         # self-attention, then (text models) cross-attention to the text tokens, at the attention levels
         attn = lambda c: [frame(Attention(space, c, cfg.head_channels, cfg.groups))] + (
             [TemporalAttention(c, cfg.head_channels, cfg.groups)] if time else []) + (
-            [frame(CrossAttention(space, c, cfg.context_dim, cfg.head_channels, cfg.groups))] if cfg.context_dim else [])
-        self.text_emb = nn.Linear(cfg.context_dim, emb_dim) if cfg.context_dim else None
+            [frame(CrossAttention(space, c, cfg.context_dim, cfg.head_channels, cfg.groups, cfg.query_positions))]
+            if cfg.context_dim else [])
+        self.text_emb = nn.Linear(cfg.context_dim, emb_dim) if cfg.context_dim and cfg.pooled_text else None
 
         patch = cfg.patch_size ** dims
         self.input = frame(conv_nd(space, (cfg.in_channels + sum(cfg.concatenated.values())) * patch, ch0, 3, padding=1))
@@ -185,11 +190,12 @@ class UNet(nn.Module):
             emb = emb + self.label_emb(class_labels)
         elif class_labels is not None:
             raise ValueError("this model was trained without class labels; drop the class conditioning")
-        if self.text_emb is not None:
+        if cfg.context_dim:
             if context is None:
                 raise ValueError("this model is text-conditional: give it context (B, tokens, "
                                  f"{self.config.context_dim}), the encoded prompt (or the null caption)")
-            emb = emb + self.text_emb(masked_mean(context, context_mask).to(emb.dtype))
+            if self.text_emb is not None:
+                emb = emb + self.text_emb(masked_mean(context, context_mask).to(emb.dtype))
         elif context is not None:
             raise ValueError("this model was trained without text; drop the text conditioning")
 
