@@ -90,7 +90,7 @@ def test_cross_attention_unet_in_1d_2d_3d(dims, spatial):
     torch.manual_seed(0)
     unet = UNet(UNetConfig(dims=dims, in_channels=2, out_channels=2, channels=(8, 16), blocks_per_level=1,
                            attention_levels=(0, 1), head_channels=8, groups=4, context_dim=12))
-    net = TextUNet(unet, ScratchTextEncoder(vocab_size=20, max_tokens=6, width=12, layers=1, heads=2))
+    net = TextUNet(unet, ScratchTextEncoder(vocab_size=20, max_tokens=6, width=12, layers=1, heads=2, ngram=3))
     with torch.no_grad():
         for p in net.parameters():
             p.normal_(0, 0.1)

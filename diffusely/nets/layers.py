@@ -170,7 +170,7 @@ class CrossAttention(nn.Module):
         self.q = conv_nd(dims, channels, channels, 1)
         self.kv = nn.Linear(context_dim, 2 * channels)
         self.proj = zero_module(conv_nd(dims, channels, channels, 1))
-        self.positions = nn.Linear(dims * 2 * len(FREQUENCIES), channels) if positions else None
+        self.positions = nn.Linear(dims * 2 * FREQUENCIES, channels) if positions else None
 
     def forward(self, x, context, mask=None):
         b, c = x.shape[:2]
@@ -185,15 +185,17 @@ class CrossAttention(nn.Module):
         return x + _pointwise(self.proj, h.transpose(1, 2).reshape(b, -1, c)).transpose(1, 2).reshape(x.shape)
 
 
-FREQUENCIES = (1.0, 2.0, 4.0, 8.0)  # of coordinates' features, in half-turns across the image
+FREQUENCIES = 4  # of coordinates' features: 1, 2, 4 and 8 half-turns across the image
 
 
 def coordinates(spatial: tuple[int, ...], device=None, dtype=torch.float32) -> torch.Tensor:
-    """(prod(spatial), 2 x axes x 4): the sines and cosines of each position's coordinates, every axis mapped to
-    [-1, 1] whatever its size, at FREQUENCIES (pi/2, pi, 2 pi, 4 pi per unit), rows in x.flatten(2)'s order."""
-    axes = [torch.linspace(-1.0, 1.0, n, device=device, dtype=torch.float32) for n in spatial]
+    """(prod(spatial), 2 x axes x FREQUENCIES): the sines and cosines of each position's coordinates, every axis
+    mapped to [-1, 1] whatever its size (a single position at 0), times pi/2, pi, 2 pi and 4 pi, rows in
+    x.flatten(2)'s order. Made on the device without a host copy, so a CUDA graph can capture it."""
+    axes = [torch.linspace(-1.0, 1.0, n, device=device) if n > 1 else torch.zeros(1, device=device) for n in spatial]
     grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, len(spatial))
-    angles = (grid[..., None] * torch.tensor(FREQUENCIES, device=device) * math.pi / 2).flatten(1)
+    frequencies = torch.exp2(torch.arange(FREQUENCIES, device=device, dtype=torch.float32))
+    angles = (grid[..., None] * frequencies * math.pi / 2).flatten(1)
     return torch.cat([angles.sin(), angles.cos()], dim=-1).to(dtype)
 
 

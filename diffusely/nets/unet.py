@@ -22,7 +22,7 @@ class UNetConfig:
     always has it). num_classes: 0 for an unconditional model; otherwise label `num_classes` is the
     null label used for classifier-free guidance. context_dim: 0, or the width of the text tokens that
     cross-attention reads at every attention block. pooled_text: their mean is also added to the noise embedding
-    (Imagen's pooled embedding; off by default, as it did not pay: docs/text.md). query_positions: cross-attention
+    (Imagen's pooled embedding; off by default since config version 4: docs/text.md). query_positions: cross-attention
     queries carry their coordinates (CrossAttention's positions), so words can place things.
     layout_channels: 0, or the channels of a layout map (B, layout_channels, *spatial) concatenated to the
     input (layout-conditioned models: one mask per class and a "layout given" channel).
