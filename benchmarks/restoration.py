@@ -113,7 +113,8 @@ def regression_baseline(s: dict, images: torch.Tensor, root: Path) -> tuple[UNet
 
 def regress(net: UNet, A, lowres: LowRes, y: torch.Tensor) -> torch.Tensor:
     """The regression U-Net's estimate from y: A^+ y plus the residual it predicts (SR3's input, no noise)."""
-    return A.pinv(y) + net(A.pinv(y), torch.zeros(len(y)), lowres=lowres.render(y))
+    u = A.pinv(y)
+    return u + net(u, torch.zeros(len(y)), lowres=lowres.render(y))
 
 
 def train_regression(s: dict, images: torch.Tensor) -> tuple[UNet, float]:
