@@ -69,7 +69,6 @@ def test_the_word_convolution_starts_each_word_from_its_phrase(ngram):
     with torch.no_grad():
         tokens = encoder(ids, mask)
     assert (_relative(tokens[1, 2], tokens[0, 2]) > 1e-3) == (ngram == 3)  # "circle" after red / after blue
-    assert UNet(UNetConfig(context_dim=32)).text_emb is None  # no pooled embedding by default
 
 
 def test_placed_queries_let_a_word_ask_for_a_place():
@@ -83,6 +82,9 @@ def test_placed_queries_let_a_word_ask_for_a_place():
         with torch.no_grad():
             out = attention(x, context)
         assert ((out - out[..., :1, :1]).abs().max() > 1e-4) == positions
+    default = UNet(UNetConfig(channels=(16,), attention_levels=(0,), head_channels=8, groups=4, context_dim=8))
+    assert default.text_emb is None and all(m.positions is not None for m in default.modules()
+                                            if isinstance(m, CrossAttention))  # version 4: placed, no pooled
     features = coordinates((3, 5))  # rows in flatten order; the first feature is sin(pi/2 y), y on [-1, 1]
     assert features.shape == (15, 16)
     assert torch.allclose(features[:, 0].reshape(3, 5), torch.tensor([-1.0, 0.0, 1.0])[:, None].expand(3, 5), atol=1e-6)
