@@ -23,6 +23,10 @@ with today), torchaudio, torchvision (denoising-diffusion-pytorch imports it), b
     python benchmarks/audio.py --out bench/audio              # diffusely and the real rows: ~70 minutes
     python benchmarks/audio.py --out /tmp/audio --quick       # ~4 minutes on one busy core: the script works
 
+Rerun with the same --out, it keeps what is done: a killed diffusely run resumes from its last checkpoint (its
+planned steps and minutes so far are in OUT/diffusely-plan.json), its drawn clips and each peer's are scored
+again, not redrawn. So `--peers` can be added to a finished run, and only the peers train.
+
 Writes OUT/results.json, OUT/table.md, OUT/samples.png (generated clips: waveform over log-mel spectrogram) and
 OUT/real.png (training clips, the same picture), and prints the table.
 """
@@ -97,21 +101,43 @@ def train_diffusely(args, data, length: int, out: Path) -> tuple[Path, dict]:
     shared with other work the estimate can be off by 2x: the table's "train s" says what each model got.
     Returns the run directory and its facts."""
     import csv
+    import shutil
 
     from diffusely.train import train
 
-    probe = diffusely_config(args, length)
-    probe.train.steps = 20
-    train(probe, out / "probe", progress=False, data=data)
-    with open(out / "probe" / "log.csv") as f:
-        seconds = {int(row["step"]): float(row["seconds"]) for row in csv.DictReader(f)}
-    per_step = (seconds[20] - seconds[10]) / 10
-    config = diffusely_config(args, length)
-    config.train.steps = max(10, int(args.minutes * 60 / per_step))
-    config.train.warmup_steps = min(config.train.warmup_steps, config.train.steps // 10)
-    start = time.perf_counter()
-    train(config, out / "diffusely", progress=not args.quick, data=data)
-    return out / "diffusely", {"steps": config.train.steps, "train_seconds": time.perf_counter() - start}
+    run_dir, plan_path = out / "diffusely", out / "diffusely-plan.json"
+    asked = {"minutes": args.minutes, "rate": args.rate, "seconds": args.seconds, "count": args.count}
+    if plan_path.exists():  # planned before: a killed run resumes from its last checkpoint, a finished one is kept
+        plan = json.loads(plan_path.read_text())
+        if plan.get("asked") != asked:
+            raise SystemExit(f"{out} holds a run of {plan.get('asked')}, not {asked}: choose another --out")
+    else:
+        shutil.rmtree(out / "probe", ignore_errors=True)
+        shutil.rmtree(run_dir, ignore_errors=True)  # a run with no plan was started by a version without plans
+        probe = diffusely_config(args, length)
+        probe.train.steps = 20
+        train(probe, out / "probe", progress=False, data=data)
+        with open(out / "probe" / "log.csv") as f:
+            seconds = {int(row["step"]): float(row["seconds"]) for row in csv.DictReader(f)}
+        per_step = (seconds[20] - seconds[10]) / 10
+        plan = {"asked": asked, "steps": max(10, int(args.minutes * 60 / per_step)), "done": 0, "train_seconds": 0.0}
+        plan_path.write_text(json.dumps(plan))
+    if plan["done"] < plan["steps"]:
+        config = diffusely_config(args, length)
+        config.train.steps = plan["steps"]
+        config.train.warmup_steps = min(config.train.warmup_steps, config.train.steps // 10)
+        config.train.checkpoint_every = max(50, plan["steps"] // 20)
+        spent, start = plan["train_seconds"], time.perf_counter()
+
+        def saved(step: int) -> None:  # the plan follows the checkpoints, so resumed minutes add up
+            plan.update(done=step, train_seconds=spent + time.perf_counter() - start)
+            tmp = plan_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(plan))
+            tmp.replace(plan_path)
+
+        train(config, run_dir, resume=(run_dir / "config.json").exists(), progress=not args.quick, data=data,
+              on_checkpoint=saved)
+    return run_dir, {"steps": plan["steps"], "train_seconds": plan["train_seconds"]}
 
 
 def sample_diffusely(run_dir: Path, n: int, steps: int, classes: list[str]) -> tuple[np.ndarray, np.ndarray, float]:
@@ -184,8 +210,10 @@ def run_peer(name: str, data_path: Path, minutes: float, n: int, out_path: Path)
     train_seconds, start = time.perf_counter() - start, time.perf_counter()
     with torch.no_grad():
         x = torch.cat([model.draw(min(64, n - i)) for i in range(0, n, 64)])[:, 0].clamp(-1, 1)
-    np.savez(out_path, samples=x.numpy(), steps=steps, train_seconds=train_seconds,
+    tmp = Path(out_path).with_suffix(".tmp.npz")  # whole or absent: the benchmark reuses a peer's file when rerun
+    np.savez(tmp, samples=x.numpy(), steps=steps, train_seconds=train_seconds,
              sample_seconds=time.perf_counter() - start)
+    tmp.replace(out_path)
 
 
 def peers(args, train_clips: np.ndarray, out: Path) -> dict:
@@ -195,9 +223,10 @@ def peers(args, train_clips: np.ndarray, out: Path) -> dict:
     results = {}
     for name in PEERS:
         result = out / f"peer-{name}.npz"
-        subprocess.run([str(python), __file__, "--peer", name, "--peer-data", str(out / "peer-data.npz"),
-                        "--minutes", str(args.minutes), "--samples", str(args.samples), "--out", str(result)],
-                       check=True, env={**os.environ, "PYTHONPATH": ""})
+        if not result.exists():  # a peer already trained and sampled is scored again, not retrained
+            subprocess.run([str(python), __file__, "--peer", name, "--peer-data", str(out / "peer-data.npz"),
+                            "--minutes", str(args.minutes), "--samples", str(args.samples), "--out", str(result)],
+                           check=True, env={**os.environ, "PYTHONPATH": ""})
         got = np.load(result)
         results[name] = (got["samples"], {k: float(got[k]) for k in ("steps", "train_seconds", "sample_seconds")})
     return results
@@ -244,7 +273,13 @@ def main(args) -> None:
              **scores(*embed(net, clips(held_out.images), args.rate), reference, held_out.labels)}]
     data = Dataset(train_set.images, train_set.labels, train_set.class_names, None, None, "sounds")
     run_dir, facts = train_diffusely(args, data, length, out)
-    samples, asked, seconds = sample_diffusely(run_dir, args.samples, args.steps, train_set.class_names)
+    drawn = out / f"diffusely-samples-{args.samples}-{args.steps}.npz"
+    if not drawn.exists():  # drawn once: a rerun that adds the peers scores the same clips
+        samples, asked, seconds = sample_diffusely(run_dir, args.samples, args.steps, train_set.class_names)
+        np.savez(drawn.with_suffix(".tmp.npz"), samples=samples, asked=asked, seconds=seconds)
+        drawn.with_suffix(".tmp.npz").replace(drawn)
+    got = np.load(drawn)
+    samples, asked, seconds = got["samples"], got["asked"], float(got["seconds"])
     rows.append({"name": f"diffusely ({args.minutes:g} min, Heun {args.steps})",
                  **scores(*embed(net, samples, args.rate), reference, asked), **facts,
                  "rtf": seconds / (args.samples * args.seconds)})
