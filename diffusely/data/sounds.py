@@ -94,7 +94,7 @@ SYNTHS = (_pluck, _bell, _bowed, _kick, _snare, _hat)  # in the order of CLASSES
 
 def render_clip(label: int, length: int, rate: int, rng: np.random.Generator) -> tuple[np.ndarray, str]:
     """One clip of class CLASSES[label]: (length,) float in [-1, 1] at `rate` and its caption."""
-    onset = int(rng.uniform(0, 0.05) * rate)
+    onset = min(int(rng.uniform(0, 0.05) * rate), length // 4)  # a short clip keeps most of its sound
     t = np.arange(length - onset) / rate
     y, caption = SYNTHS[label](t, rate, rng)
     y = np.concatenate([np.zeros(onset), y])
