@@ -3,8 +3,8 @@ pictures (waveform over log-mel) that stand for a clip wherever an image would b
 
 A clip is stored as the rest of the data is, (L, 1) uint8 channels last: 8-bit μ-law codes (ITU-T G.711's curve
 with mu = 255, as WaveNet quantises audio), so quiet passages keep their detail that linear 8-bit would lose. The
-network sees the companded waveform in [-1, 1]; generated clips are expanded from its continuous output (never
-from 8-bit codes) and written as 16-bit PCM WAV.
+network sees linear amplitudes (`data.amplitude`, see `network_input`); its samples are companded back for the
+pictures and the classifier, and expanded from there (never from 8-bit codes) to be written as 16-bit PCM WAV.
 
 soundfile (libsndfile) and soxr come with `pip install 'diffusely[audio]'` and are imported where used.
 """
@@ -51,6 +51,24 @@ def mu_expand(y: np.ndarray | torch.Tensor):
     """The inverse of mu_compress: companded in [-1, 1] -> linear amplitude in [-1, 1]."""
     lib = torch if torch.is_tensor(y) else np
     return lib.sign(y) * ((1.0 + MU) ** lib.abs(y) - 1.0) / MU
+
+
+def linear_network(config) -> bool:
+    """Does the run's network see linear amplitudes? An audio run of config version 5 on does (`data.amplitude`):
+    waveform diffusion on the companded waveform left a loud hiss. mu-law companding stretches a clip's quiet tail
+    to half of full scale, so what the network misses near sigma 0 stays in the sample as loud noise (on the quick
+    clips, 6000 steps: FD 412 companded against 357 linear at the same noise levels; docs/audio.md)."""
+    return config.data.modality == "audio" and config.data.amplitude == "linear"
+
+
+def network_input(x: torch.Tensor, config) -> torch.Tensor:
+    """Companded clips (B, C, L) in [-1, 1], as to_tensor gives the codes -> what the run's network sees."""
+    return mu_expand(x) if linear_network(config) else x
+
+
+def network_output(x: torch.Tensor, config) -> torch.Tensor:
+    """The inverse of network_input: what the network draws -> companded clips in [-1, 1], as pictured and written."""
+    return mu_compress(x.clamp(-1, 1)) if linear_network(config) else x
 
 
 def to_codes(waves: np.ndarray) -> np.ndarray:

@@ -33,6 +33,7 @@ import torch
 
 from ._files import (RunError, Unreadable, atomic_write_text, check_writable, file_digest, load_tensors, merging,
                      read_meta, save_tensors)
+from .audio import network_output
 from .config import AutoencoderRunConfig, ConfigError, JsonConfig, RunConfig
 from .denoisers import Denoiser
 from .distill.consistency import ConsistencyDenoiser
@@ -235,8 +236,9 @@ class LoadedRun:
     latent: Optional[LatentSpace] = None  # a latent run's autoencoder, which `decode` applies
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
-        """What the denoiser produces, as images: decoded in a latent run, unchanged otherwise."""
-        return x if self.latent is None else self.latent.decode(x)
+        """What the denoiser produces, as samples: decoded in a latent run, companded in an audio run whose network
+        sees linear amplitudes (diffusely.audio.network_output), unchanged otherwise."""
+        return network_output(x, self.config) if self.latent is None else self.latent.decode(x)
 
     @property
     def text(self) -> Optional[TextEncoder]:

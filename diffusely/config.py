@@ -19,10 +19,10 @@ from .nets.unet import UNetConfig
 from .samplers import SAMPLERS
 from .schedules import VP_SCHEDULES, DiscreteSchedule
 
-# version 2: flips off by default (data.flip), as EDM and diffusers; a version-1 file without data.flip meant true
-# version 3: an upscale run denoises the detail over A^+ y (diffusion.residual); before, the whole image
+# version 2: flips off by default (data.flip), as EDM; 3: an upscale run denoises the detail over A^+ y (residual)
 # version 4: text runs convolve 3 words (text.ngram), add no pooled text, place queries (model.query_positions)
-CONFIG_VERSION = 4
+# version 5: an audio run's network sees linear amplitudes (data.amplitude); before, the mu-law companded waveform
+CONFIG_VERSION = 5
 OLD_DEFAULTS = {1: {"data": {"flip": True}}}
 MAX_IMAGE_SIZE = 4096  # pixels a side: past this a batch cannot fit in memory, and 100000 is a typo, not a wish
 MAX_WIDTH = 4096  # a level's channels: a width of 2**40 is a typo, and would end as "out of memory"
@@ -88,13 +88,11 @@ class DiffusionConfig:
 def _recipe_ddpm() -> DiffusionConfig:
     s = DiscreteSchedule.named("linear")
     return DiffusionConfig(parameterization="eps", schedule="linear", sigma_data=1.0, sigma_min=s.sigma_min,
-                           sigma_max=s.sigma_max, train_sigmas="discrete", weighting="eps", sampler="heun",
-                           sample_steps=18)
+                           sigma_max=s.sigma_max, train_sigmas="discrete", weighting="eps")  # Heun, 18 steps
 
 
 # training recipes: EDM (the default, Karras et al. 2022) and DDPM's eps-prediction (Ho et al. 2020)
 RECIPES: dict[str, typing.Callable[[], DiffusionConfig]] = {"edm": DiffusionConfig, "ddpm": _recipe_ddpm}
-
 
 # what a run's model learns: to generate from noise, or to upscale a low-resolution image (SR3)
 TASKS = ("generate", "upscale")
@@ -131,11 +129,13 @@ class DataConfig:
     given_frames: int = 0  # video: frame-conditioned prediction, the first this many frames given (conditions.Frames)
     modality: str = "image"  # what the samples are (diffusely.data.MODALITIES): image, audio
     sample_rate: int = 0  # audio: Hz of the clips (image_size is their length in samples)
+    amplitude: str = "linear"  # audio: what the network sees (diffusely.audio.AMPLITUDES): linear, or mu-law companded
 
     def __post_init__(self):
         self.class_names = tuple(self.class_names)
         check_choice("data.directions", self.directions, DIRECTIONS)
         check_choice("data.modality", self.modality, MODALITIES)
+        check_choice("data.amplitude", self.amplitude, ("linear", "mu-law"))
         # an image side past 4096 is a typo; a clip's length in samples is not (30 s at 16 kHz)
         check_count("data.image_size", self.image_size, 1, MAX_IMAGE_SIZE if self.modality != "audio" else 480_000)
         check_count("data.sample_rate", self.sample_rate, 0, 192_000)
@@ -310,7 +310,7 @@ class RunConfig(JsonConfig):
     latent: typing.Optional[LatentConfig] = None
     distill: typing.Optional[DistillConfig] = None  # a student run: of which teacher, at which NFE
     version: int = CONFIG_VERSION
-    OLD_DEFAULTS = {**OLD_DEFAULTS, 2: {"diffusion": {"residual": False}},
+    OLD_DEFAULTS = {**OLD_DEFAULTS, 2: {"diffusion": {"residual": False}}, 4: {"data": {"amplitude": "mu-law"}},
                     3: {"model": {"pooled_text": True, "query_positions": False}, "text": {"ngram": 0}}}
 
     def __post_init__(self):

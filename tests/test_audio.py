@@ -157,6 +157,34 @@ def test_new_runs_pick_their_modality_from_the_data(tmp_path):
     assert (image.data.channels, image.data.flip, image.data.sample_rate, image.train.lr) == (3, False, 0, 3e-4)
 
 
+def test_an_audio_network_sees_linear_amplitudes_and_its_samples_are_companded_back():
+    """Config version 5: an audio run trains on the codes' linear amplitudes and run.decode compands what it draws
+    (the form pictures, the classifier and WAV writing take); a version-4 config.json, which has no data.amplitude,
+    reads as the companded run it trained, and an image run is left alone."""
+    from diffusely.checkpoint import LoadedRun
+    from diffusely.config import RunConfig
+    from diffusely.data import Dataset
+    from diffusely.train.common import Dist
+    from diffusely.train.data import TrainingSet
+
+    config = new_run_config("sounds", {"image_size": 256})
+    assert (config.data.amplitude, config.diffusion.sigma_data, config.diffusion.P_mean) == ("linear", 0.16, -3.84)
+    codes = render_sounds(8, 256, 8000).images
+    config.train.batch_size = 4
+    batches = TrainingSet(config, Dataset(codes, None, None, None, None, "sounds"), [], None, "cpu", Dist())
+    rows = batches.batches.indices(batches.batches.positions(0))
+    linear = torch.from_numpy(audio.from_codes(codes))[:, None]
+    assert torch.allclose(batches.draw_batch(0)[0], linear[rows], atol=1e-6) and linear.abs().max() > 0.3
+    run = LoadedRun(config, None, 0)
+    companded = to_tensor(codes)
+    assert torch.allclose(run.decode(audio.network_input(companded, config)), companded, atol=1e-5)
+    old = RunConfig.from_dict({**json.loads(config.to_json()), "version": 4} | {"data": {
+        k: v for k, v in json.loads(config.to_json())["data"].items() if k != "amplitude"}})
+    assert old.data.amplitude == "mu-law" and torch.equal(LoadedRun(old, None, 0).decode(companded), companded)
+    image = new_run_config("shapes", {})
+    assert image.diffusion.sigma_data == 0.5 and torch.equal(audio.network_input(companded, image), companded)
+
+
 def test_audio_run_trains_samples_and_resumes_through_the_cli(tmp_path):
     runner, run = CliRunner(), tmp_path / "run"
     result = runner.invoke(main, ["train", "sounds", "--out", str(run), "--steps", "2", "--classes",

@@ -48,7 +48,7 @@ def mirrored_share(config: RunConfig, steps: int = 4) -> float:
 
 def test_a_new_run_trains_without_flips_and_says_so(tiny_folder, tmp_path):
     config = new_run_config("shapes", {})
-    assert config.data.flip is False and config.version == CONFIG_VERSION == 4
+    assert config.data.flip is False and config.version == CONFIG_VERSION == 5
     config.train.batch_size = 4
     assert mirrored_share(config) == 0.0
     r = cli("train", tiny_folder, "--out", tmp_path / "run", "--steps", 1, *TINY_ARGS)

@@ -14,6 +14,7 @@ from typing import Optional
 import torch
 
 from .._util import randn_like
+from ..audio import network_input
 from ..checkpoint import autoencoder_dir, read_config
 from ..conditions import Captions, Condition, FromSamples, LowRes
 from ..config import AutoencoderRunConfig, RunConfig
@@ -155,7 +156,8 @@ class TrainingSet:
         positions = self.batches.positions(step)
         rows = self.batches.indices(positions).to(self.device)
         gens = self.batches.generators(positions, self.device)
-        x0 = to_tensor(self.samples[rows]) if self.latents is None else self.latents.images[rows]
+        x0 = network_input(to_tensor(self.samples[rows]), self.config) if self.latents is None else \
+            self.latents.images[rows]
         flip = draw_flips(gens) if self.config.data.flip else None
         if flip is not None:  # a latent run's mirror images were encoded mirrored, not mirrored as latents
             x0 = apply_flips(x0, flip, None if self.latents is None else self.latents.flipped[rows])

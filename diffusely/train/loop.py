@@ -16,6 +16,7 @@ import torch
 
 from .. import viz
 from .._util import randn
+from ..audio import network_output
 from ..checkpoint import build_denoiser, build_model, save_checkpoint
 from ..conditions import Condition, conditions
 from ..config import RunConfig
@@ -162,8 +163,7 @@ def sample_grid(denoiser, config: RunConfig, path: Path, conds: list[Condition],
     with torch.inference_mode():
         x = sample(denoiser, noise, method=d.sampler, steps=d.sample_steps, sigma_min=d.sigma_min,
                    sigma_max=d.sigma_max, generator=g, cond=cond)
-        if decode is not None:
-            x = decode(x)
+        x = decode(x) if decode is not None else network_output(x, config)  # audio: linear -> companded
     x = x.clamp(-1, 1).cpu()
     if kind.writer:
         importlib.import_module(kind.writer).save_grid(x, path, config.data.sample_rate)
