@@ -15,9 +15,10 @@ seed, never trained on: the FD floor a perfect model reaches with this many samp
 diffusely trains for --minutes of CPU time (steps estimated from a short timing run) with class labels, then draws
 --samples clips, classes in turn, with guidance (Heun, --steps). The peers, lucidrains' `audio-diffusion-pytorch`
 (DiffusionModel, UNetV0, v-diffusion) and `denoising-diffusion-pytorch`'s GaussianDiffusion1D (Unet1D), train the
-same minutes on the same clips (μ-law companded waveforms in [-1, 1], as diffusely sees them; both unconditional,
-the way their 1-D models come) in an environment this script makes (--peers): torch 2.11 (what torchaudio pairs
-with today), torchaudio, torchvision (denoising-diffusion-pytorch imports it), both packages from PyPI.
+same minutes on the same clips (linear waveforms in [-1, 1], as diffusely's network sees them and as their users
+feed them; both unconditional, the way their 1-D models come; their samples are companded to be scored) in an
+environment this script makes (--peers): torch 2.11 (what torchaudio pairs with today), torchaudio, torchvision
+(denoising-diffusion-pytorch imports it), both packages from PyPI.
 
     python benchmarks/audio.py --out bench/audio --peers      # 60 minutes a model + sampling: ~3.5 hours
     python benchmarks/audio.py --out bench/audio              # diffusely and the real rows: ~70 minutes
@@ -286,9 +287,10 @@ def main(args) -> None:
     audio.save_grid(torch.from_numpy(samples[:8])[:, None], out / "samples.png", args.rate)
     audio.save_grid(torch.from_numpy(clips(train_set.images[:8]))[:, None], out / "real.png", args.rate)
     if args.peers:
-        for name, (peer_samples, peer_facts) in peers(args, clips(train_set.images), out).items():
+        for name, (peer_samples, peer_facts) in peers(args, audio.from_codes(train_set.images), out).items():
             rows.append({"name": f"{name} ({args.minutes:g} min, unconditional)",
-                         **scores(*embed(net, peer_samples, args.rate), reference), **peer_facts,
+                         **scores(*embed(net, audio.mu_compress(np.clip(peer_samples, -1, 1)), args.rate), reference),
+                         **peer_facts,
                          "rtf": peer_facts["sample_seconds"] / (args.samples * args.seconds)})
     for row in rows:
         row["steps"] = int(row["steps"]) if row.get("steps") is not None else None
