@@ -129,7 +129,7 @@ class DataConfig:
     given_frames: int = 0  # video: frame-conditioned prediction, the first this many frames given (conditions.Frames)
     modality: str = "image"  # what the samples are (diffusely.data.MODALITIES): image, audio
     sample_rate: int = 0  # audio: Hz of the clips (image_size is their length in samples)
-    amplitude: str = "linear"  # audio: what the network sees (diffusely.audio.AMPLITUDES): linear, or mu-law companded
+    amplitude: str = "linear"  # audio: what the network sees (diffusely.audio.network_input): linear, or mu-law
 
     def __post_init__(self):
         self.class_names = tuple(self.class_names)

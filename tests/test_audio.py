@@ -155,6 +155,13 @@ def test_new_runs_pick_their_modality_from_the_data(tmp_path):
     image = new_run_config("shapes", {}, str(tmp_path / "audio.json"))
     assert (image.data.modality, image.model.dims, image.data.image_size, image.model.patch_size) == ("image", 2, 32, 1)
     assert (image.data.channels, image.data.flip, image.data.sample_rate, image.train.lr) == (3, False, 0, 3e-4)
+    assert (image.diffusion.sigma_data, image.diffusion.P_mean) == (0.5, -1.2)
+    # an image run's config.json of version 4 (it reads data.amplitude as mu-law) as --config for sound: linear again
+    written = json.loads(image.to_json())
+    del written["data"]["amplitude"]
+    (tmp_path / "image.json").write_text(json.dumps({**written, "version": 4}))
+    sound = new_run_config("sounds", {}, str(tmp_path / "image.json"))
+    assert (sound.data.amplitude, sound.diffusion.sigma_data, sound.diffusion.P_mean) == ("linear", 0.16, -3.84)
 
 
 def test_an_audio_network_sees_linear_amplitudes_and_its_samples_are_companded_back():
