@@ -107,14 +107,25 @@ def train_diffusely(args, data, length: int, out: Path) -> tuple[Path, dict]:
     from diffusely.train import train
 
     run_dir, plan_path = out / "diffusely", out / "diffusely-plan.json"
-    asked = {"minutes": args.minutes, "rate": args.rate, "seconds": args.seconds, "count": args.count}
+    written = json.loads(diffusely_config(args, length).to_json())  # the run asked for, as config.json holds it
+    asked = {"minutes": args.minutes, "rate": args.rate, "seconds": args.seconds, "count": args.count,
+             "run": {k: written[k] for k in ("model", "diffusion", "data")}}
+
+    def write_plan() -> None:
+        tmp = plan_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(plan))
+        tmp.replace(plan_path)
+
     if plan_path.exists():  # planned before: a killed run resumes from its last checkpoint, a finished one is kept
         plan = json.loads(plan_path.read_text())
         if plan.get("asked") != asked:
-            raise SystemExit(f"{out} holds a run of {plan.get('asked')}, not {asked}: choose another --out")
+            raise SystemExit(f"{out} holds another run than the one asked for (other options, or one made by another "
+                             f"version of diffusely): choose another --out")
     else:
         shutil.rmtree(out / "probe", ignore_errors=True)
         shutil.rmtree(run_dir, ignore_errors=True)  # a run with no plan was started by a version without plans
+        for stale in out.glob("diffusely-samples-*.npz"):  # drawn by that run
+            stale.unlink()
         probe = diffusely_config(args, length)
         probe.train.steps = 20
         train(probe, out / "probe", progress=False, data=data)
@@ -122,7 +133,7 @@ def train_diffusely(args, data, length: int, out: Path) -> tuple[Path, dict]:
             seconds = {int(row["step"]): float(row["seconds"]) for row in csv.DictReader(f)}
         per_step = (seconds[20] - seconds[10]) / 10
         plan = {"asked": asked, "steps": max(10, int(args.minutes * 60 / per_step)), "done": 0, "train_seconds": 0.0}
-        plan_path.write_text(json.dumps(plan))
+        write_plan()
     if plan["done"] < plan["steps"]:
         config = diffusely_config(args, length)
         config.train.steps = plan["steps"]
@@ -132,9 +143,7 @@ def train_diffusely(args, data, length: int, out: Path) -> tuple[Path, dict]:
 
         def saved(step: int) -> None:  # the plan follows the checkpoints, so resumed minutes add up
             plan.update(done=step, train_seconds=spent + time.perf_counter() - start)
-            tmp = plan_path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(plan))
-            tmp.replace(plan_path)
+            write_plan()
 
         train(config, run_dir, resume=(run_dir / "config.json").exists(), progress=not args.quick, data=data,
               on_checkpoint=saved)
@@ -223,7 +232,7 @@ def peers(args, train_clips: np.ndarray, out: Path) -> dict:
     np.savez(out / "peer-data.npz", train=train_clips)
     results = {}
     for name in PEERS:
-        result = out / f"peer-{name}.npz"
+        result = out / f"peer-{name}-{args.samples}.npz"  # its minutes are the plan's
         if not result.exists():  # a peer already trained and sampled is scored again, not retrained
             subprocess.run([str(python), __file__, "--peer", name, "--peer-data", str(out / "peer-data.npz"),
                             "--minutes", str(args.minutes), "--samples", str(args.samples), "--out", str(result)],
