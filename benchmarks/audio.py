@@ -104,17 +104,13 @@ def train_diffusely(args, data, length: int, out: Path) -> tuple[Path, dict]:
     import csv
     import shutil
 
+    from diffusely._files import atomic_write_text
     from diffusely.train import train
 
     run_dir, plan_path = out / "diffusely", out / "diffusely-plan.json"
     written = json.loads(diffusely_config(args, length).to_json())  # the run asked for, as config.json holds it
     asked = {"minutes": args.minutes, "rate": args.rate, "seconds": args.seconds, "count": args.count,
              "run": {k: written[k] for k in ("model", "diffusion", "data")}}
-
-    def write_plan() -> None:
-        tmp = plan_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(plan))
-        tmp.replace(plan_path)
 
     if plan_path.exists():  # planned before: a killed run resumes from its last checkpoint, a finished one is kept
         plan = json.loads(plan_path.read_text())
@@ -133,7 +129,7 @@ def train_diffusely(args, data, length: int, out: Path) -> tuple[Path, dict]:
             seconds = {int(row["step"]): float(row["seconds"]) for row in csv.DictReader(f)}
         per_step = (seconds[20] - seconds[10]) / 10
         plan = {"asked": asked, "steps": max(10, int(args.minutes * 60 / per_step)), "done": 0, "train_seconds": 0.0}
-        write_plan()
+        atomic_write_text(plan_path, json.dumps(plan))
     if plan["done"] < plan["steps"]:
         config = diffusely_config(args, length)
         config.train.steps = plan["steps"]
@@ -143,7 +139,7 @@ def train_diffusely(args, data, length: int, out: Path) -> tuple[Path, dict]:
 
         def saved(step: int) -> None:  # the plan follows the checkpoints, so resumed minutes add up
             plan.update(done=step, train_seconds=spent + time.perf_counter() - start)
-            write_plan()
+            atomic_write_text(plan_path, json.dumps(plan))
 
         train(config, run_dir, resume=(run_dir / "config.json").exists(), progress=not args.quick, data=data,
               on_checkpoint=saved)
@@ -220,7 +216,8 @@ def run_peer(name: str, data_path: Path, minutes: float, n: int, out_path: Path)
     train_seconds, start = time.perf_counter() - start, time.perf_counter()
     with torch.no_grad():
         x = torch.cat([model.draw(min(64, n - i)) for i in range(0, n, 64)])[:, 0].clamp(-1, 1)
-    tmp = Path(out_path).with_suffix(".tmp.npz")  # whole or absent: the benchmark reuses a peer's file when rerun
+    # whole or absent: the benchmark reuses a peer's file when rerun (diffusely's atomic_write is not installed here)
+    tmp = Path(out_path).with_suffix(".tmp.npz")
     np.savez(tmp, samples=x.numpy(), steps=steps, train_seconds=train_seconds,
              sample_seconds=time.perf_counter() - start)
     tmp.replace(out_path)
@@ -261,6 +258,7 @@ def main(args) -> None:
     import torch
 
     from diffusely import audio
+    from diffusely._files import atomic_write
     from diffusely.data import Dataset
     from diffusely.data.sounds import render_sounds
 
@@ -286,8 +284,11 @@ def main(args) -> None:
     drawn = out / f"diffusely-samples-{args.samples}-{args.steps}.npz"
     if not drawn.exists():  # drawn once: a rerun that adds the peers scores the same clips
         samples, asked, seconds = sample_diffusely(run_dir, args.samples, args.steps, train_set.class_names)
-        np.savez(drawn.with_suffix(".tmp.npz"), samples=samples, asked=asked, seconds=seconds)
-        drawn.with_suffix(".tmp.npz").replace(drawn)
+
+        def write(tmp):
+            with open(tmp, "wb") as f:  # a file object, so numpy does not append ".npz" to the temporary name
+                np.savez(f, samples=samples, asked=asked, seconds=seconds)
+        atomic_write(drawn, write)
     got = np.load(drawn)
     samples, asked, seconds = got["samples"], got["asked"], float(got["seconds"])
     rows.append({"name": f"diffusely ({args.minutes:g} min, Heun {args.steps})",

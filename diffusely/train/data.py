@@ -156,8 +156,10 @@ class TrainingSet:
         positions = self.batches.positions(step)
         rows = self.batches.indices(positions).to(self.device)
         gens = self.batches.generators(positions, self.device)
-        x0 = network_input(to_tensor(self.samples[rows]), self.config) if self.latents is None else \
-            self.latents.images[rows]
+        if self.latents is None:
+            x0 = network_input(to_tensor(self.samples[rows]), self.config)  # audio: linear amplitudes
+        else:
+            x0 = self.latents.images[rows]
         flip = draw_flips(gens) if self.config.data.flip else None
         if flip is not None:  # a latent run's mirror images were encoded mirrored, not mirrored as latents
             x0 = apply_flips(x0, flip, None if self.latents is None else self.latents.flipped[rows])
