@@ -52,6 +52,17 @@ def test_precision_selection(monkeypatch):
         autocast_dtype("fp16", cpu)
 
 
+def test_auto_trains_a_video_network_on_a_cpu_in_float32(monkeypatch):
+    # bf16 Conv3d weight gradients came back NaN on an AVX512-BF16 CPU: auto keeps 3-D training in float32 there
+    from diffusely.train.common import autocast
+
+    monkeypatch.setattr(fast, "bf16_is_fast", lambda device: True)
+    cpu = torch.device("cpu")
+    assert autocast("auto", cpu, dims=2).fast_dtype is torch.bfloat16
+    assert not isinstance(autocast("auto", cpu, dims=3), torch.autocast)
+    assert autocast("bf16", cpu, dims=3).fast_dtype is torch.bfloat16  # asked for: given
+
+
 def test_load_run_wraps_the_network_as_asked(trained):
     assert isinstance(load_run(trained).denoiser.net, UNet)  # the default: float32, as trained
     net = load_run(trained, precision="bf16").denoiser.net

@@ -121,7 +121,7 @@ def distill(config: RunConfig, run_dir: str | Path, *, resume: bool = False, pro
         student = build_denoiser(config, training_net(model, config, d))
         target_denoiser = build_denoiser(config, target)
         grid = distill_grid(dc.grid_steps, config.diffusion.sigma_min, config.diffusion.sigma_max)
-        mixed_precision = autocast(tc.precision, device)
+        mixed_precision = autocast(tc.precision, device, config.model.dims)
         batches = TrainingSet(config, data, conds, latents, device, d)
         tracker = Tracker(run_dir, LOG_FIELDS, tc, start, d, _saver(run_dir, model, ema, target, optimizer, tc.keep),
                           desc="distilling", progress=progress, on_checkpoint=on_checkpoint, number="{:.6g}")

@@ -61,7 +61,8 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, progr
             if "layout" in config.conditions:
                 save_layouts(run_dir, config.data.class_names, config.data.image_size, data.boxes)
         denoiser, ema_denoiser = build_denoiser(config, training_net(model, config, d)), build_denoiser(config, ema)
-        weight_fn, mixed_precision = weighting(config.diffusion.weighting), autocast(tc.precision, device)
+        weight_fn = weighting(config.diffusion.weighting)
+        mixed_precision = autocast(tc.precision, device, config.model.dims)
         batches = TrainingSet(config, data, conds, latents, device, d)
         save = lambda step: save_checkpoint(run_dir, model=model, ema=ema, optimizer=optimizer, step=step,  # noqa: E731
                                             keep=tc.keep, more=phema.modules)
