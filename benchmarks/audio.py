@@ -20,8 +20,8 @@ feed them; both unconditional, the way their 1-D models come; their samples are 
 environment this script makes (--peers): torch 2.11 (what torchaudio pairs with today), torchaudio, torchvision
 (denoising-diffusion-pytorch imports it), both packages from PyPI.
 
-    python benchmarks/audio.py --out bench/audio --peers      # 60 minutes a model + sampling: ~3.5 hours
-    python benchmarks/audio.py --out bench/audio              # diffusely and the real rows: ~70 minutes
+    python benchmarks/audio.py --out bench/audio --peers      # 60 minutes a model + sampling: ~4.5 hours
+    python benchmarks/audio.py --out bench/audio              # diffusely and the real rows: ~2 hours
     python benchmarks/audio.py --out /tmp/audio --quick       # ~4 minutes on one busy core: the script works
 
 Rerun with the same --out, it keeps what is done: a killed diffusely run resumes from its last checkpoint (its
@@ -93,6 +93,8 @@ def diffusely_config(args, length: int):
                                        "seed": 0, "log_every": 10, "checkpoint_every": 10 ** 6,
                                        "sample_every": 10 ** 6})
     config.data.sample_rate = args.rate
+    if args.patch_size:
+        config.model.patch_size = args.patch_size
     return config
 
 
@@ -314,15 +316,16 @@ def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True)
     p.add_argument("--quick", action="store_true", help="A few minutes: 0.256 s clips (2048 samples: the U-Net takes "
-                   "multiples of 64), a smaller U-Net, 1.5 minutes of training.")
+                   "multiples of 16), a smaller U-Net, 1.5 minutes of training.")
     p.add_argument("--peers", action="store_true", help="Also train the peers (makes OUT/peer-env; hours).")
     p.add_argument("--minutes", type=float, help="Training minutes a model (default 60; --quick 1.5).")
     p.add_argument("--rate", type=int, default=8000)
     p.add_argument("--seconds", type=float,
-                   help="Clip length (default 1; --quick 0.256); rate x seconds a multiple of 64.")
+                   help="Clip length (default 1; --quick 0.256); rate x seconds a multiple of 16.")
     p.add_argument("--count", type=int, help="Training clips (default 1200; --quick 600).")
     p.add_argument("--held-out", type=int, help="Held-out clips (default 600; --quick 240).")
     p.add_argument("--samples", type=int, help="Generated clips a model (default 600; --quick 120).")
+    p.add_argument("--patch-size", type=int, help="The U-Net's patch size (default: the audio default, 4).")
     p.add_argument("--steps", type=int, default=18, help="Heun steps (2 x steps - 1 network calls).")
     p.add_argument("--classifier-steps", type=int, help="Classifier training steps (default 400; --quick 150).")
     p.add_argument("--threads", type=int, default=2)

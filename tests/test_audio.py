@@ -145,7 +145,7 @@ def test_a_folder_with_neither_images_nor_audio_names_what_each_reads(tmp_path):
 def test_new_runs_pick_their_modality_from_the_data(tmp_path):
     config = new_run_config("sounds", {})
     assert (config.data.modality, config.model.dims, config.data.channels, config.data.flip) == ("audio", 1, 1, False)
-    assert (config.data.sample_rate, config.data.image_size, config.model.patch_size) == (8000, 8000, 16)
+    assert (config.data.sample_rate, config.data.image_size, config.model.patch_size) == (8000, 8000, 4)
     assert new_run_config("sounds", {"image_size": 2048}).data.image_size == 2048  # options win over the defaults
     image = new_run_config("shapes", {})
     assert (image.data.modality, image.model.dims, image.data.image_size) == ("image", 2, 32)

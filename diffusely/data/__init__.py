@@ -220,7 +220,7 @@ MODALITIES: dict[str, Modality] = {
     "image": Modality("image", 2, ("png", "npy"), extensions=IMAGE_EXTENSIONS),
     "audio": Modality("audio", 1, ("wav", "npy"), ("sounds",), _is_audio_folder, _load_audio, "diffusely.audio", (
         ("data.sample_rate", 8000), ("data.image_size", 8000), ("data.channels", 1), ("data.flip", False),
-        ("model.dims", 1), ("model.patch_size", 16), ("model.channels", (64, 128, 256)),
+        ("model.dims", 1), ("model.patch_size", 4), ("model.channels", (64, 128, 256)),
         ("data.amplitude", "linear"), ("diffusion.sigma_data", AUDIO_SIGMA_DATA), ("diffusion.P_mean", AUDIO_P_MEAN)),
         AUDIO_EXTENSIONS),
     "video": Modality("video", 3, ("gif", "mp4", "npy"), ("moving-shapes",), _is_video_folder, _load_video,
