@@ -1,5 +1,7 @@
 """Runs written before the package was reshaped (tests/fixtures/v0, made by its make_expected.py) still
-load, sample bit for bit as they did then, and resume training."""
+load, sample as they did then, and resume training. Bit for bit on the CPU that drew the expected samples; another
+CPU's kernels round differently in the last bit (3.7e-9 to 6e-8 on an AMD EPYC with AVX512-BF16, seen 2026-12),
+so the samples must agree to 1e-6, far below any change of the code's arithmetic (one 8-bit level is 7.8e-3)."""
 
 import json
 import shutil
@@ -50,11 +52,12 @@ def expected():
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_old_runs_sample_bit_for_bit(name, expected, tmp_path):
+def test_old_runs_sample_as_they_did(name, expected, tmp_path):
     run = load_run(copy_run(name, tmp_path))
     for sampler in ("heun", "euler_ancestral"):
         x = torch.cat(list(generate(run, 2, steps=3, sampler=sampler, seed=0, progress=False, **CASES[name])))
-        assert torch.equal(x, expected[f"{name}.{sampler}"]), f"{name} with {sampler} changed"
+        torch.testing.assert_close(x, expected[f"{name}.{sampler}"], rtol=0, atol=1e-6,
+                                   msg=lambda m: f"{name} with {sampler} changed: {m}")
 
 
 def test_old_run_resumes(tmp_path):
