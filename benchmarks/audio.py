@@ -316,12 +316,12 @@ def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True)
     p.add_argument("--quick", action="store_true", help="A few minutes: 0.256 s clips (2048 samples: the U-Net takes "
-                   "multiples of 16), a smaller U-Net, 1.5 minutes of training.")
+                   "multiples of 4 x the patch size), a smaller U-Net, 1.5 minutes of training.")
     p.add_argument("--peers", action="store_true", help="Also train the peers (makes OUT/peer-env; hours).")
     p.add_argument("--minutes", type=float, help="Training minutes a model (default 60; --quick 1.5).")
     p.add_argument("--rate", type=int, default=8000)
     p.add_argument("--seconds", type=float,
-                   help="Clip length (default 1; --quick 0.256); rate x seconds a multiple of 16.")
+                   help="Clip length (default 1; --quick 0.256); rate x seconds a multiple of 4 x the patch size.")
     p.add_argument("--count", type=int, help="Training clips (default 1200; --quick 600).")
     p.add_argument("--held-out", type=int, help="Held-out clips (default 600; --quick 240).")
     p.add_argument("--samples", type=int, help="Generated clips a model (default 600; --quick 120).")

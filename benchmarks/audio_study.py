@@ -34,9 +34,22 @@ SIGMAS = (0.02, 0.1)
 
 
 def settings(variant: str) -> dict:
-    """"model.patch_size=4,diffusion.P_std=1.8" -> {("model", "patch_size"): 4, ("diffusion", "P_std"): 1.8}"""
-    pairs = [item.split("=") for item in variant.split(",")]
-    return {tuple(key.split(".")): json.loads(value) for key, value in pairs}
+    """"model.patch_size=4,diffusion.P_std=1.8" -> {("model", "patch_size"): 4, ("diffusion", "P_std"): 1.8}; a
+    value is JSON where it reads as JSON, else a string (data.amplitude=mu-law). A key the run config lacks is
+    refused, so a misspelt one does not train the default under its name."""
+    from diffusely.config import RunConfig
+
+    config, found = RunConfig(), {}
+    for item in variant.split(","):
+        key, _, value = item.partition("=")
+        path = tuple(key.split("."))
+        if len(path) != 2 or not hasattr(getattr(config, path[0], None), path[1]):
+            raise argparse.ArgumentTypeError(f"{key!r} is not a setting of the run config (section.name)")
+        try:
+            found[path] = json.loads(value)
+        except json.JSONDecodeError:
+            found[path] = value
+    return found
 
 
 def train_for(args, variant: str, data, out: Path) -> tuple[Path, int, float]:
@@ -44,10 +57,6 @@ def train_for(args, variant: str, data, out: Path) -> tuple[Path, int, float]:
     from diffusely.train import train
 
     run_dir = out / variant.replace(",", "+")
-    done = run_dir / "done.json"  # written last: a run killed before it is trained again
-    if done.exists() and json.loads(done.read_text())["minutes"] == args.minutes:
-        facts = json.loads(done.read_text())
-        return run_dir, facts["steps"], facts["seconds"]
 
     def config(steps: int):
         c = bench.diffusely_config(bench.parse(["--out", str(out), "--quick"]), args.length)
@@ -57,6 +66,12 @@ def train_for(args, variant: str, data, out: Path) -> tuple[Path, int, float]:
         c.train.warmup_steps = min(c.train.warmup_steps, steps // 10)
         return c
 
+    done = run_dir / "done.json"  # written last: a run killed before it, or made with other settings, trains again
+    made = json.loads(config(1).to_json())  # the run asked for, its steps aside
+    if done.exists():
+        facts = json.loads(done.read_text())
+        if (facts.get("minutes"), facts.get("config")) == (args.minutes, made):
+            return run_dir, facts["steps"], facts["seconds"]
     probe = out / f"{run_dir.name}-timing"
     shutil.rmtree(probe, ignore_errors=True)
     train(config(20), probe, progress=False, data=data)
@@ -67,7 +82,7 @@ def train_for(args, variant: str, data, out: Path) -> tuple[Path, int, float]:
     start = time.perf_counter()
     train(config(steps), run_dir, progress=False, data=data)
     seconds = time.perf_counter() - start
-    done.write_text(json.dumps({"minutes": args.minutes, "steps": steps, "seconds": seconds}))
+    done.write_text(json.dumps({"minutes": args.minutes, "config": made, "steps": steps, "seconds": seconds}))
     return run_dir, steps, seconds
 
 
@@ -79,7 +94,8 @@ def probe(run_dir: Path, net, reference: dict, held, class_names) -> dict:
     from diffusely.schedules import karras_sigmas
 
     run = load_run(run_dir)
-    clean = torch.from_numpy(audio.from_codes(held.images))[:, None]
+    clean = audio.network_input(torch.from_numpy(held.images[..., 0].astype(np.float32) / 127.5 - 1)[:, None],
+                                run.config)  # what the network sees
     labels = torch.from_numpy(held.labels).long()
     g = torch.Generator().manual_seed(0)
     row = {}

@@ -236,7 +236,7 @@ class TrainingSchedule:
     sample_every: int = 500
     log_every: int = 10
     seed: int = 0
-    precision: str = "auto"  # auto: bf16 autocast on CUDA and on CPUs with native bf16, else float32
+    precision: str = "auto"  # auto: bf16 on CUDA and on CPUs with native bf16 (not 3-D there), else float32
     keep: int = 2  # training checkpoints kept, the newest first, so a late divergence can be rolled back
 
     def __post_init__(self):

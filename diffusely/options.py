@@ -181,7 +181,7 @@ def checkpoint_step(run_dir: str | Path) -> int:
 def set_modality(config: RunConfig, data: str) -> None:
     """Say what `data` is (data.MODALITIES: the built-in sounds or a folder of audio files are audio) and, where that
     differs from what the config was made for (a --config of another modality's run), put back the fields the old
-    modality set and start from the new one's defaults (an audio run: 1-D, mono, 1 s clips at 8 kHz, patches of 16
+    modality set and start from the new one's defaults (an audio run: 1-D, mono, 1 s clips at 8 kHz, patches of 4
     samples); options given override them."""
     from .data import MODALITIES, modality_of
 

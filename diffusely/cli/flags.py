@@ -192,7 +192,8 @@ TRAINING = stack(
     click.option("--log-every", type=COUNT, help=_resumable("Steps between rows of log.csv (default 10).")),
     seed_option(None, "Seed of weights, batches and noise (default 0)."),
     click.option("--precision", type=click.Choice(PRECISIONS),
-                 help="auto (default): bf16 autocast on CUDA and on CPUs with native bf16, else fp32."),
+                 help="auto (default): bf16 autocast on CUDA and on CPUs with native bf16 (video training on a "
+                 "CPU: fp32), else fp32."),
     click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint. Only the options "
                  "marked 'May be changed on --resume' may differ from the run's; any other must agree with it."),
     click.option("--quiet", is_flag=True, help=_resumable("No progress bar.")),

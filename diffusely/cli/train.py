@@ -42,7 +42,7 @@ def _steps_line(start: int, end: int) -> str:
 @click.option("--attention-levels", callback=int_list(0, 16, "1,2"),
               help="U-Net levels with self-attention, e.g. 1,2 (0 = full size).")
 @click.option("--patch-size", type=click.IntRange(1, 16),
-              help="U-Net works on p x p pixel patches as channels (default 1: none).")
+              help="U-Net works on p x p pixel patches as channels (default 1: none; audio 4).")
 @click.option("--recipe", type=click.Choice(list(RECIPES)), help="edm (default) or ddpm (eps-prediction, linear schedule).")
 @click.option("--classes", is_flag=True, default=None, help="Class labels from subfolders (or the built-in labels).")
 @click.option("--text", is_flag=True, default=None,

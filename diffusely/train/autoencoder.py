@@ -53,7 +53,7 @@ def train_autoencoder(config: AutoencoderRunConfig, run_dir: str | Path, *, resu
         start_log(run_dir, config, start, LOG_FIELDS)
         shown = to_tensor(images[:SHOWN])
         batches = Batches(len(images), tc.batch_size, tc.seed, d)
-        mixed_precision = autocast(tc.precision, device)
+        mixed_precision = autocast(tc.precision, device, mc.dims)
         save = lambda step: save_run_state(run_dir, step=step, modules=modules, optimizers=optimizers,  # noqa: E731
                                            keep=tc.keep)
         tracker = Tracker(run_dir, LOG_FIELDS, tc, start, d, save, desc="training autoencoder", progress=progress,
