@@ -82,6 +82,44 @@ def embed(net, clips: np.ndarray, rate: int) -> tuple[np.ndarray, np.ndarray]:
     return features.numpy().astype(np.float64), probs.numpy().astype(np.float64)
 
 
+def real_clips(codes: np.ndarray) -> np.ndarray:
+    """(N, L, 1) μ-law codes -> (N, L) companded clips in [-1, 1], as training reads them (to_tensor)."""
+    from diffusely.data import to_tensor
+
+    return to_tensor(codes)[:, 0].numpy()
+
+
+def classifier(train_set, rate: int, steps: int):
+    """The classifier fitted to the training clips, and their features and probabilities under it with the
+    reference statistics the scores compare against: (net, features, probs, reference)."""
+    import torch
+
+    from diffusely import audio
+
+    clips = real_clips(train_set.images)
+    net = audio.train_sound_classifier(torch.from_numpy(clips)[:, None], torch.from_numpy(train_set.labels), 6, rate,
+                                       steps=steps)
+    features, probs = embed(net, clips, rate)
+    reference = {"mu": features.mean(0), "sigma": np.cov(features, rowvar=False), "marginal": probs.mean(0)}
+    return net, features, probs, reference
+
+
+def steps_in(minutes: float, config, probe_dir: Path, data) -> int:
+    """The steps of `config` that fit in `minutes`: a 20-step timing run in probe_dir, steps 10 to 20 of its log.csv
+    (past the start-up). On a CPU shared with other work the estimate can be off by 2x."""
+    import csv
+    import shutil
+
+    from diffusely.train import train
+
+    shutil.rmtree(probe_dir, ignore_errors=True)
+    config.train.steps = 20
+    train(config, probe_dir, progress=False, data=data)
+    with open(probe_dir / "log.csv") as f:
+        seconds = {int(row["step"]): float(row["seconds"]) for row in csv.DictReader(f)}
+    return max(10, int(minutes * 60 / ((seconds[20] - seconds[10]) / 10)))
+
+
 # ------------------------------------------------------------------------------ diffusely
 
 
@@ -99,11 +137,9 @@ def diffusely_config(args, length: int):
 
 
 def train_diffusely(args, data, length: int, out: Path) -> tuple[Path, dict]:
-    """Train for --minutes: a 20-step timing run first (steps 10 to 20 of its log.csv, past the start-up) gives the
-    steps that fit, so the run trains with its own lr schedule (the peers stop on the clock instead). On a CPU
-    shared with other work the estimate can be off by 2x: the table's "train s" says what each model got.
+    """Train for --minutes: a timing run first gives the steps that fit (steps_in), so the run trains with its own lr
+    schedule (the peers stop on the clock instead); the table's "train s" says what each model got.
     Returns the run directory and its facts."""
-    import csv
     import shutil
 
     from diffusely._files import atomic_write_text
@@ -120,17 +156,11 @@ def train_diffusely(args, data, length: int, out: Path) -> tuple[Path, dict]:
             raise SystemExit(f"{out} holds another run than the one asked for (other options, or one made by another "
                              f"version of diffusely): choose another --out")
     else:
-        shutil.rmtree(out / "probe", ignore_errors=True)
         shutil.rmtree(run_dir, ignore_errors=True)  # a run with no plan was started by a version without plans
         for stale in out.glob("diffusely-samples-*.npz"):  # drawn by that run
             stale.unlink()
-        probe = diffusely_config(args, length)
-        probe.train.steps = 20
-        train(probe, out / "probe", progress=False, data=data)
-        with open(out / "probe" / "log.csv") as f:
-            seconds = {int(row["step"]): float(row["seconds"]) for row in csv.DictReader(f)}
-        per_step = (seconds[20] - seconds[10]) / 10
-        plan = {"asked": asked, "steps": max(10, int(args.minutes * 60 / per_step)), "done": 0, "train_seconds": 0.0}
+        steps = steps_in(args.minutes, diffusely_config(args, length), out / "probe", data)
+        plan = {"asked": asked, "steps": steps, "done": 0, "train_seconds": 0.0}
         atomic_write_text(plan_path, json.dumps(plan))
     if plan["done"] < plan["steps"]:
         config = diffusely_config(args, length)
@@ -270,17 +300,12 @@ def main(args) -> None:
     length = int(args.rate * args.seconds)
     train_set = render_sounds(args.count, length, args.rate, seed=0)
     held_out = render_sounds(args.held_out, length, args.rate, seed=1)
-    clips = lambda codes: codes[..., 0].astype(np.float32) / 127.5 - 1  # noqa: E731: as to_tensor maps them
     start = time.perf_counter()
-    net = audio.train_sound_classifier(torch.from_numpy(clips(train_set.images))[:, None],
-                                       torch.from_numpy(train_set.labels), 6, args.rate, steps=args.classifier_steps)
+    net, features, probs, reference = classifier(train_set, args.rate, args.classifier_steps)
     print(f"classifier: {args.classifier_steps} steps in {time.perf_counter() - start:.0f} s")
-    features, probs = embed(net, clips(train_set.images), args.rate)
-    mu, sigma = np.mean(features, 0), np.cov(features, rowvar=False)
-    reference = {"mu": mu, "sigma": sigma, "marginal": probs.mean(0)}
     rows = [{"name": "real: training clips", **scores(features, probs, reference, train_set.labels)},
             {"name": "real: held-out clips",
-             **scores(*embed(net, clips(held_out.images), args.rate), reference, held_out.labels)}]
+             **scores(*embed(net, real_clips(held_out.images), args.rate), reference, held_out.labels)}]
     data = Dataset(train_set.images, train_set.labels, train_set.class_names, None, None, "sounds")
     run_dir, facts = train_diffusely(args, data, length, out)
     drawn = out / f"diffusely-samples-{args.samples}-{args.steps}.npz"
@@ -297,7 +322,7 @@ def main(args) -> None:
                  **scores(*embed(net, samples, args.rate), reference, asked), **facts,
                  "rtf": seconds / (args.samples * args.seconds)})
     audio.save_grid(torch.from_numpy(samples[:8])[:, None], out / "samples.png", args.rate)
-    audio.save_grid(torch.from_numpy(clips(train_set.images[:8]))[:, None], out / "real.png", args.rate)
+    audio.save_grid(torch.from_numpy(real_clips(train_set.images[:8]))[:, None], out / "real.png", args.rate)
     if args.peers:
         for name, (peer_samples, peer_facts) in peers(args, audio.from_codes(train_set.images), out).items():
             rows.append({"name": f"{name} ({args.minutes:g} min, unconditional)",

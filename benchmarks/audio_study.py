@@ -19,7 +19,6 @@ A model already trained in OUT is probed again, not retrained. Prints the table 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import shutil
 import time
@@ -56,11 +55,11 @@ def train_for(args, variant: str, data, out: Path) -> tuple[Path, int, float]:
     """A model of this variant trained for --minutes (kept once done): its run directory, steps, seconds."""
     from diffusely.train import train
 
-    run_dir = out / variant.replace(",", "+")
+    run_dir, changes = out / variant.replace(",", "+"), settings(variant)
 
     def config(steps: int):
         c = bench.diffusely_config(bench.parse(["--out", str(out), "--quick"]), args.length)
-        for (section, key), value in settings(variant).items():
+        for (section, key), value in changes.items():
             setattr(getattr(c, section), key, value)
         c.train.steps, c.train.schedule_search = steps, 0.0
         c.train.warmup_steps = min(c.train.warmup_steps, steps // 10)
@@ -72,12 +71,7 @@ def train_for(args, variant: str, data, out: Path) -> tuple[Path, int, float]:
         facts = json.loads(done.read_text())
         if (facts.get("minutes"), facts.get("config")) == (args.minutes, made):
             return run_dir, facts["steps"], facts["seconds"]
-    probe = out / f"{run_dir.name}-timing"
-    shutil.rmtree(probe, ignore_errors=True)
-    train(config(20), probe, progress=False, data=data)
-    with open(probe / "log.csv") as f:
-        seconds = {int(row["step"]): float(row["seconds"]) for row in csv.DictReader(f)}
-    steps = max(10, int(args.minutes * 60 / ((seconds[20] - seconds[10]) / 10)))
+    steps = bench.steps_in(args.minutes, config(20), out / f"{run_dir.name}-timing", data)
     shutil.rmtree(run_dir, ignore_errors=True)
     start = time.perf_counter()
     train(config(steps), run_dir, progress=False, data=data)
@@ -89,13 +83,13 @@ def train_for(args, variant: str, data, out: Path) -> tuple[Path, int, float]:
 def probe(run_dir: Path, net, reference: dict, held, class_names) -> dict:
     from diffusely import audio
     from diffusely.checkpoint import load_run
+    from diffusely.data import to_tensor
     from diffusely.pipelines import generate
     from diffusely.samplers.ode import sample_heun
     from diffusely.schedules import karras_sigmas
 
     run = load_run(run_dir)
-    clean = audio.network_input(torch.from_numpy(held.images[..., 0].astype(np.float32) / 127.5 - 1)[:, None],
-                                run.config)  # what the network sees
+    clean = audio.network_input(to_tensor(held.images), run.config)  # what the network sees
     labels = torch.from_numpy(held.labels).long()
     g = torch.Generator().manual_seed(0)
     row = {}
@@ -119,7 +113,6 @@ def probe(run_dir: Path, net, reference: dict, held, class_names) -> dict:
 
 
 def main(args) -> None:
-    from diffusely import audio
     from diffusely.data import Dataset
     from diffusely.data.sounds import render_sounds
 
@@ -128,11 +121,7 @@ def main(args) -> None:
     torch.set_num_threads(args.threads)
     train_set = render_sounds(600, args.length, 8000, seed=0)
     held = render_sounds(240, args.length, 8000, seed=1)
-    clips = lambda codes: codes[..., 0].astype(np.float32) / 127.5 - 1  # noqa: E731: as to_tensor maps them
-    net = audio.train_sound_classifier(torch.from_numpy(clips(train_set.images))[:, None],
-                                       torch.from_numpy(train_set.labels), 6, 8000, steps=150)
-    features, probs = bench.embed(net, clips(train_set.images), 8000)
-    reference = {"mu": features.mean(0), "sigma": np.cov(features, rowvar=False), "marginal": probs.mean(0)}
+    net, _, _, reference = bench.classifier(train_set, 8000, 150)
     data = Dataset(train_set.images, train_set.labels, train_set.class_names, None, None, "sounds")
     columns = [f"mse/σ² at {s}" for s in SIGMAS] + ["restored FD ↓", "restored accuracy ↑", "drawn FD ↓",
                                                      "drawn IS ↑", "drawn accuracy ↑"]
