@@ -28,27 +28,9 @@ import numpy as np
 import torch
 
 import audio as bench  # benchmarks/audio.py: its config, classifier and scores
+from _settings import apply, settings
 
 SIGMAS = (0.02, 0.1)
-
-
-def settings(variant: str) -> dict:
-    """"model.patch_size=4,diffusion.P_std=1.8" -> {("model", "patch_size"): 4, ("diffusion", "P_std"): 1.8}; a
-    value is JSON where it reads as JSON, else a string (data.amplitude=mu-law). A key the run config lacks is
-    refused, so a misspelt one does not train the default under its name."""
-    from diffusely.config import RunConfig
-
-    config, found = RunConfig(), {}
-    for item in variant.split(","):
-        key, _, value = item.partition("=")
-        path = tuple(key.split("."))
-        if len(path) != 2 or not hasattr(getattr(config, path[0], None), path[1]):
-            raise argparse.ArgumentTypeError(f"{key!r} is not a setting of the run config (section.name)")
-        try:
-            found[path] = json.loads(value)
-        except json.JSONDecodeError:
-            found[path] = value
-    return found
 
 
 def train_for(args, variant: str, data, out: Path) -> tuple[Path, int, float]:
@@ -58,9 +40,7 @@ def train_for(args, variant: str, data, out: Path) -> tuple[Path, int, float]:
     run_dir, changes = out / variant.replace(",", "+"), settings(variant)
 
     def config(steps: int):
-        c = bench.diffusely_config(bench.parse(["--out", str(out), "--quick"]), args.length)
-        for (section, key), value in changes.items():
-            setattr(getattr(c, section), key, value)
+        c = apply(bench.diffusely_config(bench.parse(["--out", str(out), "--quick"]), args.length), changes)
         c.train.steps, c.train.schedule_search = steps, 0.0
         c.train.warmup_steps = min(c.train.warmup_steps, steps // 10)
         return c

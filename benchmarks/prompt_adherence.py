@@ -23,6 +23,8 @@ halfway, goes on where it was.
     python benchmarks/prompt_adherence.py --out runs/adherence --grid docs/prompts.png   # then the picture
     python benchmarks/prompt_adherence.py --out /tmp/adh --quick             # a smoke test: about two minutes
     python benchmarks/prompt_adherence.py --out runs/adherence --encoder-ceiling   # what MiniLM alone carries
+    python benchmarks/prompt_adherence.py --out runs/p-mean --contenders latent --minutes 20 --marks 10,20 \
+        --set diffusion.P_mean=0                                                   # a study: the default, one change
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ from diffusely.pipelines import generate
 from diffusely.text import TOKENIZER, WordTokenizer
 from diffusely.train import train
 from diffusely.train.latents import LATENTS, TEXT_MAX_SHAPES, prepare_own_autoencoder
+
+from _settings import apply, settings
 
 PROMPT_SEED = 12_345  # held-out images: the training data is seed 0
 CONTENDERS = ("latent", "pixel", "diffusers")
@@ -139,7 +143,7 @@ def budgeted(args, name: str, segment, start_seconds: float = 0.0) -> None:
 def train_ours(args, name: str, data: Dataset) -> None:
     """The latent default (its autoencoder first, timed) or the old pixel setting, through diffusely's train()."""
     run_dir = args.out / name
-    config = new_run_config("shapes", options(args, name), run_dir=run_dir)
+    config = apply(new_run_config("shapes", options(args, name), run_dir=run_dir), args.set)
     start = 0.0
     if name == "latent":  # the autoencoder's seconds, over every invocation that trained some of it
         spent = run_dir / "autoencoder-seconds.json"
@@ -283,6 +287,41 @@ def binding(args, checker, results: dict, name: str, count: int = 48) -> None:
         bound = [r for r in results[key] if r is not None]
         right, axis = sum(r == relation for r in bound), sum(AXIS[r] == AXIS[relation] for r in bound)
         print(f"{relation:<16}{len(bound):>21} /{count:<3}{right:>11} /{len(bound):<3}{axis:>7} /{len(bound):<3}")
+    print(f"the network's estimate D(x; σ) of the same prompts, no guidance, {ESTIMATES} noises: how far its red mass "
+          "lies from its blue mass towards the side asked, in image sides (two large shapes as the data draws "
+          "them: +0.46 between centres)")
+    print(f"{'relation asked':<16}" + "".join(f"{f'σ = {s:g}':>10}" for s in ESTIMATE_SIGMAS))
+    for relation in RELATIONS:
+        key = f"{name}/{args.marks[-1]:g}/estimate/{relation}/{ESTIMATES}"
+        if key not in results:
+            run = run or load_contender(args, name, args.marks[-1])
+            results[key] = [estimate_offset(run, BINDING.format(relation), relation, s) for s in ESTIMATE_SIGMAS]
+            (args.out / "results.json").write_text(json.dumps(results))
+        print(f"{relation:<16}" + "".join(f"{v:>+10.3f}" for v in results[key]))
+
+
+ESTIMATE_SIGMAS, ESTIMATES = (20.0, 5.0, 1.0), 32
+
+
+def estimate_offset(run, prompt: str, relation: str, sigma: float) -> float:
+    """The denoiser's estimate of a clean image at noise level `sigma` (~the mean image the prompt asks for at a
+    high one), decoded, for ESTIMATES noises: the centroid of its red mass (red over blue) minus that of its blue
+    mass along the relation's axis, in image sides, signed so that positive is the side the relation asks of the
+    red one, each centroid over all the noises' estimates. Whether the network has learned a relation's side, apart
+    from what sampling makes of it: one that ignores the side gives a relation and its opposite the same estimate,
+    so their offsets here are equal and of opposite signs."""
+    from diffusely.pipelines.conditioning import conditioning
+
+    denoiser, cond = conditioning(run, prompts=[prompt], guidance=1.0).batch(list(range(ESTIMATES)), "cpu")
+    noise = torch.randn((ESTIMATES, *run.config.sample_shape), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        image = run.decode(denoiser(noise * sigma, noise.new_full((ESTIMATES,), sigma), **cond)).clamp(-1, 1)
+    red, blue = (image[:, 0] - image[:, 2]).clamp(min=0), (image[:, 2] - image[:, 0]).clamp(min=0)
+    place = torch.linspace(0, 1, image.shape[-1])
+    place = place[:, None] if AXIS[relation] == "vertical" else place  # rows or columns of (n, H, W)
+    centroid = lambda m: (m * place).sum() / m.sum().clamp(min=1e-6)  # noqa: E731  (pooled over the noises)
+    toward = -1.0 if relation in ("above", "left of") else 1.0  # red's coordinate is smaller for above / left of
+    return float(toward * (centroid(red) - centroid(blue)))
 
 
 def grid(args, path: Path) -> None:
@@ -373,6 +412,10 @@ def main():
     p.add_argument("--quick", action="store_true", help="A smoke test of every part: about two minutes.")
     p.add_argument("--encoder-ceiling", action="store_true",
                    help="Only measure how much MiniLM's sentence embeddings carry of a reworded prompt (a minute).")
+    p.add_argument("--set", type=settings, default={}, metavar="SECTION.NAME=VALUE,...",
+                   help="Change settings of the latent and pixel contenders' run config (a study of one change; the "
+                        "diffusers peer keeps its recipe and reads only the latent run's widths). Kept in "
+                        "OUT/settings.json: an --out trained with other settings is refused.")
     p.add_argument("--progress", action="store_true", help="Show training progress bars.")
     args = p.parse_args()
     if args.quick:
@@ -390,6 +433,10 @@ def main():
     if unknown:
         p.error(f"unknown contenders {sorted(unknown)}; choose from {', '.join(CONTENDERS)}")
     args.out.mkdir(parents=True, exist_ok=True)
+    chosen, kept = {".".join(k): v for k, v in args.set.items()}, args.out / "settings.json"
+    if kept.is_file() and json.loads(kept.read_text()) != chosen:
+        p.error(f"{args.out} was trained with --set {kept.read_text()}, not {json.dumps(chosen)}: choose another --out")
+    kept.write_text(json.dumps(chosen))
     torch.manual_seed(0)
 
     t = time.perf_counter()
