@@ -24,7 +24,7 @@ halfway, goes on where it was.
     python benchmarks/prompt_adherence.py --out /tmp/adh --quick             # a smoke test: about two minutes
     python benchmarks/prompt_adherence.py --out runs/adherence --encoder-ceiling   # what MiniLM alone carries
     python benchmarks/prompt_adherence.py --out runs/p-mean --contenders latent --minutes 20 --marks 10,20 \
-        --guidance 3 --set diffusion.P_mean=0.5                                    # a study: the default, one change
+        --guidance 3 --set diffusion.P_mean=-0.51                                  # a study: the default, one change
 """
 
 from __future__ import annotations

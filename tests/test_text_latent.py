@@ -182,6 +182,26 @@ def test_pixels_and_small_images_keep_pixel_diffusion_and_a_half_trained_autoenc
         raise AssertionError("resuming a run with only its autoencoder must say how to go on")
 
 
+def test_a_latent_text_run_draws_higher_noise_levels_unless_its_config_says_otherwise(tmp_path):
+    """The latent default trains at ln(sigma) ~ N(0.5, 1.2^2), where layouts are decided; pixel text runs keep EDM's
+    -1.2, and a --config keeps its own P_mean (moved by ln(1 / sigma_data) for unit-variance latents, as any
+    latent run's)."""
+    import math
+
+    from diffusely.config import RunConfig
+    from diffusely.options import new_run_config
+
+    options = {"text": True, "image_size": 32}
+    assert new_run_config("shapes", options, run_dir=tmp_path / "a").diffusion.P_mean == 0.5
+    assert new_run_config("shapes", {**options, "pixels": True}, run_dir=tmp_path / "a").diffusion.P_mean == -1.2
+    assert new_run_config("shapes", {}, run_dir=tmp_path / "a").diffusion.P_mean == -1.2
+    config = RunConfig()
+    config.diffusion.P_mean = -0.3
+    (tmp_path / "config.json").write_text(config.to_json())
+    made = new_run_config("shapes", options, str(tmp_path / "config.json"), run_dir=tmp_path / "a")
+    assert made.latent is not None and made.diffusion.P_mean == pytest.approx(-0.3 + math.log(2))
+
+
 def test_resuming_a_latent_text_run_with_pixels_is_refused(tmp_path):
     """--pixels decides a text run's space when it starts; on --resume of a latent run it is refused, naming the
     run's autoencoder, not ignored (the run would go on in latents)."""
