@@ -14,6 +14,7 @@ of --marks minutes:
 Prompts are the captions of held-out images (another seed), one sample each, read back and scored per attribute by
 diffusely.metrics.adherence, for prompts of one or two objects (the bar) and of three apart: at guidance
 --curve-guidance at every mark (the curve), and at each --guidance and with the prompts reworded at the last.
+The held-out images themselves are the ceiling, and, through the latent run's autoencoder, the latent contenders'.
 A binding probe closes it: "a large red circle REL a large blue square", REL each of the four relations, whether
 both objects come out as asked and the circle lies where REL says (or at least along its axis).
 Everything is cached in --out (runs, snapshots, the checker, per-image scores), so a rerun, or a run stopped
@@ -40,7 +41,7 @@ from pathlib import Path
 import torch
 
 from diffusely.checkpoint import CHECKPOINT, CONFIG, MODEL, load_latent_space, load_run, read_config
-from diffusely.data import Dataset, load_dataset, render_shapes, to_uint8
+from diffusely.data import Dataset, load_dataset, render_shapes, to_tensor, to_uint8
 from diffusely.metrics.adherence import (ATTRIBUTES, SYNONYMS, fit_adherence_checker, load_checker, parse_caption,
                                          reword, save_checker, summarise)
 from diffusely.options import new_run_config
@@ -224,10 +225,22 @@ def row(label: str, summary: dict) -> str:
     return f"{label:<30}" + "".join(f"{summary.get(k, float('nan')):>11.2f}" for k in (*ATTRIBUTES, "all"))
 
 
+def through_autoencoder(args, images):
+    """The held-out images encoded and decoded by the latent run's autoencoder (uint8), or None without a latent
+    run: no latent contender's sample shows more than its decoder can draw, so this is their ceiling."""
+    if not {"latent", "diffusers"} & set(args.contenders) or not (args.out / "latent" / CONFIG).is_file():
+        return None
+    space = load_latent_space(read_config(args.out / "latent"))
+    with torch.no_grad():
+        return to_uint8(space.decode(space.encode(to_tensor(images))).clamp(-1, 1))
+
+
 def report(args, checker, held_out, prompts: list[str], scenes) -> None:
     results_path = args.out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
     real = by_objects(checker.scores(held_out.images, scenes), scenes)
+    decoded = through_autoencoder(args, held_out.images)
+    decoded = by_objects(checker.scores(decoded, scenes), scenes) if decoded is not None else None
     counts = {g: sum(len(s.shapes) in c for s in scenes) for g, c in GROUPS.items()}
     seconds = {(n, m): json.loads((snapshot_dir(args, n, m) / "done").read_text()) for n in args.contenders
                for m in args.marks}
@@ -236,6 +249,8 @@ def report(args, checker, held_out, prompts: list[str], scenes) -> None:
               "prompts ask that the samples show (all: samples with everything right)")
         print(header("contender, minutes (step)"))
         print(row("real images (the ceiling)", real[group]))
+        if decoded:
+            print(row("real images, autoencoded", decoded[group]))
         for name in args.contenders:
             for minutes in args.marks:
                 per_image = scores(args, checker, results, name, minutes, args.curve_guidance, "captions", prompts, scenes)
