@@ -48,6 +48,7 @@ from diffusely.options import new_run_config
 from diffusely.pipelines import generate
 from diffusely.text import TOKENIZER, WordTokenizer
 from diffusely.train import train
+from diffusely.train.autoencoder import reconstruct
 from diffusely.train.latents import LATENTS, TEXT_MAX_SHAPES, prepare_own_autoencoder
 
 from _settings import apply, settings
@@ -231,8 +232,7 @@ def through_autoencoder(args, images):
     if not {"latent", "diffusers"} & set(args.contenders) or not (args.out / "latent" / CONFIG).is_file():
         return None
     space = load_latent_space(read_config(args.out / "latent"))
-    with torch.no_grad():
-        return to_uint8(space.decode(space.encode(to_tensor(images))).clamp(-1, 1))
+    return to_uint8(reconstruct(space.autoencoder, to_tensor(images)))
 
 
 def report(args, checker, held_out, prompts: list[str], scenes) -> None:

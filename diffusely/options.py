@@ -97,7 +97,9 @@ def _text_defaults(config: RunConfig, options: dict, config_file: Optional[str],
     if config.data.source == "shapes" and options.get("max_shapes") is None and not config_file:
         config.data.max_shapes = TEXT_MAX_SHAPES
     if run_dir is not None and not options.get("pixels") and not options.get("autoencoder") and latent_by_default(config):
-        given = [name for name, value in options.items() if value is not None] + ["P_mean"] * bool(config_file)
+        given = [name for name, value in options.items() if value is not None]
+        if config_file:  # a config file says its own training noise levels
+            given.append("P_mean")
         use_own_autoencoder(config, run_dir, given)
 
 

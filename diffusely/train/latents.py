@@ -114,7 +114,7 @@ TEXT_MAX_SHAPES = 3  # a text run on the built-in shapes: captions of one to thr
 # ln(sigma) ~ N(0.5, 1.2^2) in unit-variance latents: EDM's -1.2 moved by ln 2 for sigma_data 1 would be -0.51, and
 # 60 minutes there never learned which side of "left of" an object goes (position 0.23); an hour at 0.5, where 18%
 # of the steps see sigma above 5 (4% at -0.51) and the layout is decided, placed them (position 0.77, all right
-# 0.79 against 0.69: docs/text.md, "Training at higher noise levels")
+# 0.79 against 0.69 with the 600-step autoencoder of the time: docs/text.md, "The latent default, 60 minutes")
 TEXT_P_MEAN = 0.5
 
 
