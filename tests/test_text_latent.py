@@ -202,6 +202,30 @@ def test_a_latent_text_run_draws_higher_noise_levels_unless_its_config_says_othe
     assert made.latent is not None and made.diffusion.P_mean == pytest.approx(-0.3 + math.log(2))
 
 
+def test_a_long_latent_text_run_trains_compiled_and_a_missing_compiler_trains_eager(tmp_path, monkeypatch):
+    """From COMPILE_FROM_STEPS steps a latent text run compiles its network (1.36x the images a second here), unless
+    --no-compile says otherwise; short runs and pixel runs stay eager. On a CPU with no C++ compiler a run asked to
+    compile warns and trains the plain module rather than failing inside inductor at its first step."""
+    import torch._inductor.config as inductor
+
+    from diffusely.config import RunConfig
+    from diffusely.options import new_run_config
+    from diffusely.train.loop import Dist, training_net
+
+    options, run = {"text": True, "image_size": 32}, tmp_path / "a"
+    assert new_run_config("shapes", options, run_dir=run).train.compile  # 4000 steps by default
+    assert not new_run_config("shapes", {**options, "steps": 1999}, run_dir=run).train.compile
+    assert new_run_config("shapes", {**options, "steps": 2000}, run_dir=run).train.compile
+    assert not new_run_config("shapes", {**options, "compile": False}, run_dir=run).train.compile
+    assert not new_run_config("shapes", {**options, "pixels": True}, run_dir=run).train.compile
+
+    config, model = RunConfig(), torch.nn.Linear(2, 2)
+    config.train.compile = True
+    monkeypatch.setattr(inductor.cpp, "cxx", (None, str(tmp_path / "no-such-c++")))
+    with pytest.warns(UserWarning, match="needs a C[+][+] compiler"):
+        assert training_net(model, config, Dist(0, 1, 0)) is model
+
+
 def test_resuming_a_latent_text_run_with_pixels_is_refused(tmp_path):
     """--pixels decides a text run's space when it starts; on --resume of a latent run it is refused, naming the
     run's autoencoder, not ignored (the run would go on in latents)."""

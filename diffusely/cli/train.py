@@ -73,14 +73,15 @@ def _steps_line(start: int, end: int) -> str:
 @click.option("--pixels", is_flag=True, default=None, help="A text run diffuses in pixels, without the autoencoder "
               "it otherwise trains into RUN_DIR/autoencoder first (images of 32 px and more).")
 @click.option("--autoencoder-steps", type=click.IntRange(1), help="Steps of the autoencoder a text run trains for "
-              "itself (default 600; 1500 past 32 px).")
+              "itself (default 1500).")
 @click.option("--posthoc-ema", callback=lambda ctx, param, value: tuple(sigma_rel_list(ctx, param, value)) or None,
               metavar="L[,L...]", help="Store EDM2's post-hoc EMA: snapshots of averages of these lengths (sigma_rel; "
               "EDM2's: 0.05,0.1), from which `diffusely ema` and `eval --ema-length` make an EMA of any length after "
               "training (docs/ema.md).")
 @click.option("--posthoc-every", type=click.IntRange(1), help="Steps between post-hoc EMA snapshots (default 500).")
 @click.option("--compile/--no-compile", "compile", default=None,
-              help="torch.compile the network for training (minutes to compile; for GPUs, see benchmarks/NOTES.md). "
+              help="torch.compile the network for training (minutes to compile the first time; on by default for text "
+                   "runs of 2000 steps or more, docs/performance.md). "
                    + RESUMABLE_HELP)
 @click.option("--activation-checkpointing/--no-activation-checkpointing", default=None,
               help="Recompute activations in the backward pass: less memory a step, more time (large images). "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import warnings
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -138,9 +139,24 @@ def training_net(model: torch.nn.Module, config: RunConfig, d: Dist) -> torch.nn
     if d.world > 1:
         device = next(model.parameters()).device
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if config.train.compile:
+    if config.train.compile and _can_compile(next(model.parameters()).device):
         net = torch.compile(net)
     return net
+
+
+def _can_compile(device: torch.device) -> bool:
+    """Whether torch.compile can build kernels for `device`: on a CPU inductor compiles C++ and needs a compiler
+    (without one the first step would fail deep inside torch); a run asked to compile warns and trains eager."""
+    if device.type != "cpu":
+        return True
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+        get_cpp_compiler()
+        return True
+    except Exception as error:  # InvalidCxxCompiler, or an inductor that moved the function: train eager
+        warnings.warn(f"training without torch.compile: it needs a C++ compiler on a CPU ({error}); install one "
+                      f"(g++ or clang++, or name it in CXX) to train compiled, or pass --no-compile", stacklevel=2)
+        return False
 
 
 def sample_grid(denoiser, config: RunConfig, path: Path, conds: list[Condition], n: int = 16, seed: int = 0,
