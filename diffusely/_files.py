@@ -46,6 +46,20 @@ class Unreadable(ValueError):
     """A tensors file that is missing, damaged or not safetensors; the message names it. Callers add what to do."""
 
 
+def read_json(path, fix: str) -> dict:
+    """The JSON object in `path`, a file diffusely wrote; one that is missing, damaged (a truncated write from
+    outside, an edit) or not an object raises Unreadable naming it and `fix`, what the user can do about it."""
+    path = Path(path)
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        detail = "nested too deep" if isinstance(e, RecursionError) else str(e)[:120]
+        raise Unreadable(f"{path} is not readable JSON ({type(e).__name__}: {detail}); {fix}") from None
+    if not isinstance(value, dict):
+        raise Unreadable(f"{path} holds a JSON {type(value).__name__}, not the object diffusely wrote there; {fix}")
+    return value
+
+
 # ------------------------------------------------------------------------------------------------------ locks
 
 # (thread, directory) -> how many times that thread entered run_lock on it: re-entry is per thread, so two

@@ -172,6 +172,32 @@ def test_cli_resume_keeps_the_precision_the_job_began_in(layout_run, tmp_path):
     assert "4 images (1 made now" in r.output
 
 
+def test_a_damaged_layouts_or_manifest_file_is_named_with_what_to_do(layout_run, tmp_path):
+    """A truncated layouts.json (the run's) or synth.json (the dataset's) is one line naming the file and the fix,
+    not the JSON parser's bare message or a KeyError's traceback."""
+    import shutil
+
+    run, out = tmp_path / "run", tmp_path / "ds"
+    shutil.copytree(layout_run, run)
+    text = (run / "layouts.json").read_text()
+    args = ["synth", str(run), "--out", str(out), "-n", "4", "--steps", "2", "--quiet"]
+    for damaged, words in ((text[:len(text) // 2], "is not readable JSON (JSONDecodeError"),
+                           ('{"layouts": 3}', "is not the layouts file a --layout run writes"),
+                           ("[]", "holds a JSON list")):
+        (run / "layouts.json").write_text(damaged)
+        r = CliRunner().invoke(main, args)
+        assert r.exit_code == 1 and "Traceback" not in r.output, r.output
+        assert f"{run / 'layouts.json'} {words}" in r.output and "train the run again with --layout" in r.output
+        assert not out.exists()
+    (run / "layouts.json").write_text(text)
+    assert CliRunner().invoke(main, args).exit_code == 0
+    manifest = (out / "synth.json").read_text()
+    (out / "synth.json").write_text(manifest[:-20])
+    r = CliRunner().invoke(main, [*args, "--resume"])
+    assert r.exit_code == 1 and f"{out / 'synth.json'} is not readable JSON" in r.output, r.output
+    assert "start the dataset again in another --out" in r.output
+
+
 def test_synth_from_given_layouts_and_bad_requests(layout_run, tmp_path):
     run = load_run(layout_run)
     layouts = tmp_path / "l.json"

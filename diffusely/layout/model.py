@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .._files import atomic_write_text
+from .._files import atomic_write_text, read_json
 from ..checkpoint import RunError
 from ..data import DataError
 from . import box_class, box_direction
@@ -66,8 +66,14 @@ class LayoutModel:
         path = Path(run_dir) / LAYOUTS
         if not path.is_file():
             raise RunError(f"{run_dir} has no {LAYOUTS}: it is not a layout run (train with --layout), or predates them")
-        spec = json.loads(path.read_text())
-        return cls.fit([[tuple(b) for b in layout] for layout in spec["layouts"]], spec["class_names"], spec["image_size"])
+        fix = "it holds the training layouts synth draws from: restore it, or train the run again with --layout"
+        spec = read_json(path, fix)
+        try:
+            layouts = [[tuple(b) for b in layout] for layout in spec["layouts"]]
+            return cls.fit(layouts, spec["class_names"], spec["image_size"])
+        except (KeyError, TypeError, ValueError, IndexError) as e:
+            raise RunError(f"{path} is not the layouts file a --layout run writes ({type(e).__name__}: {e}); "
+                           f"{fix}") from None
 
     def draw(self, rng: np.random.Generator, classes: Optional[Sequence[int]] = None, balance: bool = False) -> list[tuple]:
         """A new layout: a box count from `counts` (at least 1 when `classes` narrows the classes), then per

@@ -4,10 +4,10 @@ parameters, last loss."""
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 from typing import Optional
 
+from .._files import read_json
 from ..audio import DEFAULT_RATE
 from ..checkpoint import CONFIG, LoadedRun, load_run
 from ..data.video import DEFAULT_FPS
@@ -59,7 +59,7 @@ def describe_run(run_dir: str | Path, run: Optional[LoadedRun] = None) -> dict:
 def _imported(run_dir: str | Path, run: LoadedRun) -> dict:
     """The facts of a run made by `diffusely import-diffusers`: the network and scheduler it wraps, not a
     training recipe (it was trained elsewhere)."""
-    stored = json.loads((Path(run_dir) / CONFIG).read_text(encoding="utf-8"))
+    stored = read_json(Path(run_dir) / CONFIG, "import the diffusers model again (diffusely import-diffusers)")
     scheduler, d = stored["scheduler"], run.config.diffusion
     betas = "trained" if scheduler.get("trained_betas") else scheduler.get("beta_schedule", "linear")
     return {

@@ -30,7 +30,7 @@ import torch
 from PIL import Image
 
 from .. import viz
-from .._files import LOCK, atomic_write, atomic_write_text, run_lock
+from .._files import LOCK, atomic_write, atomic_write_text, read_json, run_lock
 from ..checkpoint import LoadedRun, RunError
 from ..data import DataError, to_tensor, to_uint8
 from ..data.detection import coco_dict, data_yaml_text, yolo_label_text
@@ -223,7 +223,7 @@ def _write_images(out: Path, drawn, layouts, splits: list[str], size: int) -> No
 def _record_copies(out: Path, records: list[dict]) -> None:
     """Add the records of replaced images to synth.json's "copies" (one per image, in image order; an image a
     killed job had recorded but not written is recorded again the same), and their count, "copies_replaced"."""
-    manifest = json.loads((out / MANIFEST).read_text())
+    manifest = read_json(out / MANIFEST, MANIFEST_FIX)
     kept = {r["image"]: r for r in manifest.get("copies", [])}
     kept.update((r["image"], r) for r in records)
     manifest["copies"] = [kept[i] for i in sorted(kept)]
@@ -231,6 +231,7 @@ def _record_copies(out: Path, records: list[dict]) -> None:
     atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2))
 
 
+MANIFEST_FIX = "it records how the dataset was made: restore it, or start the dataset again in another --out"
 # settings added since, as datasets made before them had them (float32, no copy check)
 SETTINGS_ADDED = {"precision": "fp32", "no_copies": False}
 
@@ -240,11 +241,7 @@ def job_settings(out) -> dict:
     manifest = Path(out) / MANIFEST
     if not manifest.is_file():
         return {}
-    try:
-        return {**SETTINGS_ADDED, **json.loads(manifest.read_text())}
-    except ValueError as e:
-        raise RunError(f"{manifest} is not valid JSON ({e}); it records how the dataset was made: restore it, "
-                       "or start the dataset again in another --out") from None
+    return {**SETTINGS_ADDED, **read_json(manifest, MANIFEST_FIX)}
 
 
 def _check_out(out: Path, settings: dict, resume: bool) -> None:

@@ -5,7 +5,6 @@ contact sheet."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import gradio as gr
@@ -14,7 +13,7 @@ from PIL import Image
 
 from .. import viz
 from ..pipelines.generate import write_samples
-from ..pipelines.synth import synthesize
+from ..pipelines.synth import job_settings, synthesize
 from .generate import SAMPLER_CHOICES, guidance_value, number
 from .state import Context
 
@@ -156,7 +155,10 @@ def watch_synth(ctx: Context, dataset, n):
     if job is None or job.running or not (out / "data.yaml").is_file():
         return line, None, None, []
     sheet = out / "contact_sheet.png"
-    return line, _counts(out), str(sheet) if sheet.is_file() else None, _browse(out)
+    try:
+        return line, _counts(out), str(sheet) if sheet.is_file() else None, _browse(out)
+    except ValueError as e:  # a damaged synth.json names itself and the fix
+        return f"{line} · **{e}**", None, None, []
 
 
 def _labels(out: Path) -> list[tuple[Path, list[tuple]]]:
@@ -173,7 +175,7 @@ def _labels(out: Path) -> list[tuple[Path, list[tuple]]]:
 
 
 def _names(out: Path) -> list[str]:
-    settings = json.loads((out / "synth.json").read_text()) if (out / "synth.json").is_file() else {}
+    settings = job_settings(out)
     names = (out / "data.yaml").read_text()
     import yaml
 

@@ -3,11 +3,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import gradio as gr
 
+from .._files import Unreadable, read_json
 from ..pipelines.describe import describe_run
 from .state import Context, loss_frame, read_loss
 
@@ -15,9 +15,9 @@ from .state import Context, loss_frame, read_loss
 def _eval(run_dir: Path) -> dict:
     path = run_dir / "eval.json"
     try:
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    except ValueError:
-        return {"error": f"{path} is not valid JSON"}
+        return read_json(path, "run `diffusely eval` on the run again") if path.is_file() else {}
+    except Unreadable as e:
+        return {"error": str(e)}
 
 
 def table(ctx: Context):
