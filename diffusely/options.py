@@ -80,9 +80,9 @@ def new_run_config(data: Optional[str], options: dict, config_file: Optional[str
         config.data.flip = False  # a mirrored image would contradict captions that say left and right
         _text_defaults(config, options, config_file, run_dir)
     if options.get("autoencoder"):
-        if config.data.modality == "video":  # the autoencoder encodes images; per-frame latents are not wired yet
-            raise ConfigError("--autoencoder trains on latents of images; a video run trains on its frames' pixels: "
-                              "drop --autoencoder")
+        if config.data.given_frames:  # the given frames are concatenated in pixels, the clip is drawn in latents
+            raise ConfigError("--given-frames continues clips in pixels; a latent video run (--autoencoder) draws "
+                              "whole clips: drop one of them")
         config.use_autoencoder(options["autoencoder"])
     _validate(config, options)
     _check_frames(config)

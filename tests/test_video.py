@@ -181,6 +181,35 @@ def test_video_run_trains_samples_and_resumes_through_the_cli(tmp_path):
     assert result.exit_code == 0, result.output
 
 
+def test_a_latent_video_run_encodes_each_frame_and_samples_clips(tmp_path):
+    """--autoencoder on a video run: an image autoencoder encodes every frame of every clip (latents (N, C, T, h, w)),
+    the 3-D U-Net learns those, and sampling decodes each frame alike into a GIF of the run's frames and size."""
+    from diffusely._files import load_tensors
+    from diffusely.checkpoint import load_run
+    from diffusely.train.latents import LATENTS
+
+    runner, ae, run = CliRunner(), tmp_path / "ae", tmp_path / "run"
+    result = runner.invoke(main, ["train-autoencoder", "shapes", "--out", str(ae), "--steps", "2", "--image-size", "16",
+                                  "--channels", "8,16", "--batch-size", "2", "--quiet"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(main, ["train", "moving-shapes", "--out", str(run), "--autoencoder", str(ae), "--steps", "2",
+                                  *TINY_VIDEO])
+    assert result.exit_code == 0, result.output
+    latents, _ = load_tensors(run / LATENTS)
+    assert latents["images"].shape[1:] == (4, 4, 8, 8)  # 4 latent channels, 4 frames, 16 / 2 a side
+    loaded = load_run(run)
+    assert loaded.config.sample_shape == (4, 4, 8, 8)
+    z = torch.randn(2, 4, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        clip = loaded.latent.decode(z)
+        frame = loaded.latent.decode(z[:, :, 2])
+    assert clip.shape == (2, 3, 4, 16, 16) and torch.allclose(clip[:, :, 2], frame, atol=1e-5)
+    result = runner.invoke(main, ["sample", str(run), "-n", "2", "--steps", "2", "--quiet"])
+    assert result.exit_code == 0, result.output
+    frames, _ = read_video(run / "generated" / "000001.gif")
+    assert len(frames) == 4 and frames[0].shape == (16, 16, 3)
+
+
 def test_frame_conditioned_run_continues_a_given_clip(tmp_path, clips):
     runner, run = CliRunner(), tmp_path / "run"
     result = runner.invoke(main, ["train", "moving-shapes", "--out", str(run), "--steps", "1", "--given-frames", "2",
@@ -200,7 +229,7 @@ def test_frame_conditioned_run_continues_a_given_clip(tmp_path, clips):
 @pytest.mark.parametrize("args, message", [
     (["--frames", "6"], "--frames 6 is not divisible by 4"),
     (["--given-frames", "8"], "--given-frames: data.given_frames must be an integer between 0 and 7"),
-    (["--autoencoder", "runs/ae"], "drop --autoencoder"),
+    (["--given-frames", "2", "--autoencoder", "runs/ae"], "drop one of them"),
 ])
 def test_bad_video_options_are_refused_naming_the_flag(tmp_path, args, message):
     result = CliRunner().invoke(main, ["train", "moving-shapes", "--out", str(tmp_path / "run"), *args])

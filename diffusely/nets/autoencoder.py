@@ -238,21 +238,34 @@ def latent_scale(latents: torch.Tensor) -> tuple[float, float]:
     return 1.0 / z.std().item(), z.mean().item()
 
 
+def per_frame(fn, x: torch.Tensor, dims: int) -> torch.Tensor:
+    """fn of a 2-D network applied to each frame of clips (B, C, T, H, W) alike, the frames folded into the batch
+    (latent video: an image autoencoder per frame); x of the network's own dims goes straight through."""
+    if x.dim() != dims + 3:
+        return fn(x)
+    b, t = x.shape[0], x.shape[2]
+    y = fn(x.transpose(1, 2).flatten(0, 1))
+    return y.unflatten(0, (b, t)).transpose(1, 2)
+
+
 class LatentSpace(nn.Module):
     """An autoencoder seen from diffusion: encode(x) = (mean of q(z | x) - shift_factor) * scale_factor,
-    decode(z) = D(z / scale_factor + shift_factor). Deterministic: the posterior mean, never a draw."""
+    decode(z) = D(z / scale_factor + shift_factor). Deterministic: the posterior mean, never a draw. An image
+    autoencoder encodes and decodes clips (B, C, T, H, W) a frame at a time."""
 
     def __init__(self, autoencoder: Autoencoder, scale_factor: float = 1.0, shift_factor: float = 0.0):
         super().__init__()
         self.autoencoder, self.scale_factor, self.shift_factor = autoencoder, scale_factor, shift_factor
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return (self.autoencoder.encode(x)[0] - self.shift_factor) * self.scale_factor
+        means = per_frame(lambda v: self.autoencoder.encode(v)[0], x, self.autoencoder.config.dims)
+        return (means - self.shift_factor) * self.scale_factor
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return self.autoencoder.decode(z / self.scale_factor + self.shift_factor)
+        return per_frame(self.autoencoder.decode, z / self.scale_factor + self.shift_factor,
+                         self.autoencoder.config.dims)
 
 
 __all__ = ["AutoencoderConfig", "Autoencoder", "Encoder", "Decoder", "PatchDiscriminator", "DEFAULT_CHANNELS",
            "l1_loss", "frequency_loss", "kl_divergence", "psnr", "hinge_d_loss", "adaptive_gan_weight",
-           "latent_scale", "LatentSpace"]
+           "latent_scale", "LatentSpace", "per_frame"]

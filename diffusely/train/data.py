@@ -70,6 +70,13 @@ def prepare_data(config: RunConfig, data: Optional[Dataset] = None) -> Dataset:
     if config.latent is not None:  # the U-Net sees the autoencoder's latents
         ae = read_config(autoencoder_dir(config), AutoencoderRunConfig).model
         config.latent.factor, config.latent.latent_channels = ae.factor, ae.latent_channels
+        frames = config.model.dims == 3 and bool(config.data.frames)  # an image autoencoder encodes each frame
+        if ae.dims != config.model.dims - frames:
+            kinds = {1: "1-D samples (audio)", 2: "images", 3: "3-D volumes"}
+            raise DataError(f"the autoencoder in {config.latent.autoencoder} encodes {kinds[ae.dims]}, and this "
+                            f"{config.data.modality} run needs one of "
+                            f"{kinds[config.model.dims - frames]}{' (per frame)' if frames else ''}: train one "
+                            f"on its data (diffusely train-autoencoder), or drop --autoencoder")
     check_task(config)
     check_image_size(config)
     if data is None:

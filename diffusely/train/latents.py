@@ -31,7 +31,7 @@ from .._files import Unreadable, load_tensors, save_tensors
 from ..checkpoint import CONFIG, OWN_AUTOENCODER, RunError, autoencoder_dir, load_autoencoder, read_config
 from ..config import AutoencoderRunConfig, ConfigError, RunConfig
 from ..data import DataError, to_tensor
-from ..nets.autoencoder import Autoencoder, LatentSpace, latent_scale
+from ..nets.autoencoder import Autoencoder, LatentSpace, latent_scale, per_frame
 
 LATENTS = "latents.safetensors"
 CACHE_DTYPE = torch.float16
@@ -51,12 +51,13 @@ class Latents:
 def encode_images(autoencoder: Autoencoder, images: np.ndarray, *, mirrored: bool = False, batch_size: int = 64,
                   device="cpu", progress: bool = False) -> torch.Tensor:
     """Posterior means (N, latent_channels, *spatial / factor), float32, of uint8 images (N, H, W, C)
-    (mirrored left to right first if asked)."""
+    (mirrored left to right first if asked); of clips (N, T, H, W, C), each frame's: (N, latent_channels, T, ...)."""
     out = []
     for start in tqdm(range(0, len(images), batch_size), desc="encoding" + (" mirrored" if mirrored else ""),
                       unit="batch", disable=not progress):
         x = to_tensor(images[start:start + batch_size]).to(device)
-        out.append(autoencoder.encode(x.flip(-1) if mirrored else x)[0].float())
+        encode = lambda v: autoencoder.encode(v)[0].float()  # noqa: E731
+        out.append(per_frame(encode, x.flip(-1) if mirrored else x, autoencoder.config.dims))
     return torch.cat(out)
 
 
