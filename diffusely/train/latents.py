@@ -115,12 +115,14 @@ TEXT_MAX_SHAPES = 3  # a text run on the built-in shapes: captions of one to thr
 # ln(sigma) ~ N(0.5, 1.2^2) in unit-variance latents: EDM's -1.2 moved by ln 2 for sigma_data 1 would be -0.51, and
 # 60 minutes there never learned which side of "left of" an object goes (position 0.23); an hour at 0.5, where 18%
 # of the steps see sigma above 5 (4% at -0.51) and the layout is decided, placed them (position 0.77, all right
-# 0.79 against 0.69 with the 600-step autoencoder of the time: docs/text.md, "The latent default, 60 minutes")
+# 0.79 against 0.69 with the 600-step autoencoder of the time: docs/text.md, "The run before: the same default
+# trained eager")
 TEXT_P_MEAN = 0.5
 # a text run of this many steps or more trains torch.compile'd: on the 8 x 8 latents of 32 x 32 shapes a step is
-# small enough that eager overhead counts, and compiled it ran at 195-200 images a second against 147 eager (1.36x;
-# batch 32, the shared 2-core CPU, torch 2.13), after a first compile of about 2.5 minutes (seconds once inductor's
-# cache holds it). Eager 2000 steps take about 7 minutes, which 1.36x shortens by about the first compile.
+# small enough that eager overhead counts, and compiled it ran at 195-200 images a second against 147-152 eager
+# (1.29-1.36x; batch 32, the shared 2-core CPU, torch 2.13), after a first compile of about 2.5 minutes (seconds
+# once inductor's cache holds it). Eager 2000 steps take about 7 minutes, which that shortens by about the first
+# compile. Over prompt_adherence.py's hour: 1.12x the steps, and issue 21's bar met (docs/text.md).
 COMPILE_FROM_STEPS = 2000
 
 
