@@ -204,8 +204,8 @@ def test_a_latent_text_run_draws_higher_noise_levels_unless_its_config_says_othe
 
 def test_a_long_latent_text_run_trains_compiled_and_a_missing_compiler_trains_eager(tmp_path, monkeypatch):
     """From COMPILE_FROM_STEPS steps a latent text run compiles its network (1.29-1.36x the images a second here),
-    unless --no-compile says otherwise; short runs and pixel runs stay eager. On a CPU with no C++ compiler a run asked to
-    compile warns and trains the plain module rather than failing inside inductor at its first step."""
+    unless --no-compile says otherwise; short runs and pixel runs stay eager. On a CPU with no C++ compiler a run
+    asked to compile warns and trains the plain module rather than failing inside inductor at its first step."""
     import torch._inductor.config as inductor
 
     from diffusely.config import RunConfig
