@@ -43,7 +43,8 @@ class NotWritable(ValueError):
 
 
 class Unreadable(ValueError):
-    """A tensors file that is missing, damaged or not safetensors; the message names it. Callers add what to do."""
+    """A tensors or JSON file that is missing, damaged or not what diffusely wrote; the message names it. Callers
+    add what to do."""
 
 
 def read_json(path, fix: str) -> dict:

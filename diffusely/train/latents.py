@@ -53,10 +53,10 @@ def encode_images(autoencoder: Autoencoder, images: np.ndarray, *, mirrored: boo
     """Posterior means (N, latent_channels, *spatial / factor), float32, of uint8 images (N, H, W, C)
     (mirrored left to right first if asked); of clips (N, T, H, W, C), each frame's: (N, latent_channels, T, ...)."""
     out = []
+    encode = lambda v: autoencoder.encode(v)[0].float()  # noqa: E731
     for start in tqdm(range(0, len(images), batch_size), desc="encoding" + (" mirrored" if mirrored else ""),
                       unit="batch", disable=not progress):
         x = to_tensor(images[start:start + batch_size]).to(device)
-        encode = lambda v: autoencoder.encode(v)[0].float()  # noqa: E731
         out.append(per_frame(encode, x.flip(-1) if mirrored else x, autoencoder.config.dims))
     return torch.cat(out)
 

@@ -135,11 +135,10 @@ def training_net(model: torch.nn.Module, config: RunConfig, d: Dist) -> torch.nn
     for module in model.modules():  # the U-Net itself, also inside a text model's wrapper
         if isinstance(module, UNet):
             module.checkpointing = config.train.activation_checkpointing
-    net = model
+    net, device = model, next(model.parameters()).device
     if d.world > 1:
-        device = next(model.parameters()).device
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if config.train.compile and _can_compile(next(model.parameters()).device):
+    if config.train.compile and _can_compile(device):
         net = torch.compile(net)
     return net
 
