@@ -46,6 +46,7 @@ from diffusely.metrics.adherence import (ATTRIBUTES, SYNONYMS, fit_adherence_che
                                          reword, save_checker, summarise)
 from diffusely.options import new_run_config
 from diffusely.pipelines import generate
+from diffusely.samplers import SAMPLERS
 from diffusely.text import TOKENIZER, WordTokenizer
 from diffusely.train import train
 from diffusely.train.autoencoder import reconstruct
@@ -200,13 +201,13 @@ def load_contender(args, name: str, minutes: float):
 def scores(args, checker, results: dict, name: str, minutes: float, guidance: float, wording: str,
            prompts: list[str], scenes) -> list:
     """Per-image scores of one sample per prompt from contender `name` at `minutes` (cached in results.json)."""
-    key = f"{name}/{minutes:g}/{guidance:g}/{wording}/{len(prompts)}"
+    key = f"{name}/{minutes:g}/{guidance:g}/{wording}/{len(prompts)}{args.sampling_key}"
     if key not in results:
         run = load_contender(args, name, minutes)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # reworded prompts' unknown words are what they measure
             images = torch.cat(list(generate(run, len(prompts), prompts=prompts, guidance=guidance, seed=PROMPT_SEED,
-                                             batch_size=args.sample_batch, progress=False)))
+                                             batch_size=args.sample_batch, progress=False, **args.sampling)))
         results[key] = checker.scores(to_uint8(images), scenes)
         (args.out / "results.json").write_text(json.dumps(results))
     return results[key]
@@ -287,11 +288,11 @@ def binding(args, checker, results: dict, name: str, count: int = 48) -> None:
     run = None
     for relation in RELATIONS:
         prompt = BINDING.format(relation)
-        key = f"{name}/{args.marks[-1]:g}/3/{prompt}/{count}"
+        key = f"{name}/{args.marks[-1]:g}/3/{prompt}/{count}{args.sampling_key}"
         if key not in results:
             run = run or load_contender(args, name, args.marks[-1])
             images = torch.cat(list(generate(run, count, guidance=3.0, prompts=[prompt], seed=PROMPT_SEED,
-                                             progress=False, batch_size=args.sample_batch)))
+                                             progress=False, batch_size=args.sample_batch, **args.sampling)))
             seen = []
             for reading in checker.read(to_uint8(images)):
                 got = {(s.color, s.shape): s.box for s in reading.shapes}
@@ -350,7 +351,7 @@ def grid(args, path: Path) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the reworded row's unknown words are the point
             samples.append(torch.cat(list(generate(run, len(prompts), prompts=prompts, guidance=3.0, seed=0,
-                                                   batch_size=args.sample_batch, progress=False))))
+                                                   batch_size=args.sample_batch, progress=False, **args.sampling))))
         labels += [name] + [""] * (args.grid_samples - 1)
     k = args.grid_samples
     rows = [torch.cat([x[i * k:(i + 1) * k] for x in samples]) for i in range(len(GRID_PROMPTS))]
@@ -431,8 +432,17 @@ def main():
                    help="Change settings of the latent and pixel contenders' run config (a study of one change; the "
                         "diffusers peer keeps its recipe and reads only the latent run's widths). Kept in "
                         "OUT/settings.json: an --out trained with other settings is refused.")
+    p.add_argument("--sampler", metavar="NAME:STEPS",
+                   help="Sample every contender with this sampler and step count (default: each run's own; a latent "
+                        "run's is Euler ancestral, 35 steps). Scores are cached under it, beside the runs' own.")
     p.add_argument("--progress", action="store_true", help="Show training progress bars.")
     args = p.parse_args()
+    args.sampling, args.sampling_key = {}, ""
+    if args.sampler:
+        name, _, steps = args.sampler.partition(":")
+        if name not in SAMPLERS or not steps.isdigit() or int(steps) < 1:
+            p.error(f"--sampler takes NAME:STEPS with NAME one of {', '.join(SAMPLERS)}, got {args.sampler!r}")
+        args.sampling, args.sampling_key = {"sampler": name, "steps": int(steps)}, f"/{name}:{int(steps)}"
     if args.quick:
         args.minutes, args.marks, args.channels, args.autoencoder_steps = 0.3, "0.15,0.3", "16,32", 20
         args.images, args.prompts, args.checker_images, args.checker_steps = 256, 12, 300, 50

@@ -98,8 +98,8 @@ def _text_defaults(config: RunConfig, options: dict, config_file: Optional[str],
         config.data.max_shapes = TEXT_MAX_SHAPES
     if run_dir is not None and not options.get("pixels") and not options.get("autoencoder") and latent_by_default(config):
         given = [name for name, value in options.items() if value is not None]
-        if config_file:  # a config file says its own training noise levels
-            given.append("P_mean")
+        if config_file:  # a config file says its own training noise levels and sampler
+            given += ["P_mean", "sampler"]
         use_own_autoencoder(config, run_dir, given)
 
 

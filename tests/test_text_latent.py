@@ -182,24 +182,29 @@ def test_pixels_and_small_images_keep_pixel_diffusion_and_a_half_trained_autoenc
         raise AssertionError("resuming a run with only its autoencoder must say how to go on")
 
 
-def test_a_latent_text_run_draws_higher_noise_levels_unless_its_config_says_otherwise(tmp_path):
-    """The latent default trains at ln(sigma) ~ N(0.5, 1.2^2), where layouts are decided; pixel text runs keep EDM's
-    -1.2, and a --config keeps its own P_mean (moved by ln(1 / sigma_data) for unit-variance latents, as any
-    latent run's)."""
+def test_a_latent_text_run_draws_higher_noise_levels_and_samples_ancestrally_unless_its_config_says_otherwise(
+        tmp_path):
+    """The latent default trains at ln(sigma) ~ N(0.5, 1.2^2), where layouts are decided, and samples with Euler
+    ancestral at 35 steps; pixel text runs keep EDM's -1.2 and Heun 18, and a --config keeps its own sampler and
+    P_mean (moved by ln(1 / sigma_data) for unit-variance latents, as any latent run's)."""
     import math
 
     from diffusely.config import RunConfig
     from diffusely.options import new_run_config
 
     options = {"text": True, "image_size": 32}
-    assert new_run_config("shapes", options, run_dir=tmp_path / "a").diffusion.P_mean == 0.5
-    assert new_run_config("shapes", {**options, "pixels": True}, run_dir=tmp_path / "a").diffusion.P_mean == -1.2
-    assert new_run_config("shapes", {}, run_dir=tmp_path / "a").diffusion.P_mean == -1.2
+    noise_and_sampler = lambda d: (d.P_mean, d.sampler, d.sample_steps)  # noqa: E731
+    latent = new_run_config("shapes", options, run_dir=tmp_path / "a").diffusion
+    assert noise_and_sampler(latent) == (0.5, "euler_ancestral", 35)
+    pixels = new_run_config("shapes", {**options, "pixels": True}, run_dir=tmp_path / "a").diffusion
+    assert noise_and_sampler(pixels) == (-1.2, "heun", 18)
+    assert noise_and_sampler(new_run_config("shapes", {}, run_dir=tmp_path / "a").diffusion) == (-1.2, "heun", 18)
     config = RunConfig()
-    config.diffusion.P_mean = -0.3
+    config.diffusion.P_mean, config.diffusion.sampler, config.diffusion.sample_steps = -0.3, "dpmpp_2m", 20
     (tmp_path / "config.json").write_text(config.to_json())
     made = new_run_config("shapes", options, str(tmp_path / "config.json"), run_dir=tmp_path / "a")
     assert made.latent is not None and made.diffusion.P_mean == pytest.approx(-0.3 + math.log(2))
+    assert (made.diffusion.sampler, made.diffusion.sample_steps) == ("dpmpp_2m", 20)
 
 
 def test_a_long_latent_text_run_trains_compiled_and_a_missing_compiler_trains_eager(tmp_path, monkeypatch):
