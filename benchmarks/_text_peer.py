@@ -35,10 +35,12 @@ EMA_POWER, EMA_MAX = 0.75, 0.9999
 
 
 def peer_config(latent_run: RunConfig) -> RunConfig:
-    """The latent default's config with diffusers' recipe (DDPM's epsilon-prediction): what the peer's denoiser,
-    training noise levels and sampler read."""
+    """The latent default's config with diffusers' recipe (DDPM's epsilon-prediction): what the peer's denoiser and
+    training noise levels read. It samples as the latent run does (its sampler and steps)."""
     config = copy.deepcopy(latent_run)
     config.diffusion = RECIPES["ddpm"]()
+    ours = latent_run.diffusion
+    config.diffusion.sampler, config.diffusion.sample_steps = ours.sampler, ours.sample_steps
     return config
 
 

@@ -46,7 +46,7 @@ from diffusely.metrics.adherence import (ATTRIBUTES, SYNONYMS, fit_adherence_che
                                          reword, save_checker, summarise)
 from diffusely.options import new_run_config
 from diffusely.pipelines import generate
-from diffusely.samplers import SAMPLERS
+from diffusely.samplers import SAMPLERS, nfe
 from diffusely.text import TOKENIZER, WordTokenizer
 from diffusely.train import train
 from diffusely.train.autoencoder import reconstruct
@@ -440,8 +440,9 @@ def main():
     args.sampling, args.sampling_key = {}, ""
     if args.sampler:
         name, _, steps = args.sampler.partition(":")
-        if name not in SAMPLERS or not steps.isdigit() or int(steps) < 1:
-            p.error(f"--sampler takes NAME:STEPS with NAME one of {', '.join(SAMPLERS)}, got {args.sampler!r}")
+        fixed = [s for s in SAMPLERS if nfe(s, 2) is not None and s != "consistency"]  # adaptive picks its steps
+        if name not in fixed or not steps.isdigit() or int(steps) < 1:
+            p.error(f"--sampler takes NAME:STEPS with NAME one of {', '.join(fixed)}, got {args.sampler!r}")
         args.sampling, args.sampling_key = {"sampler": name, "steps": int(steps)}, f"/{name}:{int(steps)}"
     if args.quick:
         args.minutes, args.marks, args.channels, args.autoencoder_steps = 0.3, "0.15,0.3", "16,32", 20

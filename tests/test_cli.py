@@ -190,3 +190,25 @@ def test_nfe_budget_and_optimised_schedule(trained, tmp_path):
     r = run("optimize-schedule", trained, "--sampler", "DPM++ 2M", "--steps", 2, "-n", 2)
     assert r.exit_code == 0, r.output
     assert len(json.loads((trained / "schedules.json").read_text())["dpmpp_2m"]["2"]) == 3
+
+
+def test_a_run_on_the_text_default_sampler_takes_budgets_as_a_heun_run_and_fits_no_schedule_to_it(trained):
+    """A latent text run samples with Euler ancestral (35 steps): `--nfe K` alone still takes the sampler measured best
+    below 35 NFE, and at 35 its own; optimize-schedule refuses to fit sigmas to a sampler that adds noise each step
+    (with none named it would fit the run's), saying which to name, and writes no schedules.json."""
+    from diffusely.checkpoint import load_run
+    from diffusely.pipelines.generate import sampling_plan
+
+    config = json.loads((trained / "config.json").read_text())
+    config["diffusion"]["sampler"], config["diffusion"]["sample_steps"] = "euler_ancestral", 35
+    (trained / "config.json").write_text(json.dumps(config))
+    loaded = load_run(trained)
+    plans = {k: sampling_plan(loaded, None, None, k) for k in (5, 10, 35)}
+    assert {k: (str(s), steps) for k, (s, steps) in plans.items()} == {
+        5: ("unipc", 5), 10: ("deis", 10), 35: ("euler_ancestral", 35)}
+    assert (str(sampling_plan(loaded, None, None, None)[0]), sampling_plan(loaded, None, None, None)[1]) == (
+        "euler_ancestral", 35)
+    for args in ([], ["--sampler", "Euler a"], ["--sampler", "heun", "-o", "S_churn=40"]):
+        r = CliRunner().invoke(main, ["optimize-schedule", str(trained), "--steps", "3", "-n", "1", *args])
+        assert r.exit_code == 2 and "adds noise each step" in r.output and "--sampler heun" in r.output, r.output
+    assert not (trained / "schedules.json").exists()

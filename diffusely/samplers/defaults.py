@@ -19,6 +19,11 @@ from .optimize import OptimizedSchedule, ode_reference, optimize_sigmas
 
 # (largest budget in NFE, sampler, its spacing where the run stores no schedule for it), by rising budget
 BUDGET_DEFAULTS = ((7, "unipc", "log-snr"), (34, "deis", "karras"))
+# a latent text run's sampler and steps (train.latents): with the stock Heun it is a default a budget may replace
+TEXT_SAMPLER = ("euler_ancestral", 35)
+# samplers that add fresh noise each step: no schedule is fitted to them, since their distance from the ODE's
+# endpoint is mostly that noise (and Heun with S_churn above 0)
+NOISY = frozenset({"euler_ancestral", "ddpm", "dpmpp_2m_sde", "dpmpp_3m_sde"})
 SEARCHED_BUDGETS = (5, 10, 20)  # the budgets whose schedules training optimises when it ends
 SEARCH_SAMPLES = 8  # noise the end-of-training search runs on (16 and 8 give the same held-out error)
 MAX_SEARCH = 150  # sampler runs per budget at most (at 5 NFE: 20 runs find 1.5x the best error, 80 runs 1.05x)

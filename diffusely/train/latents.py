@@ -32,6 +32,7 @@ from ..checkpoint import CONFIG, OWN_AUTOENCODER, RunError, autoencoder_dir, loa
 from ..config import AutoencoderRunConfig, ConfigError, RunConfig
 from ..data import DataError, to_tensor
 from ..nets.autoencoder import Autoencoder, LatentSpace, latent_scale, per_frame
+from ..samplers.defaults import TEXT_SAMPLER
 
 LATENTS = "latents.safetensors"
 CACHE_DTYPE = torch.float16
@@ -127,8 +128,7 @@ COMPILE_FROM_STEPS = 2000
 # a text run samples with Euler ancestral at 35 steps (35 evaluations, as Heun's 18): on both 60-minute runs of the
 # default, two draws each, it drew more of what the prompts ask than Heun 18 on three sets of held-out prompts (count
 # 0.93-0.95 against 0.91-0.93, all right 0.87-0.91 against 0.86-0.88; docs/text.md): fresh noise each step redraws
-# objects a deterministic path merges or leaves out
-TEXT_SAMPLER, TEXT_SAMPLE_STEPS = "euler_ancestral", 35
+# objects a deterministic path merges or leaves out (samplers.defaults.TEXT_SAMPLER)
 
 
 def latent_by_default(config: RunConfig) -> bool:
@@ -156,7 +156,7 @@ def use_own_autoencoder(config: RunConfig, run_dir, given: Sequence[str] = ()) -
     if "P_mean" not in given:
         config.diffusion.P_mean = TEXT_P_MEAN
     if "sampler" not in given:
-        config.diffusion.sampler, config.diffusion.sample_steps = TEXT_SAMPLER, TEXT_SAMPLE_STEPS
+        config.diffusion.sampler, config.diffusion.sample_steps = TEXT_SAMPLER
     if "compile" not in given and config.train.steps >= COMPILE_FROM_STEPS:
         config.train.compile = True
 
