@@ -62,9 +62,8 @@ def sampling_plan(run: LoadedRun, sampler: Optional[str], steps: Optional[int], 
                   default: Optional[tuple[str, int]] = None) -> tuple[Sampler, Optional[int]]:
     """The sampler (the run's unless given; any name `resolve_sampler` takes, such as "DPM++ 2M Karras") and its
     step count: `steps`, or what an `nfe` budget buys, or the run's default; None for a sampler that picks its own
-    steps (adaptive). A run of a stock sampler (Heun, or a latent text run's Euler ancestral) with no sampler named
-    takes, for a budget, the sampler measured best at it (samplers.defaults: below 35 NFE), else the caller's
-    `default` (sampler, steps) at any given `steps`."""
+    steps (adaptive). A run of a stock sampler (Heun, a latent text run's Euler ancestral), none named, takes for a
+    budget the sampler measured best at it (below 35 NFE), else the caller's `default` (sampler, steps)."""
     if sampler is None and run.config.diffusion.sampler in (DiffusionConfig.sampler, TEXT_SAMPLER[0]):
         if nfe is not None:
             sampler = budget_default(nfe)  # (name, spacing where the run stores no schedule), or None from 35 NFE
