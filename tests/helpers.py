@@ -75,3 +75,15 @@ def train_tiny_folder_run(root):
                                   "--flip", *TINY_ARGS], catch_exceptions=False)
     assert r.exit_code == 0, r.output
     return root / "run", root / "images"
+
+
+def train_tiny_autoencoder(out, steps: int = 2):
+    """An image autoencoder (16 x 16 shapes, channels 8,16: factor 2) trained `steps` steps into `out` by the CLI."""
+    from click.testing import CliRunner
+
+    from diffusely.cli import main
+
+    r = CliRunner().invoke(main, ["train-autoencoder", "shapes", "--out", str(out), "--steps", str(steps),
+                                  "--image-size", "16", "--channels", "8,16", "--batch-size", "2", "--quiet"])
+    assert r.exit_code == 0, r.output
+    return out

@@ -253,12 +253,11 @@ def test_forward_strip_of_a_file_that_is_not_audio_names_it(tmp_path):
 def test_an_image_autoencoder_is_refused_for_audio_naming_what_the_run_needs(tmp_path):
     """--autoencoder with an image autoencoder on a sound run: latents of 2-D images cannot be 1-D clips, so train
     stops before it encodes anything, with a line that says what the autoencoder encodes and what to do."""
-    runner, ae, run = CliRunner(), tmp_path / "ae", tmp_path / "run"
-    result = runner.invoke(main, ["train-autoencoder", "shapes", "--out", str(ae), "--steps", "1", "--image-size", "16",
-                                  "--channels", "8,16", "--batch-size", "2", "--quiet"])
-    assert result.exit_code == 0, result.output
-    result = runner.invoke(main, ["train", "sounds", "--out", str(run), "--autoencoder", str(ae), "--steps", "1",
-                                  *TINY_AUDIO])
+    from helpers import train_tiny_autoencoder
+
+    ae, run = train_tiny_autoencoder(tmp_path / "ae", steps=1), tmp_path / "run"
+    result = CliRunner().invoke(main, ["train", "sounds", "--out", str(run), "--autoencoder", str(ae), "--steps", "1",
+                                       *TINY_AUDIO])
     assert result.exit_code == 1, result.output
     assert "encodes images, and this audio run needs one of 1-D samples (audio)" in result.output, result.output
     assert "Traceback" not in result.output and not (run / "checkpoint.safetensors").exists()

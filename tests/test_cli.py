@@ -206,8 +206,8 @@ def test_a_run_on_the_text_default_sampler_takes_budgets_as_a_heun_run_and_fits_
     plans = {k: sampling_plan(loaded, None, None, k) for k in (5, 10, 35)}
     assert {k: (str(s), steps) for k, (s, steps) in plans.items()} == {
         5: ("unipc", 5), 10: ("deis", 10), 35: ("euler_ancestral", 35)}
-    assert (str(sampling_plan(loaded, None, None, None)[0]), sampling_plan(loaded, None, None, None)[1]) == (
-        "euler_ancestral", 35)
+    own, steps = sampling_plan(loaded, None, None, None)
+    assert (str(own), steps) == ("euler_ancestral", 35)
     for args in ([], ["--sampler", "Euler a"], ["--sampler", "heun", "-o", "S_churn=40"]):
         r = CliRunner().invoke(main, ["optimize-schedule", str(trained), "--steps", "3", "-n", "1", *args])
         assert r.exit_code == 2 and "adds noise each step" in r.output and "--sampler heun" in r.output, r.output

@@ -188,10 +188,9 @@ def test_a_latent_video_run_encodes_each_frame_and_samples_clips(tmp_path):
     from diffusely.checkpoint import load_run
     from diffusely.train.latents import LATENTS
 
-    runner, ae, run = CliRunner(), tmp_path / "ae", tmp_path / "run"
-    result = runner.invoke(main, ["train-autoencoder", "shapes", "--out", str(ae), "--steps", "2", "--image-size", "16",
-                                  "--channels", "8,16", "--batch-size", "2", "--quiet"])
-    assert result.exit_code == 0, result.output
+    from helpers import train_tiny_autoencoder
+
+    runner, ae, run = CliRunner(), train_tiny_autoencoder(tmp_path / "ae"), tmp_path / "run"
     result = runner.invoke(main, ["train", "moving-shapes", "--out", str(run), "--autoencoder", str(ae), "--steps", "2",
                                   *TINY_VIDEO])
     assert result.exit_code == 0, result.output

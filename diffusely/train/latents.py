@@ -125,10 +125,6 @@ TEXT_P_MEAN = 0.5
 # once inductor's cache holds it). Eager 2000 steps take about 7 minutes, which that shortens by about the first
 # compile. Over prompt_adherence.py's hour: 1.12x the steps, and issue 21's bar met (docs/text.md).
 COMPILE_FROM_STEPS = 2000
-# a text run samples with Euler ancestral at 35 steps (35 evaluations, as Heun's 18): on both 60-minute runs of the
-# default, two draws each, it drew more of what the prompts ask than Heun 18 on three sets of held-out prompts (count
-# 0.93-0.95 against 0.91-0.93, all right 0.87-0.91 against 0.86-0.88; docs/text.md): fresh noise each step redraws
-# objects a deterministic path merges or leaves out (samplers.defaults.TEXT_SAMPLER)
 
 
 def latent_by_default(config: RunConfig) -> bool:
