@@ -208,7 +208,10 @@ def test_a_run_on_the_text_default_sampler_takes_budgets_as_a_heun_run_and_fits_
         5: ("unipc", 5), 10: ("deis", 10), 35: ("euler_ancestral", 35)}
     own, steps = sampling_plan(loaded, None, None, None)
     assert (str(own), steps) == ("euler_ancestral", 35)
-    for args in ([], ["--sampler", "Euler a"], ["--sampler", "heun", "-o", "S_churn=40"]):
+    for args, said in (([], "euler_ancestral with eta 1 "), (["--sampler", "Euler a"], "eta 1 "),
+                       (["--sampler", "heun", "-o", "S_churn=40"], "heun with S_churn 40 "),
+                       (["--sampler", "ddim", "-o", "eta=0.5"], "ddim with eta 0.5 "),
+                       (["--sampler", "ddpm"], "ddpm ")):
         r = CliRunner().invoke(main, ["optimize-schedule", str(trained), "--steps", "3", "-n", "1", *args])
-        assert r.exit_code == 2 and "adds noise each step" in r.output and "--sampler heun" in r.output, r.output
+        assert r.exit_code == 2 and f"{said}adds noise each step" in r.output and "--sampler heun" in r.output, r.output
     assert not (trained / "schedules.json").exists()

@@ -259,6 +259,20 @@ def test_same_seed_same_samples(method):
     assert torch.equal(run(), run())
 
 
+@pytest.mark.parametrize("method, options", [(m, {}) for m in FIXED_COST] + [
+    ("ddim", {"eta": 0.5}), ("euler_ancestral", {"eta": 0.0}), ("heun", {"S_churn": 10.0}),
+    ("euler", {"S_churn": 10.0}), ("dpmpp_2m_sde", {"eta": 0.0})])
+def test_added_noise_says_which_samplers_draw_fresh_noise(method, options):
+    """samplers.defaults.added_noise, which optimize-schedule refuses on, against what each sampler does: the same
+    starting noise with two generators ends in the same samples exactly where it says None."""
+    from diffusely.samplers.defaults import added_noise
+
+    noise = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    run = lambda seed: sample(Gaussian(), noise, method=method, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, steps=6,
+                              generator=torch.Generator().manual_seed(seed), **options)
+    assert (added_noise(method, options) is None) == torch.equal(run(1), run(2))
+
+
 @pytest.mark.parametrize("method", ["dpmpp_2m_sde", "dpmpp_3m_sde"])
 def test_sde_samplers_use_per_sample_generators(method):
     gens = lambda seeds: [torch.Generator().manual_seed(s) for s in seeds]

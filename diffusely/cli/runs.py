@@ -113,7 +113,7 @@ def optimize_schedule(run_dir, steps, nfe, sampler, count, seed, options):
     Searches the noise levels for that many steps on a small batch (Align Your Steps, Sabour et al.
     2024, in spirit), stores them in RUN_DIR/schedules.json, and `sample`, `reverse` and `eval` use
     them by default for that sampler and step count. Prints the error before (Karras) and after. A sampler that
-    adds noise each step (euler_ancestral, ddpm, the SDE ones, heun with S_churn) has no such schedule: name a
+    adds noise each step (euler_ancestral, ddpm, the SDE ones, ddim with eta or heun with S_churn) has none: name a
     deterministic one where the run's own is one of those (a latent text run's Euler ancestral).
 
     \b
@@ -123,18 +123,18 @@ def optimize_schedule(run_dir, steps, nfe, sampler, count, seed, options):
     from ..checkpoint import load_run, write_schedule
     from ..pipelines import optimize_schedule as optimize
     from ..pipelines.generate import sampling_plan
-    from ..samplers.defaults import NOISY
+    from ..samplers.defaults import added_noise
 
     run = load_run(run_dir, device())
     writable(run_dir)  # before the search, which takes minutes
     sampler, steps = sampling_plan(run, sampler, steps, nfe)  # takes "DPM++ 2M" and the other names people know
     if steps is None:
         raise click.UsageError(f"{sampler.given!r} chooses its own steps: there is no schedule to optimise")
-    churn = {**sampler.options, **options}.get("S_churn", 0) > 0
-    if sampler in NOISY or churn:
-        raise click.UsageError(f"{sampler}{' with S_churn' if churn else ''} adds noise each step, so no schedule "
-                               f"brings it to the ODE's answer: "
-                               f"name a deterministic sampler (--sampler heun with no S_churn, unipc, deis, ...)")
+    noise = added_noise(str(sampler), {**sampler.options, **options})
+    if noise is not None:
+        raise click.UsageError(f"{sampler}{f' with {noise}' if noise else ''} adds noise each step, so no schedule "
+                               f"brings it to the ODE's answer: name a deterministic sampler (--sampler heun with "
+                               f"no S_churn, ddim with no eta, unipc, deis, ...)")
     result, before, after = optimize(run, steps, sampler=sampler, n=count, seed=seed, **{**sampler.options, **options})
     path = write_schedule(run_dir, sampler, steps, result.sigmas)
     click.echo(f"{sampler}, {steps} steps: RMS error against the ODE solution (adaptive, rtol 1e-5)")

@@ -11,11 +11,13 @@ good, and a budget keeps it.
 
 from __future__ import annotations
 
+import inspect
 from typing import Optional, Sequence
 
 import torch
 
 from .optimize import OptimizedSchedule, ode_reference, optimize_sigmas
+from .registry import SAMPLERS
 
 # (largest budget in NFE, sampler, its spacing where the run stores no schedule for it), by rising budget
 BUDGET_DEFAULTS = ((7, "unipc", "log-snr"), (34, "deis", "karras"))
@@ -24,13 +26,26 @@ BUDGET_DEFAULTS = ((7, "unipc", "log-snr"), (34, "deis", "karras"))
 # 0.93-0.95 against 0.91-0.93, all right 0.87-0.91 against 0.86-0.88; docs/text.md), fresh noise each step redrawing
 # objects a deterministic path merges or leaves out. With the stock Heun it is a default a budget may replace.
 TEXT_SAMPLER = ("euler_ancestral", 35)
-# samplers that add fresh noise each step: no schedule is fitted to them, since their distance from the ODE's
-# endpoint is mostly that noise (and Heun with S_churn above 0)
-NOISY = frozenset({"euler_ancestral", "ddpm", "dpmpp_2m_sde", "dpmpp_3m_sde"})
+# the options by which a sampler adds fresh noise each step, where above 0; and those that always add it
+NOISE_OPTIONS, ALWAYS_NOISY = ("eta", "S_churn"), ("ddpm", "consistency")
 SEARCHED_BUDGETS = (5, 10, 20)  # the budgets whose schedules training optimises when it ends
 SEARCH_SAMPLES = 8  # noise the end-of-training search runs on (16 and 8 give the same held-out error)
 MAX_SEARCH = 150  # sampler runs per budget at most (at 5 NFE: 20 runs find 1.5x the best error, 80 runs 1.05x)
 MIN_SEARCH = 20  # fewer runs than this per budget are not worth a search
+
+
+def added_noise(name: str, options: dict) -> Optional[str]:
+    """Whether sampler `name` with `options` adds fresh noise each step, and by what: "eta 1" (euler_ancestral and the
+    SDE ones by default, ddim when given one), "S_churn 40" (euler, heun), "" (ddpm, and consistency past its first
+    step); None for a deterministic one. No schedule is fitted to those: their distance from the ODE's endpoint is
+    mostly that noise."""
+    if name in ALWAYS_NOISY:
+        return ""
+    params = inspect.signature(SAMPLERS[name]).parameters
+    for key in NOISE_OPTIONS:
+        if key in params and options.get(key, params[key].default) > 0:
+            return f"{key} {options.get(key, params[key].default):g}"
+    return None
 
 
 def budget_default(nfe: int) -> Optional[tuple[str, str]]:
