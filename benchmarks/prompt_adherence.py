@@ -219,6 +219,17 @@ def by_objects(per_image: list, scenes) -> dict[str, dict]:
             for group, counts in GROUPS.items()}
 
 
+def by_axis(per_image: list, scenes) -> dict[str, tuple[int, int]]:
+    """(relations placed as asked, relations asked) in the prompts of two objects, by the relation's axis."""
+    placed = {"vertical": [0, 0], "horizontal": [0, 0]}
+    for score, scene in zip(per_image, scenes):
+        if len(scene.shapes) == 2 and scene.relations and "position" in score:
+            right, asked = score["position"]
+            placed[AXIS[scene.relations[0]]][0] += right
+            placed[AXIS[scene.relations[0]]][1] += asked
+    return {axis: (right, asked) for axis, (right, asked) in placed.items()}
+
+
 def header(label: str) -> str:
     return f"{label:<30}" + "".join(f"{k:>11}" for k in (*ATTRIBUTES, "all"))
 
@@ -258,6 +269,14 @@ def report(args, checker, held_out, prompts: list[str], scenes) -> None:
                 done = seconds[name, minutes]
                 print(row(f"{name}, {done['seconds'] / 60:.1f} min ({done['step']})", by_objects(per_image, scenes)[group]),
                       flush=True)
+    print(f"\nposition in the prompts of two objects by the relation's axis, guidance {args.curve_guidance:g}: a run "
+          "that has not learned which side a relation word asks for places its objects by chance on that axis")
+    for name in args.contenders:
+        for minutes in args.marks:
+            per_image = scores(args, checker, results, name, minutes, args.curve_guidance, "captions", prompts, scenes)
+            placed = by_axis(per_image, scenes)
+            print(f"{name + ', ' + format(minutes, 'g') + ' min':<30}"
+                  + "".join(f"{axis:>12} {right:>3} / {asked:<3}" for axis, (right, asked) in placed.items()))
     last = args.marks[-1]
     print(f"\nafter {last:g} minutes, against guidance and wording (1-2 objects / 3 objects: all)")
     reworded = [reword(p) for p in prompts]
