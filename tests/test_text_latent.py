@@ -184,7 +184,7 @@ def test_pixels_and_small_images_keep_pixel_diffusion_and_a_half_trained_autoenc
 
 def test_a_latent_text_run_draws_higher_noise_levels_and_samples_ancestrally_unless_its_config_says_otherwise(
         tmp_path):
-    """The latent default trains at ln(sigma) ~ N(0.5, 1.2^2), where layouts are decided, and samples with Euler
+    """The latent default trains at ln(sigma) ~ N(0.75, 1.2^2), where layouts are decided, and samples with Euler
     ancestral at 35 steps; pixel text runs keep EDM's -1.2 and Heun 18, and a --config keeps its own sampler and
     P_mean (moved by ln(1 / sigma_data) for unit-variance latents, as any latent run's)."""
     import math
@@ -195,7 +195,7 @@ def test_a_latent_text_run_draws_higher_noise_levels_and_samples_ancestrally_unl
     options = {"text": True, "image_size": 32}
     noise_and_sampler = lambda d: (d.P_mean, d.sampler, d.sample_steps)  # noqa: E731
     latent = new_run_config("shapes", options, run_dir=tmp_path / "a").diffusion
-    assert noise_and_sampler(latent) == (0.5, "euler_ancestral", 35)
+    assert noise_and_sampler(latent) == (0.75, "euler_ancestral", 35)
     pixels = new_run_config("shapes", {**options, "pixels": True}, run_dir=tmp_path / "a").diffusion
     assert noise_and_sampler(pixels) == (-1.2, "heun", 18)
     assert noise_and_sampler(new_run_config("shapes", {}, run_dir=tmp_path / "a").diffusion) == (-1.2, "heun", 18)
