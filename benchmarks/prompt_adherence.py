@@ -224,10 +224,9 @@ def by_axis(per_image: list, scenes) -> dict[str, tuple[int, int]]:
     placed = {"vertical": [0, 0], "horizontal": [0, 0]}
     for score, scene in zip(per_image, scenes):
         if len(scene.shapes) == 2 and scene.relations and "position" in score:
-            right, asked = score["position"]
-            placed[AXIS[scene.relations[0]]][0] += right
-            placed[AXIS[scene.relations[0]]][1] += asked
-    return {axis: (right, asked) for axis, (right, asked) in placed.items()}
+            tally = placed[AXIS[scene.relations[0]]]
+            tally[0], tally[1] = tally[0] + score["position"][0], tally[1] + score["position"][1]
+    return {axis: tuple(tally) for axis, tally in placed.items()}
 
 
 def header(label: str) -> str:

@@ -18,13 +18,14 @@ from diffusely.nets import UNetConfig
 from diffusely.pipelines import generate
 from diffusely.pipelines.generate import recipe
 from diffusely.samplers import steps_for_nfe
+from diffusely.samplers.defaults import added_noise
 from diffusely.samplers.optimize import ode_reference, optimize_sigmas
 from diffusely.train.loop import train
 
 N = 16  # samples measured: generate's noise for samples 0..15
 SEARCH = 40  # sampler runs of each schedule search, the end of training's and ours alike
-STOCHASTIC = ("euler_ancestral", "ddpm", "dpmpp_2m_sde", "dpmpp_3m_sde")  # their error is mostly their noise
-DETERMINISTIC = [m for m in SAMPLERS if m not in STOCHASTIC and nfe_of(m, 1) is not None and m != "consistency"]
+# the samplers a schedule is searched for: fixed cost, no fresh noise each step (added_noise: their error is mostly it)
+DETERMINISTIC = [m for m in SAMPLERS if nfe_of(m, 1) is not None and added_noise(m, {}) is None]
 
 
 @pytest.fixture(scope="module")

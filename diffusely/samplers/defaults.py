@@ -43,8 +43,9 @@ def added_noise(name: str, options: dict) -> Optional[str]:
         return ""
     params = inspect.signature(SAMPLERS[name]).parameters
     for key in NOISE_OPTIONS:
-        if key in params and options.get(key, params[key].default) > 0:
-            return f"{key} {options.get(key, params[key].default):g}"
+        value = options.get(key, params[key].default) if key in params else 0
+        if value > 0:
+            return f"{key} {value:g}"
     return None
 
 
