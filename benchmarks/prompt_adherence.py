@@ -42,8 +42,8 @@ import torch
 
 from diffusely.checkpoint import CHECKPOINT, CONFIG, MODEL, load_latent_space, load_run, read_config
 from diffusely.data import Dataset, load_dataset, render_shapes, to_tensor, to_uint8
-from diffusely.metrics.adherence import (ATTRIBUTES, SYNONYMS, fit_adherence_checker, load_checker, parse_caption,
-                                         reword, save_checker, summarise)
+from diffusely.metrics.adherence import (ATTRIBUTES, RELATIONS, SYNONYMS, fit_adherence_checker, load_checker,
+                                         parse_caption, reword, save_checker, summarise)
 from diffusely.options import new_run_config
 from diffusely.pipelines import generate
 from diffusely.samplers import SAMPLERS, nfe
@@ -290,7 +290,6 @@ def report(args, checker, held_out, prompts: list[str], scenes) -> None:
 
 
 BINDING = "a large red circle {} a large blue square on a light gray background"
-RELATIONS = ("above", "below", "left of", "right of")
 AXIS = {"above": "vertical", "below": "vertical", "left of": "horizontal", "right of": "horizontal"}
 
 
