@@ -73,7 +73,7 @@ def _steps_line(start: int, end: int) -> str:
 @click.option("--pixels", is_flag=True, default=None, help="A text run diffuses in pixels, without the autoencoder "
               "it otherwise trains into RUN_DIR/autoencoder first (images of 32 px and more).")
 @click.option("--autoencoder-steps", type=click.IntRange(1), help="Steps of the autoencoder a text run trains for "
-              "itself (default 1500).")
+              "itself (default 2500).")
 @click.option("--posthoc-ema", callback=lambda ctx, param, value: tuple(sigma_rel_list(ctx, param, value)) or None,
               metavar="L[,L...]", help="Store EDM2's post-hoc EMA: snapshots of averages of these lengths (sigma_rel; "
               "EDM2's: 0.05,0.1), from which `diffusely ema` and `eval --ema-length` make an EMA of any length after "
