@@ -77,7 +77,7 @@ def options(args, name: str) -> dict:
     """The CLI options of each contender: the latent default as `train shapes --text` takes them, the old pixel
     setting as `--pixels` with docs/text.md's network."""
     common = {"text": True, "text_encoder": args.encoder, "batch_size": args.batch_size, "max_shapes": TEXT_MAX_SHAPES,
-              "checkpoint_every": args.checkpoint_every, "sample_every": 10**7, "keep": 1}
+              "checkpoint_every": args.checkpoint_every, "sample_every": 10**7, "keep": 1, "image_size": args.image_size}
     if args.channels:
         common["channels"] = args.channels
     if name == "pixel":
@@ -89,8 +89,8 @@ def options(args, name: str) -> dict:
 def training_data(args) -> Dataset:
     """The built-in shapes as `train shapes --text` loads them (--quick: the first --images of them)."""
     if not args.images:
-        return load_dataset("shapes", 32, captions=True, max_shapes=TEXT_MAX_SHAPES)
-    data = render_shapes(args.images, size=32, seed=0, max_shapes=TEXT_MAX_SHAPES)
+        return load_dataset("shapes", args.image_size, captions=True, max_shapes=TEXT_MAX_SHAPES)
+    data = render_shapes(args.images, size=args.image_size, seed=0, max_shapes=TEXT_MAX_SHAPES)
     return Dataset(data.images, data.labels, data.class_names, data.captions, data.boxes, "shapes")
 
 
@@ -428,6 +428,8 @@ def main():
                                                                   "--minutes).")
     p.add_argument("--contenders", default=",".join(CONTENDERS))
     p.add_argument("--encoder", default="scratch", help="Text encoder of every contender: scratch or minilm.")
+    p.add_argument("--image-size", type=int, default=32, choices=(32, 64),
+                   help="Side of the shapes in pixels (64: 16 x 16 latents for latent contenders).")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--channels", default="", help="U-Net channels of every contender (default: each one's own).")
     p.add_argument("--autoencoder-steps", type=int, help="The latent run's autoencoder (default: train --text's).")
@@ -487,9 +489,12 @@ def main():
     if checker_path.is_file():
         checker = load_checker(checker_path)
     else:
-        checker = fit_adherence_checker(32, count=args.checker_images, steps=args.checker_steps, seed=1)
+        checker = fit_adherence_checker(args.image_size, count=args.checker_images, steps=args.checker_steps, seed=1)
         save_checker(checker_path, checker)
-    held_out = render_shapes(args.prompts, size=32, seed=PROMPT_SEED, max_shapes=TEXT_MAX_SHAPES)
+    if int(checker.info["size"]) != args.image_size:
+        p.error(f"{args.out} holds runs of {checker.info['size']} x {checker.info['size']} images, not "
+                f"--image-size {args.image_size}: choose another --out")
+    held_out = render_shapes(args.prompts, size=args.image_size, seed=PROMPT_SEED, max_shapes=TEXT_MAX_SHAPES)
     prompts = held_out.captions
     scenes = [parse_caption(c) for c in prompts]
     print(f"checker ready ({time.perf_counter() - t:.0f} s); {len(prompts)} held-out prompts, e.g.\n"

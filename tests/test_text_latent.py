@@ -10,7 +10,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from diffusely.checkpoint import load_checkpoint, load_run
+from diffusely.checkpoint import load_checkpoint, load_run, read_config
 from diffusely.cli import main
 from diffusely.data.shapes import render_shapes
 from diffusely.nets import UNet, UNetConfig
@@ -103,6 +103,23 @@ def _captioned_folder(root, count=12, size=32):
             rows.append(json.dumps({"file_name": f"{i:03d}.png", "text": caption}))
     (root / "metadata.jsonl").write_text("\n".join(rows) + "\n")
     return data.captions
+
+
+def test_a_64_pixel_text_run_is_latent_on_crops_and_samples_64_pixels(tmp_path):
+    """At 64 x 64 the own autoencoder trains on 32-pixel crops and encodes whole images to 16 x 16 x 4 latents; the
+    samples decode back to 64 x 64."""
+    captions = _captioned_folder(tmp_path / "photos", count=6, size=64)
+    run = tmp_path / "run"
+    r = CliRunner().invoke(main, ["train", str(tmp_path / "photos"), "--text", "--out", str(run), "--steps", "1",
+                                  "--autoencoder-steps", "1", "--image-size", "64", "--channels", "16,32",
+                                  "--batch-size", "2", "--quiet"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert json.loads((run / "autoencoder" / "config.json").read_text())["train"]["crop_size"] == 32
+    assert tuple(read_config(run).sample_shape) == (4, 16, 16)
+    r = CliRunner().invoke(main, ["sample", str(run), "-n", "1", "--steps", "1", "--quiet", "--prompt", captions[0],
+                                  "--out", str(tmp_path / "s")])
+    assert r.exit_code == 0, r.output
+    assert [Image.open(p).size for p in (tmp_path / "s").glob("*.png")] == [(64, 64)]
 
 
 def test_a_text_run_trains_its_autoencoder_then_samples_and_resumes(tmp_path):
