@@ -77,7 +77,8 @@ def options(args, name: str) -> dict:
     """The CLI options of each contender: the latent default as `train shapes --text` takes them, the old pixel
     setting as `--pixels` with docs/text.md's network."""
     common = {"text": True, "text_encoder": args.encoder, "batch_size": args.batch_size, "max_shapes": TEXT_MAX_SHAPES,
-              "checkpoint_every": args.checkpoint_every, "sample_every": 10**7, "keep": 1, "image_size": args.image_size}
+              "checkpoint_every": args.checkpoint_every, "sample_every": 10**7, "keep": 1,
+              "image_size": args.image_size}
     if args.channels:
         common["channels"] = args.channels
     if name == "pixel":
