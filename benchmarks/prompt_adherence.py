@@ -97,26 +97,32 @@ def training_data(args) -> Dataset:
 
 class Clock:
     """Seconds of training a contender has had, kept at each checkpoint in RUN/clock.json (with the autoencoder's
-    seconds as its start), so a benchmark stopped and run again goes on counting from the checkpoint it resumes."""
+    seconds as its start), so a benchmark stopped and run again goes on counting from the checkpoint it resumes.
+    `first` is the step and seconds of the first checkpoint: the speed is measured from there, past the one-time
+    costs before it (encoding the latents, the first compile)."""
 
     def __init__(self, run_dir: Path, start_seconds: float = 0.0):
         self.path = run_dir / "clock.json"
         saved = json.loads(self.path.read_text()) if self.path.is_file() else {}
         self.start = saved.get("start", start_seconds)
         self.seconds, self.step = saved.get("seconds", self.start), saved.get("step", 0)
+        self.first = saved.get("first")
 
     def mark(self, step: int, seconds: float) -> None:
         self.step, self.seconds = step, seconds
+        self.first = self.first or [step, seconds]
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(json.dumps({"start": self.start, "seconds": seconds, "step": step}))
+        self.path.write_text(json.dumps({"start": self.start, "seconds": seconds, "step": step, "first": self.first}))
 
     def total_steps(self, budget_seconds: float) -> int:
-        """Steps the run will have taken at the budget, at its speed so far (a large number before it has one):
-        the length the learning-rate schedule decays over."""
-        trained = self.seconds - self.start
-        if self.step < 20 or trained <= 0:
+        """Steps the run will have taken at the budget, at its speed since its first checkpoint (a large number
+        before 20 steps past it): the length the learning-rate schedule decays over. Measured from the start
+        instead, a first segment cut short after its compile (the autoencoder's minutes past the first mark) made
+        a run of 13,700 steps plan 1,095 and decay its learning rate to 0 there."""
+        if self.first is None or self.step - self.first[0] < 20 or self.seconds <= self.first[1]:
             return 10**7
-        return max(self.step + 1, int(self.step + (budget_seconds - self.seconds) * self.step / trained))
+        rate = (self.step - self.first[0]) / (self.seconds - self.first[1])
+        return max(self.step + 1, int(self.step + (budget_seconds - self.seconds) * rate))
 
 
 def snapshot_dir(args, name: str, minutes: float) -> Path:
