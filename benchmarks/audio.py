@@ -128,6 +128,7 @@ def diffusely_config(args, length: int):
 
     widths = (32, 64, 128) if args.quick else (64, 128, 256)
     config = new_run_config("sounds", {"image_size": length, "classes": True, "channels": widths, "batch_size": 16,
+                                       "audio_model": args.audio_model,
                                        "seed": 0, "log_every": 10, "checkpoint_every": 10 ** 6,
                                        "sample_every": 10 ** 6})
     config.data.sample_rate = args.rate
@@ -350,7 +351,10 @@ def parse(argv=None):
     p.add_argument("--count", type=int, help="Training clips (default 1200; --quick 600).")
     p.add_argument("--held-out", type=int, help="Held-out clips (default 600; --quick 240).")
     p.add_argument("--samples", type=int, help="Generated clips a model (default 600; --quick 120).")
-    p.add_argument("--patch-size", type=int, help="The U-Net's patch size (default: the audio default, 4).")
+    p.add_argument("--audio-model", choices=("spectrogram", "waveform"),
+                   help="What diffusely's network learns (default: the audio default, spectrogram).")
+    p.add_argument("--patch-size", type=int, help="The U-Net's patch size (default: the audio model's: spectrogram 8, "
+                   "waveform 4).")
     p.add_argument("--steps", type=int, default=18, help="Heun steps (2 x steps - 1 network calls).")
     p.add_argument("--classifier-steps", type=int, help="Classifier training steps (default 400; --quick 150).")
     p.add_argument("--threads", type=int, default=2)

@@ -3,8 +3,9 @@ pictures (waveform over log-mel) that stand for a clip wherever an image would b
 
 A clip is stored as the rest of the data is, (L, 1) uint8 channels last: 8-bit μ-law codes (ITU-T G.711's curve
 with mu = 255, as WaveNet quantises audio), so quiet passages keep their detail that linear 8-bit would lose. The
-network sees linear amplitudes (`data.amplitude`, see `network_input`); its samples are companded back for the
-pictures and the classifier, and expanded from there (never from 8-bit codes) to be written as 16-bit PCM WAV.
+network sees each clip's log-magnitude spectrogram (the default) or its linear amplitudes (`data.amplitude`, see
+`network_input`); its samples (a spectrogram through Griffin-Lim) are companded back for the pictures and the
+classifier, and expanded from there (never from 8-bit codes) to be written as 16-bit PCM WAV.
 
 soundfile (libsndfile) and soxr come with `pip install 'diffusely[audio]'` and are imported where used.
 """
@@ -53,6 +54,39 @@ def mu_expand(y: np.ndarray | torch.Tensor):
     return lib.sign(y) * ((1.0 + MU) ** lib.abs(y) - 1.0) / MU
 
 
+def network_dims(config) -> int:
+    """The spatial axes of what an audio run's network denoises: 2 on spectrograms, 1 on waveforms."""
+    return 2 if spectrogram_network(config) else 1
+
+
+def check_audio_network(config) -> None:
+    """An audio run's network has the dims of what it learns (data.amplitude); raises ConfigError if not."""
+    from .jsonconfig import ConfigError
+
+    if config.data.modality == "audio" and config.model.dims != network_dims(config):
+        raise ConfigError(f"an audio run with data.amplitude {config.data.amplitude} runs a {network_dims(config)}-D "
+                          f"network, not model.dims {config.model.dims}: set model.dims {network_dims(config)}, or "
+                          f"choose its audio model with --audio-model")
+
+
+def data_dims(config) -> int:
+    """The spatial axes of a sample as the data holds it: a clip's one, even where its network sees it as a 2-D
+    spectrogram; the model's otherwise."""
+    return 1 if config.data.modality == "audio" else config.model.dims
+
+
+def spectrogram_input(config) -> tuple[int, int, int]:
+    """(C, bins, frames) of what a spectrogram run's network denoises: frames padded to the U-Net's factor."""
+    d = config.data
+    return (config.model.in_channels, *spectrogram_shape(d.image_size, d.sample_rate, config.model.downsample_factor))
+
+
+def spectrogram_network(config) -> bool:
+    """Does the run's network see log-magnitude spectrograms (`data.amplitude` spectrogram, the audio default from
+    config version 7; a 2-D U-Net on them, Griffin-Lim back to a waveform)?"""
+    return config.data.modality == "audio" and config.data.amplitude == "spectrogram"
+
+
 def linear_network(config) -> bool:
     """Does the run's network see linear amplitudes? An audio run of config version 5 on does (`data.amplitude`):
     waveform diffusion on the companded waveform left a loud hiss. mu-law companding stretches a clip's quiet tail
@@ -63,12 +97,69 @@ def linear_network(config) -> bool:
 
 def network_input(x: torch.Tensor, config) -> torch.Tensor:
     """Companded clips (B, C, L) in [-1, 1], as to_tensor gives the codes -> what the run's network sees."""
+    if spectrogram_network(config):
+        d = config.data
+        return spectrogram(mu_expand(x), d.sample_rate, spectrogram_shape(d.image_size, d.sample_rate,
+                                                                           config.model.downsample_factor)[1])
     return mu_expand(x) if linear_network(config) else x
 
 
 def network_output(x: torch.Tensor, config) -> torch.Tensor:
     """The inverse of network_input: what the network draws -> companded clips in [-1, 1], as pictured and written."""
+    if spectrogram_network(config):
+        return mu_compress(griffin_lim(x, config.data.sample_rate, config.data.image_size))
     return mu_compress(x.clamp(-1, 1)) if linear_network(config) else x
+
+
+# ------------------------------------------------------------------------------ the network's spectrograms
+
+# natural-log magnitude, the STFT divided by its window's sum (a full-scale sine: ln 0.5), mapped to [-1, 1]: 12 nats
+# (104 dB) reach below the quietest detail of 8-bit mu-law codes
+LOG_FLOOR, LOG_TOP = -12.0, 0.0
+
+
+def spectrogram_shape(length: int, rate: int, multiple: int = 1) -> tuple[int, int]:
+    """(frequency bins, frames) of a clip's network spectrogram: stft_size(rate) / 2 bins (the Nyquist bin left out),
+    length // hop + 1 frames padded to a multiple of `multiple` (the U-Net's downsampling factor)."""
+    n_fft = stft_size(rate)
+    frames = length // (n_fft // 4) + 1
+    return n_fft // 2, -(-frames // multiple) * multiple
+
+
+def spectrogram(waves: torch.Tensor, rate: int, frames: int) -> torch.Tensor:
+    """(B, C, L) linear amplitudes -> (B, C, n_fft / 2, frames) log magnitude in [-1, 1] (-1: silence, LOG_FLOOR),
+    Hann window of stft_size(rate), hop a quarter of it, as log_mel; frames past the clip's end are silence."""
+    n_fft = stft_size(rate)
+    window = torch.hann_window(n_fft, device=waves.device)
+    spec = torch.stft(waves.float().flatten(0, 1), n_fft, n_fft // 4, window=window, return_complex=True)
+    magnitude = torch.log(spec.abs()[:, :n_fft // 2] / window.sum() + 1e-30).clamp(LOG_FLOOR, LOG_TOP)
+    scaled = (magnitude - LOG_FLOOR) / (LOG_TOP - LOG_FLOOR) * 2 - 1
+    scaled = torch.nn.functional.pad(scaled, (0, frames - scaled.shape[-1]), value=-1.0)
+    return scaled.reshape(*waves.shape[:2], *scaled.shape[1:])
+
+
+def griffin_lim(spec: torch.Tensor, rate: int, length: int, iterations: int = 64, momentum: float = 0.99,
+                seed: int = 0) -> torch.Tensor:
+    """The inverse of spectrogram: (B, C, bins, frames) in [-1, 1] -> (B, C, length) linear amplitudes in [-1, 1].
+    The phase is found by fast Griffin-Lim (Perraudin et al. 2013: Griffin & Lim's projections with momentum, as
+    torchaudio's GriffinLim), from a random phase of a fixed seed, so the same spectrogram gives the same waveform;
+    bins at the floor are silent."""
+    n_fft = stft_size(rate)
+    hop, frames = n_fft // 4, length // (n_fft // 4) + 1
+    x = spec.float().flatten(0, 1)[..., :frames].clamp(-1, 1)
+    magnitude = torch.exp((x + 1) / 2 * (LOG_TOP - LOG_FLOOR) + LOG_FLOOR) * (x > -1 + 1e-3)
+    window = torch.hann_window(n_fft, device=spec.device)
+    magnitude = torch.nn.functional.pad(magnitude * window.sum(), (0, 0, 0, 1))  # the Nyquist bin: zero
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    angles = torch.polar(torch.ones(magnitude.shape), 2 * math.pi * torch.rand(magnitude.shape, generator=g))
+    angles, previous = angles.to(spec.device), torch.zeros_like(magnitude, dtype=angles.dtype, device=spec.device)
+    for _ in range(iterations):
+        rebuilt = torch.stft(torch.istft(magnitude * angles, n_fft, hop, window=window, length=length), n_fft, hop,
+                             window=window, return_complex=True)
+        angles = rebuilt - momentum / (1 + momentum) * previous
+        angles, previous = angles / (angles.abs() + 1e-16), rebuilt
+    waves = torch.istft(magnitude * angles, n_fft, hop, window=window, length=length).clamp(-1, 1)
+    return waves.reshape(*spec.shape[:2], length)
 
 
 def to_codes(waves: np.ndarray) -> np.ndarray:

@@ -7,6 +7,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .audio import check_audio_network, spectrogram_input
 from .data import MODALITIES
 from .denoisers import PARAMETERIZATIONS
 from .distill.config import DistillConfig
@@ -36,12 +37,10 @@ SIGMA_REL_MAX = 0.28  # a power-function EMA's width, below sqrt(1/12) (exponent
 @dataclass
 class DiffusionConfig:
     """How the network is wrapped into a denoiser, trained, and sampled by default.
-
     parameterization: eps | v | x0 | edm. schedule: a discrete VP schedule (linear | cosine | sigmoid)
     for networks conditioned on DDPM timesteps, or None for EDM's continuous ln(sigma)/4.
     train_sigmas: lognormal (EDM, P_mean/P_std) | discrete (uniform timesteps of `schedule`).
-    weighting: a name in diffusely.loss.WEIGHTINGS. residual: an upscale run denoises x - A^+ y (Denoiser's residual).
-    """
+    weighting: a name in diffusely.loss.WEIGHTINGS. residual: an upscale run denoises x - A^+ y (Denoiser's residual)"""
 
     parameterization: str = "edm"
     schedule: typing.Optional[str] = None
@@ -109,8 +108,7 @@ class DataConfig:
     directions: for a layout run on plain box labels, "auto" reads each box's diagonal direction off its pixels
     (diffusely.data.detection.estimate_direction) unless polygon labels state them; "labels" never does.
     task: generate (from noise) | upscale (super-resolution, SR3: the model also sees each image average-pooled
-    `scale` times smaller, brought back to full size; see diffusely.conditions.LowRes). scale: upscale's factor.
-    """
+    `scale` times smaller, brought back to full size; see diffusely.conditions.LowRes). scale: upscale's factor."""
 
     source: str = "shapes"
     image_size: int = 32
@@ -129,13 +127,13 @@ class DataConfig:
     given_frames: int = 0  # video: frame-conditioned prediction, the first this many frames given (conditions.Frames)
     modality: str = "image"  # what the samples are (diffusely.data.MODALITIES): image, audio
     sample_rate: int = 0  # audio: Hz of the clips (image_size is their length in samples)
-    amplitude: str = "linear"  # audio: what the network sees (diffusely.audio.network_input): linear, or mu-law
+    amplitude: str = "linear"  # audio: what the network sees (audio.network_input): linear, mu-law or spectrogram
 
     def __post_init__(self):
         self.class_names = tuple(self.class_names)
         check_choice("data.directions", self.directions, DIRECTIONS)
         check_choice("data.modality", self.modality, MODALITIES)
-        check_choice("data.amplitude", self.amplitude, ("linear", "mu-law"))
+        check_choice("data.amplitude", self.amplitude, ("linear", "mu-law", "spectrogram"))
         # an image side past 4096 is a typo; a clip's length in samples is not (30 s at 16 kHz)
         check_count("data.image_size", self.image_size, 1, MAX_IMAGE_SIZE if self.modality != "audio" else 480_000)
         check_count("data.sample_rate", self.sample_rate, 0, 192_000)
@@ -317,6 +315,7 @@ class RunConfig(JsonConfig):
         _check_network(self.model, ("num_classes", "context_dim", "layout_channels", "lowres_channels", "emb_dim",
                                     "frames_channels"))
         check_number("model.dropout", self.model.dropout, 0, 0.999)
+        check_audio_network(self)
 
     @property
     def conditions(self) -> tuple[str, ...]:
@@ -328,6 +327,8 @@ class RunConfig(JsonConfig):
     @property
     def sample_shape(self) -> tuple[int, ...]:
         """(C, *spatial) of what the network denoises: an image, or in a latent run the image's latent."""
+        if self.data.modality == "audio" and self.data.amplitude == "spectrogram":  # a 2-D network on 1-D clips
+            return spectrogram_input(self)
         size = self.data.image_size // (self.latent.factor if self.latent else 1)
         if self.model.dims == 3 and self.data.frames:  # a video: an autoencoder applied per frame keeps the frames
             return (self.model.in_channels, self.data.frames, size, size)
@@ -339,9 +340,8 @@ class RunConfig(JsonConfig):
         becomes 1, and P_mean moves by ln(1 / old sigma_data): the training noise levels stay where they were
         relative to the data's spread (EDM's -1.2 for sigma_data 0.5 becomes -0.51)."""
         self.latent = LatentConfig(autoencoder=str(Path(autoencoder).resolve()))
-        d = self.diffusion
-        d.P_mean += math.log(1.0 / d.sigma_data)
-        d.sigma_data = 1.0
+        self.diffusion.P_mean += math.log(1.0 / self.diffusion.sigma_data)
+        self.diffusion.sigma_data = 1.0
 
 
 @dataclass

@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 from typing import Callable, Optional
 
+from .audio import check_audio_network
 from .checkpoint import CHECKPOINT, CONFIG, RunError, read_config, relocate_autoencoder
 from .config import (CONFIG_VERSION, RECIPES, AutoencoderRunConfig, ConfigError, DataConfig, JsonConfig, RunConfig,
                      TextConfig)
@@ -67,6 +68,7 @@ def new_run_config(data: Optional[str], options: dict, config_file: Optional[str
         config.diffusion = RECIPES[options["recipe"]]()
     config.data = DataConfig(**{**config.data.__dict__, "source": data})
     set_modality(config, data)
+    _audio_model(config, options.get("audio_model"))
     if options.get("sample_rate") is not None and config.data.modality != "audio":
         raise ConfigError(f"--sample-rate is the rate of an audio run's clips; {data} is {config.data.modality} data: "
                           f"drop --sample-rate")
@@ -86,6 +88,7 @@ def new_run_config(data: Optional[str], options: dict, config_file: Optional[str
         config.use_autoencoder(options["autoencoder"])
     _validate(config, options)
     _check_frames(config)
+    check_audio_network(config)
     return config
 
 
@@ -199,6 +202,20 @@ def set_modality(config: RunConfig, data: str) -> None:
         setattr(getattr(config, section), name, value)
 
 
+def _audio_model(config: RunConfig, name: Optional[str]) -> None:
+    """--audio-model: start an audio run from that model's fields (data.AUDIO_MODELS); options given override them."""
+    from .data import AUDIO_MODELS
+
+    if name is None:
+        return
+    if config.data.modality != "audio":
+        raise ConfigError(f"--audio-model chooses what an audio run's network learns; {config.data.source} is "
+                          f"{config.data.modality} data: drop --audio-model")
+    for key, value in AUDIO_MODELS[name]:
+        section, field = key.split(".")
+        setattr(getattr(config, section), field, value)
+
+
 def _set_options(config, options: dict, fields: dict) -> None:
     for name, (section, field) in fields.items():
         value = options.get(name)
@@ -276,6 +293,10 @@ def _given(config, options: dict) -> dict:
     if options.get("recipe"):
         ddpm = config.diffusion.schedule is not None
         given["recipe"] = (options["recipe"], options["recipe"] == ("ddpm" if ddpm else "edm"), "diffusion.schedule")
+    if options.get("audio_model"):
+        spectrogram = config.data.amplitude == "spectrogram"
+        given["audio_model"] = (options["audio_model"], (options["audio_model"] == "spectrogram") == spectrogram,
+                                "data.amplitude")
     if options.get("text_encoder"):
         given["text_encoder"] = (options["text_encoder"], options["text_encoder"] == config.text.encoder, "text.encoder")
     elif options.get("text"):

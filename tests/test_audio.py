@@ -144,8 +144,8 @@ def test_a_folder_with_neither_images_nor_audio_names_what_each_reads(tmp_path):
 
 def test_new_runs_pick_their_modality_from_the_data(tmp_path):
     config = new_run_config("sounds", {})
-    assert (config.data.modality, config.model.dims, config.data.channels, config.data.flip) == ("audio", 1, 1, False)
-    assert (config.data.sample_rate, config.data.image_size, config.model.patch_size) == (8000, 8000, 4)
+    assert (config.data.modality, config.model.dims, config.data.channels, config.data.flip) == ("audio", 2, 1, False)
+    assert (config.data.sample_rate, config.data.image_size, config.model.patch_size) == (8000, 8000, 8)
     assert new_run_config("sounds", {"image_size": 2048}).data.image_size == 2048  # options win over the defaults
     image = new_run_config("shapes", {})
     assert (image.data.modality, image.model.dims, image.data.image_size) == ("image", 2, 32)
@@ -161,7 +161,60 @@ def test_new_runs_pick_their_modality_from_the_data(tmp_path):
     del written["data"]["amplitude"]
     (tmp_path / "image.json").write_text(json.dumps({**written, "version": 4}))
     sound = new_run_config("sounds", {}, str(tmp_path / "image.json"))
+    assert (sound.data.amplitude, sound.diffusion.sigma_data, sound.diffusion.P_mean) == ("spectrogram", 0.5, -1.2)
+    sound = new_run_config("sounds", {"audio_model": "waveform"}, str(tmp_path / "image.json"))
     assert (sound.data.amplitude, sound.diffusion.sigma_data, sound.diffusion.P_mean) == ("linear", 0.16, -3.84)
+
+
+def test_the_audio_model_chooses_what_the_network_learns():
+    """--audio-model: a 2-D U-Net on the clip's spectrogram (the default) or a 1-D one on its waveform, each with its
+    own fields, which options given override; refused on images, and a config whose dims contradict it is refused."""
+    from diffusely.config import ConfigError, RunConfig
+
+    spectrogram = new_run_config("sounds", {})
+    assert (spectrogram.data.amplitude, spectrogram.model.dims, spectrogram.model.patch_size) == ("spectrogram", 2, 8)
+    assert (spectrogram.diffusion.sigma_data, spectrogram.diffusion.P_mean) == (0.5, -1.2)
+    assert spectrogram.sample_shape[1:] == (128, 128) and audio.data_dims(spectrogram) == 1
+    waveform = new_run_config("sounds", {"audio_model": "waveform"})
+    assert (waveform.data.amplitude, waveform.model.dims, waveform.model.patch_size) == ("linear", 1, 4)
+    assert (waveform.diffusion.sigma_data, waveform.diffusion.P_mean) == (0.16, -3.84)
+    assert waveform.sample_shape[1:] == (8000,) and audio.data_dims(waveform) == 1
+    assert new_run_config("sounds", {"audio_model": "waveform", "patch_size": 2}).model.patch_size == 2
+    with pytest.raises(ConfigError, match="shapes is image data: drop --audio-model"):
+        new_run_config("shapes", {"audio_model": "waveform"})
+    written = json.loads(spectrogram.to_json())
+    written["model"]["dims"] = 1
+    with pytest.raises(ConfigError, match="data.amplitude spectrogram runs a 2-D network, not model.dims 1"):
+        RunConfig.from_dict(written)
+
+
+def test_spectrogram_frames_are_padded_to_the_networks_factor():
+    assert audio.spectrogram_shape(8000, 8000, 32) == (128, 128)  # 126 frames of 64 samples, padded
+    assert audio.spectrogram_shape(1024, 8000, 32) == (128, 32)  # 17 frames
+    assert audio.spectrogram_shape(16000, 16000, 32) == (256, 128)  # 512-point FFT, hops of 128: 126 frames
+
+
+def test_griffin_lim_gives_back_a_sound_with_the_spectrogram_asked_for():
+    """A half-scale 440 Hz sine for half a second, then silence: through the network's spectrogram and back by
+    Griffin-Lim it keeps its pitch and loudness, the silence stays silent (bins at the floor are zero), the
+    spectrogram of what comes back is the one asked for, and the same spectrogram gives the same waveform."""
+    rate = 8000
+    wave = sine(440, rate)
+    wave[4000:] = 0
+    spec = audio.spectrogram(torch.from_numpy(wave)[None, None], rate, 128)
+    assert spec.shape == (1, 1, 128, 128) and spec.min() == -1 and spec.max() <= 1
+    assert torch.all(spec[..., 126:] == -1)  # the frames padded to 128
+    # 440 Hz is near bin 14 of 31.25 Hz: the STFT over its window's sum gives half the amplitude, 0.25, ln 0.25 on
+    # the scale from -12 to 0
+    assert spec[0, 0, 14, 10].item() == pytest.approx((np.log(0.25) + 12) / 6 - 1, abs=0.01)
+    back = audio.griffin_lim(spec, rate, 8000)
+    assert back.shape == (1, 1, 8000) and torch.equal(back, audio.griffin_lim(spec, rate, 8000))
+    back = back[0, 0].numpy()
+    assert abs(peak_hz(back[:4000], rate) - 440) < 3
+    assert abs(np.sqrt(np.mean(back[:4000] ** 2)) / np.sqrt(np.mean(wave[:4000] ** 2)) - 1) < 0.05
+    assert np.abs(back[4300:]).max() == 0
+    again = audio.spectrogram(torch.from_numpy(back)[None, None], rate, 128)
+    assert (again - spec)[..., :60].abs().mean() < 0.02  # the sounding frames, in units of the [-1, 1] range
 
 
 def test_an_audio_network_sees_linear_amplitudes_and_its_samples_are_companded_back():
@@ -174,7 +227,7 @@ def test_an_audio_network_sees_linear_amplitudes_and_its_samples_are_companded_b
     from diffusely.train.common import Dist
     from diffusely.train.data import TrainingSet
 
-    config = new_run_config("sounds", {"image_size": 256})
+    config = new_run_config("sounds", {"image_size": 256, "audio_model": "waveform"})
     assert (config.data.amplitude, config.diffusion.sigma_data, config.diffusion.P_mean) == ("linear", 0.16, -3.84)
     codes = render_sounds(8, 256, 8000).images
     config.train.batch_size = 4
@@ -192,13 +245,37 @@ def test_an_audio_network_sees_linear_amplitudes_and_its_samples_are_companded_b
     assert image.diffusion.sigma_data == 0.5 and torch.equal(audio.network_input(companded, image), companded)
 
 
+def test_a_spectrogram_network_learns_the_clips_spectrograms_and_its_samples_are_sound():
+    """The default audio run: a training batch is the clips' spectrograms (frames padded to the U-Net's factor), and
+    run.decode turns a spectrogram back into companded clips whose log-mel spectrogram is the clips' own."""
+    from diffusely.checkpoint import LoadedRun
+    from diffusely.data import Dataset
+    from diffusely.train.common import Dist
+    from diffusely.train.data import TrainingSet
+
+    config = new_run_config("sounds", {"image_size": 1024})
+    config.train.batch_size = 4
+    codes = render_sounds(8, 1024, 8000).images
+    batches = TrainingSet(config, Dataset(codes, None, None, None, None, "sounds"), [], None, "cpu", Dist())
+    rows = batches.batches.indices(batches.batches.positions(0))
+    linear = torch.from_numpy(audio.from_codes(codes))[:, None]
+    x0 = batches.draw_batch(0)[0]
+    assert x0.shape == (4, 1, 128, 32) and torch.allclose(x0, audio.spectrogram(linear[rows], 8000, 32), atol=1e-4)
+    clips = LoadedRun(config, None, 0).decode(x0)
+    assert clips.shape == (4, 1, 1024) and clips.abs().max() <= 1
+    mel, want = (audio.log_mel(audio.mu_expand(c[:, 0]), 8000) for c in (clips, to_tensor(codes[rows.numpy()])))
+    loud = want > -6  # the bins that sound: the floor (log power -11.5) is where a clip is silent
+    assert (mel - want)[loud].abs().mean() < 0.3, (mel - want)[loud].abs().mean()  # 0.12 nats when written
+
+
 def test_audio_run_trains_samples_and_resumes_through_the_cli(tmp_path):
     runner, run = CliRunner(), tmp_path / "run"
     result = runner.invoke(main, ["train", "sounds", "--out", str(run), "--steps", "2", "--classes",
                                   "--sample-every", "1", *TINY_AUDIO])
     assert result.exit_code == 0, result.output
     config = json.loads((run / "config.json").read_text())
-    assert config["data"]["modality"] == "audio" and config["model"]["dims"] == 1
+    assert (config["data"]["modality"], config["data"]["amplitude"], config["model"]["dims"]) == (
+        "audio", "spectrogram", 2)
     # every --sample-every steps a picture of 16 clips, 4 a row: waveform over spectrogram, enlarged twice
     assert sorted(p.name for p in (run / "samples").iterdir()) == ["step-0000001.png", "step-0000002.png"]
     with Image.open(run / "samples" / "step-0000002.png") as picture:
@@ -236,7 +313,7 @@ def test_a_folder_of_audio_trains_as_audio_through_the_cli(tmp_path):
     write_folder(tmp_path / "clips")
     with pytest.warns(UserWarning, match="skipped 2 of 5 audio files"):
         result = CliRunner().invoke(main, ["train", str(tmp_path / "clips"), "--out", str(tmp_path / "run"),
-                                           "--steps", "1", "--classes", *TINY_AUDIO])
+                                           "--steps", "1", "--classes", "--audio-model", "waveform", *TINY_AUDIO])
     assert result.exit_code == 0, result.output
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert (config["data"]["modality"], config["model"]["dims"], config["data"]["class_names"]) == (
@@ -257,7 +334,12 @@ def test_an_image_autoencoder_is_refused_for_audio_naming_what_the_run_needs(tmp
 
     ae, run = train_tiny_autoencoder(tmp_path / "ae", steps=1), tmp_path / "run"
     result = CliRunner().invoke(main, ["train", "sounds", "--out", str(run), "--autoencoder", str(ae), "--steps", "1",
-                                       *TINY_AUDIO])
+                                       "--audio-model", "waveform", *TINY_AUDIO])
     assert result.exit_code == 1, result.output
     assert "encodes images, and this audio run needs one of 1-D samples (audio)" in result.output, result.output
+    assert "Traceback" not in result.output and not (run / "checkpoint.safetensors").exists()
+    # the default learns spectrograms, which no autoencoder's latents are
+    result = CliRunner().invoke(main, ["train", "sounds", "--out", str(run), "--autoencoder", str(ae), "--steps", "1",
+                                       *TINY_AUDIO])
+    assert result.exit_code == 1 and "add --audio-model waveform, or drop --autoencoder" in result.output, result.output
     assert "Traceback" not in result.output and not (run / "checkpoint.safetensors").exists()

@@ -65,6 +65,9 @@ def _steps_line(start: int, end: int) -> str:
               help="Video: learn to continue clips from their first K frames (then `diffusely sample --first-frames`).")
 @click.option("--sample-rate", type=SAMPLE_RATE, help="Audio (sounds, a folder of WAV/FLAC/...): Hz the clips are "
               "read at, resampled where they differ (default 8000); --image-size is a clip's length in samples.")
+@click.option("--audio-model", type=click.Choice(["spectrogram", "waveform"]),
+              help="Audio: what the network learns: the log-magnitude spectrogram, drawn back to sound by Griffin-Lim "
+                   "(default), or the waveform (a 1-D U-Net).")
 @click.option("--factorised/--no-factorised", default=None,
               help="Video: factorised space-time blocks (2-D layers per frame, temporal conv and attention) instead of "
                    "3-D ones.")

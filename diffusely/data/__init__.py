@@ -215,14 +215,21 @@ def _is_video_folder(path: Path) -> bool:
 # an audio network sees linear amplitudes (config.DataConfig.amplitude): their spread is the built-in sounds' (0.16 at
 # 8 kHz), and its training noise levels sit lower than EDM's for images, where the hiss is (docs/audio.md)
 AUDIO_SIGMA_DATA, AUDIO_P_MEAN = 0.16, -3.84
+# what an audio run's network learns (--audio-model; docs/audio.md): the clip's log-magnitude spectrogram, a 2-D
+# U-Net on it with EDM's image noise levels and Griffin-Lim back to sound, or the waveform's linear amplitudes
+AUDIO_MODELS = {
+    "spectrogram": (("data.amplitude", "spectrogram"), ("model.dims", 2), ("model.patch_size", 8),
+                    ("diffusion.sigma_data", 0.5), ("diffusion.P_mean", -1.2)),
+    "waveform": (("data.amplitude", "linear"), ("model.dims", 1), ("model.patch_size", 4),
+                 ("diffusion.sigma_data", AUDIO_SIGMA_DATA), ("diffusion.P_mean", AUDIO_P_MEAN)),
+}
+AUDIO_MODEL = "spectrogram"
 # images are the default; each other modality one line (the video engineer: add "video" here)
 MODALITIES: dict[str, Modality] = {
     "image": Modality("image", 2, ("png", "npy"), extensions=IMAGE_EXTENSIONS),
     "audio": Modality("audio", 1, ("wav", "npy"), ("sounds",), _is_audio_folder, _load_audio, "diffusely.audio", (
         ("data.sample_rate", 8000), ("data.image_size", 8000), ("data.channels", 1), ("data.flip", False),
-        ("model.dims", 1), ("model.patch_size", 4), ("model.channels", (64, 128, 256)),
-        ("data.amplitude", "linear"), ("diffusion.sigma_data", AUDIO_SIGMA_DATA), ("diffusion.P_mean", AUDIO_P_MEAN)),
-        AUDIO_EXTENSIONS),
+        ("model.channels", (64, 128, 256)), *AUDIO_MODELS[AUDIO_MODEL]), AUDIO_EXTENSIONS),
     "video": Modality("video", 3, ("gif", "mp4", "npy"), ("moving-shapes",), _is_video_folder, _load_video,
                       "diffusely.data.video", (("data.frames", 8), ("model.dims", 3), ("model.channels", (64, 128, 128)),
                                                ("model.attention_levels", (2,))), VIDEO_EXTENSIONS),

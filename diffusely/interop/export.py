@@ -95,7 +95,8 @@ def _single(values: set, what: str) -> object:
 def _refuse_unmappable(config: RunConfig) -> None:
     m, d = config.model, config.diffusion
     why = [text for bad, text in [
-        (m.dims != 2, f"{m.dims}-D data"), (m.patch_size != 1, "patching (patch_size > 1)"),
+        (m.dims != 2, f"{m.dims}-D data"), (config.data.modality != "image", f"{config.data.modality} data"),
+        (m.patch_size != 1, "patching (patch_size > 1)"),
         (m.num_classes > 0, "class conditioning"), (config.text.enabled or m.context_dim > 0, "text conditioning"),
         (m.layout_channels > 0, "layout conditioning"), (config.latent is not None, "latent diffusion"),
         (m.lowres_channels > 0, "low-resolution conditioning (super-resolution)"),

@@ -84,7 +84,11 @@ def _sample_facts(cfg) -> dict:
     if data.modality == "audio":
         rate = data.sample_rate or DEFAULT_RATE  # 0 in a config: the loader's default
         return {"clip_length": f"{data.image_size:,} samples ({data.image_size / rate:.4g} s)",
-                "sample_rate": f"{rate:,} Hz", "channels": data.channels}
+                "sample_rate": f"{rate:,} Hz", "channels": data.channels, "network_sees": {
+                    "spectrogram": "log-magnitude spectrogram ({} x {}), Griffin-Lim back to sound".format(
+                        *cfg.sample_shape[1:]),
+                    "linear": "the waveform (linear amplitudes)", "mu-law": "the mu-law companded waveform"}[
+                    data.amplitude]}
     if data.modality == "video":
         frames, height, width = data.spatial(3)
         return {"frames": frames, "frame_size": f"{height} x {width}",

@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 
 from .._util import randn_like
-from ..audio import network_input
+from ..audio import data_dims, network_dims, network_input
 from ..checkpoint import autoencoder_dir, read_config
 from ..conditions import Captions, Condition, FromSamples, LowRes
 from ..config import AutoencoderRunConfig, RunConfig
@@ -36,6 +36,8 @@ def train_sigmas(config: RunConfig, schedule, batch: int, generator, device) -> 
 
 
 def check_image_size(config: RunConfig) -> None:
+    if network_dims(config) != data_dims(config):  # an audio clip's spectrogram: its frames are padded to fit
+        return
     ae_factor = config.latent.factor if config.latent else 1
     f = config.model.downsample_factor * ae_factor
     if config.data.image_size % f:
@@ -68,6 +70,9 @@ def prepare_data(config: RunConfig, data: Optional[Dataset] = None) -> Dataset:
     """Load the run's data (or take `data`, samples of the model's dims) and fit the model config to it (input
     channels, number of classes, layout and low-res channels, text width)."""
     if config.latent is not None:  # the U-Net sees the autoencoder's latents
+        if network_dims(config) != data_dims(config):
+            raise DataError("a latent audio run learns an autoencoder's latents of the waveform, not a spectrogram: "
+                            "add --audio-model waveform, or drop --autoencoder")
         ae = read_config(autoencoder_dir(config), AutoencoderRunConfig).model
         config.latent.factor, config.latent.latent_channels = ae.factor, ae.latent_channels
         frames = config.model.dims == 3 and bool(config.data.frames)  # an image autoencoder encodes each frame
@@ -84,7 +89,7 @@ def prepare_data(config: RunConfig, data: Optional[Dataset] = None) -> Dataset:
                             seed=config.train.seed, captions=config.text.enabled, max_shapes=config.data.max_shapes, outside=config.data.outside,
                             directions=config.data.directions if config.data.layout else "labels",  # layouts only
                             rate=config.data.sample_rate, frames=config.data.frames)
-    shape = config.data.spatial(config.model.dims)
+    shape = config.data.spatial(data_dims(config))
     if tuple(data.images.shape[1:-1]) != shape:
         raise DataError(f"{config.data.source} holds samples of {tuple(data.images.shape[1:-1])}, but the model (dims "
                         f"{config.model.dims}, image size {config.data.image_size}) takes {shape}")

@@ -17,7 +17,7 @@ import torch
 
 from .. import viz
 from .._util import randn
-from ..audio import network_output
+from ..audio import data_dims, network_output
 from ..checkpoint import build_denoiser, build_model, save_checkpoint
 from ..conditions import Condition, conditions
 from ..config import RunConfig
@@ -167,7 +167,7 @@ def sample_grid(denoiser, config: RunConfig, path: Path, conds: list[Condition],
     spectrogram per clip, video a film strip per clip), as `diffusely sample --grid` does. Samples of no modality's
     shape (data given in memory, say (C, L) clips under an image config) get no picture."""
     kind = MODALITIES[config.data.modality]
-    if kind.dims != config.model.dims:
+    if kind.dims != data_dims(config):
         return
     device = next(denoiser.parameters()).device
     g = seeded_generator("cpu", seed, 12345)
