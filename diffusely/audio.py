@@ -55,7 +55,10 @@ def mu_expand(y: np.ndarray | torch.Tensor):
 
 
 def network_dims(config) -> int:
-    """The spatial axes of what an audio run's network denoises: 2 on spectrograms, 1 on waveforms."""
+    """The spatial axes of what a run's network denoises: an audio run's 2 on spectrograms, 1 on waveforms; the
+    model's otherwise."""
+    if config.data.modality != "audio":
+        return config.model.dims
     return 2 if spectrogram_network(config) else 1
 
 

@@ -180,6 +180,8 @@ def test_the_audio_model_chooses_what_the_network_learns():
     assert (waveform.diffusion.sigma_data, waveform.diffusion.P_mean) == (0.16, -3.84)
     assert waveform.sample_shape[1:] == (8000,) and audio.data_dims(waveform) == 1
     assert new_run_config("sounds", {"audio_model": "waveform", "patch_size": 2}).model.patch_size == 2
+    image = new_run_config("shapes", {})  # images are what the model's dims say, both as data and for the network
+    assert audio.network_dims(image) == audio.data_dims(image) == 2
     with pytest.raises(ConfigError, match="shapes is image data: drop --audio-model"):
         new_run_config("shapes", {"audio_model": "waveform"})
     written = json.loads(spectrogram.to_json())
