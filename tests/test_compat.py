@@ -1,7 +1,9 @@
 """Runs written before the package was reshaped (tests/fixtures/v0, made by its make_expected.py) still
 load, sample as they did then, and resume training. Bit for bit on the CPU that drew the expected samples; another
-CPU's kernels round differently in the last bit (3.7e-9 to 6e-8 on an AMD EPYC with AVX512-BF16, seen 2026-12),
-so the samples must agree to 1e-6, far below any change of the code's arithmetic (one 8-bit level is 7.8e-3)."""
+CPU's kernels round differently in the last bits (3.7e-9 to 6e-8 on an AMD EPYC with AVX512-BF16, seen 2026-12; 4.6e-6
+in 2 of 6144 values of the layout run on an AMD EPYC without bf16, 2026-12-07, at the commit before the audio
+spectrogram model as after it), so the samples must agree to 1e-5, far below any change of the code's arithmetic
+(one 8-bit level is 7.8e-3)."""
 
 import json
 import shutil
@@ -56,7 +58,7 @@ def test_old_runs_sample_as_they_did(name, expected, tmp_path):
     run = load_run(copy_run(name, tmp_path))
     for sampler in ("heun", "euler_ancestral"):
         x = torch.cat(list(generate(run, 2, steps=3, sampler=sampler, seed=0, progress=False, **CASES[name])))
-        torch.testing.assert_close(x, expected[f"{name}.{sampler}"], rtol=0, atol=1e-6,
+        torch.testing.assert_close(x, expected[f"{name}.{sampler}"], rtol=0, atol=1e-5,
                                    msg=lambda m: f"{name} with {sampler} changed: {m}")
 
 
