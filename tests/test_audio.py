@@ -180,6 +180,11 @@ def test_the_audio_model_chooses_what_the_network_learns():
     assert (waveform.diffusion.sigma_data, waveform.diffusion.P_mean) == (0.16, -3.84)
     assert waveform.sample_shape[1:] == (8000,) and audio.data_dims(waveform) == 1
     assert new_run_config("sounds", {"audio_model": "waveform", "patch_size": 2}).model.patch_size == 2
+    from diffusely.pipelines.describe import _sample_facts  # what `diffusely info` says of each
+
+    assert _sample_facts(spectrogram)["network_sees"] == (
+        "log-magnitude spectrogram (128 x 128), Griffin-Lim back to sound")
+    assert _sample_facts(waveform)["network_sees"] == "the waveform (linear amplitudes)"
     image = new_run_config("shapes", {})  # images are what the model's dims say, both as data and for the network
     assert audio.network_dims(image) == audio.data_dims(image) == 2
     with pytest.raises(ConfigError, match="shapes is image data: drop --audio-model"):

@@ -77,6 +77,13 @@ def _imported(run_dir: str | Path, run: LoadedRun) -> dict:
     }
 
 
+def _network_sees(cfg) -> str:
+    """What an audio run's network learns (data.amplitude), in words."""
+    if cfg.data.amplitude == "spectrogram":
+        return "log-magnitude spectrogram ({} x {}), Griffin-Lim back to sound".format(*cfg.sample_shape[1:])
+    return {"linear": "the waveform (linear amplitudes)", "mu-law": "the mu-law companded waveform"}[cfg.data.amplitude]
+
+
 def _sample_facts(cfg) -> dict:
     """What one sample is, in its modality's units: an image's side, a clip's length and sample rate, a video's
     frames, their size and rate."""
@@ -84,11 +91,7 @@ def _sample_facts(cfg) -> dict:
     if data.modality == "audio":
         rate = data.sample_rate or DEFAULT_RATE  # 0 in a config: the loader's default
         return {"clip_length": f"{data.image_size:,} samples ({data.image_size / rate:.4g} s)",
-                "sample_rate": f"{rate:,} Hz", "channels": data.channels, "network_sees": {
-                    "spectrogram": "log-magnitude spectrogram ({} x {}), Griffin-Lim back to sound".format(
-                        *cfg.sample_shape[1:]),
-                    "linear": "the waveform (linear amplitudes)", "mu-law": "the mu-law companded waveform"}[
-                    data.amplitude]}
+                "sample_rate": f"{rate:,} Hz", "channels": data.channels, "network_sees": _network_sees(cfg)}
     if data.modality == "video":
         frames, height, width = data.spatial(3)
         return {"frames": frames, "frame_size": f"{height} x {width}",
