@@ -85,8 +85,8 @@ def spectrogram_input(config) -> tuple[int, int, int]:
 
 
 def spectrogram_network(config) -> bool:
-    """Does the run's network see log-magnitude spectrograms (`data.amplitude` spectrogram, the audio default from
-    config version 7; a 2-D U-Net on them, Griffin-Lim back to a waveform)?"""
+    """Does the run's network see log-magnitude spectrograms (`data.amplitude` spectrogram, the audio default for new
+    runs; a 2-D U-Net on them, Griffin-Lim back to a waveform)?"""
     return config.data.modality == "audio" and config.data.amplitude == "spectrogram"
 
 
@@ -101,9 +101,7 @@ def linear_network(config) -> bool:
 def network_input(x: torch.Tensor, config) -> torch.Tensor:
     """Companded clips (B, C, L) in [-1, 1], as to_tensor gives the codes -> what the run's network sees."""
     if spectrogram_network(config):
-        d = config.data
-        return spectrogram(mu_expand(x), d.sample_rate, spectrogram_shape(d.image_size, d.sample_rate,
-                                                                           config.model.downsample_factor)[1])
+        return spectrogram(mu_expand(x), config.data.sample_rate, spectrogram_input(config)[-1])
     return mu_expand(x) if linear_network(config) else x
 
 
@@ -147,8 +145,8 @@ def griffin_lim(spec: torch.Tensor, rate: int, length: int, iterations: int = 64
     The phase is found by fast Griffin-Lim (Perraudin et al. 2013: Griffin & Lim's projections with momentum, as
     torchaudio's GriffinLim), from a random phase of a fixed seed, so the same spectrogram gives the same waveform;
     bins at the floor are silent."""
-    n_fft = stft_size(rate)
-    hop, frames = n_fft // 4, length // (n_fft // 4) + 1
+    n_fft, frames = stft_size(rate), spectrogram_shape(length, rate)[1]
+    hop = n_fft // 4
     x = spec.float().flatten(0, 1)[..., :frames].clamp(-1, 1)
     magnitude = torch.exp((x + 1) / 2 * (LOG_TOP - LOG_FLOOR) + LOG_FLOOR) * (x > -1 + 1e-3)
     window = torch.hann_window(n_fft, device=spec.device)

@@ -7,7 +7,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .audio import check_audio_network, spectrogram_input
+from .audio import check_audio_network, spectrogram_input, spectrogram_network
 from .data import MODALITIES
 from .denoisers import PARAMETERIZATIONS
 from .distill.config import DistillConfig
@@ -327,7 +327,7 @@ class RunConfig(JsonConfig):
     @property
     def sample_shape(self) -> tuple[int, ...]:
         """(C, *spatial) of what the network denoises: an image, or in a latent run the image's latent."""
-        if self.data.modality == "audio" and self.data.amplitude == "spectrogram":  # a 2-D network on 1-D clips
+        if spectrogram_network(self):  # a 2-D network on 1-D clips
             return spectrogram_input(self)
         size = self.data.image_size // (self.latent.factor if self.latent else 1)
         if self.model.dims == 3 and self.data.frames:  # a video: an autoencoder applied per frame keeps the frames
