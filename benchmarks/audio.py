@@ -1,4 +1,4 @@
-"""Diffusion on sound: diffusely's waveform U-Net on the built-in `sounds` against the real clips and two peers.
+"""Diffusion on sound: diffusely on the built-in `sounds` against the real clips and two peers.
 
 The protocol of the SaShiMi paper (Goel et al. 2022), as DiffWave's SC09 table reports it: a classifier trained on
 the reference data (here the log-mel spectrogram classifier of diffusely.audio, trained on the training clips)
@@ -15,13 +15,14 @@ seed, never trained on: the FD floor a perfect model reaches with this many samp
 diffusely trains for --minutes of CPU time (steps estimated from a short timing run) with class labels, then draws
 --samples clips, classes in turn, with guidance (Heun, --steps). The peers, lucidrains' `audio-diffusion-pytorch`
 (DiffusionModel, UNetV0, v-diffusion) and `denoising-diffusion-pytorch`'s GaussianDiffusion1D (Unet1D), train the
-same minutes on the same clips (linear waveforms in [-1, 1], as diffusely's network sees them and as their users
-feed them; both unconditional, the way their 1-D models come; their samples are companded to be scored) in an
+same minutes on the same clips (linear waveforms in [-1, 1], as their users feed them and as diffusely's waveform
+model sees them; both unconditional, the way their 1-D models come; their samples are companded to be scored) in an
 environment this script makes (--peers): torch 2.11 (what torchaudio pairs with today), torchaudio, torchvision
 (denoising-diffusion-pytorch imports it), both packages from PyPI.
 
-    python benchmarks/audio.py --out bench/audio --peers      # 60 minutes a model + sampling: ~4.5 hours
     python benchmarks/audio.py --out bench/audio              # diffusely and the real rows: ~2 hours
+    python benchmarks/audio.py --out bench/audio --peers      # and the peers: ~3.5 hours more
+    python benchmarks/audio.py --out bench/audio --peers audio-diffusion-pytorch   # one peer (kept for the next)
     python benchmarks/audio.py --out /tmp/audio --quick       # ~4 minutes on one busy core: the script works
 
 Rerun with the same --out, it keeps what is done: a killed diffusely run resumes from its last checkpoint (its
@@ -45,7 +46,9 @@ from pathlib import Path
 import numpy as np
 
 PEERS = ("audio-diffusion-pytorch", "denoising-diffusion-pytorch")
-PEER_PACKAGES = ["torch==2.11.*", "torchaudio==2.11.*", "torchvision==0.26.*", "audio-diffusion-pytorch",
+# torchaudio 2.11.1 is built against a torch 2.11.1 that PyPI does not have: beside torch 2.11.0 its library fails
+# to load (undefined symbol torch_exception_get_what_without_backtrace), so both are pinned to 2.11.0
+PEER_PACKAGES = ["torch==2.11.0", "torchaudio==2.11.0", "torchvision==0.26.0", "audio-diffusion-pytorch",
                  "denoising-diffusion-pytorch", "numpy"]
 
 
@@ -256,12 +259,12 @@ def run_peer(name: str, data_path: Path, minutes: float, n: int, out_path: Path)
     tmp.replace(out_path)
 
 
-def peers(args, train_clips: np.ndarray, out: Path) -> dict:
-    """Each peer trained and sampled in the peer environment: {name: (samples, facts)}."""
+def peers(args, train_clips: np.ndarray, out: Path, names) -> dict:
+    """Each peer named trained and sampled in the peer environment: {name: (samples, facts)}."""
     python = peer_environment(out)
     np.savez(out / "peer-data.npz", train=train_clips)
     results = {}
-    for name in PEERS:
+    for name in names:
         result = out / f"peer-{name}-{args.samples}.npz"  # its minutes are the plan's
         if not result.exists():  # a peer already trained and sampled is scored again, not retrained
             subprocess.run([str(python), __file__, "--peer", name, "--peer-data", str(out / "peer-data.npz"),
@@ -324,8 +327,9 @@ def main(args) -> None:
                  "rtf": seconds / (args.samples * args.seconds)})
     audio.save_grid(torch.from_numpy(samples[:8])[:, None], out / "samples.png", args.rate)
     audio.save_grid(torch.from_numpy(real_clips(train_set.images[:8]))[:, None], out / "real.png", args.rate)
-    if args.peers:
-        for name, (peer_samples, peer_facts) in peers(args, audio.from_codes(train_set.images), out).items():
+    if args.peers is not None:  # --peers alone: both
+        names = args.peers or PEERS
+        for name, (peer_samples, peer_facts) in peers(args, audio.from_codes(train_set.images), out, names).items():
             rows.append({"name": f"{name} ({args.minutes:g} min, unconditional)",
                          **scores(*embed(net, audio.mu_compress(np.clip(peer_samples, -1, 1)), args.rate), reference),
                          **peer_facts,
@@ -343,7 +347,8 @@ def parse(argv=None):
     p.add_argument("--out", required=True)
     p.add_argument("--quick", action="store_true", help="A few minutes: 0.256 s clips (2048 samples: the U-Net takes "
                    "multiples of 4 x the patch size), a smaller U-Net, 1.5 minutes of training.")
-    p.add_argument("--peers", action="store_true", help="Also train the peers (makes OUT/peer-env; hours).")
+    p.add_argument("--peers", nargs="*", choices=PEERS, metavar="PEER",
+                   help="Also train the peers, or those named (makes OUT/peer-env; hours: see the top of the file).")
     p.add_argument("--minutes", type=float, help="Training minutes a model (default 60; --quick 1.5).")
     p.add_argument("--rate", type=int, default=8000)
     p.add_argument("--seconds", type=float,
