@@ -1,6 +1,8 @@
 """The CLI end to end on a tiny image folder: train, sample, info, strips, and bad input."""
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,6 +10,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from diffusely.cli import main
+from diffusely.data.shapes import write_shapes_folder
 
 from helpers import TINY_ARGS
 
@@ -16,12 +19,21 @@ def run(*args):
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
-@pytest.fixture
-def trained(tiny_folder, tmp_path):
-    out = tmp_path / "run"
-    r = run("train", tiny_folder, "--out", out, "--steps", 6, "--checkpoint-every", 3, "--sample-every", 3, *TINY_ARGS)
+@pytest.fixture(scope="module")
+def trained_once(tmp_path_factory):
+    """A tiny run of 6 steps on 24 shape images, trained once for this module."""
+    root = tmp_path_factory.mktemp("cli")
+    write_shapes_folder(root / "images", 24, size=16, seed=1)  # tiny_folder's images
+    r = run("train", root / "images", "--out", root / "run", "--steps", 6, "--checkpoint-every", 3, "--sample-every", 3,
+            *TINY_ARGS)
     assert r.exit_code == 0, r.output
-    return out
+    return root / "run"
+
+
+@pytest.fixture
+def trained(trained_once, tmp_path):
+    """A copy of the tiny run of its own for each test: tests resume it, edit its config and fit schedules to it."""
+    return Path(shutil.copytree(trained_once, tmp_path / "run"))
 
 
 def test_train_sample_info_end_to_end(trained, tmp_path):
