@@ -143,8 +143,8 @@ def griffin_lim(spec: torch.Tensor, rate: int, length: int, iterations: int = 64
                 seed: int = 0) -> torch.Tensor:
     """The inverse of spectrogram: (B, C, bins, frames) in [-1, 1] -> (B, C, length) linear amplitudes in [-1, 1].
     The phase is found by fast Griffin-Lim (Perraudin et al. 2013: Griffin & Lim's projections with momentum, as
-    torchaudio's GriffinLim), from a random phase of a fixed seed, so the same spectrogram gives the same waveform;
-    bins at the floor are silent."""
+    torchaudio's GriffinLim), from a random phase of a fixed seed, the same for every clip, so the same spectrogram
+    gives the same waveform whatever the batch it comes in; bins at the floor are silent."""
     n_fft, frames = stft_size(rate), spectrogram_shape(length, rate)[1]
     hop = n_fft // 4
     x = spec.float().flatten(0, 1)[..., :frames].clamp(-1, 1)
@@ -152,7 +152,8 @@ def griffin_lim(spec: torch.Tensor, rate: int, length: int, iterations: int = 64
     window = torch.hann_window(n_fft, device=spec.device)
     magnitude = torch.nn.functional.pad(magnitude * window.sum(), (0, 0, 0, 1))  # the Nyquist bin: zero
     g = torch.Generator(device="cpu").manual_seed(seed)
-    angles = torch.polar(torch.ones(magnitude.shape), 2 * math.pi * torch.rand(magnitude.shape, generator=g))
+    shape = (1, *magnitude.shape[1:])  # one start for every clip: a clip's sound is the same in any batch
+    angles = torch.polar(torch.ones(shape), 2 * math.pi * torch.rand(shape, generator=g)).expand(magnitude.shape)
     angles, previous = angles.to(spec.device), torch.zeros_like(magnitude, dtype=angles.dtype, device=spec.device)
     for _ in range(iterations):
         rebuilt = torch.stft(torch.istft(magnitude * angles, n_fft, hop, window=window, length=length), n_fft, hop,

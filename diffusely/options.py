@@ -293,10 +293,10 @@ def _given(config, options: dict) -> dict:
     if options.get("recipe"):
         ddpm = config.diffusion.schedule is not None
         given["recipe"] = (options["recipe"], options["recipe"] == ("ddpm" if ddpm else "edm"), "diffusion.schedule")
-    if options.get("audio_model"):
-        spectrogram = config.data.amplitude == "spectrogram"
-        given["audio_model"] = (options["audio_model"], (options["audio_model"] == "spectrogram") == spectrogram,
-                                "data.amplitude")
+    if options.get("audio_model"):  # on a run that is not audio it names the run's modality
+        audio, spectrogram = config.data.modality == "audio", config.data.amplitude == "spectrogram"
+        agrees = audio and (options["audio_model"] == "spectrogram") == spectrogram
+        given["audio_model"] = (options["audio_model"], agrees, "data.amplitude" if audio else "data.modality")
     if options.get("text_encoder"):
         given["text_encoder"] = (options["text_encoder"], options["text_encoder"] == config.text.encoder, "text.encoder")
     elif options.get("text"):

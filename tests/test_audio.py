@@ -222,6 +222,44 @@ def test_griffin_lim_gives_back_a_sound_with_the_spectrogram_asked_for():
     assert np.abs(back[4300:]).max() == 0
     again = audio.spectrogram(torch.from_numpy(back)[None, None], rate, 128)
     assert (again - spec)[..., :60].abs().mean() < 0.02  # the sounding frames, in units of the [-1, 1] range
+    # a clip's sound does not depend on the batch it is drawn in (sample i is the same for any --batch-size)
+    other = audio.spectrogram(torch.from_numpy(sine(330, rate))[None, None], rate, 128)
+    pair = audio.griffin_lim(torch.cat([other, spec]), rate, 8000)
+    assert torch.equal(pair[1:], audio.griffin_lim(spec, rate, 8000))
+    assert torch.equal(pair[:1], audio.griffin_lim(other, rate, 8000))
+
+
+def test_a_spectrogram_run_too_small_for_its_stft_or_network_says_what_to_change():
+    """Refused before any data loads, naming the option to change, not a stack trace from torch.stft or the U-Net;
+    and --task upscale, for images, is refused on audio whichever network it would run."""
+    from diffusely.train.data import check_image_size, check_task
+
+    check_image_size(new_run_config("sounds", {"image_size": 256}))  # 5 frames, padded: fine
+    with pytest.raises(DataError, match="a clip of 128 samples is too short for a spectrogram at 8000 Hz .* longer "
+                                        "--image-size, or train with --audio-model waveform"):
+        check_image_size(new_run_config("sounds", {"image_size": 128}))
+    with pytest.raises(DataError, match=r"a spectrogram at 8000 Hz has 128 frequency bins, which the U-Net's "
+                                        r"downsampling factor 256 \(3 levels, patch size 64\) does not divide: "):
+        check_image_size(new_run_config("sounds", {"patch_size": 64}))
+    for model in ("spectrogram", "waveform"):
+        with pytest.raises(DataError, match="--task upscale trains on images, not on audio: drop that option"):
+            check_task(new_run_config("sounds", {"audio_model": model, "task": "upscale"}))
+
+
+def test_resuming_with_another_audio_model_is_refused_naming_the_runs(tmp_path):
+    from diffusely.config import ConfigError
+    from diffusely.options import resumed_config
+
+    for data, options in (("sounds", {}), ("shapes", {})):
+        run_dir = tmp_path / data
+        run_dir.mkdir()
+        (run_dir / "config.json").write_text(new_run_config(data, options).to_json())
+    assert resumed_config(tmp_path / "sounds", None, {"audio_model": "spectrogram"})[0].data.amplitude == "spectrogram"
+    with pytest.raises(ConfigError, match="--audio-model waveform conflicts with the run .* data.amplitude "
+                                          "spectrogram"):
+        resumed_config(tmp_path / "sounds", None, {"audio_model": "waveform"})
+    with pytest.raises(ConfigError, match="--audio-model waveform conflicts with the run .* data.modality image"):
+        resumed_config(tmp_path / "shapes", None, {"audio_model": "waveform"})
 
 
 def test_an_audio_network_sees_linear_amplitudes_and_its_samples_are_companded_back():

@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 
 from .._util import randn_like
-from ..audio import data_dims, network_dims, network_input
+from ..audio import data_dims, network_dims, network_input, stft_size
 from ..checkpoint import autoencoder_dir, read_config
 from ..conditions import Captions, Condition, FromSamples, LowRes
 from ..config import AutoencoderRunConfig, RunConfig
@@ -37,6 +37,7 @@ def train_sigmas(config: RunConfig, schedule, batch: int, generator, device) -> 
 
 def check_image_size(config: RunConfig) -> None:
     if network_dims(config) != data_dims(config):  # an audio clip's spectrogram: its frames are padded to fit
+        check_spectrogram_size(config)
         return
     ae_factor = config.latent.factor if config.latent else 1
     f = config.model.downsample_factor * ae_factor
@@ -48,6 +49,21 @@ def check_image_size(config: RunConfig) -> None:
                         f"{len(config.model.channels)} levels{patch}{on_latents} needs; use --image-size {f'{lo} or {hi}' if lo else hi}")
 
 
+def check_spectrogram_size(config: RunConfig) -> None:
+    """A spectrogram run's clip must outlast its STFT's padding, and the U-Net's factor divide its frequency bins."""
+    d, m = config.data, config.model
+    n_fft = stft_size(d.sample_rate)
+    if d.image_size <= n_fft // 2:
+        raise DataError(f"a clip of {d.image_size} samples is too short for a spectrogram at {d.sample_rate} Hz (its "
+                        f"{n_fft}-point STFT needs more than {n_fft // 2}): give a longer --image-size, or train with "
+                        f"--audio-model waveform")
+    if (n_fft // 2) % m.downsample_factor:
+        raise DataError(f"a spectrogram at {d.sample_rate} Hz has {n_fft // 2} frequency bins, which the U-Net's "
+                        f"downsampling factor {m.downsample_factor} ({len(m.channels)} levels, patch size "
+                        f"{m.patch_size}) does not divide: give fewer --channels levels, a smaller --patch-size or a "
+                        f"higher --sample-rate")
+
+
 def check_task(config: RunConfig) -> None:
     """Refuse what an upscale run cannot be (yet): a text run (the text network passes no low-res channels), data
     that is not images, or a latent run whose scale and autoencoder factor do not nest (conditions.LowRes brings
@@ -55,7 +71,7 @@ def check_task(config: RunConfig) -> None:
     if config.data.task != "upscale":
         return
     why = [text for bad, text in [(config.text.enabled, "with text (--text)"),
-                                  (config.model.dims != 2, f"on {config.model.dims}-D data")] if bad]
+                                  (config.data.modality != "image", f"on {config.data.modality}")] if bad]
     if why:
         raise DataError(f"--task upscale trains on images, not {' or '.join(why)}: drop "
                         f"{'that option' if len(why) == 1 else 'those options'}, or train without --task upscale")
