@@ -106,6 +106,13 @@ def test_a_resumed_distillation_equals_an_uninterrupted_one(teacher, tmp_path):
     assert through.keys() == resumed.keys() and any(k.startswith("target.") for k in through)
     assert all(torch.equal(through[k], resumed[k]) for k in through), [k for k in through
                                                                        if not torch.equal(through[k], resumed[k])]
+    # a job stopped before its first checkpoint (its config.json and log written) starts again from the teacher
+    shutil.copytree(tmp_path / "through", tmp_path / "early")
+    for f in (tmp_path / "early").glob("*.safetensors"):
+        f.unlink()
+    assert cli("distill", "--out", tmp_path / "early", "--resume", "--steps", 4, "--quiet").exit_code == 0
+    early = weights(tmp_path / "early")
+    assert all(torch.equal(through[k], early[k]) for k in through)
     # the student began as the teacher's EMA weights, and the steps moved it
     teacher_ema = load_state(teacher / "checkpoint.safetensors").modules["ema"]
     assert teacher_ema.keys() == {k[len("model."):] for k in through if k.startswith("model.")}

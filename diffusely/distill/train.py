@@ -18,7 +18,7 @@ from typing import Callable, Optional
 import torch
 
 from .._files import atomic_write
-from ..checkpoint import (CONFIG, RunError, build_denoiser, build_model, load_run, read_config, sampling_weights,
+from ..checkpoint import (CHECKPOINT, CONFIG, RunError, build_denoiser, build_model, load_run, read_config, sampling_weights,
                           save_checkpoint, write_schedule)
 from ..config import RunConfig
 from ..train.common import (Tracker, adamw, autocast, check_room, locked, lr_at, optimize, resume_state,
@@ -107,10 +107,12 @@ def distill(config: RunConfig, run_dir: str | Path, *, resume: bool = False, pro
         teacher = _teacher(config, device)
         tc, dc = config.train, config.distill
         model = build_model(config).to(device)
-        if not resume:  # the teacher's EMA weights, on every rank (a resume loads the student's own)
+        # the teacher's EMA weights, on every rank; a resume loads the student's own, unless the job was stopped
+        # before its first checkpoint
+        if not resume or not (run_dir / CHECKPOINT).exists():
             model.load_state_dict(sampling_weights(dc.teacher, device)[0])
-            if d.main:
-                _start(config, run_dir)
+        if not resume and d.main:
+            _start(config, run_dir)
         data, conds, latents = prepare_run(config, run_dir, device, d, resume=True, progress=progress)
         ema, target, optimizer = make_ema(model), make_ema(model), adamw(model, tc, tc.lr, device)
         modules = {"model": model, "ema": ema, "target": target}
