@@ -69,9 +69,12 @@ def new_run_config(data: Optional[str], options: dict, config_file: Optional[str
     config.data = DataConfig(**{**config.data.__dict__, "source": data})
     set_modality(config, data)
     _audio_model(config, options.get("audio_model"))
-    if options.get("sample_rate") is not None and config.data.modality != "audio":
-        raise ConfigError(f"--sample-rate is the rate of an audio run's clips; {data} is {config.data.modality} data: "
-                          f"drop --sample-rate")
+    for name, what, modality in (("sample_rate", "the rate of an audio run's clips", "audio"),
+                                 ("frames", "a video run's clip length", "video"),
+                                 ("given_frames", "what a video run continues from", "video"),
+                                 ("grayscale", "for images: a video run learns RGB clips", "image")):
+        if options.get(name) and config.data.modality != modality:
+            raise ConfigError(f"{flag(name)} is {what}; {data} is {config.data.modality} data: drop {flag(name)}")
     _set_options(config, options, {**FIELDS, **RESUMABLE})
     _set_flags(config, options)
     if not config_file:  # a config file says how many channels it means
@@ -120,6 +123,11 @@ def _refuse_student(config: RunConfig, config_file: Optional[str]) -> None:
 def _check_frames(config: RunConfig) -> None:
     """A 3-D U-Net halves time as it halves space: the clip length must divide as the image size does."""
     m, frames = config.model, config.data.frames
+    from .nets.video import MAX_FRAMES
+
+    if m.factorised and frames > MAX_FRAMES:
+        raise ConfigError(f"--frames {frames} is more than the {MAX_FRAMES} a factorised U-Net's temporal attention "
+                          f"knows positions for; use --frames {MAX_FRAMES} or fewer, or --no-factorised")
     if m.dims == 3 and frames and not m.factorised and frames % m.downsample_factor:
         f = m.downsample_factor
         raise ConfigError(f"--frames {frames} is not divisible by {f}, which a 3-D U-Net with {len(m.channels)} levels "

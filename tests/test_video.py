@@ -220,6 +220,19 @@ def test_frame_conditioned_run_continues_a_given_clip(tmp_path, clips):
                                   str(tmp_path / "start.gif"), "--format", "npy", "--quiet"])
     assert result.exit_code == 0, result.output
     assert np.load(run / "generated" / "000000.npy").shape == (4, 16, 16, 3)
+    # the given frames are read at the run's frame rate: at 4 fps, frames 0 and 2 of the 8-fps clip
+    from types import SimpleNamespace
+
+    from diffusely.cli.sample import given_frames
+
+    def at(fps, k):
+        return given_frames(SimpleNamespace(config=SimpleNamespace(data=SimpleNamespace(
+            image_size=16, given_frames=k, sample_rate=fps, channels=3))), tmp_path / "start.gif")
+
+    assert torch.equal(at(4, 2), at(8, 3)[:, 0:3:2])
+    # and a clip's forward strip
+    result = runner.invoke(main, ["forward", str(tmp_path / "start.gif"), "--out", str(tmp_path / "forward.png")])
+    assert result.exit_code == 0 and (tmp_path / "forward.png").is_file(), result.output
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert load_dataset("moving-shapes", 16, frames=4).images.shape[1:] == (4, 16, 16, 3)
@@ -229,8 +242,15 @@ def test_frame_conditioned_run_continues_a_given_clip(tmp_path, clips):
     (["--frames", "6"], "--frames 6 is not divisible by 4"),
     (["--given-frames", "8"], "--given-frames: data.given_frames must be an integer between 0 and 7"),
     (["--given-frames", "2", "--autoencoder", "runs/ae"], "drop one of them"),
+    (["--factorised", "--frames", "65"], "--frames 65 is more than the 64 a factorised U-Net's temporal attention "
+                                         "knows positions for; use --frames 64 or fewer, or --no-factorised"),
+    (["--grayscale"], "--grayscale is for images: a video run learns RGB clips; moving-shapes is video data: drop "
+                      "--grayscale"),
+    (["shapes", "--frames", "8"], "--frames is a video run's clip length; shapes is image data: drop --frames"),
+    (["shapes", "--given-frames", "2"], "--given-frames is what a video run continues from; shapes is image data"),
 ])
 def test_bad_video_options_are_refused_naming_the_flag(tmp_path, args, message):
-    result = CliRunner().invoke(main, ["train", "moving-shapes", "--out", str(tmp_path / "run"), *args])
+    data, args = (args[0], args[1:]) if args[0] == "shapes" else ("moving-shapes", args)
+    result = CliRunner().invoke(main, ["train", data, "--out", str(tmp_path / "run"), *args])
     assert result.exit_code == 1 and message in result.output, result.output
     assert not (tmp_path / "run").exists()

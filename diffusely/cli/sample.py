@@ -56,10 +56,10 @@ def drawn_with(plan, nfe) -> str:
 def given_frames(run, path) -> "torch.Tensor":
     """The first data.given_frames frames of the clip at `path`, at the run's size: (C, k, H, W) in [-1, 1]."""
     from ..data import to_grayscale, to_tensor
-    from ..data.video import first_clip
+    from ..data.video import DEFAULT_FPS, first_clip
 
     d = run.config.data
-    clip = first_clip(path, d.image_size, max(1, d.given_frames))
+    clip = first_clip(path, d.image_size, max(1, d.given_frames), d.sample_rate or DEFAULT_FPS)  # the run's fps
     return to_tensor((clip if d.channels == 3 else to_grayscale(clip))[None])[0]
 
 

@@ -116,8 +116,10 @@ def _image_sequence(folder: Path) -> list[Path]:
 
 def is_video_folder(root) -> bool:
     """Whether `root` is a folder of video files (what makes a run on it a video run); folders of images are not."""
-    root = Path(root)
-    return root.is_dir() and any(p.suffix.lower() in VIDEO_EXTENSIONS for p in root.rglob("*") if p.is_file())
+    root = Path(root)  # hidden paths are skipped, as find_videos skips them: a .thumbs/x.gif makes no video run
+    return root.is_dir() and any(p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file()
+                                 and not any(part.startswith(".") for part in p.relative_to(root).parts)
+                                 for p in root.rglob("*"))
 
 
 def clips_of(path: Path, size: int, frames: int, fps: float) -> list[np.ndarray]:

@@ -16,6 +16,8 @@ from torch import nn
 
 from .layers import group_norm, zero_module
 
+MAX_FRAMES = 64  # the frame positions TemporalAttention learns (its weights' shape: a run's clips are no longer)
+
 
 class PerFrame(nn.Module):
     """A 2-D layer over each frame of (B, C, T, H, W); per-sample arguments (B, ...) are repeated for each frame."""
@@ -58,7 +60,7 @@ class TemporalMix(nn.Module):
 class TemporalAttention(nn.Module):
     """Self-attention over the frames at each pixel, each frame's position added (learned, up to `max_frames`)."""
 
-    def __init__(self, channels: int, head_channels: int = 64, groups: int = 32, max_frames: int = 64):
+    def __init__(self, channels: int, head_channels: int = 64, groups: int = 32, max_frames: int = MAX_FRAMES):
         super().__init__()
         self.heads = max(1, channels // head_channels)
         self.norm = group_norm(channels, groups)

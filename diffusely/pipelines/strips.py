@@ -12,6 +12,7 @@ from ..audio import DEFAULT_RATE, EXTENSIONS as AUDIO_EXTENSIONS
 from ..data import BUILTIN, MODALITIES, DataError, load_dataset, modality_of, to_tensor
 from ..data.audio import load_audio_file
 from ..data.folder import load_image
+from ..data.reading import regular_file
 from ..data.video import VIDEO_EXTENSIONS, first_clip
 from ..schedules import add_noise, ve_to_vp
 from .generate import generate
