@@ -18,8 +18,8 @@ from typing import Callable, Optional
 import torch
 
 from .._files import atomic_write
-from ..checkpoint import (CHECKPOINT, CONFIG, RunError, build_denoiser, build_model, load_run, read_config, sampling_weights,
-                          save_checkpoint, write_schedule)
+from ..checkpoint import (CHECKPOINT, CONFIG, RunError, build_denoiser, build_model, load_run, read_config,
+                          sampling_weights, save_checkpoint, write_schedule)
 from ..config import RunConfig
 from ..train.common import (Tracker, adamw, autocast, check_room, locked, lr_at, optimize, resume_state,
                             run_config, seeded_generator, set_lr, setup_distributed, start_log)
