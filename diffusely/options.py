@@ -69,11 +69,11 @@ def new_run_config(data: Optional[str], options: dict, config_file: Optional[str
     config.data = DataConfig(**{**config.data.__dict__, "source": data})
     set_modality(config, data)
     _audio_model(config, options.get("audio_model"))
-    for name, what, modality in (("sample_rate", "the rate of an audio run's clips", "audio"),
-                                 ("frames", "a video run's clip length", "video"),
-                                 ("given_frames", "what a video run continues from", "video"),
-                                 ("grayscale", "for images: a video run learns RGB clips", "image")):
-        if options.get(name) and config.data.modality != modality:
+    for name, what, modalities in (("sample_rate", "the rate of an audio run's clips", ("audio",)),
+                                   ("frames", "a video run's clip length", ("video",)),
+                                   ("given_frames", "what a video run continues from", ("video",)),
+                                   ("grayscale", "for images: a video run learns RGB clips", ("image", "audio"))):
+        if options.get(name) and config.data.modality not in modalities:
             raise ConfigError(f"{flag(name)} is {what}; {data} is {config.data.modality} data: drop {flag(name)}")
     _set_options(config, options, {**FIELDS, **RESUMABLE})
     _set_flags(config, options)

@@ -98,7 +98,7 @@ def find_videos(root: Path) -> list[Path]:
     """Video files and image-sequence folders (a folder holding images and no subfolder) under `root`, sorted."""
     found = []
     for p in sorted(root.rglob("*")):
-        if any(part.startswith(".") for part in p.relative_to(root).parts):
+        if _hidden(p, root):
             continue
         if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS:
             found.append(p)
@@ -117,9 +117,12 @@ def _image_sequence(folder: Path) -> list[Path]:
 def is_video_folder(root) -> bool:
     """Whether `root` is a folder of video files (what makes a run on it a video run); folders of images are not."""
     root = Path(root)  # hidden paths are skipped, as find_videos skips them: a .thumbs/x.gif makes no video run
-    return root.is_dir() and any(p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file()
-                                 and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    return root.is_dir() and any(p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file() and not _hidden(p, root)
                                  for p in root.rglob("*"))
+
+
+def _hidden(path: Path, root: Path) -> bool:
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
 
 
 def clips_of(path: Path, size: int, frames: int, fps: float) -> list[np.ndarray]:
