@@ -212,9 +212,21 @@ def test_a_latent_video_run_encodes_each_frame_and_samples_clips(tmp_path):
 def test_frame_conditioned_run_continues_a_given_clip(tmp_path, clips):
     runner, run = CliRunner(), tmp_path / "run"
     result = runner.invoke(main, ["train", "moving-shapes", "--out", str(run), "--steps", "1", "--given-frames", "2",
-                                  *TINY_VIDEO])
+                                  "--classes", *TINY_VIDEO])
     assert result.exit_code == 0, result.output
     assert json.loads((run / "config.json").read_text())["model"]["frames_channels"] == 4
+    # guided towards a class, both halves continue the given frames: only the label differs between them
+    from diffusely.checkpoint import load_run
+    from diffusely.pipelines.generate import recipe
+
+    first = torch.rand(3, 2, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    guided, cond = recipe(load_run(run), steps=2, classes=[1], first_frames=[first]).conditions.batch([0], "cpu")
+    seen, cfg = [], guided.denoiser
+    cfg.denoiser = lambda x, sigma, **given: seen.append(given) or x  # the network, recording what it is given
+    cfg(torch.zeros(1, 3, 4, 16, 16), torch.tensor(1.0), **cond)
+    both = seen[0]["first_frames"]
+    assert cfg.scale > 1 and seen[0]["class_labels"].tolist() == [12, 1]  # the null label, then class 1
+    assert torch.equal(both[0], both[1]) and both[0, -1, :2].eq(1).all()  # the same given frames in both halves
     write_video(tmp_path / "start.gif", clips.images[0], fps=8)
     result = runner.invoke(main, ["sample", str(run), "-n", "1", "--steps", "2", "--first-frames",
                                   str(tmp_path / "start.gif"), "--format", "npy", "--quiet"])

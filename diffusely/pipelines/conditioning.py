@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 from ..checkpoint import LoadedRun
-from ..conditions import conditions
+from ..conditions import FromSamples, conditions
 from ..denoisers import ClassifierFreeGuidance, Thresholded
 from ..layout import box_class
 from ..text import check_prompt
@@ -68,7 +68,9 @@ class Conditioning:
         for condition in conditions(run.config, {"text": run.text}):
             asked, negatives = self.asked.get(condition.name), self.negatives.get(condition.name)
             cond.update(condition.given(cycle(asked), device) if asked else condition.null(b, device))
-            if asked:
+            # what is given of the sample itself (first frames, a low-res image) stays in both halves: guidance
+            # steers towards the class, prompt or layout, and its other half continues the same frames
+            if asked and not isinstance(condition, FromSamples):
                 uncond.update(condition.given(cycle(negatives), device) if negatives else condition.null(b, device))
         if not uncond or self.guidance == 1:
             return run.denoiser, cond
