@@ -67,6 +67,36 @@ def test_folder_resamples_cuts_clips_and_counts_what_it_skips(tmp_path, clips):
     assert resample(list(range(3)), [0.0, 0.5, 0.75, 0.96], fps=4.0) == [0, 0, 1, 2]
 
 
+def test_frames_are_made_small_as_decoded_and_match_the_whole_decode(tmp_path, clips):
+    """Each frame kept is resized as it is decoded, once however often it is shown, and the clips are what resizing
+    the whole decoded, resampled stream gives."""
+    from diffusely.data.video import _resampled, _shown, clips_of, square
+
+    long = np.concatenate([clips.images[0], clips.images[1]])
+    write_video(tmp_path / "long.mp4", long, fps=8)
+    whole = [square(f, 16) for f in resample(*read_video(tmp_path / "long.mp4"), 6.0)]
+    got = clips_of(tmp_path / "long.mp4", 16, 4, 6.0)  # 2 s at 6 fps: 12 frames, three clips
+    assert len(got) == 3 and np.array_equal(np.concatenate(got), np.stack(whole[:12]))
+    made = []
+    up = list(_resampled(_shown(tmp_path / "long.mp4"), 20.0, lambda f: made.append(f) or len(made)))
+    assert len(up) == 40 and len(made) == 16 and up[:6] == [1, 1, 1, 2, 2, 3]  # 8 fps to 20: each frame made once
+
+
+def test_a_stray_video_among_image_folders_is_said_and_sequences_go_in_natural_order(tmp_path, clips):
+    (tmp_path / "cats").mkdir()
+    write_video(tmp_path / "cats" / "stray.gif", clips.images[0], fps=8)
+    for i in range(3):  # images beside a video file are no clip's frames
+        Image.fromarray(clips.images[1, i]).save(tmp_path / "cats" / f"{i}.png")
+    (tmp_path / "dogs").mkdir()
+    for i in range(10):  # frame9 before frame10, as a person numbers them
+        Image.fromarray(clips.images[2, i % 8]).save(tmp_path / "dogs" / f"frame{i}.png")
+    (tmp_path / "dogs" / "frame10.png").write_bytes((tmp_path / "dogs" / "frame2.png").read_bytes())
+    with pytest.warns(UserWarning, match=r"read 1 folder\(s\) of images as image sequences .* ignored 3 image"):
+        folder = load_video_folder(tmp_path, 32, frames=11, fps=8.0)
+    assert len(folder.images) == 1 and folder.paths[0].endswith("dogs")
+    assert np.array_equal(folder.images[0, [2, 9, 10]], clips.images[2, [2, 1, 2]])  # frame2, frame9, frame10
+
+
 def test_moving_shapes_keep_their_true_paths(clips):
     assert clips.images.shape == (48, 8, 32, 32, 3) and set(clips.labels % len(MOTIONS)) == {0, 1, 2}
     single = np.flatnonzero(clips.objects == 1)

@@ -5,8 +5,9 @@ diffusely[video]`: FFmpeg's libraries inside its wheel, no other dependency), im
 
 Clip policy, stated once: every file is decoded whole (its frames as RGB), resampled to `fps` frames a second by
 taking, for each output time k / fps, the latest source frame shown at that time (a GIF's own frame durations, a
-video's timestamps; an image sequence is taken to be at `fps` already); each frame is centre-cropped to a square
-and resized (LANCZOS) to size x size; the resampled stream is cut into consecutive non-overlapping clips of
+video's timestamps; an image sequence, its frames in natural name order, is taken to be at `fps` already); each
+frame kept is centre-cropped to a square and resized (LANCZOS) to size x size as it is decoded (only the clips are
+held in memory); the resampled stream is cut into consecutive non-overlapping clips of
 `frames` frames from its start, a tail shorter than a clip dropped. A file too short for one clip is skipped, as is
 one that cannot be decoded: both with one warning that counts them. With classes, a clip's class is its file's
 first-level subfolder, as for images.
@@ -15,9 +16,11 @@ first-level subfolder, as for images.
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -55,34 +58,56 @@ def _av():
 def read_video(path) -> tuple[list[np.ndarray], list[float]]:
     """Every frame of a GIF, MP4 or WebM as (H, W, 3) uint8 RGB, and the times in seconds each is shown from, with
     one more: the end of the last."""
-    path = Path(path)
+    frames, times = [], []
+    for frame, t in _shown(Path(path)):
+        frames += [] if frame is None else [frame]
+        times.append(t)
+    return frames, times
+
+
+def _shown(path: Path) -> Iterator[tuple[np.ndarray | None, float]]:
+    """Each frame of a video file as decoded, (H, W, 3) uint8 RGB, with the time it is shown from (the first at 0),
+    then (None, the end of the last)."""
     if path.suffix.lower() == ".gif":
         with Image.open(path) as gif:
-            frames, times, t = [], [], 0.0
+            t = 0.0
             for frame in ImageSequence.Iterator(gif):
-                frames.append(np.asarray(frame.convert("RGB")))
-                times.append(t)
+                yield np.asarray(frame.convert("RGB")), t
                 t += max(frame.info.get("duration", 100), 10) / 1000  # browsers show 0-10 ms frames for 100 ms
-            return frames, times + [t]
+            yield None, t
+            return
     with _av().open(str(path)) as container:
         stream = container.streams.video[0]
-        frames, times, rate = [], [], float(stream.average_rate or 25)
+        rate, start, count, t = float(stream.average_rate or 25), None, 0, 0.0
         for frame in container.decode(stream):
-            frames.append(frame.to_ndarray(format="rgb24"))
-            times.append(float(frame.time) if frame.time is not None else len(times) / rate)
-        times.append(times[-1] + 1 / rate if times else 0.0)
-    return frames, [t - times[0] for t in times]
+            t = float(frame.time) if frame.time is not None else count / rate
+            start = t if start is None else start
+            count += 1
+            yield frame.to_ndarray(format="rgb24"), t - start
+        yield None, (t - start + 1 / rate) if count else 0.0
 
 
-def resample(frames: list[np.ndarray], times: list[float], fps: float) -> list[np.ndarray]:
+def resample(frames: list, times: list[float], fps: float) -> list:
     """The frames shown at times 0, 1/fps, 2/fps, ... before the end (times: each frame's start, then the end),
     the latest to start at or before each."""
-    if not frames:
-        return []
-    times = np.asarray(times)
-    count = int(np.ceil(times[-1] * fps - 1e-6))
-    picks = np.searchsorted(times[:-1], np.arange(count) / fps + 1e-6, side="right") - 1
-    return [frames[max(0, i)] for i in picks]
+    return list(_resampled(zip([*frames, None], times), fps))
+
+
+def _resampled(shown: Iterable[tuple], fps: float, convert: Callable = lambda frame: frame) -> Iterator:
+    """resample over a stream of (frame, start) pairs that ends with (None, end), as it is decoded: convert(frame)
+    for each frame shown at k / fps, converted once however often it is shown, and no decoded frame kept longer
+    than it is shown (a long film at full size is never in memory at once)."""
+    k, raw, converted = 0, None, None
+    for frame, t in shown:
+        # the output times k / fps before this frame starts (or before the end) show the frame before it
+        before = t * fps - 1e-6 if frame is None else (t - 1e-6) * fps
+        while raw is not None and k < before:
+            converted = convert(raw) if converted is None else converted
+            yield converted
+            k += 1
+        if frame is None:
+            return
+        raw, converted = frame, None
 
 
 def square(frame: np.ndarray, size: int) -> np.ndarray:
@@ -108,10 +133,27 @@ def find_videos(root: Path) -> list[Path]:
 
 
 def _image_sequence(folder: Path) -> list[Path]:
+    """The frames of an image-sequence folder in natural name order (frame2 before frame10); none when the folder
+    also holds a subfolder or a video file (its images are then not one clip's frames)."""
     items = list(folder.iterdir())
-    if any(p.is_dir() for p in items):
+    if any(p.is_dir() or p.suffix.lower() in VIDEO_EXTENSIONS for p in items):
         return []
-    return sorted(p for p in items if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
+    return sorted((p for p in items if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")),
+                  key=lambda p: [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", p.name)])
+
+
+def _mixed(root: Path, paths: list[Path]) -> None:
+    """One warning when the images in a video folder look like an image dataset's (some not in a sequence folder,
+    or more sequence folders than video files: one stray video among class folders of images): what was read as
+    image sequences, and what was ignored."""
+    images = sum(1 for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and not _hidden(p, root))
+    sequences = [p for p in paths if p.is_dir()]
+    ignored = images - sum(len(_image_sequence(p)) for p in sequences)
+    if not ignored and len(sequences) <= len(paths) - len(sequences):
+        return
+    warnings.warn(f"{root} holds video files and images: read {len(sequences)} folder(s) of images as image "
+                  f"sequences (a clip source each, frames in name order) and ignored {ignored} image file(s) that lie "
+                  "beside a video file or a subfolder; a folder of images alone trains an image run", stacklevel=3)
 
 
 def is_video_folder(root) -> bool:
@@ -128,10 +170,13 @@ def _hidden(path: Path, root: Path) -> bool:
 def clips_of(path: Path, size: int, frames: int, fps: float) -> list[np.ndarray]:
     """The (frames, size, size, 3) clips of one file or image-sequence folder, by the module's policy."""
     if path.is_dir():
-        shown = [np.asarray(Image.open(p).convert("RGB")) for p in _image_sequence(path)]
-    else:
-        shown = resample(*read_video(path), fps)
-    shown = [square(f, size) for f in shown[:len(shown) // frames * frames]]
+        shown = []
+        for p in _image_sequence(path):
+            with Image.open(p) as image:
+                shown.append(square(np.asarray(image.convert("RGB")), size))
+    else:  # each frame made small as it is decoded: only the clips' frames, at their size, are kept
+        shown = list(_resampled(_shown(path), fps, lambda frame: square(frame, size)))
+    shown = shown[:len(shown) // frames * frames]
     return [np.stack(shown[i:i + frames]) for i in range(0, len(shown), frames)]
 
 
@@ -154,6 +199,7 @@ def load_video_folder(root, size: int, frames: int, fps: float, classes: bool = 
     paths = find_videos(root) if root.is_dir() else []
     if not paths:
         raise DataError(f"no videos under {root}; accepted: {', '.join(VIDEO_EXTENSIONS)} files, or folders of images")
+    _mixed(root, paths)
     labels, class_names = _subfolder_labels(root, paths) if classes else (None, None)
     clips, rows, failed, short = [], [], 0, 0
     for i, path in enumerate(paths):
