@@ -63,9 +63,13 @@ def network_dims(config) -> int:
 
 
 def check_audio_network(config) -> None:
-    """An audio run's network has the dims of what it learns (data.amplitude); raises ConfigError if not."""
+    """An audio run's network has the dims of what it learns (data.amplitude), and its clips a rate; raises
+    ConfigError if not."""
     from .jsonconfig import ConfigError
 
+    if config.data.modality == "audio" and not config.data.sample_rate:  # a hand-written config's 0
+        raise ConfigError(f"an audio run needs data.sample_rate, its clips' rate in Hz, not 0: set it in the config "
+                          f"({DEFAULT_RATE} is the default), or give --sample-rate")
     if config.data.modality == "audio" and config.model.dims != network_dims(config):
         raise ConfigError(f"an audio run with data.amplitude {config.data.amplitude} runs a {network_dims(config)}-D "
                           f"network, not model.dims {config.model.dims}: set model.dims {network_dims(config)}, or "
