@@ -113,6 +113,8 @@ def distill(config: RunConfig, run_dir: str | Path, *, resume: bool = False, pro
             model.load_state_dict(sampling_weights(dc.teacher, device)[0])
         if not resume and d.main:
             _start(config, run_dir)
+        if d.world > 1:  # every rank reads the tokenizer that rank 0 has just copied
+            torch.distributed.barrier()
         data, conds, latents = prepare_run(config, run_dir, device, d, resume=True, progress=progress)
         ema, target, optimizer = make_ema(model), make_ema(model), adamw(model, tc, tc.lr, device)
         modules = {"model": model, "ema": ema, "target": target}
