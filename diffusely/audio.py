@@ -67,9 +67,10 @@ def check_audio_network(config) -> None:
     ConfigError if not."""
     from .jsonconfig import ConfigError
 
-    if config.data.modality == "audio" and not config.data.sample_rate:  # a hand-written config's 0
-        raise ConfigError(f"an audio run needs data.sample_rate, its clips' rate in Hz, not 0: set it in the config "
-                          f"({DEFAULT_RATE} is the default), or give --sample-rate")
+    if config.data.modality == "audio" and config.data.sample_rate < 1000:  # a hand-written config's 0 or typo
+        raise ConfigError(f"an audio run needs data.sample_rate, its clips' rate in Hz, from 1000 (--sample-rate's "
+                          f"floor), not {config.data.sample_rate}: set it in the config file ({DEFAULT_RATE} is the "
+                          f"default)")
     if config.data.modality == "audio" and config.model.dims != network_dims(config):
         raise ConfigError(f"an audio run with data.amplitude {config.data.amplitude} runs a {network_dims(config)}-D "
                           f"network, not model.dims {config.model.dims}: set model.dims {network_dims(config)}, or "

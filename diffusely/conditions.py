@@ -9,7 +9,8 @@ mask with its known pixels comes next). Each kind knows
   probability `dropout` (so one model also samples unconditionally, for classifier-free guidance), drawn from
   the samples' own generators: a resumed or distributed run draws exactly what one uninterrupted process does;
 - `given(values, device)`: the inputs for sampling, from the values asked per sample (labels, prompts, layouts);
-- `null(batch, device)`: the null inputs (the unconditional model, and guidance's other half);
+- `null(batch, device)`: the null inputs (the unconditional model, and guidance's other half, where a class, a
+  prompt or a layout is left out; what is given of the sample itself, FromSamples, stays in both halves);
 - `examples(n, device)`: the inputs of n training examples, for the sample grids training writes;
 
 and a channel kind renders training's values and sampling's through one `render`, so both see the same maps.

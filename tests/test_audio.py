@@ -193,9 +193,11 @@ def test_the_audio_model_chooses_what_the_network_learns():
     written["model"]["dims"] = 1
     with pytest.raises(ConfigError, match="data.amplitude spectrogram runs a 2-D network, not model.dims 1"):
         RunConfig.from_dict(written)
-    written["model"]["dims"], written["data"]["sample_rate"] = 2, 0  # not a math domain error from the STFT's size
-    with pytest.raises(ConfigError, match="an audio run needs data.sample_rate, its clips' rate in Hz, not 0"):
-        RunConfig.from_dict(written)
+    written["model"]["dims"] = 2
+    for rate in (0, 40):  # not a math domain error, or a division by zero, from the STFT's size
+        written["data"]["sample_rate"] = rate
+        with pytest.raises(ConfigError, match=f"needs data.sample_rate, its clips' rate in Hz, from 1000 .*not {rate}"):
+            RunConfig.from_dict(written)
 
 
 def test_spectrogram_frames_are_padded_to_the_networks_factor():

@@ -80,6 +80,14 @@ def test_frames_are_made_small_as_decoded_and_match_the_whole_decode(tmp_path, c
     made = []
     up = list(_resampled(_shown(tmp_path / "long.mp4"), 20.0, lambda f: made.append(f) or len(made)))
     assert len(up) == 40 and len(made) == 16 and up[:6] == [1, 1, 1, 2, 2, 3]  # 8 fps to 20: each frame made once
+    made.clear()
+    down = list(_resampled(_shown(tmp_path / "long.mp4"), 6.0, lambda f: made.append(f) or len(made)))
+    assert len(down) == 12 and len(made) == 12  # 8 fps to 6: the 4 frames never shown are never made
+    # the latest frame to start at or before each k / fps: the first before it starts; of two at one time, the later;
+    # a frame ending exactly on k / fps is not shown at k / fps
+    assert resample(["a", "b"], [0.5, 1.0, 1.5], fps=2.0) == ["a", "a", "b"]
+    assert resample(["a", "b", "c"], [0.0, 0.5, 0.5, 1.0], fps=2.0) == ["a", "c"]
+    assert resample([], [0.0], fps=2.0) == [] and resample(["a"], [0.0, 1.0], fps=2.0) == ["a", "a"]
 
 
 def test_a_stray_video_among_image_folders_is_said_and_sequences_go_in_natural_order(tmp_path, clips):
@@ -95,6 +103,13 @@ def test_a_stray_video_among_image_folders_is_said_and_sequences_go_in_natural_o
         folder = load_video_folder(tmp_path, 32, frames=11, fps=8.0)
     assert len(folder.images) == 1 and folder.paths[0].endswith("dogs")
     assert np.array_equal(folder.images[0, [2, 9, 10]], clips.images[2, [2, 1, 2]])  # frame2, frame9, frame10
+    # the stray video beside the class folders: more of them read as sequences than there are videos, said so
+    (tmp_path / "cats" / "stray.gif").rename(tmp_path / "stray.gif")
+    (tmp_path / "cats" / "._stray.mp4").write_bytes(b"macOS metadata")  # hidden: no video file, cats/ a sequence
+    with pytest.warns(UserWarning, match=r"holds 1 video file\(s\) and images: read 2 folder\(s\) of images as image "
+                                         r"sequences \(a clip source each, frames in name order\); a folder"):
+        folder = load_video_folder(tmp_path, 32, frames=3, fps=8.0)
+    assert [p.split("/")[-1] for p in folder.paths] == ["cats", "dogs", "dogs", "dogs", "stray.gif", "stray.gif"]
 
 
 def test_moving_shapes_keep_their_true_paths(clips):

@@ -15,6 +15,7 @@ first-level subfolder, as for images.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import re
 import warnings
@@ -135,11 +136,16 @@ def find_videos(root: Path) -> list[Path]:
 def _image_sequence(folder: Path) -> list[Path]:
     """The frames of an image-sequence folder in natural name order (frame2 before frame10); none when the folder
     also holds a subfolder or a video file (its images are then not one clip's frames)."""
-    items = list(folder.iterdir())
+    items = [p for p in folder.iterdir() if not p.name.startswith(".")]  # hidden: skipped, as find_videos does
     if any(p.is_dir() or p.suffix.lower() in VIDEO_EXTENSIONS for p in items):
         return []
-    return sorted((p for p in items if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")),
-                  key=lambda p: [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", p.name)])
+    return sorted((p for p in items if p.suffix.lower() in IMAGE_EXTENSIONS), key=_natural)
+
+
+def _natural(path: Path) -> tuple:
+    """Sort key: the name's runs of digits compared as numbers, then the name itself (1.png before 01.png)."""
+    parts = re.split(r"(\d+)", path.name)
+    return [int(part) if i % 2 else part for i, part in enumerate(parts)], path.name
 
 
 def _mixed(root: Path, paths: list[Path]) -> None:
@@ -151,9 +157,10 @@ def _mixed(root: Path, paths: list[Path]) -> None:
     ignored = images - sum(len(_image_sequence(p)) for p in sequences)
     if not ignored and len(sequences) <= len(paths) - len(sequences):
         return
-    warnings.warn(f"{root} holds video files and images: read {len(sequences)} folder(s) of images as image "
-                  f"sequences (a clip source each, frames in name order) and ignored {ignored} image file(s) that lie "
-                  "beside a video file or a subfolder; a folder of images alone trains an image run", stacklevel=3)
+    skipped = f" and ignored {ignored} image file(s) that lie beside a video file or a subfolder" if ignored else ""
+    warnings.warn(f"{root} holds {len(paths) - len(sequences)} video file(s) and images: read {len(sequences)} "
+                  f"folder(s) of images as image sequences (a clip source each, frames in name order){skipped}; a "
+                  "folder of images alone trains an image run", stacklevel=3)
 
 
 def is_video_folder(root) -> bool:
@@ -175,7 +182,8 @@ def clips_of(path: Path, size: int, frames: int, fps: float) -> list[np.ndarray]
             with Image.open(p) as image:
                 shown.append(square(np.asarray(image.convert("RGB")), size))
     else:  # each frame made small as it is decoded: only the clips' frames, at their size, are kept
-        shown = list(_resampled(_shown(path), fps, lambda frame: square(frame, size)))
+        with contextlib.closing(_shown(path)) as stream:  # the file closed here, even when a frame fails
+            shown = list(_resampled(stream, fps, lambda frame: square(frame, size)))
     shown = shown[:len(shown) // frames * frames]
     return [np.stack(shown[i:i + frames]) for i in range(0, len(shown), frames)]
 

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Optional
 
 from .._files import read_json
-from ..audio import DEFAULT_RATE
 from ..checkpoint import CONFIG, LoadedRun, load_run
 from ..data.video import DEFAULT_FPS
 from ..interop import is_diffusers_run
@@ -89,7 +88,7 @@ def _sample_facts(cfg) -> dict:
     frames, their size and rate."""
     data = cfg.data
     if data.modality == "audio":
-        rate = data.sample_rate or DEFAULT_RATE  # 0 in a config: the loader's default
+        rate = data.sample_rate  # an audio config has one (audio.check_audio_network)
         return {"clip_length": f"{data.image_size:,} samples ({data.image_size / rate:.4g} s)",
                 "sample_rate": f"{rate:,} Hz", "channels": data.channels, "network_sees": _network_sees(cfg)}
     if data.modality == "video":
