@@ -23,6 +23,12 @@ Rows:
 
     python benchmarks/video.py --quick              # diffusely's 3-D and image models, ~1 minute each (2 CPU cores)
     python benchmarks/video.py --minutes 60         # every row, the issue's bar: 60 minutes a model
+    python benchmarks/video.py --minutes 60 --rows 3-D,factorised   # two rows in one sitting (~2.5 hours) ...
+    python benchmarks/video.py --minutes 60 --rows image,peer       # ... the others in another: one table
+
+A row finished is kept (OUT/NAME.npz: its drawn clips, steps and seconds per clip) and measured again, not
+retrained, when a later sitting writes into the same --out; a row stopped midway trains again from the start. The
+feature networks are seeded, so every sitting on one machine and torch version measures with the same ones.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -53,6 +60,7 @@ from diffusely.train import train
 ROOT = Path(__file__).resolve().parent
 PEER_ENV = ROOT.parent / ".venv-peer-video"
 PEER_PACKAGES = ["video-diffusion-pytorch==0.7.0", "torch", "numpy"]
+ROWS = ("3-D", "factorised", "image", "peer")
 
 
 # ------------------------------------------------------------------------------ features
@@ -208,29 +216,50 @@ def main() -> None:
     clip_net = fit_clip_features(train_clips, labels, steps=100 if args.quick else 600)
     print(f"features: {time.time() - start:.0f} s", flush=True)
     rows = [{**measure("real", real, data.images[:args.samples], frames_net, clip_net), "train s": None}]
-    seconds = args.minutes * 60
-    for name in args.rows.split(","):
-        run_dir = args.out / name
-        if name in ("3-D", "factorised"):
-            config = video_config(args, factorised=name == "factorised")
-            step = train_for(config, run_dir, Dataset(train_clips, None, None, None, None, "moving-shapes"), seconds)
-            clips, per_clip = draw(run_dir, args.samples, args.steps)
+    asked = args.rows.split(",")
+    unknown = [name for name in asked if name not in ROWS]
+    if unknown:
+        raise SystemExit(f"unknown row {unknown[0]!r}; choose from {', '.join(ROWS)}")
+    for name in ROWS:  # the rows asked, and those an earlier sitting into this --out finished
+        if name in asked or (args.out / f"{name}.npz").exists():
+            clips, per_clip, step = row_clips(name, args, train_clips)
             if name == "3-D" and args.gif:
                 save_gif(clips[:8], args.gif)
-        elif name == "image":
-            frames = Dataset(train_clips.reshape(-1, 32, 32, 3), None, None, None, None, "moving-shapes frames")
-            step = train_for(image_config(args), run_dir, frames, seconds)
-            images, per_image = draw(run_dir, args.samples * args.frames, args.steps)
-            clips, per_clip = images.reshape(args.samples, args.frames, 32, 32, 3), per_image * args.frames
-        elif name == "peer":
-            (clips, per_clip), step = peer_clips(args, train_clips, args.out), None
-        else:
-            raise SystemExit(f"unknown row {name!r}; choose from 3-D, factorised, image, peer")
-        row = measure(name, clips, real, frames_net, clip_net, video=name != "image")
-        rows.append({**row, "train s": seconds, "steps": step, "s/clip": per_clip})
-        print(table(rows), flush=True)
-        (args.out / "results.json").write_text(json.dumps(rows, indent=1))
+            row = measure(name, clips, real, frames_net, clip_net, video=name != "image")
+            rows.append({**row, "train s": args.minutes * 60, "steps": step, "s/clip": per_clip})
+            print(table(rows), flush=True)
+            (args.out / "results.json").write_text(json.dumps(rows, indent=1))
     (args.out / "table.md").write_text(table(rows) + "\n")
+
+
+def row_clips(name: str, args, train_clips: np.ndarray) -> tuple[np.ndarray, float, int | None]:
+    """A row's drawn clips (N, T, S, S, 3), seconds per clip and training steps: kept from an earlier sitting into
+    the same --out (OUT/NAME.npz, drawn at the same --minutes and --samples), else trained and drawn now."""
+    kept = args.out / f"{name}.npz"
+    if kept.exists():
+        got = np.load(kept)
+        if (float(got["minutes"]), int(got["samples"])) != (args.minutes, args.samples):
+            raise SystemExit(f"{kept} was drawn after {float(got['minutes']):g} minutes, {int(got['samples'])} clips: "
+                             f"give those --minutes and --samples, or another --out")
+        return got["clips"], float(got["per_clip"]), (int(got["step"]) if got["step"] >= 0 else None)
+    run_dir, seconds = args.out / name, args.minutes * 60
+    shutil.rmtree(run_dir, ignore_errors=True)  # a sitting stopped mid-row trains that row again, in one span
+    if name in ("3-D", "factorised"):
+        config = video_config(args, factorised=name == "factorised")
+        step = train_for(config, run_dir, Dataset(train_clips, None, None, None, None, "moving-shapes"), seconds)
+        clips, per_clip = draw(run_dir, args.samples, args.steps)
+    elif name == "image":
+        frames = Dataset(train_clips.reshape(-1, 32, 32, 3), None, None, None, None, "moving-shapes frames")
+        step = train_for(image_config(args), run_dir, frames, seconds)
+        images, per_image = draw(run_dir, args.samples * args.frames, args.steps)
+        clips, per_clip = images.reshape(args.samples, args.frames, 32, 32, 3), per_image * args.frames
+    else:
+        (clips, per_clip), step = peer_clips(args, train_clips, args.out), None
+    tmp = kept.with_suffix(".tmp.npz")  # whole or absent
+    np.savez(tmp, clips=clips, per_clip=per_clip, step=-1 if step is None else step, minutes=args.minutes,
+             samples=args.samples)
+    tmp.replace(kept)
+    return clips, per_clip, step
 
 
 if __name__ == "__main__":
