@@ -199,12 +199,14 @@ def main() -> None:
     parser.add_argument("--channels", type=lambda s: tuple(map(int, s.split(","))), default=(32, 64, 64))
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=18, help="Heun steps when sampling")
-    parser.add_argument("--rows", default="3-D,factorised,image,peer")
+    parser.add_argument("--rows", help="comma-separated, of 3-D,factorised,image,peer (default: all; --quick: "
+                                       "3-D,image)")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "video")
     parser.add_argument("--gif", type=Path, help="also write the 3-D model's first 8 clips here as one GIF")
     args = parser.parse_args()
     if args.quick:
-        args.minutes, args.clips, args.samples, args.steps, args.rows = 1.0, 400, 16, 12, "3-D,image"
+        args.minutes, args.clips, args.samples, args.steps = 1.0, 400, 16, 12
+    args.rows = args.rows or ("3-D,image" if args.quick else ",".join(ROWS))
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)))
     args.out.mkdir(parents=True, exist_ok=True)
     data = render_moving_shapes(args.clips + args.samples, size=32, frames=args.frames, seed=0)
