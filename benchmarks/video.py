@@ -27,8 +27,10 @@ Rows:
     python benchmarks/video.py --minutes 60 --rows image,peer       # ... the others in another: one table
 
 A row finished is kept (OUT/NAME.npz: its drawn clips, steps and seconds per clip) and measured again, not
-retrained, when a later sitting writes into the same --out; a row stopped midway trains again from the start. The
-feature networks are seeded, so every sitting on one machine and torch version measures with the same ones.
+retrained, when a later sitting writes into the same --out with the same settings (others are refused before any
+work; delete OUT/NAME.npz to train a row again); a row stopped midway trains again from the start. Every sitting
+measures every kept row again against the same held-out clips, so the last sitting's table is one table. The peer
+samples with all 1000 of its steps: time it (--quick) before planning a sitting around it.
 """
 
 from __future__ import annotations
@@ -141,7 +143,7 @@ def draw(run_dir: Path, n: int, steps: int) -> tuple[np.ndarray, float]:
     return to_uint8(x), (time.time() - start) / n
 
 
-def peer_clips(args, clips: np.ndarray, out: Path) -> tuple[np.ndarray, float]:
+def peer_clips(args, clips: np.ndarray, out: Path) -> tuple[np.ndarray, float, int]:
     """Train and sample video-diffusion-pytorch in its own environment (made here on first use)."""
     python = PEER_ENV / "bin" / "python"
     if not python.exists():
@@ -153,7 +155,7 @@ def peer_clips(args, clips: np.ndarray, out: Path) -> tuple[np.ndarray, float]:
                     "--samples", str(args.samples), "--dim", str(args.channels[0]),
                     "--batch-size", str(args.batch_size)], check=True)
     result = json.loads((out / "peer-samples.json").read_text())
-    return np.load(out / "peer-samples.npy"), result["seconds_per_clip"]
+    return np.load(out / "peer-samples.npy"), result["seconds_per_clip"], result["steps"]
 
 
 # ------------------------------------------------------------------------------ the table
@@ -201,12 +203,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=18, help="Heun steps when sampling")
     parser.add_argument("--rows", help="comma-separated, of 3-D,factorised,image,peer (default: all; --quick: "
                                        "3-D,image)")
-    parser.add_argument("--out", type=Path, default=ROOT / "results" / "video")
+    parser.add_argument("--out", type=Path, help="default: benchmarks/results/video (--quick: video-quick)")
     parser.add_argument("--gif", type=Path, help="also write the 3-D model's first 8 clips here as one GIF")
     args = parser.parse_args()
     if args.quick:
         args.minutes, args.clips, args.samples, args.steps = 1.0, 400, 16, 12
     args.rows = args.rows or ("3-D,image" if args.quick else ",".join(ROWS))
+    args.out = args.out or ROOT / "results" / ("video-quick" if args.quick else "video")
+    check_kept(args)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)))
     args.out.mkdir(parents=True, exist_ok=True)
     data = render_moving_shapes(args.clips + args.samples, size=32, frames=args.frames, seed=0)
@@ -234,16 +238,31 @@ def main() -> None:
     (args.out / "table.md").write_text(table(rows) + "\n")
 
 
+def settings(args) -> str:
+    """What a row's clips depend on besides its model: a kept row is reused only under the same."""
+    keys = ("minutes", "clips", "samples", "frames", "channels", "batch_size", "steps")
+    return json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in ((k, getattr(args, k)) for k in keys)})
+
+
+def check_kept(args) -> None:
+    """Refuse, before any work, an --out whose kept rows were drawn under other settings."""
+    for name in ROWS:
+        if (args.out / f"{name}.npz").exists():
+            with np.load(args.out / f"{name}.npz") as got:
+                then, now = json.loads(str(got["settings"])), json.loads(settings(args))
+            differ = [f"--{k.replace('_', '-')} {then[k]} (now {now[k]})" for k in now if then[k] != now[k]]
+            if differ:
+                raise SystemExit(f"{args.out / name}.npz was drawn with {', '.join(differ)}: give those, use another "
+                                 f"--out, or delete it to train that row again")
+
+
 def row_clips(name: str, args, train_clips: np.ndarray) -> tuple[np.ndarray, float, int | None]:
     """A row's drawn clips (N, T, S, S, 3), seconds per clip and training steps: kept from an earlier sitting into
     the same --out (OUT/NAME.npz, drawn at the same --minutes and --samples), else trained and drawn now."""
     kept = args.out / f"{name}.npz"
     if kept.exists():
-        got = np.load(kept)
-        if (float(got["minutes"]), int(got["samples"])) != (args.minutes, args.samples):
-            raise SystemExit(f"{kept} was drawn after {float(got['minutes']):g} minutes, {int(got['samples'])} clips: "
-                             f"give those --minutes and --samples, or another --out")
-        return got["clips"], float(got["per_clip"]), (int(got["step"]) if got["step"] >= 0 else None)
+        with np.load(kept) as got:
+            return got["clips"], float(got["per_clip"]), (int(got["step"]) if got["step"] >= 0 else None)
     run_dir, seconds = args.out / name, args.minutes * 60
     shutil.rmtree(run_dir, ignore_errors=True)  # a sitting stopped mid-row trains that row again, in one span
     if name in ("3-D", "factorised"):
@@ -256,10 +275,9 @@ def row_clips(name: str, args, train_clips: np.ndarray) -> tuple[np.ndarray, flo
         images, per_image = draw(run_dir, args.samples * args.frames, args.steps)
         clips, per_clip = images.reshape(args.samples, args.frames, 32, 32, 3), per_image * args.frames
     else:
-        (clips, per_clip), step = peer_clips(args, train_clips, args.out), None
+        clips, per_clip, step = peer_clips(args, train_clips, args.out)
     tmp = kept.with_suffix(".tmp.npz")  # whole or absent
-    np.savez(tmp, clips=clips, per_clip=per_clip, step=-1 if step is None else step, minutes=args.minutes,
-             samples=args.samples)
+    np.savez(tmp, clips=clips, per_clip=per_clip, step=-1 if step is None else step, settings=settings(args))
     tmp.replace(kept)
     return clips, per_clip, step
 
