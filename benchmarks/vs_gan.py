@@ -31,6 +31,12 @@ OUT/curves-DATASET.png (FD against minutes, a line per seed).
     # 3 datasets x 5 seeds x 4 methods x 30 minutes: about 30 hours on the 2-core CPU
     python benchmarks/vs_gan.py --out bench/vs_gan --peer-python /opt/peers/bin/python --minutes 30
     python benchmarks/vs_gan.py --out /tmp/vs_gan --quick           # minutes: 1 seed, 1 dataset, 1 minute, no peers
+
+Piecewise: every (dataset, method, seed) row is kept under OUT/rows once done, and a rerun into the same --out (with
+the same settings: OUT/settings.json; others are refused) reads it back instead of training it again; a row stopped
+midway trains again from its start. So the 30 hours can be sat in pieces of a few hours, e.g. one dataset's diffusely
+seeds and DCGAN first (`--datasets shapes16 --methods dcgan`), its peers in the next sitting; the last sitting with
+every dataset and method prints the whole table. Delete a row's OUT/rows files to train it again.
 """
 
 from __future__ import annotations
@@ -328,26 +334,70 @@ def save_previews(rows: dict[str, list[dict]], path: Path) -> None:
         viz.save_grid(torch.cat(previews).clamp(-1, 1), path, nrow=16)
 
 
+def kept(path: Path, make) -> dict[str, dict]:
+    """{method: row} as make() gives it, made once: an earlier sitting's rows are read back from path.json (their
+    previews from path.npz), so a sitting stopped midway goes on from the first row it had not finished."""
+    if path.with_suffix(".json").exists():
+        rows = json.loads(path.with_suffix(".json").read_text())
+        if path.with_suffix(".npz").exists():
+            with np.load(path.with_suffix(".npz")) as previews:
+                for method in previews.files:
+                    rows[method]["preview"] = torch.from_numpy(previews[method])
+        return rows
+    rows = make()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    previews = {method: row.pop("preview").numpy() for method, row in rows.items() if "preview" in row}
+    if previews:
+        np.savez(path.with_suffix(".tmp.npz"), **previews)
+        path.with_suffix(".tmp.npz").replace(path.with_suffix(".npz"))
+    path.with_suffix(".tmp").write_text(json.dumps(rows))  # written last: the row is done when this is there
+    path.with_suffix(".tmp").replace(path.with_suffix(".json"))
+    for method, preview in previews.items():
+        rows[method]["preview"] = torch.from_numpy(preview)
+    return rows
+
+
+def check_settings(args) -> None:
+    """One --out holds rows made under one set of settings (OUT/settings.json); others are refused."""
+    keys = ("minutes", "train_images", "samples", "curve_samples", "checkpoint_every", "distill_steps", "gan_width")
+    now, path = {k: getattr(args, k) for k in keys}, args.out / "settings.json"
+    then = json.loads(path.read_text()) if path.exists() else now
+    differ = [f"--{k.replace('_', '-')} {then[k]} (now {now[k]})" for k in keys if then[k] != now[k]]
+    if differ:
+        raise SystemExit(f"{args.out} holds rows made with {', '.join(differ)}: give those, or another --out")
+    path.write_text(json.dumps(now))
+
+
 def run_dataset(name: str, args, out: Path) -> tuple[dict, dict]:
-    """Every method's seeds on one dataset, the students of diffusely's median seed, the median seeds' samples."""
+    """Every method's seeds on one dataset, the students of diffusely's median seed, the median seeds' samples.
+    Each (method, seed) is kept under OUT/rows/NAME/ once done (see `kept`)."""
     data = prepare(name, args, out)
     rows: dict[str, list[dict]] = {}
+
+    def fresh(work: Path, make):  # a row not kept: its work folder from scratch (a wall clock cannot resume)
+        return lambda: (shutil.rmtree(work, ignore_errors=True), make(work))[1]
+
     for seed in range(args.seeds):
         run_dir = out / "runs" / name / f"diffusely-{seed}"
-        shutil.rmtree(run_dir, ignore_errors=True)
-        for method, row in train_diffusely(data, seed, args, run_dir).items():
+        made = kept(out / "rows" / name / f"diffusely-{seed}",
+                    fresh(run_dir, lambda work: train_diffusely(data, seed, args, work)))
+        for method, row in made.items():
             rows.setdefault(method, []).append({**row, "seed": seed})
         if "dcgan" in args.methods:
-            rows.setdefault("dcgan", []).append({**train_dcgan(data, seed, args), "seed": seed})
+            made = kept(out / "rows" / name / f"dcgan-{seed}", lambda: {"dcgan": train_dcgan(data, seed, args)})
+            rows.setdefault("dcgan", []).append({**made["dcgan"], "seed": seed})
         for tool in PEERS:
             if tool in args.methods and args.peer_python:
                 work = out / "runs" / name / f"{tool}-{seed}"
-                shutil.rmtree(work, ignore_errors=True)
-                rows.setdefault(tool, []).append({**train_peer(args, tool, data, seed, work), "seed": seed})
+                made = kept(out / "rows" / name / f"{tool}-{seed}",
+                            fresh(work, lambda w, tool=tool: {tool: train_peer(args, tool, data, seed, w)}))
+                rows.setdefault(tool, []).append({**made[tool], "seed": seed})
     fds = [r["fd"] for r in rows["diffusely"]]
     median_seed = rows["diffusely"][int(np.argsort(fds)[len(fds) // 2])]["seed"]
-    for method, row in distill_students(data, out / "runs" / name / f"diffusely-{median_seed}", args,
-                                        out / "runs" / name).items():
+    students = kept(out / "rows" / name / f"students-{median_seed}-of-{args.seeds}",
+                    lambda: distill_students(data, out / "runs" / name / f"diffusely-{median_seed}", args,
+                                             out / "runs" / name))
+    for method, row in students.items():
         rows[method] = [{**row, "seed": median_seed}]
     summary = summarise(rows)
     plot_curves(rows, out / f"curves-{name}.png")
@@ -376,6 +426,7 @@ def main():
         args.datasets, args.methods, args.seeds, args.minutes, args.peer_python = "shapes16", "dcgan", 1, 1.0, None
         args.samples, args.curve_samples, args.checkpoint_every, args.distill_steps = 200, 100, 100, 50
     args.out.mkdir(parents=True, exist_ok=True)
+    check_settings(args)
     results, tables = {}, []
     for name in args.datasets.split(","):
         rows, summary = run_dataset(name, args, args.out)
