@@ -15,8 +15,8 @@ from typing import Callable, Optional
 
 from .audio import check_audio_network
 from .checkpoint import CHECKPOINT, CONFIG, RunError, read_config, relocate_autoencoder
-from .config import (CONFIG_VERSION, RECIPES, AutoencoderRunConfig, ConfigError, DataConfig, JsonConfig, RunConfig,
-                     TextConfig)
+from .config import (CONFIG_VERSION, RECIPES, TEXT_ENCODERS, AutoencoderRunConfig, ConfigError, DataConfig, JsonConfig,
+                     RunConfig, TextConfig)
 from .state import step_of
 
 # option -> (config section, field); the same names in a diffusion run and an autoencoder run
@@ -81,7 +81,7 @@ def new_run_config(data: Optional[str], options: dict, config_file: Optional[str
         _fit_channels(config, data, options, say)
     config.version = CONFIG_VERSION  # every field is set now: an older file was read, this run is new
     if options.get("text") or options.get("text_encoder"):
-        config.text = TextConfig(**{**config.text.__dict__, "encoder": options.get("text_encoder") or "scratch"})
+        config.text = TextConfig(**{**config.text.__dict__, "encoder": _text_encoder(config, options)})
         config.data.flip = False  # a mirrored image would contradict captions that say left and right
         _text_defaults(config, options, config_file, run_dir)
     if options.get("autoencoder"):
@@ -93,6 +93,15 @@ def new_run_config(data: Optional[str], options: dict, config_file: Optional[str
     _check_frames(config)
     check_audio_network(config)
     return config
+
+
+def _text_encoder(config: RunConfig, options: dict) -> str:
+    """--text-encoder (a folder stored as an absolute path, so sampling finds it from any working directory), else
+    the --config file's own encoder, else scratch."""
+    encoder = options.get("text_encoder") or (config.text.encoder if config.text.enabled else "scratch")
+    if encoder == "none":
+        raise ConfigError("--text-encoder none trains no text: drop --text and --text-encoder to train without it")
+    return encoder if encoder in TEXT_ENCODERS else str(Path(encoder).resolve())
 
 
 def _text_defaults(config: RunConfig, options: dict, config_file: Optional[str], run_dir) -> None:
@@ -306,7 +315,10 @@ def _given(config, options: dict) -> dict:
         agrees = audio and (options["audio_model"] == "spectrogram") == spectrogram
         given["audio_model"] = (options["audio_model"], agrees, "data.amplitude" if audio else "data.modality")
     if options.get("text_encoder"):
-        given["text_encoder"] = (options["text_encoder"], options["text_encoder"] == config.text.encoder, "text.encoder")
+        named = options["text_encoder"]  # a folder is stored absolute: the same folder agrees however it is named
+        same = named == config.text.encoder or (named not in TEXT_ENCODERS
+                                                and str(Path(named).resolve()) == config.text.encoder)
+        given["text_encoder"] = (named, same, "text.encoder")
     elif options.get("text"):
         given["text"] = (None, config.text.enabled, "text.encoder")
     return given

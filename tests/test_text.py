@@ -128,7 +128,8 @@ def test_text_run_trains_and_samples_end_to_end(text_run, tmp_path):
     assert cfg["text"]["encoder"] == "scratch" and cfg["model"]["context_dim"] == cfg["text"]["width"]
     assert cfg["data"]["flip"] is False  # captions say left and right
     prompts = tmp_path / "prompts.txt"
-    prompts.write_text("a large red circle on a navy background\n\na small blue square on a beige background\n")
+    # a Notepad byte order mark is not part of the first prompt
+    prompts.write_text("\ufeffa large red circle on a navy background\n\na small blue square on a beige background\n")
 
     def sample(*args):
         return CliRunner().invoke(main, ["sample", str(text_run), "--steps", "2", "--quiet", *args])
@@ -153,6 +154,10 @@ def test_text_run_trains_and_samples_end_to_end(text_run, tmp_path):
     assert r.exit_code == 1 and "empty prompt ' '" in r.output and "Traceback" not in r.output
     r = sample("-n", "1", "--negative-prompt", "a cross")
     assert r.exit_code == 1 and "give a prompt too" in r.output
+    r = sample("-n", "1", "--prompt", "a red circle", "--negative-prompt", "a cross", "--guidance", "1")
+    assert r.exit_code == 1 and "a negative prompt acts through guidance, and --guidance 1 has none" in r.output
+    r = sample("-n", "1", "--prompt", "a red circle", "--negative-prompt", " ")
+    assert r.exit_code == 1 and "empty negative prompt ' '" in r.output
     r = CliRunner().invoke(main, ["reverse", str(text_run), "--out", str(tmp_path / "r.png"), "--steps", "3",
                                   "--prompt", "a red circle"])
     assert r.exit_code == 0, r.output
@@ -171,6 +176,15 @@ def test_text_run_checkpoint_round_trip(text_run, tiny_folder):
                            catch_exceptions=False)
     assert r.exit_code == 0, r.output
     assert load_run(text_run).step == 6
+    # another run's tokenizer is refused by name, not met as an index error inside the network
+    (text_run / TOKENIZER).rename(text_run / "kept.json")
+    WordTokenizer.build(["a red circle", "a blue square"]).save(text_run / TOKENIZER)
+    with pytest.raises(ValueError, match=r"holds \d+ words .* but the run was trained with .*it is another run's"):
+        load_run(text_run).text  # noqa: B018 - the encoder is loaded when first used
+    # and a resume without it does not build a new vocabulary over the trained weights
+    (text_run / TOKENIZER).unlink()
+    r = CliRunner().invoke(main, ["train", "--out", str(text_run), "--resume", "--steps", "7", "--quiet"])
+    assert r.exit_code == 1 and f"has no {TOKENIZER}, the vocabulary its weights were trained with" in r.output
 
 
 def test_missing_pretrained_encoder_says_how_to_install(tiny_folder, tmp_path, monkeypatch):
@@ -292,3 +306,17 @@ def test_a_text_run_trains_on_paraphrased_captions(tmp_path):
     config.train.steps = 3
     train(config, tmp_path / "run", resume=True, progress=False)
     assert load_checkpoint(tmp_path / "run").step == 3
+
+
+def test_a_text_encoder_folder_is_kept_absolute_a_config_keeps_its_encoder_and_none_is_refused(tmp_path, monkeypatch):
+    from diffusely.config import ConfigError
+    from diffusely.options import new_run_config
+
+    monkeypatch.chdir(tmp_path)  # a relative folder, as typed, would not be found from another directory
+    folder = new_run_config("shapes", {"text_encoder": "encoder"})
+    assert folder.text.encoder == str(tmp_path / "encoder")
+    (tmp_path / "minilm.json").write_text(new_run_config("shapes", {"text_encoder": "minilm"}).to_json())
+    assert new_run_config("shapes", {"text": True}, config_file=str(tmp_path / "minilm.json")).text.encoder == "minilm"
+    assert new_run_config("shapes", {"text": True}).text.encoder == "scratch"
+    with pytest.raises(ConfigError, match="--text-encoder none trains no text: drop --text and --text-encoder"):
+        new_run_config("shapes", {"text_encoder": "none"})

@@ -102,7 +102,7 @@ def conditioning(run: LoadedRun, *, classes: Optional[Sequence] = None, prompts:
         if not prompts:
             raise ValueError("a negative prompt replaces the unconditional half of guidance towards a prompt; "
                              "give a prompt too")
-        negative_prompts = [check_prompt(p) for p in negative_prompts]
+        negative_prompts = [check_prompt(p, "negative prompt") for p in negative_prompts]
         _warn_about_prompts(run, negative_prompts)
     else:
         negative_prompts = None
@@ -113,6 +113,10 @@ def conditioning(run: LoadedRun, *, classes: Optional[Sequence] = None, prompts:
                          "or layouts to `diffusely synth`)")
     if not guidance >= 0:
         raise ValueError(f"guidance must be >= 0 (1: none, 0: unconditional), got {guidance}")
+    if negative_prompts and guidance in (0, 1):  # 1 ignores the other half; 0 draws it: the negative prompt itself
+        raise ValueError(f"a negative prompt acts through guidance, and --guidance {guidance:g} "
+                         f"{'has none' if guidance == 1 else 'would draw the negative prompt itself'}: give a guidance "
+                         f"above 1 (the default with a prompt is {TEXT_GUIDANCE:g}), or drop --negative-prompt")
     # pixels lie in [-1, 1]; a latent run's latents have no such bound, so its estimates are not clipped
     clip = None if getattr(run, "latent", None) is not None else (-1.0, 1.0)
     asked = {name: values for name, values in (("class", classes), ("text", prompts), ("layout", layouts)) if values}

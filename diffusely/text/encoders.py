@@ -32,13 +32,13 @@ def words(text: str) -> list[str]:
     return re.findall(r"[a-z0-9]+(?:'[a-z0-9]+)*|[^\sa-z0-9]", text.lower())
 
 
-def check_prompt(text) -> str:
-    """The prompt itself, or a ValueError that says why it cannot be one."""
+def check_prompt(text, what: str = "prompt") -> str:
+    """The prompt itself, or a ValueError that says why it cannot be one (`what`: the kind named)."""
     if not isinstance(text, str):
-        raise ValueError(f"a prompt must be text, got {type(text).__name__}")
+        raise ValueError(f"a {what} must be text, got {type(text).__name__}")
     if not words(text):
-        raise ValueError(f"empty prompt {text!r}: a prompt needs at least one word (to sample without a prompt, "
-                         "give none)")
+        raise ValueError(f"empty {what} {text!r}: a {what} needs at least one word (to sample without one, give "
+                         "none)")
     return text
 
 
@@ -253,6 +253,9 @@ def build_text_encoder(text_config, captions: Sequence[str], run_dir=None, devic
         path = Path(run_dir) / TOKENIZER if run_dir is not None else None
         if reuse and path is not None and path.is_file():
             tokenizer = WordTokenizer.load(path)
+        elif reuse and path is not None and text_config.vocab_size:  # its weights learnt that file's word order
+            raise ValueError(f"{run_dir} has no {TOKENIZER}, the vocabulary its weights were trained with: restore it "
+                             f"from a copy of the run, or train the run again")
         else:
             tokenizer = WordTokenizer.build(captions)
             if path is not None and save:
@@ -274,7 +277,13 @@ def load_text_encoder(text_config, run_dir, device="cpu") -> TextEncoder:
         path = Path(run_dir) / TOKENIZER
         if not path.is_file():
             raise ValueError(f"{run_dir} is a text run but has no {TOKENIZER}; train it again")
-        return WordTokenizer.load(path)
+        tokenizer = WordTokenizer.load(path)
+        trained = (text_config.vocab_size, text_config.max_tokens)
+        if trained[0] and (len(tokenizer), tokenizer.max_tokens) != trained:  # not an index error inside torch
+            raise ValueError(f"{path} holds {len(tokenizer)} words and {tokenizer.max_tokens} tokens a caption, but "
+                             f"the run was trained with {trained[0]} and {trained[1]}: it is another run's; restore "
+                             f"this run's own {TOKENIZER}")
+        return tokenizer
     encoder = load_pretrained_encoder(text_config.encoder, device, text_config.max_tokens)
     if encoder.dim != text_config.embed_dim:
         raise ValueError(f"the text encoder {text_config.encoder} gives {encoder.dim}-d tokens, but the run was "
