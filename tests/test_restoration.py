@@ -137,6 +137,19 @@ def test_cartesian_mask_lines_centre_and_seed():
     A = KSpace.random(64, acceleration=1)
     torch.testing.assert_close(A.pinv(A(x)), x)
     assert A.measurements(x) == 64 * 64
+    # the centre line (frequency 0) is measured however high the acceleration
+    assert cartesian_mask(16, acceleration=12)[8]
+
+
+def test_a_zero_filled_image_gives_back_its_k_space_lines():
+    """A scanner's zero-filled image, Re IFFT(M k) = A^T y, has a line measured without its mirror at half its
+    value; from_zero_filled gives y back exactly, and measuring the image as if it were clean does not."""
+    A, x = KSpace.random(32, 4, seed=2), noise((2, 1, 32, 32), 5)
+    mask = A.mask[:, 0]
+    assert not torch.equal(mask, torch.roll(mask.flip(0), 1))  # some line measured without its mirror
+    zero_filled = A.adjoint(A(x))
+    torch.testing.assert_close(A.from_zero_filled(zero_filled), A(x), atol=1e-5, rtol=0)
+    assert (A(zero_filled) - A(x)).abs().max() > 0.1
 
 
 def test_blur_is_a_normalised_gaussian_of_its_sigma():

@@ -98,6 +98,24 @@ def test_mri_writes_the_zero_filled_input_and_scores(root):
     row = next(line.split() for line in r.output.splitlines() if line.startswith("p1"))
     assert len(row) == 4 and all(np.isfinite(float(v)) for v in row[1:])  # psnr, ssim, consistency
     assert read(out / "p1.input.png").shape == (16, 16) and read(out / "p1.png").shape == (16, 16)
+    # the input written is the zero-filled image A^T y, and --measured reads such an image back to y
+    from diffusely.restoration import KSpace
+
+    A, truth = KSpace.random(16, 4, seed=0), as_tensor(read(root / "clean" / "p1.png"))
+    zero_filled = as_tensor(read(out / "p1.input.png"))
+    assert (zero_filled - A.adjoint(A(truth)).clamp(-1, 1)).abs().max() <= 2 * GREY_LEVEL + 1e-6
+    # (at half contrast, so that its ringing is not clipped by the PNG)
+    Image.fromarray((read(root / "clean" / "p1.png") // 2 + 64).astype(np.uint8)).save(root / "half.png")
+    half = as_tensor(read(root / "half.png"))
+    assert A.adjoint(A(half)).abs().max() < 0.95
+    for source, measured, written in ((root / "half.png", [], root / "mri-h"),
+                                      (root / "mri-h" / "half.input.png", ["--measured"], root / "mri-m")):
+        r = invoke("restore", root / "run", source, "--task", "mri", *measured, "--out", written, "--steps", "2",
+                   "--quiet")
+        assert r.exit_code == 0, r.output
+    first, again = (as_tensor(read(path)) for path in (root / "mri-h" / "half.input.png",
+                                                        root / "mri-m" / "half.input.input.png"))
+    assert (again - first).abs().max() <= 2 * GREY_LEVEL + 1e-6  # measured from it, shown zero-filled again
 
 
 def test_mri_projection_agrees_with_the_measured_lines(root):
@@ -302,3 +320,28 @@ def test_restore_defaults_to_the_stochastic_sampler_measured_best(root, tmp_path
     assert got == [RESTORE_SAMPLER, ("dpmpp_2m_sde", 4), ("unipc", 5)]
     run.config.diffusion.sampler = "euler"
     assert (Plan.of(run, default=RESTORE_SAMPLER).sampler, Plan.of(run, default=RESTORE_SAMPLER).steps) == ("euler", 18)
+
+
+def test_restoring_with_a_run_that_does_not_draw_images_is_refused_naming_it():
+    from types import SimpleNamespace
+
+    from diffusely.checkpoint import RunError
+    from diffusely.pipelines.restore import image_run, pixel_run
+
+    clips = SimpleNamespace(config=SimpleNamespace(data=SimpleNamespace(modality="video"), model=SimpleNamespace(dims=3),
+                                                   latent=None))
+    for check, what in ((pixel_run, "restore"), (image_run, "img2img")):
+        with pytest.raises(RunError, match=f"{what} works on images, but this run draws video \\(3-D samples\\)"):
+            check(clips, what)
+
+
+def test_an_input_folder_skips_hidden_files_and_refuses_two_images_of_one_name(tmp_path):
+    from diffusely.data import DataError
+    from diffusely.pipelines.restore import read_images
+
+    Image.fromarray(np.full((8, 8), 200, np.uint8)).save(tmp_path / "b.png")
+    (tmp_path / "._b.png").write_bytes(b"macOS metadata, not an image")
+    assert [name for name, _ in read_images(tmp_path, 1)] == ["b"]
+    Image.fromarray(np.full((8, 8), 100, np.uint8)).save(tmp_path / "b.jpg")
+    with pytest.raises(DataError, match=r"images of one name in two formats \(b.jpg, b.png\)"):
+        read_images(tmp_path, 1)

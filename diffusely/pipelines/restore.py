@@ -6,7 +6,7 @@
     OUT/NAME.0.png ... NAME.{K-1}.png  K posterior samples, then their per-pixel
     OUT/NAME.mean.png                  mean, and
     OUT/NAME.std.png                   standard deviation, averaged over channels, grey = std / STD_WHITE (clipped)
-    OUT/NAME.input.png                 restore only: the pseudo-inverse A^+ y (zero-filled for MRI)
+    OUT/NAME.input.png                 restore only: the pseudo-inverse A^+ y (MRI: the zero-filled image A^T y)
 
 Sample i of the j-th input draws its noise from seed + j * K + i, so a result depends on its seed, not its batch.
 A folder that already holds any of these names is refused before any work, unless the plan says to overwrite.
@@ -53,9 +53,15 @@ def read_images(source: str | Path, channels: int, flag: str = "INPUT") -> list[
     """(name, (C, H, W) in [-1, 1]) for an image file or each image file of a folder (sorted by name), at their own
     size. An image of another channel count than `channels` (grey is 1, colour 3) is a DataError saying so."""
     source = Path(source)
-    files = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if source.is_dir() else [source]
+    files = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+                   ) if source.is_dir() else [source]  # hidden: a macOS ._scan.png is no image
     if not files:
         raise DataError(f"{flag} {source} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    stems = [p.stem for p in files]
+    twins = sorted({p.name for p in files if stems.count(p.stem) > 1})
+    if twins:  # both would write NAME.png
+        raise DataError(f"{flag} {source} holds images of one name in two formats ({', '.join(twins[:4])}): the "
+                        f"results are named by it, so rename or move one of each")
     out = []
     for path in files:
         with Image.open(path) as image:  # the header only: the decode below checks the pixels
@@ -86,10 +92,18 @@ def check_size(images: Sequence[tuple[str, torch.Tensor]], size: tuple[int, ...]
 
 
 def pixel_run(run: LoadedRun, what: str) -> None:
-    """Refuse a latent run where the operators act on pixels."""
+    """Refuse a latent run where the operators act on pixels, and a run whose samples are not images."""
     if run.config.latent is not None:
         raise RunError(f"{what} measures and corrects images in pixels, but this is a latent run (its model draws "
                        f"autoencoder latents): use a run trained on pixels (no --autoencoder)")
+    image_run(run, what)
+
+
+def image_run(run: LoadedRun, what: str) -> None:
+    """Refuse a run whose samples are not images (audio, video: not an error from inside a 3-D convolution)."""
+    if run.config.data.modality != "image" or run.config.model.dims != 2:
+        raise RunError(f"{what} works on images, but this run draws {run.config.data.modality} "
+                       f"({run.config.model.dims}-D samples): use a run trained on images")
 
 
 @dataclass
@@ -228,7 +242,10 @@ def measurement(task: str, size: int, *, mask=None, scale=None, acceleration=Non
 def _measure(operator, task: str, image: torch.Tensor, measured: bool) -> torch.Tensor:
     """y for one image (1, C, H, W): A(image) of a clean image; with `measured`, the image is the measurement (a
     low-res image for upscale, a blurred one for deblur) or is measured as given (inpaint: its known pixels; mri:
-    a zero-filled image made with the same seeded mask, which A maps back to its k-space lines exactly)."""
+    a zero-filled image, the real part of the inverse FFT of the k-space lines measured with the same seeded mask:
+    KSpace.from_zero_filled gives those lines back exactly)."""
+    if measured and task == "mri":
+        return operator.from_zero_filled(image)
     return image if measured and task in ("upscale", "deblur") else operator(image)
 
 
@@ -264,13 +281,15 @@ def restore(run: LoadedRun, source: str | Path, out: str | Path, plan: Plan, *, 
             dps_scale: float = 1.0, resample: int = 10, classes=None, guidance=None, progress=None) -> list[dict]:
     """Zero-shot restoration with any pixel run. Each image of `source` is the clean image, measured here with the
     task's operator (for a demo or a benchmark: the truth is known, and scored), or with `measured` the
-    measurement itself (see _measure). The mri mask is drawn from `mask_seed`. Writes NAME.input.png (A^+ y) and
+    measurement itself (see _measure). The mri mask is drawn from `mask_seed`. Writes NAME.input.png (A^+ y; MRI:
+    the zero-filled A^T y, which `measured` reads back) and
     the draws (see write_draws); returns a row of scores per input (see _scores)."""
     pixel_run(run, "restore")
     if how not in HOW:
         raise MeasurementError(f"unknown --how {how!r}; choose one of: {', '.join(HOW)}")
     if how == "repaint" and plan.steps is None:
-        raise MeasurementError(f"--how repaint steps the sampler itself: give --steps ({plan.sampler} picks its own)")
+        raise MeasurementError(f"--how repaint steps the sampler itself: give a fixed-step --sampler with --steps "
+                               f"({plan.sampler} picks its own)")
     size, channels = run.config.data.image_size, run.config.data.channels
     operator = measurement(task, size, mask=mask, scale=scale, acceleration=acceleration, seed=mask_seed)
     images = read_images(source, channels)
@@ -283,7 +302,8 @@ def restore(run: LoadedRun, source: str | Path, out: str | Path, plan: Plan, *, 
     for j, (name, image) in enumerate(images):
         image = image[None].to(run.device)
         y = _measure(operator, task, image, measured)
-        _save(Path(out) / f"{name}.input.png", operator.pinv(y)[0].clamp(-1, 1).cpu())
+        shown = operator.adjoint(y) if task == "mri" else operator.pinv(y)  # MRI: the zero-filled image, A^T y
+        _save(Path(out) / f"{name}.input.png", shown[0].clamp(-1, 1).cpu())
         denoiser, cond = c.batch(range(plan.k), run.device)
         noise, gens = plan.noise(run, j)
         ys, sampling = y.expand(plan.k, *y.shape[1:]), plan.sampling(run, gens)
@@ -306,8 +326,10 @@ def img2img(run: LoadedRun, source: str | Path, out: str | Path, plan: Plan, *, 
             prompts=None, negative_prompts=None, guidance=None, progress=None) -> list[str]:
     """SDEdit each image of `source` (the run's size): noised to the sigma of `strength`, sampled back down, with
     the class or prompt guidance the run allows (as `diffusely sample`). A latent run edits the image's latent."""
+    image_run(run, "img2img")
     if plan.steps is None:
-        raise MeasurementError(f"img2img takes a share of --steps: give --steps ({plan.sampler} picks its own)")
+        raise MeasurementError(f"img2img takes a share of --steps: give a fixed-step --sampler with --steps "
+                               f"({plan.sampler} picks its own)")
     size = run.config.data.image_size
     images = read_images(source, run.config.data.channels)
     check_size(images, (size, size), "the images of this run must be")

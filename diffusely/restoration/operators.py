@@ -210,6 +210,14 @@ class KSpace(Operator):
     def measurements(self, x: torch.Tensor) -> int:
         return int(self._m(x).expand(x.shape[-2:]).sum()) * x.shape[1]
 
+    def from_zero_filled(self, z: torch.Tensor) -> torch.Tensor:
+        """y of a zero-filled image z, the real part of the inverse FFT of k-space with the lines not measured set
+        to zero (A^T y: what a scanner's zero-filled reconstruction shows). For a real image, F z is k times (M(k)
+        + M(-k)) / 2, so a line measured without its mirror comes back at half its value: y = M F z divided by
+        that, at least 1/2 wherever M is 1. (A^+ y, which fills the mirror lines too, is not read this way.)"""
+        k = torch.fft.fftshift(torch.fft.fft2(z, norm="ortho"), dim=(-2, -1))
+        return k * self._m(z) / self._symmetric_weight(z).clamp_min(0.5)
+
 
 def cartesian_mask(height: int, acceleration: float = 4.0, center_fraction: float | None = None,
                    seed: int = 0) -> torch.Tensor:
@@ -231,7 +239,7 @@ def cartesian_mask(height: int, acceleration: float = 4.0, center_fraction: floa
         raise MeasurementError(f"center_fraction must be in [0, 1 / acceleration] = [0, {1 / acceleration:.3g}], "
                                f"got {center_fraction}")
     lines = max(1, round(height / acceleration))
-    centre = min(lines, round(height * center_fraction))
+    centre = min(lines, max(1, round(height * center_fraction)))  # frequency 0 always
     # lines ordered by distance from the centre row (height // 2 is frequency 0 after fftshift)
     order = sorted(range(height), key=lambda j: (abs(j - height // 2), j))
     mask = torch.zeros(height, dtype=torch.bool)
