@@ -328,8 +328,8 @@ def test_restoring_with_a_run_that_does_not_draw_images_is_refused_naming_it():
     from diffusely.checkpoint import RunError
     from diffusely.pipelines.restore import image_run, pixel_run
 
-    clips = SimpleNamespace(config=SimpleNamespace(data=SimpleNamespace(modality="video"), model=SimpleNamespace(dims=3),
-                                                   latent=None))
+    config = SimpleNamespace(data=SimpleNamespace(modality="video"), model=SimpleNamespace(dims=3), latent=None)
+    clips = SimpleNamespace(config=config)
     for check, what in ((pixel_run, "restore"), (image_run, "img2img")):
         with pytest.raises(RunError, match=f"{what} works on images, but this run draws video \\(3-D samples\\)"):
             check(clips, what)
