@@ -101,7 +101,7 @@ def _text_encoder(config: RunConfig, options: dict) -> str:
     encoder = options.get("text_encoder") or (config.text.encoder if config.text.enabled else "scratch")
     if encoder == "none":
         raise ConfigError("--text-encoder none trains no text: drop --text and --text-encoder to train without it")
-    return encoder if encoder in TEXT_ENCODERS else str(Path(encoder).resolve())
+    return encoder if encoder in TEXT_ENCODERS else str(Path(encoder).expanduser().resolve())
 
 
 def _text_defaults(config: RunConfig, options: dict, config_file: Optional[str], run_dir) -> None:
@@ -317,7 +317,7 @@ def _given(config, options: dict) -> dict:
     if options.get("text_encoder"):
         named = options["text_encoder"]  # a folder is stored absolute: the same folder agrees however it is named
         same = named == config.text.encoder or (named not in TEXT_ENCODERS
-                                                and str(Path(named).resolve()) == config.text.encoder)
+                                                and str(Path(named).expanduser().resolve()) == config.text.encoder)
         given["text_encoder"] = (named, same, "text.encoder")
     elif options.get("text"):
         given["text"] = (None, config.text.enabled, "text.encoder")

@@ -320,3 +320,11 @@ def test_a_text_encoder_folder_is_kept_absolute_a_config_keeps_its_encoder_and_n
     assert new_run_config("shapes", {"text": True}).text.encoder == "scratch"
     with pytest.raises(ConfigError, match="--text-encoder none trains no text: drop --text and --text-encoder"):
         new_run_config("shapes", {"text_encoder": "none"})
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # ~ as a quoted or --opt= argument reaches us unexpanded
+    assert new_run_config("shapes", {"text_encoder": "~/enc"}).text.encoder == str(tmp_path / "home" / "enc")
+    # a PNG drawn with a negative prompt at guidance 1 (where it changed nothing) draws again without it
+    from diffusely.pipelines.generate import replay
+
+    again = replay({"sampler": "heun", "steps": 2, "options": {}, "guidance": 1.0, "spacing": "karras",
+                    "prompt": "a red circle", "negative_prompt": "a cross"})
+    assert again["prompts"] == ["a red circle"] and "negative_prompts" not in again

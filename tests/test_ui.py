@@ -76,6 +76,9 @@ def test_each_image_mode_samples_as_its_command_does():
     assert images.default_sampler(images.UPSCALE) == UPSCALE_SAMPLER
     others = [mode for mode in images.modes() if mode not in (images.IMG2IMG, images.UPSCALE)]
     assert images.INPAINT in others and {images.default_sampler(mode) for mode in others} == {RESTORE_SAMPLER}
+    # an audio or video run is offered none of them (each would be refused)
+    clips = RunConfig(data=DataConfig(modality="video", frames=4, image_size=16), model=UNetConfig(dims=3))
+    assert images.modes(clips) == [] and images.IMG2IMG in images.modes(RunConfig())
 
 
 def test_paths_outside_the_allowed_roots_are_refused(tmp_path):

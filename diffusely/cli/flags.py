@@ -150,13 +150,11 @@ def conditions(classes, prompt, prompts_file, negative_prompt, guidance) -> dict
     """The parsed conditioning flags as keyword arguments of pipelines.generate."""
     prompts = list(prompt)
     if prompts_file:
-        from ..data import DataError
-        from ..data.reading import read_text
-
-        try:  # as caption files are read: a byte order mark dropped, lines split at newlines only
-            lines = [line.strip() for line in read_text(prompts_file, "prompts file").split("\n")]
-        except DataError as e:
-            raise click.BadParameter(str(e), param_hint="--prompts") from None
+        try:  # as caption files are read: a byte order mark dropped, lines split at newlines only (a pipe read too)
+            lines = [line.strip() for line in Path(prompts_file).read_bytes().decode("utf-8-sig").split("\n")]
+        except UnicodeDecodeError as e:
+            raise click.BadParameter(f"{prompts_file} is not UTF-8 text ({e.reason} at byte {e.start}): save it as "
+                                     "UTF-8", param_hint="--prompts") from None
         if not any(lines):
             raise click.BadParameter(f"{prompts_file} holds no prompts (one a line)", param_hint="--prompts")
         prompts += [line for line in lines if line]

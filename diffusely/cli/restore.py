@@ -100,7 +100,8 @@ def _print_scores(rows: list[dict]) -> None:
 @click.option("--how", type=click.Choice(HOW), default="project", show_default=True,
               help="Data consistency: project (DDNM), dps (gradient through the network, ~3x slower) or repaint.")
 @click.option("--measured", is_flag=True, help="INPUT is the measurement: a low-res image (upscale), a blurred one "
-              "(deblur), the known pixels (inpaint) or a zero-filled image made with --mask-seed's mask (mri). "
+              "(deblur), the known pixels (inpaint) or a zero-filled image (mri: the real part of the inverse FFT of "
+              "the lines measured with this --acceleration and --mask-seed, as NAME.input.png holds it). "
               "Without it INPUT is the truth, measured here, and the scores are printed.")
 @click.option("--dps-scale", type=Finite(at_least=0), default=1.0, show_default=True, help="dps: the step (1: whole).")
 @click.option("--resample", type=click.IntRange(1, 100), default=10, show_default=True,
@@ -132,7 +133,7 @@ def restore(run_dir, source, task, out_dir, overwrite, mask, scale, acceleration
     if not measured:
         _print_scores(rows)
     _written(out_dir, len(rows), k)
-    click.echo(f"and NAME.input.png: A^+ y ({'zero-filled' if task == 'mri' else 'pseudo-inverse'})")
+    click.echo(f"and NAME.input.png: {'A^T y (the zero-filled image)' if task == 'mri' else 'A^+ y (pseudo-inverse)'}")
 
 
 @click.command()

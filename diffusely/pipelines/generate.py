@@ -366,6 +366,8 @@ def replay(p: dict) -> dict:
                      ("layout", "layouts")):
         if key in p:
             kwargs[arg] = [p[key]]
+    if p.get("guidance") == 1:  # a negative prompt changed nothing there (and is refused there now)
+        kwargs.pop("negative_prompts", None)
     return kwargs
 
 

@@ -214,7 +214,8 @@ class KSpace(Operator):
         """y of a zero-filled image z, the real part of the inverse FFT of k-space with the lines not measured set
         to zero (A^T y: what a scanner's zero-filled reconstruction shows). For a real image, F z is k times (M(k)
         + M(-k)) / 2, so a line measured without its mirror comes back at half its value: y = M F z divided by
-        that, at least 1/2 wherever M is 1. (A^+ y, which fills the mirror lines too, is not read this way.)"""
+        that, at least 1/2 wherever M is 1. (A^+ y, which fills the mirror lines too, is not read this way, nor is
+        a magnitude image.)"""
         k = torch.fft.fftshift(torch.fft.fft2(z, norm="ortho"), dim=(-2, -1))
         return k * self._m(z) / self._symmetric_weight(z).clamp_min(0.5)
 
@@ -223,8 +224,8 @@ def cartesian_mask(height: int, acceleration: float = 4.0, center_fraction: floa
                    seed: int = 0) -> torch.Tensor:
     """(height,) bool: which phase-encode lines of a centred k-space are measured.
 
-    round(height / acceleration) lines in all: the round(height * center_fraction) lines nearest the centre
-    (the low frequencies that hold most of the image's energy), the rest drawn uniformly at random from
+    round(height / acceleration) lines in all: the round(height * center_fraction) lines (at least 1) nearest the
+    centre (the low frequencies that hold most of the image's energy), the rest drawn uniformly at random from
     the others with `seed`. center_fraction defaults to 0.32 / acceleration, fastMRI's 8% at 4x and 4%
     at 8x (Zbontar et al. 2018). acceleration 1 measures every line.
     """

@@ -21,6 +21,8 @@ IMG2IMG, INPAINT, UPSCALE = "img2img", "inpaint (paint the area to fill)", "upsc
 def modes(config=None) -> list[str]:
     """What the tab offers the run (`config`; None: every mode): img2img; inpainting and each other restoration task
     that exists for a pixel run; upscaling for a run trained with --task upscale."""
+    if config is not None and config.data.modality != "image":  # audio and video: none of these
+        return []
     pixels = config is None or config.latent is None
     upscaler = config is None or "lowres" in config.conditions
     restore = [INPAINT, *(f"restore: {t}" for t in TASKS if t != "inpaint")] if pixels else []
