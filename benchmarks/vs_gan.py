@@ -165,6 +165,7 @@ def distill_students(data: dict, teacher: Path, args, out: Path) -> dict:
     rows = {}
     for nfe in (1, 2, 4):
         student, start = out / f"student-{nfe}", time.perf_counter()
+        shutil.rmtree(student, ignore_errors=True)  # a sitting stopped midway distils it again
         distill(student_config(teacher, nfe, steps=args.distill_steps), student, progress=False)
         run = load_run(student)
         draw = draw_diffusion(run, "consistency", nfe)
