@@ -202,6 +202,9 @@ def test_bad_input_names_the_fix(root):
                                                "that divides it (2, 4, 8)",
         ("--task", "mri", "--acceleration", "0.5"): "--acceleration must be >= 1",
         ("--task", "mri", "--scale", "2"): "--task mri takes no --scale: drop it",
+        ("--task", "deblur", "--mask-seed", "3", "--resample", "5"): "--resample, --mask-seed do nothing with "
+                                                                     "--task deblur --how project: drop them",
+        ("--task", "mri", "--dps-scale", "0.5"): "--dps-scale does nothing with --task mri --how project: drop it",
     }
     for args, message in cases.items():
         r = invoke("restore", root / "run", clean, *args, "--out", root / "bad", "--steps", "2")

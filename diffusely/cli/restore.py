@@ -95,17 +95,16 @@ def _print_scores(rows: list[dict]) -> None:
               help="inpaint: an image of the run's size, white where pixels are known.")
 @click.option("--scale", type=int, help="upscale: the average pool's factor (default 4).")
 @click.option("--acceleration", type=float, help="mri: the undersampling (default 4: a quarter of the lines).")
-@click.option("--mask-seed", type=click.IntRange(0), default=0, show_default=True,
-              help="mri: seed of the random phase-encode lines (the centre is always measured).")
+@click.option("--mask-seed", type=click.IntRange(0),
+              help="mri: seed of the random phase-encode lines (default 0; the centre is always measured).")
 @click.option("--how", type=click.Choice(HOW), default="project", show_default=True,
               help="Data consistency: project (DDNM), dps (gradient through the network, ~3x slower) or repaint.")
 @click.option("--measured", is_flag=True, help="INPUT is the measurement: a low-res image (upscale), a blurred one "
               "(deblur), the known pixels (inpaint) or a zero-filled image (mri: the real part of the inverse FFT of "
               "the lines measured with this --acceleration and --mask-seed, as NAME.input.png holds it). "
               "Without it INPUT is the truth, measured here, and the scores are printed.")
-@click.option("--dps-scale", type=Finite(at_least=0), default=1.0, show_default=True, help="dps: the step (1: whole).")
-@click.option("--resample", type=click.IntRange(1, 100), default=10, show_default=True,
-              help="repaint: times each step is redone.")
+@click.option("--dps-scale", type=Finite(at_least=0), help="dps: the step (default 1: whole).")
+@click.option("--resample", type=click.IntRange(1, 100), help="repaint: times each step is redone (default 10).")
 @DRAWING
 @CLASS
 @GUIDANCE
@@ -123,12 +122,21 @@ def restore(run_dir, source, task, out_dir, overwrite, mask, scale, acceleration
     diffusely restore runs/shapes lowres.png --task upscale --measured --out sr
     """
     from ..pipelines.restore import RESTORE_SAMPLER, restore as run_restore
+    from ..restoration import MeasurementError
 
+    # a flag of another --how or --task would do nothing: said, not ignored
+    idle = [flag for flag, value, used in (("--dps-scale", dps_scale, how == "dps"),
+                                           ("--resample", resample, how == "repaint"),
+                                           ("--mask-seed", mask_seed, task == "mri")) if value is not None and not used]
+    if idle:
+        raise MeasurementError(f"{', '.join(idle)} {'does' if len(idle) == 1 else 'do'} nothing with --task {task} "
+                               f"--how {how}: drop {'it' if len(idle) == 1 else 'them'}")
     # DPS differentiates through the network, which a replayed CUDA graph cannot
     run = _load(run_dir, out_dir, precision, False if how == "dps" else cuda_graphs)
     plan = _plan(run, sampler, steps, nfe, k, seed, overwrite, None if how == "repaint" else RESTORE_SAMPLER)
     rows = run_restore(run, source, out_dir, plan, task=task, how=how, mask=mask, scale=scale, acceleration=acceleration,
-                       mask_seed=mask_seed, measured=measured, dps_scale=dps_scale, resample=resample,
+                       mask_seed=mask_seed or 0, measured=measured, dps_scale=1.0 if dps_scale is None else dps_scale,
+                       resample=resample or 10,
                        classes=list(classes) or None, guidance=guidance, progress=_shown(quiet))
     if not measured:
         _print_scores(rows)
