@@ -328,3 +328,15 @@ def test_a_text_encoder_folder_is_kept_absolute_a_config_keeps_its_encoder_and_n
     again = replay({"sampler": "heun", "steps": 2, "options": {}, "guidance": 1.0, "spacing": "karras",
                     "prompt": "a red circle", "negative_prompt": "a cross"})
     assert again["prompts"] == ["a red circle"] and "negative_prompts" not in again
+
+
+def test_training_says_which_captions_are_cut_and_which_words_a_resumed_vocabulary_lacks(tmp_path):
+    from diffusely.config import RunConfig, TextConfig
+    from diffusely.train.data import encode_captions
+
+    config = RunConfig(text=TextConfig(encoder="scratch"))
+    long = " ".join(["red"] * 70)  # past the 64 tokens a caption is cut at
+    with pytest.warns(UserWarning, match="1 of 2 captions are longer than the 64 tokens a caption is cut at"):
+        encode_captions(config, ["a red circle", long], tmp_path, "cpu", save=True, resume=False, progress=False)
+    with pytest.warns(UserWarning, match="2 words of the captions are not in the run's vocabulary .*: blue, square"):
+        encode_captions(config, ["a blue square"], tmp_path, "cpu", save=True, resume=True, progress=False)

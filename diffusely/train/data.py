@@ -8,6 +8,7 @@ exactly as the uninterrupted run would have (EDM2's approach), and N processes d
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -152,11 +153,28 @@ def encode_captions(config: RunConfig, captions: list[str], run_dir: Path, devic
     every = [c for image in variants for c in image]
     unique = list(dict.fromkeys(every))
     encoder = build_text_encoder(config.text, every, run_dir, device, save=save, reuse=resume)
+    if save:
+        _warn_about_captions(encoder, unique)
     row = {c: i for i, c in enumerate(unique)}
     texts = unique + [None]
     table, mask = encoder.encode(texts, progress=progress) if config.text.pretrained else encoder.encode(texts)
     index = torch.tensor([[row[c] for c in image] for image in variants], dtype=torch.long)
     return Captions(table.to(device), mask.to(device), index.to(device))
+
+
+def _warn_about_captions(encoder, captions: list[str]) -> None:
+    """Say what of the captions the model will not see: the tokens past the cap a caption is cut at, and (a resumed
+    scratch run, whose vocabulary is the captions it started with) the words its vocabulary lacks."""
+    lengths = encoder.token_counts(captions) if hasattr(encoder, "token_counts") else map(encoder.length, captions)
+    cut = sum(n > encoder.max_tokens for n in lengths)
+    if cut:
+        warnings.warn(f"{cut} of {len(captions)} captions are longer than the {encoder.max_tokens} tokens a caption "
+                      f"is cut at: the model never sees their end", stacklevel=3)
+    scratch = hasattr(encoder, "unknown_words")
+    unknown = sorted({w for c in captions for w in encoder.unknown_words(c)}) if scratch else []
+    if unknown:
+        warnings.warn(f"{len(unknown)} words of the captions are not in the run's vocabulary (built from the captions "
+                      f"it started with) and are read as unknown: {', '.join(unknown[:8])}", stacklevel=3)
 
 
 class TrainingSet:
