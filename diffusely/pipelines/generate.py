@@ -362,13 +362,10 @@ def replay(p: dict) -> dict:
     check_options(Sampler(p["sampler"]), p["options"])
     kwargs = {"sampler": p["sampler"], "steps": p["steps"], **p["options"], "guidance": p.get("guidance"),
               "spacing": (lambda *_: torch.tensor(sigmas, dtype=torch.float64)) if sigmas else p["spacing"]}
-    for key, arg in (("class", "classes"), ("prompt", "prompts"), ("negative_prompt", "negative_prompts"),
-                     ("layout", "layouts")):
-        if key in p:
-            kwargs[arg] = [p[key]]
+    names = {"class": "classes", "prompt": "prompts", "negative_prompt": "negative_prompts", "layout": "layouts"}
     if p.get("guidance") == 1:  # a negative prompt changed nothing there (and is refused there now)
-        kwargs.pop("negative_prompts", None)
-    return kwargs
+        names.pop("negative_prompt")
+    return {**kwargs, **{arg: [p[key]] for key, arg in names.items() if key in p}}
 
 
 def check_same_weights(run: LoadedRun, p: dict, image: str | Path) -> None:
