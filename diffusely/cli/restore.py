@@ -134,10 +134,11 @@ def restore(run_dir, source, task, out_dir, overwrite, mask, scale, acceleration
     # DPS differentiates through the network, which a replayed CUDA graph cannot
     run = _load(run_dir, out_dir, precision, False if how == "dps" else cuda_graphs)
     plan = _plan(run, sampler, steps, nfe, k, seed, overwrite, None if how == "repaint" else RESTORE_SAMPLER)
+    options = {"mask_seed": mask_seed, "dps_scale": dps_scale, "resample": resample}
+    given = {k: v for k, v in options.items() if v is not None}
     rows = run_restore(run, source, out_dir, plan, task=task, how=how, mask=mask, scale=scale, acceleration=acceleration,
-                       mask_seed=mask_seed or 0, measured=measured, dps_scale=1.0 if dps_scale is None else dps_scale,
-                       resample=resample or 10,
-                       classes=list(classes) or None, guidance=guidance, progress=_shown(quiet))
+                       measured=measured, classes=list(classes) or None, guidance=guidance, progress=_shown(quiet),
+                       **given)  # the others at restore's own defaults
     if not measured:
         _print_scores(rows)
     _written(out_dir, len(rows), k)
