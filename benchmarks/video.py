@@ -30,7 +30,8 @@ A row finished is kept (OUT/NAME.npz: its drawn clips, steps and seconds per cli
 retrained, when a later sitting writes into the same --out with the same settings (others are refused before any
 work; delete OUT/NAME.npz to train a row again); a row stopped midway trains again from the start. Every sitting
 measures every kept row again against the same held-out clips, so the last sitting's table is one table. The peer
-samples with all 1000 of its steps: time it (--quick) before planning a sitting around it.
+samples with all 1000 of its steps, which takes longer than its training: it keeps its trained weights and each batch
+of 16 clips it draws (OUT/peer-work), so a sitting stopped while it samples goes on drawing in the next.
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ from diffusely.train import train
 
 ROOT = Path(__file__).resolve().parent
 PEER_ENV = ROOT.parent / ".venv-peer-video"
-PEER_PACKAGES = ["video-diffusion-pytorch==0.7.0", "torch", "numpy"]
+# torchvision's CUDA wheels load their operators only beside the torch they were built with: this pair does
+PEER_PACKAGES = ["video-diffusion-pytorch==0.7.0", "torch==2.11.0", "torchvision==0.26.0", "numpy"]
 ROWS = ("3-D", "factorised", "image", "peer")
 
 
@@ -145,15 +147,17 @@ def draw(run_dir: Path, n: int, steps: int) -> tuple[np.ndarray, float]:
 
 def peer_clips(args, clips: np.ndarray, out: Path) -> tuple[np.ndarray, float, int]:
     """Train and sample video-diffusion-pytorch in its own environment (made here on first use)."""
-    python = PEER_ENV / "bin" / "python"
+    python = args.peer_python or PEER_ENV / "bin" / "python"
     if not python.exists():
+        if args.peer_python:
+            raise SystemExit(f"--peer-python {python} does not exist")
         subprocess.run([sys.executable, "-m", "venv", str(PEER_ENV)], check=True)
         subprocess.run([str(python), "-m", "pip", "install", "--quiet", *PEER_PACKAGES], check=True)
     np.save(out / "peer-train.npy", clips)
     subprocess.run([str(python), str(ROOT / "_video_peer.py"), "--clips", str(out / "peer-train.npy"),
                     "--out", str(out / "peer-samples.npy"), "--seconds", str(args.minutes * 60),
                     "--samples", str(args.samples), "--dim", str(args.channels[0]),
-                    "--batch-size", str(args.batch_size)], check=True)
+                    "--batch-size", str(args.batch_size), "--settings", settings(args)], check=True)
     result = json.loads((out / "peer-samples.json").read_text())
     return np.load(out / "peer-samples.npy"), result["seconds_per_clip"], result["steps"]
 
@@ -204,6 +208,8 @@ def main() -> None:
     parser.add_argument("--rows", help="comma-separated, of 3-D,factorised,image,peer (default: all; --quick: "
                                        "3-D,image)")
     parser.add_argument("--out", type=Path, help="default: benchmarks/results/video (--quick: video-quick)")
+    parser.add_argument("--peer-python", type=Path, help="the peer's Python, in an environment with "
+                                                            f"{' '.join(PEER_PACKAGES)} (default: made on first use)")
     parser.add_argument("--gif", type=Path, help="also write the 3-D model's first 8 clips here as one GIF")
     args = parser.parse_args()
     if args.quick:
