@@ -42,7 +42,8 @@ def main() -> None:
     diffusion = GaussianDiffusion(Unet3D(dim=args.dim, dim_mults=(1, 2, 4)), image_size=size, num_frames=frames,
                                   timesteps=1000, loss_type="l1")
     work = args.out.parent / "peer-work"  # the trained EMA weights and each batch drawn, kept across sittings
-    if work.exists() and _read(work / "model.json").get("settings") != args.settings:
+    kept_under = json.dumps({**{k: str(v) for k, v in vars(args).items() if k != "out"}, "clips": list(clips.shape)})
+    if work.exists() and _read(work / "model.json").get("settings") != kept_under:
         print(f"{work} was made under other settings: starting over", flush=True)
         shutil.rmtree(work)
     work.mkdir(exist_ok=True)
@@ -54,7 +55,7 @@ def main() -> None:
         diffusion, step = train(diffusion, clips, args)
         torch.save(diffusion.state_dict(), work / "model.tmp.pt")
         (work / "model.tmp.pt").replace(work / "model.pt")
-        _write(work / "model.json", {"steps": step, "settings": args.settings})
+        _write(work / "model.json", {"steps": step, "settings": kept_under})
     drawn, seconds = [], 0.0
     for i in range(0, args.samples, 16):  # each batch of 16 is kept as it is drawn: 1000 steps take a while
         part = work / f"part-{i}.npy"

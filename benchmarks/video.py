@@ -28,10 +28,11 @@ Rows:
 
 A row finished is kept (OUT/NAME.npz: its drawn clips, steps and seconds per clip) and measured again, not
 retrained, when a later sitting writes into the same --out with the same settings (others are refused before any
-work; delete OUT/NAME.npz to train a row again); a row stopped midway trains again from the start. Every sitting
-measures every kept row again against the same held-out clips, so the last sitting's table is one table. The peer
-samples with all 1000 of its steps, which takes longer than its training: it keeps its trained weights and each batch
-of 16 clips it draws (OUT/peer-work), so a sitting stopped while it samples goes on drawing in the next.
+work; delete OUT/NAME.npz, and for the peer OUT/peer-work, to train a row again); a row of diffusely stopped midway
+trains again from the start. Every sitting measures every kept row again against the same held-out clips, so the
+last sitting's table is one table. The peer samples with all 1000 of its steps, which takes longer than its
+training: it keeps its trained weights and each batch of 16 clips it draws (OUT/peer-work), so a sitting stopped
+while it samples goes on drawing in the next.
 """
 
 from __future__ import annotations
@@ -157,7 +158,7 @@ def peer_clips(args, clips: np.ndarray, out: Path) -> tuple[np.ndarray, float, i
     subprocess.run([str(python), str(ROOT / "_video_peer.py"), "--clips", str(out / "peer-train.npy"),
                     "--out", str(out / "peer-samples.npy"), "--seconds", str(args.minutes * 60),
                     "--samples", str(args.samples), "--dim", str(args.channels[0]),
-                    "--batch-size", str(args.batch_size), "--settings", settings(args)], check=True)
+                    "--batch-size", str(args.batch_size), "--settings", settings(args, peer=True)], check=True)
     result = json.loads((out / "peer-samples.json").read_text())
     return np.load(out / "peer-samples.npy"), result["seconds_per_clip"], result["steps"]
 
@@ -244,9 +245,10 @@ def main() -> None:
     (args.out / "table.md").write_text(table(rows) + "\n")
 
 
-def settings(args) -> str:
-    """What a row's clips depend on besides its model: a kept row is reused only under the same."""
-    keys = ("minutes", "clips", "samples", "frames", "channels", "batch_size", "steps")
+def settings(args, peer: bool = False) -> str:
+    """What a row's clips depend on besides its model: a kept row is reused only under the same (the peer's
+    work, `peer`, does not depend on diffusely's sampling steps)."""
+    keys = ("minutes", "clips", "samples", "frames", "channels", "batch_size") + (() if peer else ("steps",))
     return json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in ((k, getattr(args, k)) for k in keys)})
 
 
