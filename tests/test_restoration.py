@@ -12,6 +12,7 @@ import torch
 from diffusely import SAMPLERS
 from diffusely._util import append_dims, as_sigma
 from diffusely.checkpoint import load_run
+from diffusely.data import to_tensor
 from diffusely.data.phantoms import render_phantoms
 from diffusely.metrics.restoration import calibration, consistency_error, psnr, ssim
 from diffusely.restoration import (DPS, Blur, Downsample, Inpaint, KSpace, MeasurementError, cartesian_mask, consistent,
@@ -161,6 +162,19 @@ def test_blur_is_a_normalised_gaussian_of_its_sigma():
     assert (kernel.sum(1) * d**2).sum().item() == pytest.approx(4.0, rel=1e-3)  # variance sigma^2 along each axis
     # only frequencies damped below the cutoff are dropped: the blur loses almost nothing at low frequency
     assert Blur(2.0).measurements(impulse) < 64 * 64 and Blur(0.5).measurements(impulse) == 64 * 64
+
+
+@pytest.mark.parametrize("sigma", [1.0, 1.5, 2.5])
+def test_a_measured_8_bit_blur_is_inverted_without_amplifying_its_rounding(sigma):
+    from diffusely.pipelines.restore import measurement
+    x = to_tensor(render_phantoms(8, 64).images).double()
+    y = Blur(sigma, 1e-12)(x)  # the real blur keeps every frequency
+    y8 = torch.round((y.clamp(-1, 1) + 1) * 127.5) / 127.5 - 1  # as a PNG holds it
+    grey_levels = lambda A: ((A.pinv(y8) - A.pinv(y)).pow(2).mean().sqrt() * 127.5).item()  # noqa: E731
+    exact = measurement("deblur", 64, measured=False)  # for y = A(x) in floats: nothing to amplify
+    measured = measurement("deblur", 64, measured=True)
+    assert exact.cutoff == 1e-3 and grey_levels(Blur(sigma, exact.cutoff)) > 20
+    assert grey_levels(Blur(sigma, measured.cutoff)) < 1.5
 
 
 # ---------------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from ..data import DataError, to_tensor, to_uint8
 from ..data.images import decode
 from ..metrics.restoration import calibration, consistency_error, psnr, ssim
 from ..restoration import TASKS, Projected, img2img as sdedit, make_operator, repaint, restore as consistent_sample
-from ..restoration.operators import TASK_OPTIONS, MeasurementError
+from ..restoration.operators import MEASURED_BLUR_CUTOFF, TASK_OPTIONS, MeasurementError
 from ..samplers import sample
 from .conditioning import conditioning
 from .generate import _refuse_existing, _write_sample, sampling_plan, stored_spacing
@@ -215,8 +215,9 @@ def upscale(run: LoadedRun, source: str | Path, out: str | Path, plan: Plan, *, 
     return [name for name, _ in images]
 
 
-def measurement(task: str, size: int, *, mask=None, scale=None, acceleration=None, seed: int = 0):
-    """The operator of `task` for size x size images, its options checked with the flag that sets them named."""
+def measurement(task: str, size: int, *, mask=None, scale=None, acceleration=None, seed: int = 0, measured=False):
+    """The operator of `task` for size x size images, its options checked with the flag that sets them named; for
+    `measured` 8-bit images, a blur whose inverse does not amplify their rounding (MEASURED_BLUR_CUTOFF)."""
     if task not in TASKS:
         raise MeasurementError(f"unknown --task {task!r}; choose one of: {', '.join(TASKS)}")
     takes = TASK_OPTIONS[task]  # the flags here are a subset of the operator's options (restoration.operators)
@@ -235,7 +236,8 @@ def measurement(task: str, size: int, *, mask=None, scale=None, acceleration=Non
         raise MeasurementError(f"--scale {scale} does not divide the run's image size {size}: pick a scale >= 2 that "
                                f"divides it ({', '.join(str(s) for s in range(2, size) if size % s == 0)})")
     options = {"inpaint": lambda: {"mask": read_mask(mask, (size, size))}, "upscale": lambda: {"scale": scale},
-               "mri": lambda: {"acceleration": acceleration, "seed": seed}, "deblur": dict}[task]()
+               "mri": lambda: {"acceleration": acceleration, "seed": seed},
+               "deblur": lambda: {"cutoff": MEASURED_BLUR_CUTOFF if measured else None}}[task]()
     return make_operator(task, size, **options)
 
 
@@ -291,7 +293,8 @@ def restore(run: LoadedRun, source: str | Path, out: str | Path, plan: Plan, *, 
         raise MeasurementError(f"--how repaint steps the sampler itself: give a fixed-step --sampler with --steps "
                                f"({plan.sampler} picks its own)")
     size, channels = run.config.data.image_size, run.config.data.channels
-    operator = measurement(task, size, mask=mask, scale=scale, acceleration=acceleration, seed=mask_seed)
+    operator = measurement(task, size, mask=mask, scale=scale, acceleration=acceleration, seed=mask_seed,
+                           measured=measured)
     images = read_images(source, channels)
     low = task == "upscale" and measured
     check_size(images, (size // (scale or 4),) * 2 if low else (size, size),
