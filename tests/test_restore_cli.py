@@ -13,7 +13,7 @@ from PIL import Image
 
 from diffusely.cli import main
 from diffusely.data import load_dataset, to_tensor
-from diffusely.restoration import Downsample
+from diffusely.restoration import MEASURED_BLUR_CUTOFF, Blur, Downsample
 
 from helpers import held_lock, time_limit
 
@@ -88,6 +88,21 @@ def test_projection_agrees_with_the_measurement(root):
     assert r.exit_code == 0 and "psnr" not in r.output, r.output
     y = as_tensor(read(root / "low.png"))
     assert ((A(as_tensor(read(root / "sr2" / "low.png"))) - y) / 2).pow(2).mean().sqrt() <= GREY_LEVEL
+
+
+def test_a_measured_blurred_image_is_read_without_amplifying_its_rounding(root):
+    truth = as_tensor(read(root / "clean" / "p0.png")).double()
+    blurred = Blur(1.5, 1e-12)(truth)[0, 0].clamp(-1, 1)  # the real blur keeps every frequency
+    Image.fromarray(np.round((blurred.numpy() + 1) * 127.5).astype(np.uint8)).save(root / "blurred.png")
+    r = invoke("restore", root / "run", root / "blurred.png", "--task", "deblur", "--measured", "--out",
+               root / "deblur", "--steps", "2", "--quiet")
+    assert r.exit_code == 0, r.output
+    y = as_tensor(read(root / "blurred.png")).double()
+    shown = as_tensor(read(root / "deblur" / "blurred.input.png")).double()  # A^+ y
+    expected = Blur(1.5, MEASURED_BLUR_CUTOFF).pinv(y).clamp(-1, 1)
+    assert (shown - expected).abs().max() <= 2 * GREY_LEVEL + 1e-6  # one grey level: the PNG's rounding
+    # the exact operator's inverse would show the file's rounding amplified
+    assert (Blur(1.5, 1e-3).pinv(y).clamp(-1, 1) - expected).abs().max() > 0.2
 
 
 def test_mri_writes_the_zero_filled_input_and_scores(root):

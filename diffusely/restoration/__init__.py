@@ -11,10 +11,11 @@ where the prior filled in the rest.
 
 from .consistency import CONSISTENCY, DPS, Projected, consistent, repaint, restore
 from .img2img import img2img, strength_to_sigma
-from .operators import (TASKS, Blur, Downsample, Inpaint, KSpace, MeasurementError, Operator, cartesian_mask,
-                        make_operator)
+from .operators import (MEASURED_BLUR_CUTOFF, TASKS, Blur, Downsample, Inpaint, KSpace, MeasurementError, Operator,
+                        cartesian_mask, make_operator)
 from .uncertainty import Spread, posterior_spread
 
-__all__ = ["Operator", "Inpaint", "Downsample", "KSpace", "Blur", "cartesian_mask", "make_operator", "TASKS",
+__all__ = ["Operator", "Inpaint", "Downsample", "KSpace", "Blur", "MEASURED_BLUR_CUTOFF", "cartesian_mask",
+           "make_operator", "TASKS",
            "MeasurementError", "Projected", "DPS", "CONSISTENCY", "consistent", "restore", "repaint",
            "img2img", "strength_to_sigma", "Spread", "posterior_spread"]
