@@ -243,9 +243,9 @@ def measurement(task: str, size: int, *, mask=None, scale=None, acceleration=Non
 
 def _measure(operator, task: str, image: torch.Tensor, measured: bool) -> torch.Tensor:
     """y for one image (1, C, H, W): A(image) of a clean image; with `measured`, the image is the measurement (a
-    low-res image for upscale, a blurred one for deblur, in A's range) or is measured as given (inpaint: its known pixels; mri:
-    a zero-filled image, the real part of the inverse FFT of the k-space lines measured with the same seeded mask:
-    KSpace.from_zero_filled gives those lines back exactly)."""
+    low-res image for upscale, a blurred one for deblur, taken into A's range) or is measured as given (inpaint: its
+    known pixels; mri: a zero-filled image, the real part of the inverse FFT of the k-space lines measured with the
+    same seeded mask: KSpace.from_zero_filled gives those lines back exactly)."""
     if measured and task == "mri":
         return operator.from_zero_filled(image)
     if measured and task == "deblur":  # the frequencies the blur keeps too little of are dropped, as A drops them
