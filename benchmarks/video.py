@@ -15,6 +15,9 @@ Rows:
   3-D         diffusely's default video model: the U-Net with 3-D convolutions and attention
   factorised  the U-Net with factorised space-time blocks (--factorised: 2-D layers per frame, temporal conv and
               attention), same widths
+  latent      the 3-D U-Net on the latents of an image autoencoder applied to each frame (8 x 8 x 4 latents of
+              32 x 32 frames), trained first on the training clips' frames within the same minutes (--ae-steps,
+              the autoencoder a text run trains for itself): a step works on 16 times fewer positions
   image       diffusely's image model trained on the frames as images for the same minutes: the frame FD a
               video model is held to (its clips are 8 independent frames, so no coherence is reported)
   peer        lucidrains' video-diffusion-pytorch (Unet3D + GaussianDiffusion, the issue's anchor), same widths and
@@ -60,12 +63,14 @@ from diffusely.metrics.coherence import mean_coherence
 from diffusely.nets import UNetConfig
 from diffusely.pipelines import generate
 from diffusely.train import train
+from diffusely.train.autoencoder import train_autoencoder
+from diffusely.train.latents import own_autoencoder_config
 
 ROOT = Path(__file__).resolve().parent
 PEER_ENV = ROOT.parent / ".venv-peer-video"
 # torchvision's CUDA wheels load their operators only beside the torch they were built with: this pair does
 PEER_PACKAGES = ["video-diffusion-pytorch==0.7.0", "torch==2.11.0", "torchvision==0.26.0", "numpy"]
-ROWS = ("3-D", "factorised", "image", "peer")
+ROWS = ("3-D", "factorised", "latent", "image", "peer")
 
 
 # ------------------------------------------------------------------------------ features
@@ -120,6 +125,23 @@ def video_config(args, factorised: bool) -> RunConfig:
     return RunConfig(model=model, data=data, train=_schedule(args))
 
 
+def latent_row(args, run_dir: Path, train_clips: np.ndarray, seconds: float) -> tuple[np.ndarray, float, int]:
+    """Train an image autoencoder on the training clips' frames, then the 3-D U-Net on their latents for the rest of
+    `seconds`; its drawn clips (decoded), seconds per clip and diffusion steps."""
+    ae_dir, deadline = run_dir / "autoencoder", time.time() + seconds
+    ae_config = own_autoencoder_config(video_config(args, factorised=False), steps=args.ae_steps)
+    ae_config.data = DataConfig(source="moving-shapes frames", image_size=32)
+    frames = Dataset(train_clips.reshape(-1, 32, 32, 3), None, None, None, None, "moving-shapes frames")
+    psnr = train_autoencoder(ae_config, ae_dir, progress=False, data=frames)["psnr"]
+    print(f"latent: autoencoder {args.ae_steps} steps, {psnr:.1f} dB, {seconds - (deadline - time.time()):.0f} s",
+          flush=True)
+    config = video_config(args, factorised=False)
+    config.use_autoencoder(ae_dir)
+    step = train_for(config, run_dir, Dataset(train_clips, None, None, None, None, "moving-shapes"),
+                     deadline - time.time())
+    return (*draw(run_dir, args.samples, args.steps), step)
+
+
 def image_config(args) -> RunConfig:
     model = UNetConfig(dims=2, channels=args.channels, attention_levels=(len(args.channels) - 1,))
     return RunConfig(model=model, data=DataConfig(source="moving-shapes frames", image_size=32, flip=True),
@@ -158,7 +180,7 @@ def peer_clips(args, clips: np.ndarray, out: Path) -> tuple[np.ndarray, float, i
     subprocess.run([str(python), str(ROOT / "_video_peer.py"), "--clips", str(out / "peer-train.npy"),
                     "--out", str(out / "peer-samples.npy"), "--seconds", str(args.minutes * 60),
                     "--samples", str(args.samples), "--dim", str(args.channels[0]),
-                    "--batch-size", str(args.batch_size), "--settings", settings(args, peer=True)], check=True)
+                    "--batch-size", str(args.batch_size), "--settings", settings(args, "peer")], check=True)
     result = json.loads((out / "peer-samples.json").read_text())
     return np.load(out / "peer-samples.npy"), result["seconds_per_clip"], result["steps"]
 
@@ -206,6 +228,7 @@ def main() -> None:
     parser.add_argument("--channels", type=lambda s: tuple(map(int, s.split(","))), default=(32, 64, 64))
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=18, help="Heun steps when sampling")
+    parser.add_argument("--ae-steps", type=int, default=800, help="the latent row's autoencoder steps (in its minutes)")
     parser.add_argument("--rows", help="comma-separated, of 3-D,factorised,image,peer (default: all; --quick: "
                                        "3-D,image)")
     parser.add_argument("--out", type=Path, help="default: benchmarks/results/video (--quick: video-quick)")
@@ -214,7 +237,7 @@ def main() -> None:
     parser.add_argument("--gif", type=Path, help="also write the 3-D model's first 8 clips here as one GIF")
     args = parser.parse_args()
     if args.quick:
-        args.minutes, args.clips, args.samples, args.steps = 1.0, 400, 16, 12
+        args.minutes, args.clips, args.samples, args.steps, args.ae_steps = 1.0, 400, 16, 12, 100
     args.rows = args.rows or ("3-D,image" if args.quick else ",".join(ROWS))
     args.out = args.out or ROOT / "results" / ("video-quick" if args.quick else "video")
     check_kept(args)
@@ -245,10 +268,11 @@ def main() -> None:
     (args.out / "table.md").write_text(table(rows) + "\n")
 
 
-def settings(args, peer: bool = False) -> str:
+def settings(args, row: str) -> str:
     """What a row's clips depend on besides its model: a kept row is reused only under the same (the peer's
-    work, `peer`, does not depend on diffusely's sampling steps)."""
-    keys = ("minutes", "clips", "samples", "frames", "channels", "batch_size") + (() if peer else ("steps",))
+    work does not depend on diffusely's sampling steps; only the latent row on its autoencoder's steps)."""
+    keys = ("minutes", "clips", "samples", "frames", "channels", "batch_size") + (() if row == "peer" else ("steps",))
+    keys += ("ae_steps",) if row == "latent" else ()
     return json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in ((k, getattr(args, k)) for k in keys)})
 
 
@@ -257,7 +281,7 @@ def check_kept(args) -> None:
     for name in ROWS:
         if (args.out / f"{name}.npz").exists():
             with np.load(args.out / f"{name}.npz") as got:
-                then, now = json.loads(str(got["settings"])), json.loads(settings(args))
+                then, now = json.loads(str(got["settings"])), json.loads(settings(args, name))
             differ = [f"--{k.replace('_', '-')} {then[k]} (now {now[k]})" for k in now if then[k] != now[k]]
             if differ:
                 raise SystemExit(f"{args.out / name}.npz was drawn with {', '.join(differ)}: give those, use another "
@@ -277,6 +301,8 @@ def row_clips(name: str, args, train_clips: np.ndarray) -> tuple[np.ndarray, flo
         config = video_config(args, factorised=name == "factorised")
         step = train_for(config, run_dir, Dataset(train_clips, None, None, None, None, "moving-shapes"), seconds)
         clips, per_clip = draw(run_dir, args.samples, args.steps)
+    elif name == "latent":
+        clips, per_clip, step = latent_row(args, run_dir, train_clips, seconds)
     elif name == "image":
         frames = Dataset(train_clips.reshape(-1, 32, 32, 3), None, None, None, None, "moving-shapes frames")
         step = train_for(image_config(args), run_dir, frames, seconds)
@@ -285,7 +311,7 @@ def row_clips(name: str, args, train_clips: np.ndarray) -> tuple[np.ndarray, flo
     else:
         clips, per_clip, step = peer_clips(args, train_clips, args.out)
     tmp = kept.with_suffix(".tmp.npz")  # whole or absent
-    np.savez(tmp, clips=clips, per_clip=per_clip, step=-1 if step is None else step, settings=settings(args))
+    np.savez(tmp, clips=clips, per_clip=per_clip, step=-1 if step is None else step, settings=settings(args, name))
     tmp.replace(kept)
     return clips, per_clip, step
 

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from diffusely.cli import main
 from diffusely.config import AutoencoderRunConfig, AutoencoderTrainConfig, DataConfig
-from diffusely.data import load_dataset, to_tensor
+from diffusely.data import Dataset, DataError, load_dataset, to_tensor
 from diffusely.nets.autoencoder import (DEFAULT_CHANNELS, Autoencoder, AutoencoderConfig, LatentSpace, frequency_loss,
                                         latent_scale, psnr)
 from diffusely.train.autoencoder import reconstruct, train_autoencoder
@@ -157,3 +157,20 @@ def test_autoencoder_resume_is_exact(tiny_folder, tmp_path):
         assert torch.equal(whole[k], resumed[k]), k
     log = lambda run: [line.split(",")[:3] for line in (tmp_path / run / "log.csv").read_text().splitlines()]  # noqa: E731
     assert log("whole") == log("half") and len(log("whole")) == 1 + 6
+
+
+def test_autoencoder_trains_on_given_images_as_on_its_folder(tiny_folder, tmp_path):
+    # benchmarks hand the frames of clips in memory; the same images must train the same weights, bit for bit
+    config = tiny_config(tiny_folder, 3, checkpoint_every=100, sample_every=100)
+    train_autoencoder(config, tmp_path / "folder", progress=False)
+    given = load_dataset(str(tiny_folder), 16)
+    train_autoencoder(tiny_config(tiny_folder, 3, checkpoint_every=100, sample_every=100), tmp_path / "given",
+                      progress=False, data=given)
+    a, b = (load_file(str(tmp_path / run / "checkpoint.safetensors")) for run in ("folder", "given"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert len(given) > 4
+    fewer = Dataset(given.images[:4], None, None, None, None, "fewer")
+    assert train_autoencoder(tiny_config(tiny_folder, 1), tmp_path / "fewer", progress=False, data=fewer)["images"] == 4
+    small = Dataset(given.images[:, :8, :8], None, None, None, None, "small")
+    with pytest.raises(DataError, match=r"images \(N, 16, 16, C\) at its image size"):
+        train_autoencoder(tiny_config(tiny_folder, 3), tmp_path / "small", progress=False, data=small)

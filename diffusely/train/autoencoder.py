@@ -18,7 +18,7 @@ from .. import viz
 from .._util import randn_like
 from ..checkpoint import RunError, save_run_state
 from ..config import AutoencoderRunConfig
-from ..data import DataError, apply_flips, draw_flips, load_dataset, random_crops, to_tensor
+from ..data import Dataset, DataError, apply_flips, draw_flips, load_dataset, random_crops, to_tensor
 from ..nets.autoencoder import (Autoencoder, PatchDiscriminator, adaptive_gan_weight, frequency_loss, hinge_d_loss,
                                 kl_divergence, l1_loss, psnr)
 from .common import (Batches, Dist, Tracker, adamw, autocast, check_room, locked, lr_at, optimize, resume_state,
@@ -31,11 +31,12 @@ SHOWN = 8  # images in each reconstruction picture
 
 def train_autoencoder(config: AutoencoderRunConfig, run_dir: str | Path, *, resume: bool = False,
                       progress: bool = True, on_checkpoint: Optional[Callable[[int], None]] = None,
-                      should_stop: Optional[Callable[[], bool]] = None) -> dict:
-    """Train `config` into `run_dir`; with resume=True continue the run saved there. Returns final stats. The run
-    directory is locked for the whole job; a non-finite loss stops the run with a RunError, its last good
-    checkpoint kept. `should_stop()`, asked after each step (a UI's stop button), ends it early at a checkpoint
-    (the returned "step" says where)."""
+                      should_stop: Optional[Callable[[], bool]] = None, data: Optional[Dataset] = None) -> dict:
+    """Train `config` into `run_dir`; with resume=True continue the run saved there. Trains on
+    config.data.source, or on `data`: images (N, H, W, C) uint8 at the image size (a caller resuming gives the same
+    again). Returns final stats. The run directory is locked for the whole job; a non-finite loss stops the run with
+    a RunError, its last good checkpoint kept. `should_stop()`, asked after each step (a UI's stop button), ends it
+    early at a checkpoint (the returned "step" says where)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise RunError("train-autoencoder runs in one process; start it without torchrun")
     run_dir, d = Path(run_dir), Dist()
@@ -43,7 +44,7 @@ def train_autoencoder(config: AutoencoderRunConfig, run_dir: str | Path, *, resu
     with locked(run_dir, "train-autoencoder", d):
         config = run_config(config, run_dir, resume)
         tc, mc = config.train, config.model
-        images = load_images(config, device)
+        images = load_images(config, device, data)
         torch.manual_seed(tc.seed)  # the initial weights
         ae = Autoencoder(mc).to(device)
         modules, optimizers = {"model": ae}, {"optim": adamw(ae, tc, tc.lr, device)}
@@ -74,11 +75,16 @@ def train_autoencoder(config: AutoencoderRunConfig, run_dir: str | Path, *, resu
             "factor": mc.factor, "latent_channels": mc.latent_channels, **last}
 
 
-def load_images(config: AutoencoderRunConfig, device) -> torch.Tensor:
-    """The run's training images on the device, uint8 channels last, decoded once; fits model.in_channels to them."""
+def load_images(config: AutoencoderRunConfig, device, data: Optional[Dataset] = None) -> torch.Tensor:
+    """The run's training images (`data`'s, or loaded from config.data.source) on the device, uint8 channels last,
+    decoded once; fits model.in_channels to them."""
     tc, mc = config.train, config.model
-    data = load_dataset(config.data.source, config.data.image_size, config.data.channels, seed=tc.seed,
-                        max_shapes=config.data.max_shapes, outside=config.data.outside)
+    if data is None:
+        data = load_dataset(config.data.source, config.data.image_size, config.data.channels, seed=tc.seed,
+                            max_shapes=config.data.max_shapes, outside=config.data.outside)
+    elif data.images.ndim != 4 or data.images.shape[1:3] != (config.data.image_size,) * 2:
+        raise DataError(f"an autoencoder trains on images (N, {config.data.image_size}, {config.data.image_size}, C) "
+                        f"at its image size, got samples of shape {data.images.shape}")
     size = tc.crop_size or config.data.image_size  # what the networks see in training
     for name, value in (("image size", config.data.image_size), ("crop size", size)):
         if value % mc.factor:
