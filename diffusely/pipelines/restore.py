@@ -241,16 +241,12 @@ def measurement(task: str, size: int, *, mask=None, scale=None, acceleration=Non
     return make_operator(task, size, **options)
 
 
-def _measure(operator, task: str, image: torch.Tensor, measured: bool) -> torch.Tensor:
-    """y for one image (1, C, H, W): A(image) of a clean image; with `measured`, the image is the measurement (a
-    low-res image for upscale, a blurred one for deblur, taken into A's range) or is measured as given (inpaint: its
-    known pixels; mri: a zero-filled image, the real part of the inverse FFT of the k-space lines measured with the
-    same seeded mask: KSpace.from_zero_filled gives those lines back exactly)."""
-    if measured and task == "mri":
-        return operator.from_zero_filled(image)
-    if measured and task == "deblur":  # the frequencies the blur keeps too little of are dropped, as A drops them
-        return operator(operator.pinv(image))
-    return image if measured and task == "upscale" else operator(image)
+def _measure(operator, image: torch.Tensor, measured: bool) -> torch.Tensor:
+    """y for one image (1, C, H, W): A(image) of a clean image; with `measured`, the image is the measurement as a
+    file holds it, and the operator reads y from it (Operator.from_measured: a low-res image is y, a blurred one is
+    taken into A's range, an inpainting's known pixels are kept, an MRI's zero-filled image gives its k-space lines
+    back exactly)."""
+    return operator.from_measured(image) if measured else operator(image)
 
 
 def _scores(operator, x: torch.Tensor, y: torch.Tensor, truth: Optional[torch.Tensor], parts: dict) -> dict:
@@ -306,7 +302,7 @@ def restore(run: LoadedRun, source: str | Path, out: str | Path, plan: Plan, *, 
     Path(out).mkdir(parents=True, exist_ok=True)
     for j, (name, image) in enumerate(images):
         image = image[None].to(run.device)
-        y = _measure(operator, task, image, measured)
+        y = _measure(operator, image, measured)
         shown = operator.adjoint(y) if task == "mri" else operator.pinv(y)  # MRI: the zero-filled image, A^T y
         _save(Path(out) / f"{name}.input.png", shown[0].clamp(-1, 1).cpu())
         denoiser, cond = c.batch(range(plan.k), run.device)

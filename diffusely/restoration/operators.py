@@ -60,6 +60,11 @@ class Operator:
         """The adjoint as a callable: A.T(y) == A.adjoint(y)."""
         return _Adjoint(self)
 
+    def from_measured(self, m: torch.Tensor) -> torch.Tensor:
+        """y from a measurement as a user holds it, an image (a file): here the image measured as given, A(m), which
+        keeps an inpainting's known pixels. Operators whose measurements are no image of x's shape say otherwise."""
+        return self.forward(m)
+
     def project(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """x + A^+ (y - A x): keeps x's null-space part and takes the range-space part from y (DDNM eq. 7)."""
         return x + self.pinv(y - self.forward(x))
@@ -152,6 +157,10 @@ class Downsample(Operator):
     def measurements(self, x: torch.Tensor) -> int:
         return x[0].numel() // self.factor ** (x.ndim - 2)
 
+    def from_measured(self, m: torch.Tensor) -> torch.Tensor:
+        """A low-resolution image is y itself."""
+        return m
+
 
 class KSpace(Operator):
     """Cartesian undersampled MRI: A = M F, F the orthonormal 2-D FFT over the last two axes (k-space
@@ -210,7 +219,7 @@ class KSpace(Operator):
     def measurements(self, x: torch.Tensor) -> int:
         return int(self._m(x).expand(x.shape[-2:]).sum()) * x.shape[1]
 
-    def from_zero_filled(self, z: torch.Tensor) -> torch.Tensor:
+    def from_measured(self, z: torch.Tensor) -> torch.Tensor:
         """y of a zero-filled image z, the real part of the inverse FFT of k-space with the lines not measured set
         to zero (A^T y: what a scanner's zero-filled reconstruction shows). For a real image, F z is k times (M(k)
         + M(-k)) / 2, so a line measured without its mirror comes back at half its value: y = M F z divided by
@@ -295,6 +304,11 @@ class Blur(Operator):
 
     def measurements(self, x: torch.Tensor) -> int:
         return int((self.spectrum(_spatial(x)) > 0).sum()) * x.shape[1]
+
+    def from_measured(self, m: torch.Tensor) -> torch.Tensor:
+        """A blurred image taken into A's range, A A^+ m: the frequencies the blur keeps less than `cutoff` of are
+        dropped, as A drops them (an 8-bit file's rounding, divided by a small K, would swamp them)."""
+        return self.forward(self.pinv(m))
 
 
 def _inpaint(height: int, *, mask=None) -> Inpaint:
