@@ -32,8 +32,9 @@ Rows:
 A row finished is kept (OUT/NAME.npz: its drawn clips, steps and seconds per clip) and measured again, not
 retrained, when a later sitting writes into the same --out with the same settings (others are refused before any
 work; delete OUT/NAME.npz, and for the peer OUT/peer-work, to train a row again); a row of diffusely stopped midway
-trains again from the start. Every sitting measures every kept row again against the same held-out clips, so the
-last sitting's table is one table. The peer samples with all 1000 of its steps, which takes longer than its
+trains again from the start. Every sitting measures every kept row again against the same held-out clips, in the same feature
+networks (trained by the first sitting, about 9 minutes, and kept as OUT/features-*.safetensors), so the last
+sitting's table is one table. The peer samples with all 1000 of its steps, which takes longer than its
 training: it keeps its trained weights and each batch of 16 clips it draws (OUT/peer-work), so a sitting stopped
 while it samples goes on drawing in the next.
 """
@@ -58,7 +59,9 @@ from diffusely.config import DataConfig, RunConfig, TrainConfig
 from diffusely.data import Dataset, to_tensor, to_uint8
 from diffusely.data.moving_shapes import CLASSES, render_moving_shapes
 from diffusely.data.video import write_video
+from diffusely._files import load_tensors, save_tensors
 from diffusely.metrics import feature_statistics, fit_domain_features, frechet_distance
+from diffusely.metrics.domain import load_domain_features, save_domain_features
 from diffusely.metrics.coherence import mean_coherence
 from diffusely.nets import UNetConfig
 from diffusely.pipelines import generate
@@ -113,6 +116,29 @@ def clip_features(net: ClipClassifier, clips: np.ndarray) -> np.ndarray:
 
 def fd(a: np.ndarray, b: np.ndarray) -> float:
     return frechet_distance(*feature_statistics(a), *feature_statistics(b))
+
+
+def features(args, train_clips: np.ndarray, labels: np.ndarray) -> tuple:
+    """The frame and clip feature networks, trained on the training clips (about 9 minutes at the full settings) or
+    read back from OUT/features-*.safetensors, kept by an earlier sitting into this --out from the same clips."""
+    kept = {"clips": args.clips, "frames": args.frames, "quick": args.quick}
+    frames_path, clips_path = args.out / "features-frames.safetensors", args.out / "features-clips.safetensors"
+    if frames_path.exists() and clips_path.exists():
+        frames_net = load_domain_features(frames_path)
+        tensors, meta = load_tensors(clips_path)
+        if frames_net.info["reference"] == kept and meta == kept:
+            clip_net = ClipClassifier(len(CLASSES))
+            clip_net.load_state_dict(tensors)
+            print(f"features: read back from {frames_path.parent}", flush=True)
+            return frames_net, clip_net.eval()
+    start = time.time()
+    frames_net = fit_domain_features(train_clips.reshape(-1, 32, 32, 3), labels.repeat(args.frames) // 3, 4,
+                                     steps=150 if args.quick else 600, reference=kept)
+    clip_net = fit_clip_features(train_clips, labels, steps=100 if args.quick else 600)
+    save_domain_features(frames_path, frames_net)
+    save_tensors(clips_path, clip_net.state_dict(), kept)
+    print(f"features: {time.time() - start:.0f} s", flush=True)
+    return frames_net, clip_net
 
 
 # ------------------------------------------------------------------------------ models
@@ -246,11 +272,7 @@ def main() -> None:
     data = render_moving_shapes(args.clips + args.samples, size=32, frames=args.frames, seed=0)
     train_clips, real = data.images[:args.clips], data.images[args.clips:]
     labels = data.labels[:args.clips]
-    start = time.time()
-    frames_net = fit_domain_features(train_clips.reshape(-1, 32, 32, 3), labels.repeat(args.frames) // 3, 4,
-                                     steps=150 if args.quick else 600)
-    clip_net = fit_clip_features(train_clips, labels, steps=100 if args.quick else 600)
-    print(f"features: {time.time() - start:.0f} s", flush=True)
+    frames_net, clip_net = features(args, train_clips, labels)
     rows = [{**measure("real", real, data.images[:args.samples], frames_net, clip_net), "train s": None}]
     asked = args.rows.split(",")
     unknown = [name for name in asked if name not in ROWS]
