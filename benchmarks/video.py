@@ -32,9 +32,9 @@ Rows:
 A row finished is kept (OUT/NAME.npz: its drawn clips, steps and seconds per clip) and measured again, not
 retrained, when a later sitting writes into the same --out with the same settings (others are refused before any
 work; delete OUT/NAME.npz, and for the peer OUT/peer-work, to train a row again); a row of diffusely stopped midway
-trains again from the start. Every sitting measures every kept row again against the same held-out clips, in the same feature
-networks (trained by the first sitting, about 9 minutes, and kept as OUT/features-*.safetensors), so the last
-sitting's table is one table. The peer samples with all 1000 of its steps, which takes longer than its
+trains again from the start. Every sitting measures every kept row again against the same held-out clips, in the
+same feature networks (trained by the first sitting, about 9 minutes, and kept as OUT/features-*.safetensors), so
+the last sitting's table is one table. The peer samples with all 1000 of its steps, which takes longer than its
 training: it keeps its trained weights and each batch of 16 clips it draws (OUT/peer-work), so a sitting stopped
 while it samples goes on drawing in the next.
 """
@@ -159,8 +159,8 @@ def latent_row(args, run_dir: Path, train_clips: np.ndarray, seconds: float) -> 
     ae_config.data = DataConfig(source="moving-shapes frames", image_size=32)
     frames = Dataset(train_clips.reshape(-1, 32, 32, 3), None, None, None, None, "moving-shapes frames")
     psnr = train_autoencoder(ae_config, ae_dir, progress=False, data=frames)["psnr"]
-    print(f"latent: autoencoder {args.ae_steps} steps, {psnr:.1f} dB, {seconds - (deadline - time.time()):.0f} s",
-          flush=True)
+    spent = seconds - (deadline - time.time())
+    print(f"latent: autoencoder {args.ae_steps} steps, {psnr:.1f} dB, {spent:.0f} s", flush=True)
     config = video_config(args, factorised=False)
     config.use_autoencoder(ae_dir)
     step = train_for(config, run_dir, Dataset(train_clips, None, None, None, None, "moving-shapes"),
