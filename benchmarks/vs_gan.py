@@ -12,7 +12,8 @@ Methods (rows), each trained --seeds times (default 5) for --minutes of wall clo
                   --aug-prob 0.25 --aug-types [translation,cutout,color]
   stylegan2       lucidrains' `stylegan2-pytorch` with its augmentation (--aug-prob 0.25); the two peers run from
                   --peer-python, a separate environment (torch==2.14.1 torchvision==0.29.1 and the peer), through
-                  their own command lines (flags from their READMEs: a first run checks them)
+                  their own command lines (flags from their READMEs: a first run checks them), on the CPU through
+                  _gan_peer.py (both packages assert CUDA and call .cuda(); it rewrites only that, in a copy)
 Datasets (columns): shapes at 32 x 32, shapes grayscale at 16 x 16, defects at 32 x 32; --train-images of each
 (default 2000, seed 0) to train on and 2000 held-out images (seed 1) as the reference.
 
@@ -224,10 +225,15 @@ def train_dcgan(data: dict, seed: int, args, z: int = 64) -> dict:
 # ---------------------------------------------------------------------------------------------- the peers
 
 
+def peer_exe(args, tool: str) -> list[str]:
+    """The peer's command line run on the CPU: both packages assert CUDA and call .cuda() throughout, so
+    _gan_peer.py runs their own CLI from a copy with only device placement rewritten."""
+    return [str(args.peer_python), str(Path(__file__).resolve().parent / "_gan_peer.py"), tool]
+
+
 def peer_command(args, tool: str, data: dict, work: Path, seed: int) -> list[str]:
     """The peer's command line: its data, its folders under `work`, and its small-data recommendations."""
-    exe = str(Path(args.peer_python).parent / PEERS[tool])
-    common = [exe, "--data", str(data["folder"]), "--name", "run", "--results_dir", str(work / "results"),
+    common = [*peer_exe(args, tool), "--data", str(data["folder"]), "--name", "run", "--results_dir", str(work / "results"),
               "--models_dir", str(work / "models"), "--image_size", str(data["size"]), "--batch_size", "32",
               "--num_train_steps", str(10**7), "--save_every", str(args.checkpoint_every), "--aug_prob", "0.25"]
     if tool == "lightweight-gan":
@@ -241,8 +247,7 @@ def peer_samples(args, tool: str, data: dict, work: Path, n: int, load_from: int
     images (torchvision's, 2 pixels apart; the EMA generator's where it writes one), cut here into images."""
     tiles = math.ceil(math.sqrt(n))
     before = set((work / "results").rglob("*.*"))
-    exe = str(Path(args.peer_python).parent / PEERS[tool])
-    subprocess.run([exe, "--generate", "--name", "run", "--results_dir", str(work / "results"), "--models_dir",
+    subprocess.run([*peer_exe(args, tool), "--generate", "--name", "run", "--results_dir", str(work / "results"), "--models_dir",
                     str(work / "models"), "--num_image_tiles", str(tiles), "--load_from", str(load_from)],
                    check=True, capture_output=True, timeout=1800)
     written = sorted(set((work / "results").rglob("*.*")) - before, key=lambda p: ("ema" not in p.name, p.name))
