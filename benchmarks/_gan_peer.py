@@ -3,13 +3,15 @@
 vs_gan.py runs this with the peers' Python (--peer-python), in their environment. Both packages assume an NVIDIA
 GPU: they assert CUDA when imported and move every tensor and module with `.cuda(rank)`. Their command line, models,
 losses, augmentation, EMA and sampling run unchanged from a copy of the installed package in which only device
-placement is rewritten to the CPU (PATCHES; each must match, so a release that moves them fails here, loudly):
+placement is rewritten to the CPU (PATCHES; each must match where MUST_MATCH says, so a release that moves them
+fails here, loudly). The copy is made once per package version, in the system's temporary folder, and reused:
 
     python _gan_peer.py lightweight-gan --data FOLDER --image_size 32 ...   # the peer's own flags after its name
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import re
 import shutil
@@ -24,36 +26,51 @@ PATCHES = (
     (r"torch\.device\(f'cuda:\{self\.rank\}'\)", "torch.device('cpu')"),  # lightweight-gan's loss accumulators
     (r"torch\.cuda\.device_count\(\)", "1"),  # the CLI's world size: one process, no DDP
 )
-MUST_MATCH = {"lightweight_gan": (0, 1, 2, 3), "stylegan2_pytorch": (0, 1, 3)}
+# per file, the patterns that must match there (a test module that matches too does not count)
+MUST_MATCH = {"lightweight_gan": {"lightweight_gan.py": (0, 1, 2), "cli.py": (3,)},
+              "stylegan2_pytorch": {"stylegan2_pytorch.py": (0, 1), "cli.py": (3,)}}
 
 
-def cpu_copy(package: str, into: Path) -> Path:
-    """A copy of the installed `package` under `into` with PATCHES applied to its modules."""
-    source = Path(importlib.util.find_spec(package).origin).parent  # found, not imported
-    target = into / package
-    shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
-    hits = [0] * len(PATCHES)
+def cpu_copy(package: str) -> Path:
+    """The folder holding a copy of the installed `package` with PATCHES applied to its modules: made once per
+    package version, next to the system's temporary files, and reused (a peer stopped by the clock leaves no copy)."""
+    spec = importlib.util.find_spec(package)  # found, not imported
+    source = Path(spec.origin).parent
+    version = importlib.metadata.version(package.replace("_", "-"))
+    home = Path(tempfile.gettempdir()) / f"diffusely-cpu-{package}-{version}"
+    if (home / package).is_dir():
+        return home
+    work = Path(tempfile.mkdtemp(prefix=f"{home.name}-"))
+    try:
+        _patch(package, version, shutil.copytree(source, work / package, ignore=shutil.ignore_patterns("__pycache__")))
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    try:
+        work.rename(home)  # whole or absent; another process may have made it first
+    except OSError:
+        shutil.rmtree(work, ignore_errors=True)
+    return home
+
+
+def _patch(package: str, version: str, target: Path) -> None:
     for path in target.glob("*.py"):
         text = path.read_text()
         for i, (pattern, replacement) in enumerate(PATCHES):
             text, n = re.subn(pattern, replacement, text)
-            hits[i] += n
+            if not n and i in MUST_MATCH[package].get(path.name, ()):
+                raise SystemExit(f"{package} {version}: no match for {pattern!r} in {path.name}; its device placement "
+                                 f"moved, see {__file__}")
         path.write_text(text)
-    missed = [PATCHES[i][0] for i in MUST_MATCH[package] if not hits[i]]
-    if missed:
-        raise SystemExit(f"{package} {source}: no match for {missed}; its device placement moved, see {__file__}")
-    return target
 
 
 def main() -> None:
     if len(sys.argv) < 2 or sys.argv[1] not in PACKAGES:
         raise SystemExit(f"usage: {sys.argv[0]} {{{','.join(PACKAGES)}}} [the peer's own flags]")
     package = PACKAGES[sys.argv[1]]
-    with tempfile.TemporaryDirectory(prefix="gan-peer-") as tmp:
-        cpu_copy(package, Path(tmp))
-        sys.path.insert(0, tmp)
-        sys.argv = [sys.argv[1], *sys.argv[2:]]
-        importlib.import_module(f"{package}.cli").main()
+    sys.path.insert(0, str(cpu_copy(package)))
+    sys.argv = [sys.argv[1], *sys.argv[2:]]
+    importlib.import_module(f"{package}.cli").main()
 
 
 if __name__ == "__main__":

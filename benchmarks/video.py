@@ -27,7 +27,8 @@ Rows:
     python benchmarks/video.py --quick              # diffusely's 3-D and image models, ~1 minute each (2 CPU cores)
     python benchmarks/video.py --minutes 60         # every row, the bar: 60 minutes a model
     python benchmarks/video.py --minutes 60 --rows 3-D,factorised   # two rows in one sitting (~2.5 hours) ...
-    python benchmarks/video.py --minutes 60 --rows image,peer       # ... the others in another: one table
+    python benchmarks/video.py --minutes 60 --rows latent,image     # ... two in another ...
+    python benchmarks/video.py --minutes 60 --rows peer             # ... the peer (3 hours or more): one table
 
 A row finished is kept (OUT/NAME.npz: its drawn clips, steps and seconds per clip) and measured again, not
 retrained, when a later sitting writes into the same --out with the same settings (others are refused before any
@@ -255,8 +256,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=18, help="Heun steps when sampling")
     parser.add_argument("--ae-steps", type=int, default=800, help="the latent row's autoencoder steps (in its minutes)")
-    parser.add_argument("--rows", help="comma-separated, of 3-D,factorised,image,peer (default: all; --quick: "
-                                       "3-D,image)")
+    parser.add_argument("--rows", help=f"comma-separated, of {','.join(ROWS)} (default: all; --quick: 3-D,image)")
     parser.add_argument("--out", type=Path, help="default: benchmarks/results/video (--quick: video-quick)")
     parser.add_argument("--peer-python", type=Path, help="the peer's Python, in an environment with "
                                                             f"{' '.join(PEER_PACKAGES)} (default: made on first use)")

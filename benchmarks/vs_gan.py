@@ -233,7 +233,8 @@ def peer_exe(args, tool: str) -> list[str]:
 
 def peer_command(args, tool: str, data: dict, work: Path, seed: int) -> list[str]:
     """The peer's command line: its data, its folders under `work`, and its small-data recommendations."""
-    common = [*peer_exe(args, tool), "--data", str(data["folder"]), "--name", "run", "--results_dir", str(work / "results"),
+    common = [*peer_exe(args, tool), "--data", str(data["folder"]), "--name", "run",
+              "--results_dir", str(work / "results"),
               "--models_dir", str(work / "models"), "--image_size", str(data["size"]), "--batch_size", "32",
               "--num_train_steps", str(10**7), "--save_every", str(args.checkpoint_every), "--aug_prob", "0.25"]
     if tool == "lightweight-gan":
@@ -243,18 +244,25 @@ def peer_command(args, tool: str, data: dict, work: Path, seed: int) -> list[str
 
 
 def peer_samples(args, tool: str, data: dict, work: Path, n: int, load_from: int = -1) -> torch.Tensor:
-    """n samples of the peer's checkpoint `load_from` (-1: the last): its --generate writes a grid of tiles x tiles
-    images (torchvision's, 2 pixels apart; the EMA generator's where it writes one), cut here into images."""
-    tiles = math.ceil(math.sqrt(n))
+    """n samples of the peer's checkpoint `load_from` (-1: the last), from its --generate. lightweight-gan writes one
+    image a file (its EMA generator's, with --generate_types [ema]); stylegan2 writes grids of tiles x tiles images
+    (torchvision's, 2 pixels apart), its EMA generator's read here, untruncated: --trunc_psi 1, as its default 0.75
+    trades away the diversity this benchmark measures."""
+    mode, size, tiles = "L" if data["channels"] == 1 else "RGB", data["size"], math.ceil(math.sqrt(n))
+    extra = (["--num_image_tiles", str(n), "--generate_types", "[ema]"] if tool == "lightweight-gan"
+             else ["--num_image_tiles", str(tiles), "--trunc_psi", "1"])
     before = set((work / "results").rglob("*.*"))
-    subprocess.run([*peer_exe(args, tool), "--generate", "--name", "run", "--results_dir", str(work / "results"), "--models_dir",
-                    str(work / "models"), "--num_image_tiles", str(tiles), "--load_from", str(load_from)],
+    subprocess.run([*peer_exe(args, tool), "--generate", "--name", "run", "--results_dir", str(work / "results"),
+                    "--models_dir", str(work / "models"), "--load_from", str(load_from), *extra],
                    check=True, capture_output=True, timeout=1800)
     written = sorted(set((work / "results").rglob("*.*")) - before, key=lambda p: ("ema" not in p.name, p.name))
-    grid = np.asarray(Image.open(written[0]).convert("L" if data["channels"] == 1 else "RGB"))
-    size = data["size"]
-    images = [grid[2 + i * (size + 2):2 + i * (size + 2) + size, 2 + j * (size + 2):2 + j * (size + 2) + size]
-              for i in range(tiles) for j in range(tiles)][:n]
+    if tool == "lightweight-gan":  # NUM-I-ema.EXT, one image each
+        ema = sorted((p for p in written if p.stem.endswith("-ema")), key=lambda p: int(p.stem.split("-")[-2]))
+        images = [np.asarray(Image.open(p).convert(mode)) for p in ema[:n]]
+    else:
+        grid = np.asarray(Image.open(written[0]).convert(mode))
+        images = [grid[2 + i * (size + 2):2 + i * (size + 2) + size, 2 + j * (size + 2):2 + j * (size + 2) + size]
+                  for i in range(tiles) for j in range(tiles)][:n]
     return to_tensor(np.stack([im[..., None] if im.ndim == 2 else im for im in images]))
 
 

@@ -172,5 +172,8 @@ def test_autoencoder_trains_on_given_images_as_on_its_folder(tiny_folder, tmp_pa
     fewer = Dataset(given.images[:4], None, None, None, None, "fewer")
     assert train_autoencoder(tiny_config(tiny_folder, 1), tmp_path / "fewer", progress=False, data=fewer)["images"] == 4
     small = Dataset(given.images[:, :8, :8], None, None, None, None, "small")
-    with pytest.raises(DataError, match=r"images \(N, 16, 16, C\) at its image size"):
+    floats = Dataset(given.images.astype(np.float32), None, None, None, None, "floats")
+    with pytest.raises(DataError, match=r"uint8 images \(N, 16, 16, C\) at its image size"):
+        train_autoencoder(tiny_config(tiny_folder, 3), tmp_path / "floats", progress=False, data=floats)
+    with pytest.raises(DataError, match=r"uint8 images \(N, 16, 16, C\) at its image size"):
         train_autoencoder(tiny_config(tiny_folder, 3), tmp_path / "small", progress=False, data=small)

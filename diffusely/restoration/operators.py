@@ -228,6 +228,8 @@ class KSpace(Operator):
         k = torch.fft.fftshift(torch.fft.fft2(z, norm="ortho"), dim=(-2, -1))
         return k * self._m(z) / self._symmetric_weight(z).clamp_min(0.5)
 
+    from_zero_filled = from_measured  # its name until stop 37, kept for callers
+
 
 def cartesian_mask(height: int, acceleration: float = 4.0, center_fraction: float | None = None,
                    seed: int = 0) -> torch.Tensor:

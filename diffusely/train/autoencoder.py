@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Callable, Optional
 
+import numpy as np
 import torch
 
 from .. import viz
@@ -82,9 +83,10 @@ def load_images(config: AutoencoderRunConfig, device, data: Optional[Dataset] = 
     if data is None:
         data = load_dataset(config.data.source, config.data.image_size, config.data.channels, seed=tc.seed,
                             max_shapes=config.data.max_shapes, outside=config.data.outside)
-    elif data.images.ndim != 4 or data.images.shape[1:3] != (config.data.image_size,) * 2:
-        raise DataError(f"an autoencoder trains on images (N, {config.data.image_size}, {config.data.image_size}, C) "
-                        f"at its image size, got samples of shape {data.images.shape}")
+    elif (data.images.ndim != 4 or data.images.shape[1:3] != (config.data.image_size,) * 2
+          or data.images.dtype != np.uint8):
+        raise DataError(f"an autoencoder trains on uint8 images (N, {config.data.image_size}, {config.data.image_size}, "
+                        f"C) at its image size, got samples of shape {data.images.shape} ({data.images.dtype})")
     size = tc.crop_size or config.data.image_size  # what the networks see in training
     for name, value in (("image size", config.data.image_size), ("crop size", size)):
         if value % mc.factor:
