@@ -85,8 +85,9 @@ def load_images(config: AutoencoderRunConfig, device, data: Optional[Dataset] = 
                             max_shapes=config.data.max_shapes, outside=config.data.outside)
     elif (data.images.ndim != 4 or data.images.shape[1:3] != (config.data.image_size,) * 2
           or data.images.dtype != np.uint8):
-        raise DataError(f"an autoencoder trains on uint8 images (N, {config.data.image_size}, {config.data.image_size}, "
-                        f"C) at its image size, got samples of shape {data.images.shape} ({data.images.dtype})")
+        size = config.data.image_size
+        raise DataError(f"an autoencoder trains on uint8 images (N, {size}, {size}, C) at its image size, got samples "
+                        f"of shape {data.images.shape} ({data.images.dtype})")
     size = tc.crop_size or config.data.image_size  # what the networks see in training
     for name, value in (("image size", config.data.image_size), ("crop size", size)):
         if value % mc.factor:
