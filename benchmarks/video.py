@@ -18,6 +18,8 @@ Rows:
   latent      the 3-D U-Net on the latents of an image autoencoder applied to each frame (8 x 8 x 4 latents of
               32 x 32 frames), trained first on the training clips' frames within the same minutes (--ae-steps,
               the autoencoder a text run trains for itself): a step works on 16 times fewer positions
+  latent AE   real clips through the latent row's autoencoder, frame by frame: the ceiling of a latent model (shown
+              with the latent row)
   image       diffusely's image model trained on the frames as images for the same minutes: the frame FD a
               video model is held to (its clips are 8 independent frames, so no coherence is reported)
   peer        lucidrains' video-diffusion-pytorch (Unet3D + GaussianDiffusion, the issue's anchor), same widths and
@@ -55,7 +57,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from diffusely.checkpoint import load_run
+from diffusely.checkpoint import load_autoencoder, load_run
 from diffusely.config import DataConfig, RunConfig, TrainConfig
 from diffusely.data import Dataset, to_tensor, to_uint8
 from diffusely.data.moving_shapes import CLASSES, render_moving_shapes
@@ -67,7 +69,7 @@ from diffusely.metrics.coherence import mean_coherence
 from diffusely.nets import UNetConfig
 from diffusely.pipelines import generate
 from diffusely.train import train
-from diffusely.train.autoencoder import train_autoencoder
+from diffusely.train.autoencoder import reconstruct, train_autoencoder
 from diffusely.train.latents import own_autoencoder_config
 
 ROOT = Path(__file__).resolve().parent
@@ -287,7 +289,19 @@ def main() -> None:
             rows.append({**row, "train s": args.minutes * 60, "steps": step, "s/clip": per_clip})
             print(table(rows), flush=True)
             (args.out / "results.json").write_text(json.dumps(rows, indent=1))
+        if name == "latent" and (args.out / "latent" / "autoencoder").is_dir():  # the latent row's ceiling
+            decoded = autoencoded(args.out / "latent" / "autoencoder", train_clips[:len(real)])
+            rows.append({**measure("latent AE", decoded, real, frames_net, clip_net), "train s": None})
     (args.out / "table.md").write_text(table(rows) + "\n")
+
+
+def autoencoded(ae_dir: Path, clips: np.ndarray) -> np.ndarray:
+    """Real clips (N, T, S, S, 3) through an image autoencoder, frame by frame (posterior means, decoded): measured as
+    the real row is, what the latent row could reach with a perfect model of the latents."""
+    ae, frames = load_autoencoder(ae_dir).autoencoder, clips.reshape(-1, *clips.shape[2:])
+    with torch.no_grad():
+        out = torch.cat([reconstruct(ae, to_tensor(frames[i:i + 128])) for i in range(0, len(frames), 128)])
+    return to_uint8(out).reshape(clips.shape)
 
 
 def settings(args, row: str) -> str:
