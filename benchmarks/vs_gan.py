@@ -7,7 +7,9 @@ Methods (rows), each trained --seeds times (default 5) for --minutes of wall clo
                   distillation are reported beside, not counted in the teacher's budget
   dcgan           a plain DCGAN (Radford et al. 2016: strided convolutions, batch norm, Adam 2e-4, beta1 0.5),
                   written here, the textbook baseline; --gan-width 48 matches the U-Net's parameters (1.9M to 1.7M
-                  at 32 px); the peers run at their default capacity (stylegan2's --network_capacity 16)
+                  at 32 px); the peers' generators are matched too (at 32 px: lightweight-gan --fmap_max 128
+                  --latent_dim 128, 2.30M, against 21.3M at its defaults; stylegan2 --network_capacity 4, 2.46M of
+                  which its mapping network is 2.1M, against 5.31M at 16)
   lightweight-gan lucidrains' `lightweight-gan` (made for small data), its recommended small-data settings:
                   --aug-prob 0.25 --aug-types [translation,cutout,color]
   stylegan2       lucidrains' `stylegan2-pytorch` with its augmentation (--aug-prob 0.25); the two peers run from
@@ -238,9 +240,9 @@ def peer_command(args, tool: str, data: dict, work: Path, seed: int) -> list[str
               "--models_dir", str(work / "models"), "--image_size", str(data["size"]), "--batch_size", "32",
               "--num_train_steps", str(10**7), "--save_every", str(args.checkpoint_every), "--aug_prob", "0.25"]
     if tool == "lightweight-gan":
-        return common + ["--aug_types", "[translation,cutout,color]", "--seed", str(seed),
-                         "--evaluate_every", str(10**7)]
-    return common + ["--network_capacity", "16", "--evaluate_every", str(10**7)]
+        return common + ["--aug_types", "[translation,cutout,color]", "--seed", str(seed), "--fmap_max", "128",
+                         "--latent_dim", "128", "--evaluate_every", str(10**7)]
+    return common + ["--network_capacity", "4", "--evaluate_every", str(10**7)]
 
 
 def peer_samples(args, tool: str, data: dict, work: Path, n: int, load_from: int = -1) -> torch.Tensor:
