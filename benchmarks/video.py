@@ -67,6 +67,7 @@ from diffusely.metrics import feature_statistics, fit_domain_features, frechet_d
 from diffusely.metrics.domain import load_domain_features, save_domain_features
 from diffusely.metrics.coherence import mean_coherence
 from diffusely.nets import UNetConfig
+from diffusely.nets.autoencoder import per_frame
 from diffusely.pipelines import generate
 from diffusely.train import train
 from diffusely.train.autoencoder import reconstruct, train_autoencoder
@@ -157,14 +158,13 @@ def video_config(args, factorised: bool) -> RunConfig:
 def latent_row(args, run_dir: Path, train_clips: np.ndarray, seconds: float) -> tuple[np.ndarray, float, int]:
     """Train an image autoencoder on the training clips' frames, then the 3-D U-Net on their latents for the rest of
     `seconds`; its drawn clips (decoded), seconds per clip and diffusion steps."""
-    ae_dir, deadline = run_dir / "autoencoder", time.time() + seconds
-    ae_config = own_autoencoder_config(video_config(args, factorised=False), steps=args.ae_steps)
+    ae_dir, deadline, config = run_dir / "autoencoder", time.time() + seconds, video_config(args, factorised=False)
+    ae_config = own_autoencoder_config(config, steps=args.ae_steps)
     ae_config.data = DataConfig(source="moving-shapes frames", image_size=32)
     frames = Dataset(train_clips.reshape(-1, 32, 32, 3), None, None, None, None, "moving-shapes frames")
     psnr = train_autoencoder(ae_config, ae_dir, progress=False, data=frames)["psnr"]
     spent = seconds - (deadline - time.time())
     print(f"latent: autoencoder {args.ae_steps} steps, {psnr:.1f} dB, {spent:.0f} s", flush=True)
-    config = video_config(args, factorised=False)
     config.use_autoencoder(ae_dir)
     step = train_for(config, run_dir, Dataset(train_clips, None, None, None, None, "moving-shapes"),
                      deadline - time.time())
@@ -298,10 +298,8 @@ def main() -> None:
 def autoencoded(ae_dir: Path, clips: np.ndarray) -> np.ndarray:
     """Real clips (N, T, S, S, 3) through an image autoencoder, frame by frame (posterior means, decoded): measured as
     the real row is, what the latent row could reach with a perfect model of the latents."""
-    ae, frames = load_autoencoder(ae_dir).autoencoder, clips.reshape(-1, *clips.shape[2:])
-    with torch.no_grad():
-        out = torch.cat([reconstruct(ae, to_tensor(frames[i:i + 128])) for i in range(0, len(frames), 128)])
-    return to_uint8(out).reshape(clips.shape)
+    ae = load_autoencoder(ae_dir).autoencoder
+    return to_uint8(per_frame(lambda x: reconstruct(ae, x), to_tensor(clips), ae.config.dims))
 
 
 def settings(args, row: str) -> str:
