@@ -149,6 +149,7 @@ def test_a_zero_filled_image_gives_back_its_k_space_lines():
     mask = A.mask[:, 0]
     assert not torch.equal(mask, torch.roll(mask.flip(0), 1))  # some line measured without its mirror
     zero_filled = A.adjoint(A(x))
+    torch.testing.assert_close(A.as_image(A(x)), zero_filled)  # what restore writes as NAME.input.png
     torch.testing.assert_close(A.from_measured(zero_filled), A(x), atol=1e-5, rtol=0)
     assert (A(zero_filled) - A(x)).abs().max() > 0.1
 

@@ -303,8 +303,7 @@ def restore(run: LoadedRun, source: str | Path, out: str | Path, plan: Plan, *, 
     for j, (name, image) in enumerate(images):
         image = image[None].to(run.device)
         y = _measure(operator, image, measured)
-        shown = operator.adjoint(y) if task == "mri" else operator.pinv(y)  # MRI: the zero-filled image, A^T y
-        _save(Path(out) / f"{name}.input.png", shown[0].clamp(-1, 1).cpu())
+        _save(Path(out) / f"{name}.input.png", operator.as_image(y)[0].clamp(-1, 1).cpu())
         denoiser, cond = c.batch(range(plan.k), run.device)
         noise, gens = plan.noise(run, j)
         ys, sampling = y.expand(plan.k, *y.shape[1:]), plan.sampling(run, gens)

@@ -65,6 +65,10 @@ class Operator:
         keeps an inpainting's known pixels. Operators whose measurements are no image of x's shape say otherwise."""
         return self.forward(m)
 
+    def as_image(self, y: torch.Tensor) -> torch.Tensor:
+        """y shown as an image of x's shape, to look at: A^+ y."""
+        return self.pinv(y)
+
     def project(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """x + A^+ (y - A x): keeps x's null-space part and takes the range-space part from y (DDNM eq. 7)."""
         return x + self.pinv(y - self.forward(x))
@@ -229,6 +233,10 @@ class KSpace(Operator):
         return k * self._m(z) / self._symmetric_weight(z).clamp_min(0.5)
 
     from_zero_filled = from_measured  # its name until stop 37, kept for callers
+
+    def as_image(self, y: torch.Tensor) -> torch.Tensor:
+        """The zero-filled image A^T y: what a scanner's reconstruction shows, and what from_measured reads back."""
+        return self.adjoint(y)
 
 
 def cartesian_mask(height: int, acceleration: float = 4.0, center_fraction: float | None = None,
