@@ -7,15 +7,20 @@ Methods (rows), each trained --seeds times (default 5) for --minutes of wall clo
                   distillation are reported beside, not counted in the teacher's budget
   dcgan           a plain DCGAN (Radford et al. 2016: strided convolutions, batch norm, Adam 2e-4, beta1 0.5),
                   written here, the textbook baseline; --gan-width 48 matches the U-Net's parameters (1.9M to 1.7M
-                  at 32 px); the peers' generators are matched too (at 32 px: lightweight-gan --fmap_max 128
-                  --latent_dim 128, 2.30M, against 21.3M at its defaults; stylegan2 --network_capacity 4, 2.46M of
-                  which its mapping network is 2.1M, against 5.31M at 16)
+                  at 32 px); the peers' generators as near as their command lines allow (at 32 px: lightweight-gan
+                  --fmap_max 64, 3.18M, against 21.3M at its defaults, 2.1M of it the first layer from its fixed
+                  latent of 256; stylegan2 --network_capacity 4, 2.46M, 2.1M of it the mapping network, against
+                  5.31M at 16)
   lightweight-gan lucidrains' `lightweight-gan` (made for small data), its recommended small-data settings:
-                  --aug-prob 0.25 --aug-types [translation,cutout,color]
+                  --aug-prob 0.25 --aug-types [translation,cutout,color], --greyscale for gray data; it cannot
+                  draw 16 x 16 (see peer_scale), so it learns those images enlarged to 32 x 32
   stylegan2       lucidrains' `stylegan2-pytorch` with its augmentation (--aug-prob 0.25); the two peers run from
                   --peer-python, a separate environment (torch==2.14.1 torchvision==0.29.1 and the peer), through
-                  their own command lines (flags from their READMEs: a first run checks them), on the CPU through
-                  _gan_peer.py (both packages assert CUDA and call .cuda(); it rewrites only that, in a copy)
+                  their own command lines (flags from their READMEs; _gan_peer.py refuses one the CLI does
+                  not take), on the CPU through _gan_peer.py (both packages assert CUDA and call .cuda(); it rewrites
+                  that, and fixes lightweight-gan's --fmap_max, in a copy), at their default batch sizes; each
+                  checkpoint (--peer-save-every steps; a dozen kept, spread over the minutes) is sampled by the
+                  peer's own generator class, its EMA copy once it keeps one (both start averaging at step 20000)
 Datasets (columns): shapes at 32 x 32, shapes grayscale at 16 x 16, defects at 32 x 32; --train-images of each
 (default 2000, seed 0) to train on and 2000 held-out images (seed 1) as the reference.
 
@@ -47,9 +52,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shutil
+import signal
 import subprocess
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +80,7 @@ DATASETS = {"shapes": ("shapes", 32, 3), "shapes16": ("shapes", 16, 1), "defects
 NETWORK = dict(channels=(32, 64, 64), attention_levels=(2,))
 COLUMNS = ["fd", "kid", "precision", "recall", "density", "coverage"]
 PEERS = {"lightweight-gan": "lightweight_gan", "stylegan2": "stylegan2_pytorch"}
+PEER_MIN_SIZE = {"lightweight-gan": 32}
 
 
 class Budget(Exception):
@@ -233,59 +242,131 @@ def peer_exe(args, tool: str) -> list[str]:
     return [str(args.peer_python), str(Path(__file__).resolve().parent / "_gan_peer.py"), tool]
 
 
+def peer_scale(tool: str, data: dict) -> int:
+    """How many times larger than the data the peer draws: lightweight-gan's discriminator needs 32 x 32 or more (at
+    16 it fails on its 16 x 16 layer), so it learns 16 x 16 data from a copy enlarged by nearest neighbours, which
+    averaging 2 x 2 pixels gives back exactly, and its samples are averaged down so."""
+    return max(1, PEER_MIN_SIZE.get(tool, 0) // data["size"])
+
+
+def peer_folder(data: dict, scale: int) -> Path:
+    """The training images as the peer reads them: the PNG folder, or a copy `scale` times larger, made once."""
+    if scale == 1:
+        return data["folder"]
+    folder = data["folder"].with_name(f"{data['folder'].name}-x{scale}")
+    if not folder.is_dir():
+        work = folder.with_name(folder.name + ".tmp")
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        for i, image in enumerate(data["images"].repeat(scale, axis=1).repeat(scale, axis=2)):
+            Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image).save(work / f"{i:05d}.png")
+        work.rename(folder)
+    return folder
+
+
 def peer_command(args, tool: str, data: dict, work: Path, seed: int) -> list[str]:
-    """The peer's command line: its data, its folders under `work`, and its small-data recommendations."""
-    common = [*peer_exe(args, tool), "--data", str(data["folder"]), "--name", "run",
-              "--results_dir", str(work / "results"),
-              "--models_dir", str(work / "models"), "--image_size", str(data["size"]), "--batch_size", "32",
-              "--num_train_steps", str(10**7), "--save_every", str(args.checkpoint_every), "--aug_prob", "0.25"]
+    """The peer's command line: its data, its folders under `work`, its defaults (batch size and accumulation
+    included) but for its README's small-data advice (augmentation) and a capacity near the U-Net's. Neither CLI
+    takes a latent size (lightweight-gan's is 256, stylegan2's 512)."""
+    scale = peer_scale(tool, data)
+    common = [*peer_exe(args, tool), "--data", str(peer_folder(data, scale)), "--name", "run",
+              "--results_dir", str(work / "results"), "--models_dir", str(work / "models"),
+              "--image_size", str(data["size"] * scale), "--seed", str(seed), "--num_train_steps", str(10**7),
+              "--save_every", str(args.peer_save_every), "--evaluate_every", str(10**7), "--aug_prob", "0.25"]
     if tool == "lightweight-gan":
-        return common + ["--aug_types", "[translation,cutout,color]", "--seed", str(seed), "--fmap_max", "128",
-                         "--latent_dim", "128", "--evaluate_every", str(10**7)]
-    return common + ["--network_capacity", "4", "--evaluate_every", str(10**7)]
+        return common + ["--aug_types", "[translation,cutout,color]", "--fmap_max", "64",
+                         *(["--greyscale"] if data["channels"] == 1 else [])]
+    return common + ["--network_capacity", "4"]
 
 
-def peer_samples(args, tool: str, data: dict, work: Path, n: int, load_from: int = -1) -> torch.Tensor:
-    """n samples of the peer's checkpoint `load_from` (-1: the last), from its --generate. lightweight-gan writes one
-    image a file (its EMA generator's, with --generate_types [ema]); stylegan2 writes grids of tiles x tiles images
-    (torchvision's, 2 pixels apart), its EMA generator's read here, untruncated: --trunc_psi 1, as its default 0.75
-    trades away the diversity this benchmark measures."""
-    mode, size, tiles = "L" if data["channels"] == 1 else "RGB", data["size"], math.ceil(math.sqrt(n))
-    extra = (["--num_image_tiles", str(n), "--generate_types", "[ema]"] if tool == "lightweight-gan"
-             else ["--num_image_tiles", str(tiles), "--trunc_psi", "1"])
-    before = set((work / "results").rglob("*.*"))
-    subprocess.run([*peer_exe(args, tool), "--generate", "--name", "run", "--results_dir", str(work / "results"),
-                    "--models_dir", str(work / "models"), "--load_from", str(load_from), *extra],
-                   check=True, capture_output=True, timeout=1800)
-    written = sorted(set((work / "results").rglob("*.*")) - before, key=lambda p: ("ema" not in p.name, p.name))
-    if tool == "lightweight-gan":  # NUM-I-ema.EXT, one image each
-        ema = sorted((p for p in written if p.stem.endswith("-ema")), key=lambda p: int(p.stem.split("-")[-2]))
-        images = [np.asarray(Image.open(p).convert(mode)) for p in ema[:n]]
-    else:
-        grid = np.asarray(Image.open(written[0]).convert(mode))
-        images = [grid[2 + i * (size + 2):2 + i * (size + 2) + size, 2 + j * (size + 2):2 + j * (size + 2) + size]
-                  for i in range(tiles) for j in range(tiles)][:n]
-    return to_tensor(np.stack([im[..., None] if im.ndim == 2 else im for im in images]))
+def peer_samples(args, tool: str, data: dict, work: Path, n: int, load_from: int) -> tuple[torch.Tensor, float]:
+    """n samples of the peer's checkpoint `load_from` and the images per second of its generator alone, drawn by
+    `_gan_peer.py sample` with the peer's own code (its EMA generator once it keeps one; stylegan2 untruncated: its
+    default truncation of 0.75 trades away the diversity this benchmark measures)."""
+    out = work / f"samples-{load_from}-{n}.npz"
+    run = subprocess.run([str(args.peer_python), str(Path(__file__).resolve().parent / "_gan_peer.py"), "sample", tool,
+                          "--work", str(work), "--load-from", str(load_from), "--save-every", str(args.peer_save_every),
+                          "--n", str(n), "--out", str(out)], capture_output=True, text=True, timeout=1800)
+    if run.returncode:
+        raise SystemExit(f"{tool} could not sample checkpoint {load_from} of {work}:\n{run.stderr[-3000:]}")
+    with np.load(out) as drawn:
+        images, speed = drawn["images"], float(drawn["images_per_second"])
+    out.unlink()
+    if images.shape[-1] != data["channels"]:  # stylegan2 draws RGB: to gray as PIL does for the data
+        images = np.stack([np.asarray(Image.fromarray(im).convert("L"))[..., None] for im in images])
+    scale = peer_scale(tool, data)
+    if scale > 1:  # back to the data's size: the mean of each scale x scale block, rounded
+        n, size, _, c = images.shape
+        blocks = images.reshape(n, size // scale, scale, size // scale, scale, c).astype(np.float64)
+        images = np.rint(blocks.mean(axis=(2, 4))).astype(np.uint8)
+    return to_tensor(images), speed
+
+
+def thin(saved: list[Path], start: float, minutes: float, keep: int = 12) -> None:
+    """Delete the peer's checkpoints but the newest and the first of each of `keep` equal spans of the budget: the
+    curve's points, at any step rate, without filling the disk."""
+    spans = {}
+    for path in saved[:-1]:
+        spans.setdefault(int((path.stat().st_mtime - start) / (minutes * 60) * keep), []).append(path)
+    for paths in spans.values():
+        for path in paths[1:]:
+            path.unlink(missing_ok=True)
+
+
+def checkpoints(work: Path) -> list[Path]:
+    return sorted((work / "models" / "run").glob("model_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
+
+
+def run_peer(args, tool: str, data: dict, seed: int, work: Path) -> tuple[float, bool]:
+    """The peer's training for args.minutes, its checkpoints thinned as it goes; (start time, stopped by the clock).
+    The peer and its data loaders are one process group, killed together whatever happens here."""
+    start, config = time.time(), work / "models" / "run" / ".config.json"
+    with open(work / "peer.log", "w") as log:
+        peer = subprocess.Popen(peer_command(args, tool, data, work, seed), stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        try:
+            while peer.poll() is None and time.time() - start < args.minutes * 60:
+                time.sleep(max(0.0, min(5.0, start + args.minutes * 60 - time.time())))
+                thin(checkpoints(work), start, args.minutes)
+                if config.exists():  # a good copy: the peer rewrites it in place at every save
+                    try:
+                        json.loads(config.read_text()) and shutil.copy(config, work / "config.json")
+                    except ValueError:
+                        pass
+            stopped = peer.poll() is None
+        finally:
+            if peer.poll() is None:
+                os.killpg(peer.pid, signal.SIGKILL)
+            peer.wait()
+    if (work / "config.json").exists():
+        shutil.copy(work / "config.json", config)  # the kill may have cut the peer's own copy short
+    for path in checkpoints(work):  # ... or the checkpoint it was writing (torch's zip format ends in its directory)
+        if not zipfile.is_zipfile(path):
+            path.unlink()
+    thin(checkpoints(work), start, args.minutes)
+    return start, stopped
 
 
 def train_peer(args, tool: str, data: dict, seed: int, work: Path) -> dict:
-    """Run the peer for args.minutes (then stop it), measure its last checkpoint and, for the curve, each saved one."""
-    start = time.perf_counter()
-    try:
-        subprocess.run(peer_command(args, tool, data, work, seed), capture_output=True, timeout=args.minutes * 60)
-    except subprocess.TimeoutExpired:
-        pass  # the budget is spent: the peer trains until stopped
-    saved = sorted((work / "models" / "run").glob("model_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
-    if not saved:
-        return {**{c: math.nan for c in COLUMNS}, "diverged": True, "curve": [], "note": "no checkpoint written"}
-    curve = [((p.stat().st_mtime - start) / 60,
-              measure(data, peer_samples(args, tool, data, work, args.curve_samples, int(p.stem.split("_")[1])))["fd"])
+    """Run the peer for args.minutes (then stop it), measure its last checkpoint and, for the curve, the kept ones.
+    A peer that stops by itself on a NaN (both retry from their last checkpoint, then give up) diverged; one that
+    stops for any other reason is an error here, not a failed seed."""
+    work.mkdir(parents=True, exist_ok=True)
+    start, stopped = run_peer(args, tool, data, seed, work)
+    saved, log = checkpoints(work), (work / "peer.log").read_text(errors="replace")
+    if not stopped and "NaN" not in log:
+        raise SystemExit(f"{tool} stopped by itself (see {work / 'peer.log'}):\n{log[-3000:]}")
+    if not saved or not stopped:
+        return {**{c: math.nan for c in COLUMNS}, "diverged": True, "curve": [],
+                "note": "no checkpoint written" if stopped else "NaN: " + log[-500:]}
+    number = lambda p: int(p.stem.split("_")[1])  # noqa: E731
+    curve = [((p.stat().st_mtime - start) / 60, measure(data, peer_samples(args, tool, data, work,
+                                                                           args.curve_samples, number(p))[0])["fd"])
              for p in saved]
-    started = time.perf_counter()
-    images = peer_samples(args, tool, data, work, args.samples)
-    seconds = time.perf_counter() - started  # includes loading the peer: a lower bound on its speed
-    return {**measure(data, images), "images_per_second": args.samples / seconds, "curve": curve,
-            "speed_note": "a --generate call, loading included"}
+    images, speed = peer_samples(args, tool, data, work, args.samples, number(saved[-1]))
+    shutil.rmtree(work / "models")  # scored: the checkpoints are 10s of MB each
+    return {**measure(data, images), "images_per_second": speed, "curve": curve,
+            "steps": number(saved[-1]) * args.peer_save_every + 1}
 
 
 # ---------------------------------------------------------------------------------------------- the report
@@ -375,10 +456,11 @@ def kept(path: Path, make) -> dict[str, dict]:
 
 def check_settings(args) -> None:
     """One --out holds rows made under one set of settings (OUT/settings.json); others are refused."""
-    keys = ("minutes", "train_images", "samples", "curve_samples", "checkpoint_every", "distill_steps", "gan_width")
+    keys = ("minutes", "train_images", "samples", "curve_samples", "checkpoint_every", "distill_steps", "gan_width",
+            "peer_save_every")
     now, path = {k: getattr(args, k) for k in keys}, args.out / "settings.json"
     then = json.loads(path.read_text()) if path.exists() else now
-    differ = [f"--{k.replace('_', '-')} {then[k]} (now {now[k]})" for k in keys if then[k] != now[k]]
+    differ = [f"--{k.replace('_', '-')} {then[k]} (now {now[k]})" for k in keys if then.get(k) != now[k]]
     if differ:
         raise SystemExit(f"{args.out} holds rows made with {', '.join(differ)}: give those, or another --out")
     path.write_text(json.dumps(now))
@@ -434,6 +516,8 @@ def main():
     p.add_argument("--curve-samples", type=int, default=250)
     p.add_argument("--checkpoint-every", type=int, default=500)
     p.add_argument("--distill-steps", type=int, default=2000)
+    p.add_argument("--peer-save-every", type=int, default=5, help="the peers' --save_every in their steps (a step is "
+                   "seconds on this CPU); the checkpoints but a dozen spread over the minutes are deleted as it goes")
     p.add_argument("--gan-width", type=int, default=48, help="DCGAN's base width (48: 1.9M generator parameters at "
                    "32 px, against the U-Net's 1.7M)")
     p.add_argument("--quick", action="store_true", help="1 seed, shapes16, 1 minute, DCGAN only: the script works")
