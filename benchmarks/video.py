@@ -178,7 +178,7 @@ def image_config(args) -> RunConfig:
 
 
 def _schedule(args) -> TrainConfig:
-    # the lr schedule is sized for the steps the minutes allow (measured in the first seconds of each run)
+    # a wall clock, not a step count, ends the run: the learning rate stays at 2e-3 after its warm-up (decay_from 1)
     return TrainConfig(steps=10 ** 6, batch_size=args.batch_size, lr=2e-3, warmup_steps=50, checkpoint_every=10 ** 6,
                        sample_every=10 ** 6, log_every=10, decay_from=1.0, ema_halflife_images=args.batch_size * 100)
 
