@@ -51,7 +51,8 @@ EMA_FROM = 20000  # both peers average their generator only after this step; bef
 
 def cpu_copy(package: str) -> Path:
     """The folder holding a copy of the installed `package` with PATCHES applied to its modules: made once per
-    package version, next to the system's temporary files, and reused (a peer stopped by the clock leaves no copy)."""
+    package version and set of patches, next to the system's temporary files, and reused (a peer stopped by the
+    clock leaves no copy)."""
     spec = importlib.util.find_spec(package)  # found, not imported
     source = Path(spec.origin).parent
     version = importlib.metadata.version(package.replace("_", "-"))
@@ -78,8 +79,8 @@ def _patch(package: str, version: str, target: Path) -> None:
         for i, (pattern, replacement) in enumerate(PATCHES):
             text, n = re.subn(pattern, replacement, text)
             if not n and i in MUST_MATCH[package].get(path.name, ()):
-                raise SystemExit(f"{package} {version}: no match for {pattern!r} in {path.name}; its device placement "
-                                 f"moved, see {__file__}")
+                raise SystemExit(f"{package} {version}: no match for {pattern!r} in {path.name}; the code it "
+                                 f"rewrites moved, see {__file__}")
         path.write_text(text)
 
 

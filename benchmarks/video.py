@@ -227,9 +227,11 @@ def measure(name: str, clips: np.ndarray, real: np.ndarray, frames_net, clip_net
     return row
 
 
-def table(rows: list[dict]) -> str:
-    columns = ["model", "frame FD", "video FD", "coherence", "identity", "smoothness", "flicker", "train s", "steps",
-               "s/clip"]
+COLUMNS = ("model", "frame FD", "video FD", "coherence", "identity", "smoothness", "flicker", "train s", "steps",
+           "s/clip")
+
+
+def table(rows: list[dict], columns: tuple[str, ...] = COLUMNS) -> str:
     cell = lambda v: "-" if v is None else f"{v:.3g}" if isinstance(v, float) else str(v)  # noqa: E731
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]

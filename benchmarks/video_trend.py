@@ -35,18 +35,12 @@ from diffusely.train import train
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import video  # noqa: E402  (benchmarks/video.py: its features, drawing and measures)
 
-COLUMNS = ("frame FD", "video FD", "coherence", "identity", "smoothness", "flicker")
+COLUMNS = ("minutes", "steps", "frame FD", "video FD", "coherence", "identity", "smoothness", "flicker")
 
 
-def table(rows: list[dict]) -> str:
-    lines = ["| minutes | steps | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 2) + "|"]
-    for r in rows:
-        lines.append(f"| {r['minutes']:g} | {r['steps']} | " + " | ".join(f"{r[c]:.3g}" for c in COLUMNS) + " |")
-    return "\n".join(lines)
-
-
-def check(args) -> dict:
-    """The row's kept settings, once everything this needs is there: its clips and run, the cached features."""
+def check(args) -> tuple[dict, np.ndarray, int]:
+    """The row's kept settings, drawn clips and steps, once everything this needs is there: its clips and run, the
+    cached features."""
     kept, source = args.video_out / f"{args.row}.npz", args.video_out / args.row
     if not kept.exists() or not (source / "checkpoint.safetensors").exists():
         raise SystemExit(f"{args.row} is not finished in {args.video_out}: run benchmarks/video.py --rows {args.row} "
@@ -57,7 +51,7 @@ def check(args) -> dict:
     if args.extra <= 0 or args.spans < 1:
         raise SystemExit("--extra must be above 0 and --spans at least 1")
     with np.load(kept) as got:
-        settings, step = json.loads(str(got["settings"])), int(got["step"])
+        settings, clips, step = json.loads(str(got["settings"])), got["clips"], int(got["step"])
     if read_meta(source / "model.safetensors").get("step") != step:
         raise SystemExit(f"{source} is not the run {kept} was drawn from (a later sitting's?)")
     paths = [args.video_out / f"features-{kind}.safetensors" for kind in ("frames", "clips")]
@@ -65,7 +59,7 @@ def check(args) -> dict:
     if (meta.get("clips"), meta.get("frames")) != (settings["clips"], settings["frames"]):
         raise SystemExit(f"{args.video_out} keeps no feature networks of its rows' clips: run benchmarks/video.py "
                          "there")
-    return {**settings, "quick": meta["quick"]}
+    return {**settings, "quick": meta["quick"]}, clips, step
 
 
 def main() -> None:
@@ -76,17 +70,15 @@ def main() -> None:
     p.add_argument("--spans", type=int, default=4, help="measure after each of this many equal spans")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
-    settings = check(args)
+    settings, clips, step = check(args)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)))  # as video.py trained
     vargs = argparse.Namespace(**settings, out=args.video_out)
     data = render_moving_shapes(vargs.clips + vargs.samples, size=32, frames=vargs.frames, seed=0)
     train_clips, real = data.images[:vargs.clips], data.images[vargs.clips:]
     frames_net, clip_net = video.features(vargs, train_clips, data.labels[:vargs.clips])
-    with np.load(args.video_out / f"{args.row}.npz") as got:
-        clips, step = got["clips"], int(got["step"])
     minutes, run_dir = settings["minutes"], args.out / args.row
     rows = [{"minutes": minutes, "steps": step, **video.measure(args.row, clips, real, frames_net, clip_net)}]
-    print(table(rows), flush=True)
+    print(video.table(rows, COLUMNS), flush=True)
     shutil.copytree(args.video_out / args.row, run_dir, ignore=shutil.ignore_patterns(".lock"))
     config = read_config(run_dir)
     if getattr(config, "latent", None) is not None:  # its own copy of the autoencoder, not the --video-out's
@@ -102,9 +94,9 @@ def main() -> None:
         drawn, _ = video.draw(run_dir, vargs.samples, vargs.steps)
         rows.append({"minutes": round(minutes, 1), "steps": step,
                      **video.measure(args.row, drawn, real, frames_net, clip_net)})
-        print(table(rows), flush=True)
+        print(video.table(rows, COLUMNS), flush=True)
         (args.out / "trend.json").write_text(json.dumps(rows, indent=1))
-        (args.out / "trend.md").write_text(table(rows) + "\n")
+        (args.out / "trend.md").write_text(video.table(rows, COLUMNS) + "\n")
 
 
 if __name__ == "__main__":

@@ -81,6 +81,7 @@ NETWORK = dict(channels=(32, 64, 64), attention_levels=(2,))
 COLUMNS = ["fd", "kid", "precision", "recall", "density", "coverage"]
 PEERS = {"lightweight-gan": "lightweight_gan", "stylegan2": "stylegan2_pytorch"}
 PEER_MIN_SIZE = {"lightweight-gan": 32}
+PEER_SCRIPT = Path(__file__).resolve().parent / "_gan_peer.py"  # runs a peer's CLI, or samples it, on the CPU
 
 
 class Budget(Exception):
@@ -238,8 +239,8 @@ def train_dcgan(data: dict, seed: int, args, z: int = 64) -> dict:
 
 def peer_exe(args, tool: str) -> list[str]:
     """The peer's command line run on the CPU: both packages assert CUDA and call .cuda() throughout, so
-    _gan_peer.py runs their own CLI from a copy with only device placement rewritten."""
-    return [str(args.peer_python), str(Path(__file__).resolve().parent / "_gan_peer.py"), tool]
+    _gan_peer.py runs their own CLI from a copy with device placement rewritten (and one bug fixed)."""
+    return [str(args.peer_python), str(PEER_SCRIPT), tool]
 
 
 def peer_scale(tool: str, data: dict) -> int:
@@ -284,9 +285,9 @@ def peer_samples(args, tool: str, data: dict, work: Path, n: int, load_from: int
     `_gan_peer.py sample` with the peer's own code (its EMA generator once it keeps one; stylegan2 untruncated: its
     default truncation of 0.75 trades away the diversity this benchmark measures)."""
     out = work / f"samples-{load_from}-{n}.npz"
-    run = subprocess.run([str(args.peer_python), str(Path(__file__).resolve().parent / "_gan_peer.py"), "sample", tool,
-                          "--work", str(work), "--load-from", str(load_from), "--save-every", str(args.peer_save_every),
-                          "--n", str(n), "--out", str(out)], capture_output=True, text=True, timeout=1800)
+    run = subprocess.run([str(args.peer_python), str(PEER_SCRIPT), "sample", tool, "--work", str(work), "--load-from",
+                          str(load_from), "--save-every", str(args.peer_save_every), "--n", str(n), "--out", str(out)],
+                         capture_output=True, text=True, timeout=1800)
     if run.returncode:
         raise SystemExit(f"{tool} could not sample checkpoint {load_from} of {work}:\n{run.stderr[-3000:]}")
     with np.load(out) as drawn:
@@ -296,8 +297,8 @@ def peer_samples(args, tool: str, data: dict, work: Path, n: int, load_from: int
         images = np.stack([np.asarray(Image.fromarray(im).convert("L"))[..., None] for im in images])
     scale = peer_scale(tool, data)
     if scale > 1:  # back to the data's size: the mean of each scale x scale block, rounded
-        n, size, _, c = images.shape
-        blocks = images.reshape(n, size // scale, scale, size // scale, scale, c).astype(np.float64)
+        count, size, _, c = images.shape
+        blocks = images.reshape(count, size // scale, scale, size // scale, scale, c).astype(np.float64)
         images = np.rint(blocks.mean(axis=(2, 4))).astype(np.uint8)
     return to_tensor(images), speed
 
@@ -313,8 +314,13 @@ def thin(saved: list[Path], start: float, minutes: float, keep: int = 12) -> Non
             path.unlink(missing_ok=True)
 
 
+def checkpoint_number(path: Path) -> int:
+    """N of the peer's model_N.pt: its steps // save_every when saved."""
+    return int(path.stem.split("_")[1])
+
+
 def checkpoints(work: Path) -> list[Path]:
-    return sorted((work / "models" / "run").glob("model_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
+    return sorted((work / "models" / "run").glob("model_*.pt"), key=checkpoint_number)
 
 
 def run_peer(args, tool: str, data: dict, seed: int, work: Path) -> tuple[float, bool]:
@@ -330,9 +336,10 @@ def run_peer(args, tool: str, data: dict, seed: int, work: Path) -> tuple[float,
                 thin(checkpoints(work), start, args.minutes)
                 if config.exists():  # a good copy: the peer rewrites it in place at every save
                     try:
-                        json.loads(config.read_text()) and shutil.copy(config, work / "config.json")
+                        json.loads(config.read_text())
                     except ValueError:
-                        pass
+                        continue
+                    shutil.copy(config, work / "config.json")
             stopped = peer.poll() is None
         finally:
             if peer.poll() is None:
@@ -359,14 +366,13 @@ def train_peer(args, tool: str, data: dict, seed: int, work: Path) -> dict:
     if not saved or not stopped:
         return {**{c: math.nan for c in COLUMNS}, "diverged": True, "curve": [],
                 "note": "no checkpoint written" if stopped else "NaN: " + log[-500:]}
-    number = lambda p: int(p.stem.split("_")[1])  # noqa: E731
-    curve = [((p.stat().st_mtime - start) / 60, measure(data, peer_samples(args, tool, data, work,
-                                                                           args.curve_samples, number(p))[0])["fd"])
+    curve = [((p.stat().st_mtime - start) / 60,
+              measure(data, peer_samples(args, tool, data, work, args.curve_samples, checkpoint_number(p))[0])["fd"])
              for p in saved]
-    images, speed = peer_samples(args, tool, data, work, args.samples, number(saved[-1]))
+    images, speed = peer_samples(args, tool, data, work, args.samples, checkpoint_number(saved[-1]))
     shutil.rmtree(work / "models")  # scored: the checkpoints are 10s of MB each
     return {**measure(data, images), "images_per_second": speed, "curve": curve,
-            "steps": number(saved[-1]) * args.peer_save_every + 1}
+            "steps": checkpoint_number(saved[-1]) * args.peer_save_every + 1}
 
 
 # ---------------------------------------------------------------------------------------------- the report
