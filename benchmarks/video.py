@@ -30,7 +30,7 @@ Rows:
     python benchmarks/video.py --minutes 60         # every row, the issue's bar: 60 minutes a model
     python benchmarks/video.py --minutes 60 --rows 3-D,factorised   # two rows in one sitting (~2.5 hours) ...
     python benchmarks/video.py --minutes 60 --rows latent,image     # ... two in another ...
-    python benchmarks/video.py --minutes 60 --rows peer             # ... the peer (3 hours or more): one table
+    python benchmarks/video.py --minutes 60 --rows peer --peer-steps 50   # ... the peer (~1.5 hours): one table
 
 A row finished is kept (OUT/NAME.npz: its drawn clips, steps and seconds per clip) and measured again, not
 retrained, when a later sitting writes into the same --out with the same settings (others are refused before any
@@ -39,7 +39,9 @@ trains again from the start. Every sitting measures every kept row again against
 same feature networks (trained by the first sitting, about 9 minutes, and kept as OUT/features-*.safetensors), so
 the last sitting's table is one table. The peer samples with all 1000 of its steps, which takes longer than its
 training: it keeps its trained weights and each batch of 16 clips it draws (OUT/peer-work), so a sitting stopped
-while it samples goes on drawing in the next.
+while it samples goes on drawing in the next. Its 1000 steps cost about 530 seconds a clip here (64 clips: over 9
+hours); --peer-steps 50 draws from the same trained peer by DDIM on its own schedule, as the same author's
+denoising-diffusion-pytorch samples (more network calls than diffusely's 35).
 """
 
 from __future__ import annotations
@@ -189,11 +191,11 @@ def train_for(config: RunConfig, run_dir: Path, data: Dataset, seconds: float) -
     return train(config, run_dir, data=data, progress=False, should_stop=lambda: time.time() > deadline)["step"]
 
 
-def draw(run_dir: Path, n: int, steps: int) -> tuple[np.ndarray, float]:
-    """n samples of a run as uint8 (N, *spatial, C), and seconds per sample."""
+def draw(run_dir: Path, n: int, steps: int, seed: int = 0) -> tuple[np.ndarray, float]:
+    """n samples of a run as uint8 (N, *spatial, C) from noise seeds seed onwards, and seconds per sample."""
     run = load_run(run_dir)
     start = time.time()
-    x = torch.cat(list(generate(run, n, steps=steps, batch_size=16, progress=False)))
+    x = torch.cat(list(generate(run, n, seed=seed, steps=steps, batch_size=16, progress=False)))
     return to_uint8(x), (time.time() - start) / n
 
 
@@ -209,7 +211,8 @@ def peer_clips(args, clips: np.ndarray, out: Path) -> tuple[np.ndarray, float, i
     subprocess.run([str(python), str(ROOT / "_video_peer.py"), "--clips", str(out / "peer-train.npy"),
                     "--out", str(out / "peer-samples.npy"), "--seconds", str(args.minutes * 60),
                     "--samples", str(args.samples), "--dim", str(args.channels[0]),
-                    "--batch-size", str(args.batch_size), "--settings", settings(args, "peer")], check=True)
+                    "--batch-size", str(args.batch_size), "--sampling-steps", str(args.peer_steps),
+                    "--settings", settings(args, "peer training")], check=True)
     result = json.loads((out / "peer-samples.json").read_text())
     return np.load(out / "peer-samples.npy"), result["seconds_per_clip"], result["steps"]
 
@@ -264,6 +267,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="default: benchmarks/results/video (--quick: video-quick)")
     parser.add_argument("--peer-python", type=Path, help="the peer's Python, in an environment with "
                                                             f"{' '.join(PEER_PACKAGES)} (default: made on first use)")
+    parser.add_argument("--peer-steps", type=int, default=1000, help="the peer's sampling steps: 1000 is its own "
+                        "ancestral sampler; fewer, DDIM on its schedule (its training is kept across the two)")
     parser.add_argument("--gif", type=Path, help="also write the 3-D model's first 8 clips here as one GIF")
     args = parser.parse_args()
     if args.quick:
@@ -287,7 +292,8 @@ def main() -> None:
             clips, per_clip, step = row_clips(name, args, train_clips)
             if name == "3-D" and args.gif:
                 save_gif(clips[:8], args.gif)
-            row = measure(name, clips, real, frames_net, clip_net, video=name != "image")
+            label = f"peer (DDIM {args.peer_steps})" if name == "peer" and args.peer_steps < 1000 else name
+            row = measure(label, clips, real, frames_net, clip_net, video=name != "image")
             rows.append({**row, "train s": args.minutes * 60, "steps": step, "s/clip": per_clip})
             print(table(rows), flush=True)
             (args.out / "results.json").write_text(json.dumps(rows, indent=1))
@@ -307,8 +313,9 @@ def autoencoded(ae_dir: Path, clips: np.ndarray) -> np.ndarray:
 def settings(args, row: str) -> str:
     """What a row's clips depend on besides its model: a kept row is reused only under the same (the peer's
     work does not depend on diffusely's sampling steps; only the latent row on its autoencoder's steps)."""
-    keys = ("minutes", "clips", "samples", "frames", "channels", "batch_size") + (() if row == "peer" else ("steps",))
+    keys = ("minutes", "clips", "samples", "frames", "channels", "batch_size") + (() if "peer" in row else ("steps",))
     keys += ("ae_steps",) if row == "latent" else ()
+    keys += ("peer_steps",) if row == "peer" else ()  # its drawing, not its training ("peer training")
     return json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in ((k, getattr(args, k)) for k in keys)})
 
 
@@ -318,7 +325,7 @@ def check_kept(args) -> None:
         if (args.out / f"{name}.npz").exists():
             with np.load(args.out / f"{name}.npz") as got:
                 then, now = json.loads(str(got["settings"])), json.loads(settings(args, name))
-            differ = [f"--{k.replace('_', '-')} {then[k]} (now {now[k]})" for k in now if then[k] != now[k]]
+            differ = [f"--{k.replace('_', '-')} {then.get(k)} (now {now[k]})" for k in now if then.get(k) != now[k]]
             if differ:
                 raise SystemExit(f"{args.out / name}.npz was drawn with {', '.join(differ)}: give those, use another "
                                  f"--out, or delete it to train that row again")
