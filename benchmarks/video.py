@@ -39,8 +39,8 @@ trains again from the start. Every sitting measures every kept row again against
 same feature networks (trained by the first sitting, about 9 minutes, and kept as OUT/features-*.safetensors), so
 the last sitting's table is one table. The peer samples with all 1000 of its steps, which takes longer than its
 training: it keeps its trained weights and each batch of 16 clips it draws (OUT/peer-work), so a sitting stopped
-while it samples goes on drawing in the next. Its 1000 steps cost about 530 seconds a clip here (64 clips: over 9
-hours); --peer-steps 50 draws from the same trained peer by DDIM on its own schedule, as the same author's
+while it samples goes on drawing in the next. Its 1000 steps cost 530 to 600 seconds a clip here (64 clips: 9 to
+11 hours); --peer-steps 50 draws from the same trained peer by DDIM on its own schedule, as the same author's
 denoising-diffusion-pytorch samples (more network calls than diffusely's 35).
 """
 
