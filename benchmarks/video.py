@@ -22,9 +22,9 @@ Rows:
               with the latent row)
   image       diffusely's image model trained on the frames as images for the same minutes: the frame FD a
               video model is held to (its clips are 8 independent frames, so no coherence is reported)
-  peer        lucidrains' video-diffusion-pytorch (Unet3D + GaussianDiffusion, the issue's anchor), same widths and
-              minutes, in its own environment (.venv-peer-video, made on first use: it pins its own torch);
-              benchmarks/_video_peer.py is the script that runs there
+  peer        lucidrains' video-diffusion-pytorch (Unet3D + GaussianDiffusion, the issue's anchor), the same base width
+              (32; its dim_mults 1,2,4 make 32,64,128 where ours are 32,64,64) and minutes, in its own environment
+              (.venv-peer-video, made on first use: it pins its own torch); benchmarks/_video_peer.py runs there
 
     python benchmarks/video.py --quick              # diffusely's 3-D and image models, ~1 minute each (2 CPU cores)
     python benchmarks/video.py --minutes 60         # every row, the issue's bar: 60 minutes a model

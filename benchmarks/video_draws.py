@@ -8,9 +8,11 @@ model's).
     python benchmarks/video_draws.py --video-out bench/video60 --run bench/video60/latent --draws 4
     python benchmarks/video_draws.py --video-out bench/video60 --run bench/video60/image --image --draws 3
 
-Draw k (k = 0, 1, ...) uses noise seeds k * samples onwards (draw 0 is video.py's own); real draw k compares the
-held-out clips with training clips [k * samples, (k + 1) * samples). Prints each draw's row and the spread (max / min
-of each column); writes OUT/draws-NAME.json beside --video-out unless --out. Each draw of the 3-D model costs about
+Draw k (k = 0, 1, ...) uses noise seeds k * samples onwards (draw 0 is video.py's own); real draw k measures
+training clips [k * samples, (k + 1) * samples) against the held-out clips (draw 0's FDs are video.py's real row;
+its coherence is of these training clips, where video.py's is of the held-out ones). Prints each draw's row and the
+spread (max / min of each column); writes OUT/draws-NAME.json (NAME: the run's folder and its parent's; OUT: --out,
+else --video-out). Each draw of the 3-D model costs about
 5 minutes, of the image model 4, of the latent one half a minute. Run it alone.
 """
 
@@ -37,14 +39,17 @@ SPREAD = ("frame FD", "video FD", "coherence")
 
 def kept_settings(video_out: Path) -> dict:
     """video.py's settings, from any row it kept, once its feature networks are there too."""
-    kept = sorted(video_out.glob("*.npz"))
+    kept = [video_out / f"{name}.npz" for name in ("3-D", "factorised", "latent", "image")]
+    kept = [path for path in kept if path.exists()]  # rows drawn with diffusely's --steps (the peer's is not)
     paths = [video_out / f"features-{kind}.safetensors" for kind in ("frames", "clips")]
     if not kept or not all(p.exists() for p in paths):
         raise SystemExit(f"{video_out} holds no finished row of benchmarks/video.py with its feature networks")
     with np.load(kept[0]) as got:
         settings = json.loads(str(got["settings"]))
     meta = read_meta(paths[1])
-    if (meta.get("clips"), meta.get("frames")) != (settings["clips"], settings["frames"]):
+    expected = {"clips": settings["clips"], "frames": settings["frames"], "quick": meta.get("quick")}
+    if meta != expected or read_meta(paths[0]).get("info", {}).get("reference") != expected:
+        # video.features would fit them again (minutes) and overwrite the ones every kept row was measured in
         raise SystemExit(f"{video_out}'s feature networks are not of its rows' clips: run benchmarks/video.py there")
     return {**settings, "quick": meta["quick"]}
 
@@ -68,7 +73,7 @@ def main() -> None:
         raise SystemExit(f"--draws {args.draws} of {n} real clips from --first {args.first} needs "
                          f"{(args.first + args.draws) * n} training clips")
     frames_net, clip_net = video.features(vargs, train_clips, data.labels[:vargs.clips])
-    name = "real" if args.run is None else args.run.name
+    name = "real" if args.run is None else f"{args.run.resolve().parent.name}-{args.run.name}"
     rows = []
     for k in range(args.first, args.first + args.draws):
         if args.run is None:
