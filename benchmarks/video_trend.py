@@ -56,7 +56,8 @@ def check(args) -> tuple[dict, np.ndarray, int]:
         raise SystemExit(f"{source} is not the run {kept} was drawn from (a later sitting's?)")
     paths = [args.video_out / f"features-{kind}.safetensors" for kind in ("frames", "clips")]
     meta = read_meta(paths[1]) if all(p.exists() for p in paths) else {}
-    if (meta.get("clips"), meta.get("frames")) != (settings["clips"], settings["frames"]):
+    expected = {"clips": settings["clips"], "frames": settings["frames"], "quick": meta.get("quick")}
+    if meta != expected or read_meta(paths[0]).get("info", {}).get("reference") != expected:  # else refitted
         raise SystemExit(f"{args.video_out} keeps no feature networks of its rows' clips: run benchmarks/video.py "
                          "there")
     return {**settings, "quick": meta["quick"]}, clips, step
