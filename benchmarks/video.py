@@ -124,9 +124,10 @@ def fd(a: np.ndarray, b: np.ndarray) -> float:
     return frechet_distance(*feature_statistics(a), *feature_statistics(b))
 
 
-def features(args, train_clips: np.ndarray, labels: np.ndarray) -> tuple:
+def features(args, train_clips: np.ndarray, labels: np.ndarray, fit: bool = True) -> tuple:
     """The frame and clip feature networks, trained on the training clips (about 9 minutes at the full settings) or
-    read back from OUT/features-*.safetensors, kept by an earlier sitting into this --out from the same clips."""
+    read back from OUT/features-*.safetensors, kept by an earlier sitting into this --out from the same clips. With
+    fit False, kept ones that do not match are refused, not fitted again over those every kept row was measured in."""
     kept = {"clips": args.clips, "frames": args.frames, "quick": args.quick}
     frames_path, clips_path = args.out / "features-frames.safetensors", args.out / "features-clips.safetensors"
     if frames_path.exists() and clips_path.exists():
@@ -137,6 +138,8 @@ def features(args, train_clips: np.ndarray, labels: np.ndarray) -> tuple:
             clip_net.load_state_dict(tensors)
             print(f"features: read back from {frames_path.parent}", flush=True)
             return frames_net, clip_net.eval()
+    if not fit:
+        raise SystemExit(f"{args.out} keeps no feature networks of its rows' clips: run benchmarks/video.py there")
     start = time.time()
     frames_net = fit_domain_features(train_clips.reshape(-1, 32, 32, 3), labels.repeat(args.frames) // 3, 4,
                                      steps=150 if args.quick else 600, reference=kept)
