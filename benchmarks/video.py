@@ -194,12 +194,13 @@ def train_for(config: RunConfig, run_dir: Path, data: Dataset, seconds: float) -
     return train(config, run_dir, data=data, progress=False, should_stop=lambda: time.time() > deadline)["step"]
 
 
-def draw(run_dir: Path, n: int, steps: int, seed: int = 0) -> tuple[np.ndarray, float]:
-    """n samples of a run as uint8 (N, *spatial, C) from noise seeds seed onwards, and seconds per sample."""
-    run = load_run(run_dir)
+def draw(run_dir: Path, n: int, steps: int, seed: int = 0, frames: int | None = None) -> tuple[np.ndarray, float]:
+    """n samples of a run as uint8 (N, *spatial, C) from noise seeds seed onwards, and seconds per sample; with
+    frames, an image run's n * frames images as n clips (N, frames, H, W, C), and seconds per clip."""
+    run, count = load_run(run_dir), n * (frames or 1)
     start = time.time()
-    x = torch.cat(list(generate(run, n, seed=seed, steps=steps, batch_size=16, progress=False)))
-    return to_uint8(x), (time.time() - start) / n
+    x = to_uint8(torch.cat(list(generate(run, count, seed=seed, steps=steps, batch_size=16, progress=False))))
+    return (x if frames is None else x.reshape(n, frames, *x.shape[1:])), (time.time() - start) / n
 
 
 def peer_clips(args, clips: np.ndarray, out: Path) -> tuple[np.ndarray, float, int]:
@@ -352,8 +353,7 @@ def row_clips(name: str, args, train_clips: np.ndarray) -> tuple[np.ndarray, flo
     elif name == "image":
         frames = Dataset(train_clips.reshape(-1, 32, 32, 3), None, None, None, None, "moving-shapes frames")
         step = train_for(image_config(args), run_dir, frames, seconds)
-        images, per_image = draw(run_dir, args.samples * args.frames, args.steps)
-        clips, per_clip = images.reshape(args.samples, args.frames, 32, 32, 3), per_image * args.frames
+        clips, per_clip = draw(run_dir, args.samples, args.steps, frames=args.frames)
     else:
         clips, per_clip, step = peer_clips(args, train_clips, args.out)
     tmp = kept.with_suffix(".tmp.npz")  # whole or absent

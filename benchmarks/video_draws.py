@@ -73,10 +73,9 @@ def main() -> None:
     for k in range(args.first, args.first + args.draws):
         if args.run is None:
             clips = train_clips[k * n:(k + 1) * n]
-        elif args.image:
-            clips = video.draw(args.run, n * frames, vargs.steps, seed=k * n * frames)[0].reshape(n, frames, 32, 32, 3)
-        else:
-            clips = video.draw(args.run, n, vargs.steps, seed=k * n)[0]
+        else:  # an image run's clips are its frames drawn alone
+            clips = video.draw(args.run, n, vargs.steps, seed=k * n * (frames if args.image else 1),
+                               frames=frames if args.image else None)[0]
         rows.append({"draw": k, **video.measure(name, clips, real, frames_net, clip_net, video=not args.image)})
         print(video.table(rows, ("draw",) + COLUMNS[2:]), flush=True)
     spread = {c: max(r[c] for r in rows) / max(min(r[c] for r in rows), 1e-12) for c in SPREAD if c in rows[0]}
