@@ -237,6 +237,8 @@ def test_generate_then_the_cli_draws_the_png_again_bit_for_bit(page, server, tmp
     pick(page, "gen-run", "uncond")
     page.set_input_files("#gen-png input[type=file]", str(png))
     page.wait_for_function("document.querySelector('#gen-run input').value === 'classes'")
+    # the run's class choices arrive after the run itself: wait for them (a timeout fails as the assert would)
+    page.wait_for_function("document.querySelector('#gen-class input').value !== '(none)'")
     assert page.input_value("#gen-class input") == "square" and page.input_value("#gen-seed input") == "11"
     page.click("#gen-reproduce")
     page.wait_for_selector("#gen-verdict:has-text('the same, pixel for pixel')")
